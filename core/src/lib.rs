@@ -1,0 +1,1 @@
+//! LeEngine core: the central API.

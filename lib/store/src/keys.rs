@@ -1,0 +1,233 @@
+//! Every etcd key LeEngine reads or writes (ARCHITECTURE.md §3).
+//!
+//! Functions ending in `_prefix` return a prefix with a trailing `/`, ready
+//! for a range read or a watch. Names that go into a key segment must not
+//! contain `/`; block CIDRs are written `10.0.4.16-28` for that reason.
+
+use std::net::Ipv4Addr;
+
+pub const DEFAULT_PREFIX: &str = "/leengine";
+/// SLB keys keep the original system's layout and ignore the prefix.
+pub const SLB_ROOT: &str = "/slb";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    /// `prefix` is normalised to start with `/` and not end with one.
+    pub fn new(prefix: &str) -> Self {
+        let trimmed = prefix.trim_end_matches('/');
+        let prefix = if trimmed.starts_with('/') {
+            trimmed.to_string()
+        } else {
+            format!("/{trimmed}")
+        };
+        Self { prefix }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- IPAM ----
+
+    pub fn pools_prefix(&self) -> String {
+        format!("{}/ipam/pools/", self.prefix)
+    }
+    pub fn pool(&self, pool: &str) -> String {
+        format!("{}{pool}", self.pools_prefix())
+    }
+    pub fn blocks_prefix(&self) -> String {
+        format!("{}/ipam/blocks/", self.prefix)
+    }
+    pub fn pool_blocks_prefix(&self, pool: &str) -> String {
+        format!("{}{pool}/", self.blocks_prefix())
+    }
+    /// Block claim record; `network` and `prefix_len` describe the block.
+    pub fn block(&self, pool: &str, network: Ipv4Addr, prefix_len: u8) -> String {
+        format!(
+            "{}{}",
+            self.pool_blocks_prefix(pool),
+            block_segment(network, prefix_len)
+        )
+    }
+    pub fn handles_prefix(&self) -> String {
+        format!("{}/ipam/handles/", self.prefix)
+    }
+    pub fn container_handles_prefix(&self, container_id: &str) -> String {
+        format!("{}{container_id}/", self.handles_prefix())
+    }
+    pub fn handle(&self, container_id: &str, ifname: &str) -> String {
+        format!("{}{ifname}", self.container_handles_prefix(container_id))
+    }
+    /// Sticky reservations: a pod identity keeps its last IP for a while.
+    pub fn sticky_prefix(&self) -> String {
+        format!("{}/ipam/sticky/", self.prefix)
+    }
+    pub fn sticky(&self, namespace: &str, name: &str) -> String {
+        format!("{}{namespace}/{name}", self.sticky_prefix())
+    }
+
+    // ---- nodes ----
+
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+    pub fn node(&self, node: &str) -> String {
+        format!("{}{node}", self.nodes_prefix())
+    }
+    pub fn node_attachments(&self, node: &str) -> String {
+        format!("{}/attachments", self.node(node))
+    }
+
+    // ---- build farm ----
+
+    pub fn builders_prefix(&self) -> String {
+        format!("{}/builders/", self.prefix)
+    }
+    pub fn builder(&self, builder: &str) -> String {
+        format!("{}{builder}", self.builders_prefix())
+    }
+    pub fn builder_tasks_prefix(&self, builder: &str) -> String {
+        format!("{}/tasks/", self.builder(builder))
+    }
+    pub fn builder_task(&self, builder: &str, task: &str) -> String {
+        format!("{}{task}", self.builder_tasks_prefix(builder))
+    }
+    pub fn builds_prefix(&self) -> String {
+        format!("{}/builds/", self.prefix)
+    }
+    pub fn build_config(&self, config: &str) -> String {
+        format!("{}configs/{config}", self.builds_prefix())
+    }
+    pub fn build_runs_prefix(&self, config: &str) -> String {
+        format!("{}runs/{config}/", self.builds_prefix())
+    }
+    pub fn build_run(&self, config: &str, run: &str) -> String {
+        format!("{}{run}", self.build_runs_prefix(config))
+    }
+    pub fn build_log(&self, run: &str) -> String {
+        format!("{}logs/{run}", self.builds_prefix())
+    }
+
+    // ---- core ----
+
+    pub fn core_prefix(&self) -> String {
+        format!("{}/core/", self.prefix)
+    }
+    /// A core collection, e.g. `core("users")` → `{prefix}/core/users/`.
+    pub fn core_collection(&self, collection: &str) -> String {
+        format!("{}{collection}/", self.core_prefix())
+    }
+    pub fn core_item(&self, collection: &str, id: &str) -> String {
+        format!("{}{id}", self.core_collection(collection))
+    }
+}
+
+/// `10.0.4.16/28` → `10.0.4.16-28` (a key segment may not hold `/`).
+pub fn block_segment(network: Ipv4Addr, prefix_len: u8) -> String {
+    format!("{network}-{prefix_len}")
+}
+
+/// Inverse of [`block_segment`].
+pub fn parse_block_segment(seg: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = seg.rsplit_once('-')?;
+    let len: u8 = len.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((ip.parse().ok()?, len))
+}
+
+// ---- SLB (no prefix: the original layout) ----
+
+pub fn slb_group_prefix(group: &str) -> String {
+    format!("{SLB_ROOT}/{group}/")
+}
+pub fn slb_domains_prefix(group: &str) -> String {
+    format!("{}domains/", slb_group_prefix(group))
+}
+pub fn slb_domain_prefix(group: &str, domain: &str) -> String {
+    format!("{}{domain}/", slb_domains_prefix(group))
+}
+pub fn slb_domain_config(group: &str, domain: &str) -> String {
+    format!("{}config", slb_domain_prefix(group, domain))
+}
+pub fn slb_domain_upstream(group: &str, domain: &str) -> String {
+    format!("{}upstream", slb_domain_prefix(group, domain))
+}
+pub fn slb_agents_prefix(group: &str) -> String {
+    format!("{}agents/", slb_group_prefix(group))
+}
+pub fn slb_agent(group: &str, host: &str) -> String {
+    format!("{}{host}", slb_agents_prefix(group))
+}
+
+/// What a key under `/slb/{group}/domains/` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SlbDomainKey<'a> {
+    Config(&'a str),
+    Upstream(&'a str),
+}
+
+/// Classifies a key read under [`slb_domains_prefix`]; `None` for anything else.
+pub fn parse_slb_domain_key<'a>(group: &str, key: &'a str) -> Option<SlbDomainKey<'a>> {
+    let rest = key.strip_prefix(SLB_ROOT)?.strip_prefix('/')?;
+    let rest = rest.strip_prefix(group)?.strip_prefix("/domains/")?;
+    let (domain, leaf) = rest.split_once('/')?;
+    match leaf {
+        "config" => Some(SlbDomainKey::Config(domain)),
+        "upstream" => Some(SlbDomainKey::Upstream(domain)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_normalised() {
+        assert_eq!(Keys::new("leengine/").prefix(), "/leengine");
+        assert_eq!(Keys::new("/a/b").pool("p1"), "/a/b/ipam/pools/p1");
+    }
+
+    #[test]
+    fn block_segment_round_trips() {
+        let ip: Ipv4Addr = "10.0.4.16".parse().unwrap();
+        let seg = block_segment(ip, 28);
+        assert_eq!(seg, "10.0.4.16-28");
+        assert_eq!(parse_block_segment(&seg), Some((ip, 28)));
+        assert_eq!(parse_block_segment("10.0.4.16-33"), None);
+        assert_eq!(parse_block_segment("garbage"), None);
+    }
+
+    #[test]
+    fn slb_keys_classify() {
+        let k = slb_domain_upstream("2", "a.example.com");
+        assert_eq!(k, "/slb/2/domains/a.example.com/upstream");
+        assert_eq!(
+            parse_slb_domain_key("2", &k),
+            Some(SlbDomainKey::Upstream("a.example.com"))
+        );
+        assert_eq!(parse_slb_domain_key("20", &k), None);
+        assert_eq!(
+            parse_slb_domain_key("2", "/slb/2/domains/x/config"),
+            Some(SlbDomainKey::Config("x"))
+        );
+        assert_eq!(parse_slb_domain_key("2", "/slb/2/agents/h1"), None);
+    }
+
+    #[test]
+    fn node_keys_nest() {
+        let k = Keys::default();
+        assert!(k.node_attachments("n1").starts_with(&k.node("n1")));
+        assert!(k.builder_task("b1", "t1").starts_with(&k.builders_prefix()));
+    }
+}
