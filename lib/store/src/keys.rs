@@ -75,6 +75,28 @@ impl Keys {
     pub fn sticky(&self, namespace: &str, name: &str) -> String {
         format!("{}{namespace}/{name}", self.sticky_prefix())
     }
+    /// Block affinity index `{prefix}/ipam/affinity/{pool}/{node}/{block}`:
+    /// lets a node find its blocks without reading every block of the pool.
+    pub fn pool_affinity_prefix(&self, pool: &str) -> String {
+        format!("{}/ipam/affinity/{pool}/", self.prefix)
+    }
+    pub fn node_affinity_prefix(&self, pool: &str, node: &str) -> String {
+        format!("{}{node}/", self.pool_affinity_prefix(pool))
+    }
+    pub fn affinity(&self, pool: &str, node: &str, network: Ipv4Addr, prefix_len: u8) -> String {
+        format!(
+            "{}{}",
+            self.node_affinity_prefix(pool, node),
+            block_segment(network, prefix_len)
+        )
+    }
+    /// Allocations by node `{prefix}/ipam/node-ips/{node}/{ip}` (copy of the handle record).
+    pub fn node_ips_prefix(&self, node: &str) -> String {
+        format!("{}/ipam/node-ips/{node}/", self.prefix)
+    }
+    pub fn node_ip(&self, node: &str, ip: Ipv4Addr) -> String {
+        format!("{}{ip}", self.node_ips_prefix(node))
+    }
 
     // ---- nodes ----
 
@@ -86,6 +108,17 @@ impl Keys {
     }
     pub fn node_attachments(&self, node: &str) -> String {
         format!("{}/attachments", self.node(node))
+    }
+    /// Classifies a key read under [`Keys::nodes_prefix`].
+    pub fn parse_node_key<'a>(&self, key: &'a str) -> Option<NodeKey<'a>> {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/nodes/")?;
+        match rest.split_once('/') {
+            None if !rest.is_empty() => Some(NodeKey::Registration(rest)),
+            Some((node, "attachments")) if !node.is_empty() => Some(NodeKey::Attachments(node)),
+            _ => None,
+        }
     }
 
     // ---- build farm ----
@@ -105,8 +138,11 @@ impl Keys {
     pub fn builds_prefix(&self) -> String {
         format!("{}/builds/", self.prefix)
     }
+    pub fn build_configs_prefix(&self) -> String {
+        format!("{}configs/", self.builds_prefix())
+    }
     pub fn build_config(&self, config: &str) -> String {
-        format!("{}configs/{config}", self.builds_prefix())
+        format!("{}{config}", self.build_configs_prefix())
     }
     pub fn build_runs_prefix(&self, config: &str) -> String {
         format!("{}runs/{config}/", self.builds_prefix())
@@ -116,6 +152,19 @@ impl Keys {
     }
     pub fn build_log(&self, run: &str) -> String {
         format!("{}logs/{run}", self.builds_prefix())
+    }
+    /// Classifies a key read under [`Self::builders_prefix`].
+    pub fn parse_builder_key<'a>(&self, key: &'a str) -> Option<BuilderKey<'a>> {
+        let rest = key.strip_prefix(&self.builders_prefix())?;
+        match rest.split_once('/') {
+            None if !rest.is_empty() => Some(BuilderKey::Builder(rest)),
+            Some((builder, tail)) => {
+                let task = tail.strip_prefix("tasks/")?;
+                (!builder.is_empty() && !task.is_empty() && !task.contains('/'))
+                    .then_some(BuilderKey::Task { builder, task })
+            }
+            None => None,
+        }
     }
 
     // ---- core ----
@@ -130,6 +179,24 @@ impl Keys {
     pub fn core_item(&self, collection: &str, id: &str) -> String {
         format!("{}{id}", self.core_collection(collection))
     }
+}
+
+/// What a key under `{prefix}/builders/` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BuilderKey<'a> {
+    /// `{prefix}/builders/{builder}`: the registration (lease-bound).
+    Builder(&'a str),
+    /// `{prefix}/builders/{builder}/tasks/{task}`.
+    Task { builder: &'a str, task: &'a str },
+}
+
+/// What a key under `{prefix}/nodes/` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NodeKey<'a> {
+    /// `{prefix}/nodes/{node}`
+    Registration(&'a str),
+    /// `{prefix}/nodes/{node}/attachments`
+    Attachments(&'a str),
 }
 
 /// `10.0.4.16/28` → `10.0.4.16-28` (a key segment may not hold `/`).
@@ -225,9 +292,50 @@ mod tests {
     }
 
     #[test]
+    fn node_keys_parse() {
+        let k = Keys::default();
+        assert_eq!(
+            k.parse_node_key(&k.node("n1")),
+            Some(NodeKey::Registration("n1"))
+        );
+        assert_eq!(
+            k.parse_node_key(&k.node_attachments("n1")),
+            Some(NodeKey::Attachments("n1"))
+        );
+        assert_eq!(k.parse_node_key("/leengine/nodes/n1/other"), None);
+        assert_eq!(k.parse_node_key("/other/nodes/n1"), None);
+        assert!(k
+            .affinity("p", "n1", Ipv4Addr::new(10, 0, 0, 16), 28)
+            .starts_with(&k.node_affinity_prefix("p", "n1")));
+    }
+
+    #[test]
     fn node_keys_nest() {
         let k = Keys::default();
         assert!(k.node_attachments("n1").starts_with(&k.node("n1")));
         assert!(k.builder_task("b1", "t1").starts_with(&k.builders_prefix()));
+    }
+
+    #[test]
+    fn builder_keys_classify() {
+        let k = Keys::default();
+        assert_eq!(
+            k.parse_builder_key(&k.builder("b1")),
+            Some(BuilderKey::Builder("b1"))
+        );
+        assert_eq!(
+            k.parse_builder_key(&k.builder_task("b1", "r1")),
+            Some(BuilderKey::Task {
+                builder: "b1",
+                task: "r1"
+            })
+        );
+        assert_eq!(k.parse_builder_key(&k.builder_tasks_prefix("b1")), None);
+        assert_eq!(k.parse_builder_key(&k.builders_prefix()), None);
+        assert_eq!(k.parse_builder_key("/other/builders/b1"), None);
+        assert_eq!(
+            k.build_config("c"),
+            format!("{}c", k.build_configs_prefix())
+        );
     }
 }

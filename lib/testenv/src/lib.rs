@@ -1,1 +1,34 @@
-//! placeholder
+//! Test support for LeEngine: the real services, started for one test.
+//!
+//! Every object starts its service on free loopback ports under a per-run
+//! directory (`/tmp/leengine-testenv/run-{pid}-{start}/`), tracks it by PID and
+//! stops it on `Drop` (also while a test panics). The first object a test
+//! process creates reaps what killed runs left behind: processes, network
+//! namespaces and directories of runs whose process is gone.
+//!
+//! Open vSwitch's userspace datapath creates a tap named `ovs-netdev`, so two
+//! `ovs-vswitchd` cannot share a network namespace. [`Ovs`] therefore runs
+//! `ovs-vswitchd` inside its own namespace (`Ovs::netns`), which plays the
+//! compute node's (or the whole test data centre's) host namespace: bridge
+//! internal ports, bond members and the host ends of pod veths live there, and
+//! anything that must see them (the CNI plugin, the node-agent) is run inside
+//! it with [`Ovs::command`].
+//!
+//! A missing tool panics with one line naming the Debian package
+//! (`hack/deps.sh` installs them all).
+
+mod dc;
+mod docker;
+mod etcd;
+mod netns;
+mod nginx;
+mod ovs;
+mod run;
+
+pub use dc::{DataCentre, Pod};
+pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
+pub use etcd::Etcd;
+pub use netns::Netns;
+pub use nginx::{Nginx, NginxCtx};
+pub use ovs::Ovs;
+pub use run::{free_port, reap_stale, require_bin, run_dir, unique_name, wait_until};

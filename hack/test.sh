@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace against real services.
+# Installs its own dependencies (hack/deps.sh). Needs root (network
+# namespaces, Open vSwitch, dockerd): root-only tests are never skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+bash hack/deps.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "hack/test.sh: the integration tests need root (netns, OVS, dockerd)" >&2
+  exit 1
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (whole workspace, real etcd / OVS / nginx / dockerd / registry / podman)"
+cargo test --workspace --locked --no-fail-fast
+
+for extra in hack/schemathesis.sh; do
+  if [ -x "$extra" ]; then
+    step "$extra"
+    bash "$extra"
+  fi
+done
+
+step "all checks passed"

@@ -1,0 +1,85 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::run::{must, record, require_bin, run_dir, unique_name};
+
+/// A network namespace made the way container runtimes make them: a new
+/// namespace bind-mounted at `/run/netns/{name}`, loopback up (what the CNI
+/// `loopback` plugin does). Deleted on drop.
+pub struct Netns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        Self::named(&unique_name("ns"))
+    }
+
+    pub fn named(name: &str) -> Netns {
+        require_bin("ip", "iproute2");
+        run_dir();
+        record("netns", name);
+        must(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns {
+            name: name.to_string(),
+            path: Path::new("/run/netns").join(name),
+        };
+        must(&mut ns.command(&["ip", "link", "set", "lo", "up"]));
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command that will run inside this namespace.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(argv);
+        c
+    }
+
+    /// Runs `argv` inside the namespace and returns its output (not checked).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        self.command(argv).output().expect("run ip netns exec")
+    }
+
+    /// Runs `argv` inside the namespace; panics with stderr when it fails.
+    pub fn must(&self, argv: &[&str]) -> Output {
+        must(&mut self.command(argv))
+    }
+
+    /// True when one ICMP echo to `ip` is answered within `secs` seconds.
+    pub fn ping(&self, ip: &str, secs: u32) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", &secs.to_string(), ip])
+            .status
+            .success()
+    }
+
+    /// Deletes the namespace now (what a crashed runtime's cleanup might do
+    /// without calling CNI DEL).
+    pub fn delete(&mut self) {
+        if self.path.exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
