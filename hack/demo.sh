@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# LeEngine-rs end to end, on one machine:
+#   etcd + Open vSwitch, a 2-node virtual data centre (each node an OVS bridge
+#   bonded to a top-of-rack bridge), an external "database" host in the pool's
+#   VLAN, an IP pool created with cnictl, pods attached by the CNI plugin on
+#   both nodes exactly as kubelet would call it, traffic across nodes and to the
+#   database, then teardown with every IP back in the pool.
+# Needs root. Installs its own dependencies. Cleans up after itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+say()  { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run()  { printf '$ %s\n' "$*"; "$@"; }
+
+[ "$(id -u)" -eq 0 ] || { echo "hack/demo.sh: run as root (network namespaces, Open vSwitch)" >&2; exit 1; }
+
+say "Installing dependencies and building"
+bash hack/deps.sh
+cargo build -q -p leengine-cni -p cnictl
+BIN="$ROOT/target/debug"
+
+WORK=$(mktemp -d /tmp/leengine-demo.XXXXXX)
+HOSTNS="ledemo-host-$$"
+PODS=()
+cleanup() {
+  set +e
+  for ns in "${PODS[@]}" "ledemo-db-$$"; do ip netns del "$ns" 2>/dev/null; done
+  for p in "$WORK"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+  ip netns del "$HOSTNS" 2>/dev/null
+  sleep 0.2
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+say "Starting etcd (the Cell's etcd)"
+EP=$(free_port); PP=$(free_port)
+etcd --name demo --data-dir "$WORK/etcd" --log-level warn \
+  --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
+  --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
+  --initial-cluster "demo=http://127.0.0.1:$PP" >"$WORK/etcd.log" 2>&1 &
+echo $! >"$WORK/etcd.pid"
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$EP/health" >/dev/null && break; sleep 0.1; done
+echo "etcd at http://127.0.0.1:$EP"
+export LEENGINE_ETCD_ENDPOINTS="http://127.0.0.1:$EP" LEENGINE_ETCD_PREFIX=/leengine
+
+say "Starting Open vSwitch (userspace datapath) in the data centre's host namespace"
+ip netns add "$HOSTNS"
+ip netns exec "$HOSTNS" ip link set lo up
+ovsdb-tool create "$WORK/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+ovsdb-server "$WORK/conf.db" --remote="punix:$WORK/db.sock" --unixctl="$WORK/ovsdb.ctl" \
+  --pidfile="$WORK/ovsdb.pid" --log-file="$WORK/ovsdb.log" --detach
+VSCTL="ovs-vsctl --db=unix:$WORK/db.sock --timeout=20"
+$VSCTL --no-wait init
+ip netns exec "$HOSTNS" ovs-vswitchd "unix:$WORK/db.sock" --disable-system \
+  --unixctl="$WORK/vswitchd.ctl" --pidfile="$WORK/vswitchd.pid" --log-file="$WORK/vswitchd.log" --detach
+H() { ip netns exec "$HOSTNS" "$@"; }
+
+say "Wiring 2 compute nodes to a top-of-rack switch (bond of 2 links each, VLAN 100 trunked)"
+$VSCTL add-br tor -- set bridge tor datapath_type=netdev
+for n in 1 2; do
+  $VSCTL add-br "node$n" -- set bridge "node$n" datapath_type=netdev
+  for m in a b; do
+    H ip link add "n${n}eth$m" type veth peer name "tor${n}$m"
+    H ip link set "n${n}eth$m" up; H ip link set "tor${n}$m" up
+    $VSCTL add-port tor "tor${n}$m" trunks=100
+  done
+  # One OVS database hosts both "nodes" here, so the bonds need distinct names.
+  $VSCTL add-bond "node$n" "bond1-n$n" "n${n}etha" "n${n}ethb" bond_mode=active-backup trunks=100
+done
+run $VSCTL show | sed -n '1,40p'
+
+say "An external database host at 10.20.3.250 in VLAN 100 (outside the cluster, same L2)"
+DB="ledemo-db-$$"
+ip netns add "$DB"; ip netns exec "$DB" ip link set lo up
+H ip link add dbport type veth peer name eth0 netns "$DB"
+H ip link set dbport up
+$VSCTL add-port tor dbport tag=100
+ip netns exec "$DB" ip addr add 10.20.3.250/22 dev eth0
+ip netns exec "$DB" ip link set eth0 up
+
+say "Network ops: add the Cell's IP range (a /22 planned with the network team, VLAN 100)"
+run "$BIN/cnictl" pool add demo-pool --cidr 10.20.0.0/22 --gateway 10.20.0.1 --vlan 100 --exclude 10.20.3.250
+run "$BIN/cnictl" pool list
+
+CONF=$(cat <<JSON
+{"cniVersion":"1.0.0","name":"leengine","type":"leengine","bridge":"BRIDGE",
+ "ovsdb":"unix:$WORK/db.sock",
+ "etcd":{"endpoints":["http://127.0.0.1:$EP"],"prefix":"/leengine"},
+ "node":"NODE","pools":["demo-pool"],"mtu":1500,"garp":{"count":3,"intervalMs":50}}
+JSON
+)
+
+cni() { # cni ADD|DEL node container-id netns pod-name
+  local cmd=$1 node=$2 cid=$3 ns=$4 pod=$5
+  printf '%s' "$CONF" | sed "s/BRIDGE/node$node/; s/NODE/node$node/" | \
+    H env CNI_COMMAND="$cmd" CNI_CONTAINERID="$cid" CNI_NETNS="/run/netns/$ns" CNI_IFNAME=eth0 \
+      CNI_PATH="$BIN" CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$pod" "$BIN/leengine-cni"
+}
+
+say "kubelet creates 2 pods on node1 and 2 on node2 (CNI ADD, as kubelet execs it)"
+declare -A IPS
+for spec in 1:web-1 1:web-2 2:web-3 2:web-4; do
+  node=${spec%%:*}; pod=${spec##*:}; ns="ledemo-$pod-$$"
+  ip netns add "$ns"; ip netns exec "$ns" ip link set lo up; PODS+=("$ns")
+  out=$(cni ADD "$node" "cid-$pod" "$ns" "$pod")
+  ip=$(printf '%s' "$out" | jq -r '.ips[0].address')
+  IPS[$pod]=${ip%/*}
+  printf 'node%s  %-6s eth0 %s  (ovs port %s)\n' "$node" "$pod" "$ip" "$(printf '%s' "$out" | jq -r '.interfaces[0].name')"
+done
+run "$BIN/cnictl" ip list
+run "$BIN/cnictl" pool list
+run $VSCTL --columns=name,tag,external_ids list port | grep -B1 -A1 'tag *: 100' | head -20
+
+say "Traffic: pod -> pod on the same node, across nodes (bond + ToR), and to the database host"
+p() { ip netns exec "ledemo-$1-$$" ping -c 2 -W 2 "$2" >/dev/null && echo "ok   $1 -> $2" || { echo "FAIL $1 -> $2"; exit 1; }; }
+p web-1 "${IPS[web-2]}"
+p web-1 "${IPS[web-3]}"
+p web-4 "${IPS[web-2]}"
+p web-3 10.20.3.250
+ip netns exec "$DB" ping -c 2 -W 2 "${IPS[web-1]}" >/dev/null && echo "ok   db -> ${IPS[web-1]}"
+
+say "A bond member fails on node1; traffic keeps flowing over the other link"
+H ip link set n1etha down
+sleep 1
+p web-1 "${IPS[web-4]}"
+H ip link set n1etha up
+
+say "kubelet deletes the pods (CNI DEL); the IPs go back to the pool"
+for spec in 1:web-1 1:web-2 2:web-3 2:web-4; do
+  node=${spec%%:*}; pod=${spec##*:}
+  cni DEL "$node" "cid-$pod" "ledemo-$pod-$$" "$pod" && echo "released $pod"
+done
+run "$BIN/cnictl" ip list
+run "$BIN/cnictl" pool list
+left=$($VSCTL --columns=name --bare find port tag=100 | grep -v '^dbport$' | grep -c . || true)
+echo "OVS access ports left in VLAN 100 besides the database host: $left"
+[ "$left" -eq 0 ]
+
+say "Done: every pod got a pool address in VLAN 100, reached its peers and the database, and left nothing behind"
