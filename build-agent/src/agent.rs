@@ -1,0 +1,232 @@
+//! Wiring: connections, start-up reaping, the task watch and shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use leengine_build::{BuildTask, BuilderInfo};
+use leengine_store::keys::BuilderKey;
+use leengine_store::{EtcdConfig, Keys};
+use tokio::sync::{watch, Semaphore};
+
+use crate::registration::Registration;
+use crate::Args;
+
+/// Everything a build needs from the host; shared by all runs.
+pub struct Agent {
+    pub id: String,
+    pub etcd: etcd_client::Client,
+    pub keys: Keys,
+    pub docker: bollard::Docker,
+    pub work_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub compile_network: String,
+    pub stage_timeout: Duration,
+    log_retention: Duration,
+    ttl: Duration,
+    info: BuilderInfo,
+    slots: Arc<Semaphore>,
+    /// Builds holding a slot; published in the registration.
+    running: watch::Sender<u32>,
+    /// Maven's local repository tolerates one writer: builds of one config
+    /// on this host take its lock for the compile stage.
+    cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Task key → cancel switch of the build running it.
+    inflight: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl Agent {
+    pub async fn start(args: &Args) -> anyhow::Result<Arc<Self>> {
+        let mut cfg = EtcdConfig::new(args.etcd.clone());
+        cfg.prefix = Some(args.prefix.clone());
+        let etcd = leengine_store::connect(&cfg).await?;
+        let docker = crate::docker::connect(&args.docker).await?;
+        for dir in [&args.work_dir, &args.cache_dir] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let info = BuilderInfo {
+            id: args.id.clone(),
+            capacity: args.capacity,
+            running: 0,
+            labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            started_at: chrono::Utc::now(),
+        };
+        let agent = Arc::new(Self {
+            id: args.id.clone(),
+            etcd,
+            keys: cfg.keys(),
+            docker,
+            work_dir: args.work_dir.clone(),
+            cache_dir: args.cache_dir.clone(),
+            compile_network: args.compile_network.clone(),
+            stage_timeout: args.stage_timeout,
+            log_retention: args.log_retention,
+            ttl: args.ttl,
+            info,
+            slots: Arc::new(Semaphore::new(args.capacity as usize)),
+            running: watch::channel(0).0,
+            cache_locks: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        agent.reap().await;
+        Ok(agent)
+    }
+
+    /// A previous incarnation may have died mid-build: its containers and
+    /// checkouts are ours to remove (its tasks are re-read and rerun).
+    async fn reap(&self) {
+        crate::docker::remove_builder_containers(&self.docker, &self.id).await;
+        let runs = self.runs_dir();
+        if runs.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&runs) {
+                tracing::warn!(dir = %runs.display(), error = %e, "cannot remove old checkouts");
+            }
+        }
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.work_dir.join("runs")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.work_dir.join("logs")
+    }
+
+    pub fn cache_lock(&self, config: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.cache_locks
+            .lock()
+            .expect("cache lock map poisoned")
+            .entry(config.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let reg = Registration::new(
+            self.etcd.clone(),
+            self.keys.builder(&self.id),
+            self.info.clone(),
+            self.ttl,
+        );
+        reg.register().await.context("cannot register")?;
+        tracing::info!(builder = %self.id, capacity = self.info.capacity, "registered");
+        let keepalive = tokio::spawn(reg.clone().keep(self.running.subscribe()));
+        let retention = tokio::spawn(crate::retention::sweep_forever(
+            self.logs_dir(),
+            self.log_retention,
+        ));
+        let tasks = tokio::spawn(self.clone().watch_tasks_forever());
+        shutdown_signal().await;
+        tracing::info!(builder = %self.id, "stopping; running builds move to other hosts");
+        tasks.abort();
+        keepalive.abort();
+        retention.abort();
+        reg.revoke().await;
+        Ok(())
+    }
+
+    async fn watch_tasks_forever(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.clone().watch_tasks().await {
+                tracing::warn!(error = %e, "task watch failed; re-reading tasks");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Full read, then watch from the revision after it: no task is missed
+    /// between the two.
+    async fn watch_tasks(self: Arc<Self>) -> Result<(), etcd_client::Error> {
+        let mut etcd = self.etcd.clone();
+        let prefix = self.keys.builder_tasks_prefix(&self.id);
+        let resp = etcd
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        for kv in resp.kvs() {
+            self.clone().on_task(kv.key_str()?, kv.value());
+        }
+        let mut stream = etcd
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            )
+            .await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                return Ok(());
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                match ev.event_type() {
+                    EventType::Put => self.clone().on_task(kv.key_str()?, kv.value()),
+                    EventType::Delete => self.cancel(kv.key_str()?),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_task(self: Arc<Self>, key: &str, value: &[u8]) {
+        if !matches!(self.keys.parse_builder_key(key), Some(BuilderKey::Task { builder, .. }) if builder == self.id)
+        {
+            return;
+        }
+        let task: BuildTask = match serde_json::from_slice(value) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(key, error = %e, "undecodable task ignored");
+                return;
+            }
+        };
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        {
+            let mut inflight = self.inflight.lock().expect("inflight map poisoned");
+            if inflight.contains_key(key) {
+                return;
+            }
+            inflight.insert(key.to_string(), cancel_tx);
+        }
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let permit = self.slots.clone().acquire_owned().await;
+            self.running.send_modify(|n| *n += 1);
+            crate::runner::run(&self, &key, task, cancel_rx).await;
+            self.running.send_modify(|n| *n -= 1);
+            drop(permit);
+            self.inflight
+                .lock()
+                .expect("inflight map poisoned")
+                .remove(&key);
+        });
+    }
+
+    /// The task key vanished (re-dispatched elsewhere or config deleted).
+    fn cancel(&self, key: &str) {
+        if let Some(tx) = self
+            .inflight
+            .lock()
+            .expect("inflight map poisoned")
+            .get(key)
+        {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
