@@ -51,11 +51,11 @@ ip netns add "$HOSTNS"
 ip netns exec "$HOSTNS" ip link set lo up
 ovsdb-tool create "$WORK/conf.db" /usr/share/openvswitch/vswitch.ovsschema
 ovsdb-server "$WORK/conf.db" --remote="punix:$WORK/db.sock" --unixctl="$WORK/ovsdb.ctl" \
-  --pidfile="$WORK/ovsdb.pid" --log-file="$WORK/ovsdb.log" --detach
+  --pidfile="$WORK/ovsdb.pid" --log-file="$WORK/ovsdb.log" --detach 2>/dev/null
 VSCTL="ovs-vsctl --db=unix:$WORK/db.sock --timeout=20"
 $VSCTL --no-wait init
 ip netns exec "$HOSTNS" ovs-vswitchd "unix:$WORK/db.sock" --disable-system \
-  --unixctl="$WORK/vswitchd.ctl" --pidfile="$WORK/vswitchd.pid" --log-file="$WORK/vswitchd.log" --detach
+  --unixctl="$WORK/vswitchd.ctl" --pidfile="$WORK/vswitchd.pid" --log-file="$WORK/vswitchd.log" --detach 2>/dev/null
 H() { ip netns exec "$HOSTNS" "$@"; }
 
 say "Wiring 2 compute nodes to a top-of-rack switch (bond of 2 links each, VLAN 100 trunked)"
@@ -85,9 +85,11 @@ say "Network ops: add the Cell's IP range (a /22 planned with the network team, 
 run "$BIN/cnictl" pool add demo-pool --cidr 10.20.0.0/22 --gateway 10.20.0.1 --vlan 100 --exclude 10.20.3.250
 run "$BIN/cnictl" pool list
 
+# ovs-vswitchd runs in $HOSTNS (the nodes' host side); the plugin runs here,
+# where etcd is reachable, and puts the host veth ends there (hostNetns).
 CONF=$(cat <<JSON
 {"cniVersion":"1.0.0","name":"leengine","type":"leengine","bridge":"BRIDGE",
- "ovsdb":"unix:$WORK/db.sock",
+ "ovsdb":"unix:$WORK/db.sock","hostNetns":"/run/netns/$HOSTNS",
  "etcd":{"endpoints":["http://127.0.0.1:$EP"],"prefix":"/leengine"},
  "node":"NODE","pools":["demo-pool"],"mtu":1500,"garp":{"count":3,"intervalMs":50}}
 JSON
@@ -96,7 +98,7 @@ JSON
 cni() { # cni ADD|DEL node container-id netns pod-name
   local cmd=$1 node=$2 cid=$3 ns=$4 pod=$5
   printf '%s' "$CONF" | sed "s/BRIDGE/node$node/; s/NODE/node$node/" | \
-    H env CNI_COMMAND="$cmd" CNI_CONTAINERID="$cid" CNI_NETNS="/run/netns/$ns" CNI_IFNAME=eth0 \
+    env CNI_COMMAND="$cmd" CNI_CONTAINERID="$cid" CNI_NETNS="/run/netns/$ns" CNI_IFNAME=eth0 \
       CNI_PATH="$BIN" CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$pod" "$BIN/leengine-cni"
 }
 
@@ -122,11 +124,17 @@ p web-4 "${IPS[web-2]}"
 p web-3 10.20.3.250
 ip netns exec "$DB" ping -c 2 -W 2 "${IPS[web-1]}" >/dev/null && echo "ok   db -> ${IPS[web-1]}"
 
-say "A bond member fails on node1; traffic keeps flowing over the other link"
-H ip link set n1etha down
-sleep 1
+say "node1 loses the active link of its bond; traffic keeps flowing over the other one"
+active=$(ovs-appctl --target="$WORK/vswitchd.ctl" bond/show bond1-n1 | sed -n 's/^active member mac:.*(\(.*\))$/\1/p')
+echo "active member of bond1-n1: $active -> pulling its cable"
+H ip link set "$active" down
+for _ in $(seq 50); do
+  now=$(ovs-appctl --target="$WORK/vswitchd.ctl" bond/show bond1-n1 | sed -n 's/^active member mac:.*(\(.*\))$/\1/p')
+  [ -n "$now" ] && [ "$now" != "$active" ] && break; sleep 0.1
+done
+echo "active member of bond1-n1 now: $now"
 p web-1 "${IPS[web-4]}"
-H ip link set n1etha up
+H ip link set "$active" up
 
 say "kubelet deletes the pods (CNI DEL); the IPs go back to the pool"
 for spec in 1:web-1 1:web-2 2:web-3 2:web-4; do
