@@ -17,7 +17,7 @@ run()  { printf '$ %s\n' "$*"; "$@"; }
 
 say "Installing dependencies and building"
 bash hack/deps.sh
-cargo build -q -p leengine-cni -p cnictl
+cargo build -q -p leengine-cni -p cnictl -p leengine-node-agent
 BIN="$ROOT/target/debug"
 
 WORK=$(mktemp -d /tmp/leengine-demo.XXXXXX)
@@ -58,17 +58,35 @@ ip netns exec "$HOSTNS" ovs-vswitchd "unix:$WORK/db.sock" --disable-system \
   --unixctl="$WORK/vswitchd.ctl" --pidfile="$WORK/vswitchd.pid" --log-file="$WORK/vswitchd.log" --detach 2>/dev/null
 H() { ip netns exec "$HOSTNS" "$@"; }
 
-say "Wiring 2 compute nodes to a top-of-rack switch (bond of 2 links each, VLAN 100 trunked)"
+say "Cabling 2 compute nodes to a top-of-rack switch (2 x 10G links each, VLAN 100 trunked on the ToR)"
 $VSCTL add-br tor -- set bridge tor datapath_type=netdev
 for n in 1 2; do
-  $VSCTL add-br "node$n" -- set bridge "node$n" datapath_type=netdev
   for m in a b; do
     H ip link add "n${n}eth$m" type veth peer name "tor${n}$m"
     H ip link set "n${n}eth$m" up; H ip link set "tor${n}$m" up
     $VSCTL add-port tor "tor${n}$m" trunks=100
   done
-  # One OVS database hosts both "nodes" here, so the bonds need distinct names.
-  $VSCTL add-bond "node$n" "bond1-n$n" "n${n}etha" "n${n}ethb" bond_mode=active-backup trunks=100
+done
+
+say "Network ops: add the Cell's IP range (a /22 planned with the network team, VLAN 100)"
+run "$BIN/cnictl" pool add demo-pool --cidr 10.20.0.0/22 --gateway 10.20.0.1 --vlan 100 --exclude 10.20.3.250
+run "$BIN/cnictl" pool list
+
+say "Node delivery: the node-agent starts on each node, builds its OVS bridge and bonds the uplinks, trunking every pool's VLAN"
+# One OVS database hosts both "nodes" here, so the bonds need distinct names.
+# Short scan period and reclaim grace so the demo can show a reclaim; the
+# defaults are 10 s and 15 min.
+for n in 1 2; do
+  "$BIN/leengine-node-agent" --node "node$n" --etcd-endpoints "http://127.0.0.1:$EP" \
+    --ovsdb "unix:$WORK/db.sock" --bridge "node$n" --datapath-type netdev \
+    --bond "bond1-n$n" --uplinks "n${n}etha,n${n}ethb" --bond-mode active-backup \
+    --scan-interval 1s --reclaim on --reclaim-grace 3s \
+    --metrics-listen off --swap-guard off --log-format text >"$WORK/agent-node$n.log" 2>&1 &
+  echo $! >"$WORK/agent-node$n.pid"
+done
+for n in 1 2; do
+  for _ in $(seq 100); do grep -q "bond converged" "$WORK/agent-node$n.log" && break; sleep 0.1; done
+  echo "node$n: $(grep -m1 'bond converged' "$WORK/agent-node$n.log" | sed 's/.*bootstrap: //')"
 done
 run $VSCTL show | sed -n '1,40p'
 
@@ -80,10 +98,6 @@ H ip link set dbport up
 $VSCTL add-port tor dbport tag=100
 ip netns exec "$DB" ip addr add 10.20.3.250/22 dev eth0
 ip netns exec "$DB" ip link set eth0 up
-
-say "Network ops: add the Cell's IP range (a /22 planned with the network team, VLAN 100)"
-run "$BIN/cnictl" pool add demo-pool --cidr 10.20.0.0/22 --gateway 10.20.0.1 --vlan 100 --exclude 10.20.3.250
-run "$BIN/cnictl" pool list
 
 # ovs-vswitchd runs in $HOSTNS (the nodes' host side); the plugin runs here,
 # where etcd is reachable, and puts the host veth ends there (hostNetns).
@@ -136,10 +150,22 @@ echo "active member of bond1-n1 now: $now"
 p web-1 "${IPS[web-4]}"
 H ip link set "$active" up
 
-say "kubelet deletes the pods (CNI DEL); the IPs go back to the pool"
+say "A container runtime crashes on node2: web-4's sandbox is gone, CNI DEL never ran"
+ip netns del "ledemo-web-4-$$"
+sleep 2 # a scan or two of node2's agent
+echo "network ops look for leaks (allocated in etcd, alive nowhere; grace 0s for the demo):"
+printf '$ cnictl check --no-apiserver --grace 0s\n'
+"$BIN/cnictl" check --no-apiserver --grace 0s || echo "(exit $?: leaks found, as an alert would see it; 'cnictl release --from-report' would free them)"
+leaked=${IPS[web-4]}
+echo "node2's agent reclaims $leaked on its own once it has been dead for the grace period on two consecutive scans:"
+for _ in $(seq 150); do "$BIN/cnictl" ip show "$leaked" >/dev/null 2>&1 || break; sleep 0.2; done
+grep -m1 'reclaimed leaked IP' "$WORK/agent-node2.log" | sed 's/^/    /'
+run "$BIN/cnictl" ip list
+
+say "kubelet deletes the remaining pods (CNI DEL); the IPs go back to the pool"
 for spec in 1:web-1 1:web-2 2:web-3 2:web-4; do
   node=${spec%%:*}; pod=${spec##*:}
-  cni DEL "$node" "cid-$pod" "ledemo-$pod-$$" "$pod" && echo "released $pod"
+  cni DEL "$node" "cid-$pod" "ledemo-$pod-$$" "$pod" && echo "CNI DEL $pod: ok"
 done
 run "$BIN/cnictl" ip list
 run "$BIN/cnictl" pool list
