@@ -1,1 +1,28 @@
-//! LeEngine core: the central API.
+//! LeEngine core: the central REST API (ARCHITECTURE.md §2).
+//!
+//! Shared contract for every module in this crate:
+//! - errors: [`problem::ApiError`] (problem JSON); extract bodies, queries and
+//!   paths with [`problem::Json`], [`problem::Query`], [`problem::Path`];
+//! - identity: [`auth::Caller`] (401 without valid credentials) and
+//!   [`auth::MaybeCaller`] (anonymous allowed);
+//! - roles on resources: [`access`] (`register`, `authorize`, `unregister`),
+//!   activity feed: [`activity`], daily counts: [`stats`];
+//! - each feature module exposes `XState::new(etcd_client::Client, Keys)` and
+//!   `router(XState) -> axum::Router`; [`server::app`] merges the routers.
+
+pub mod access;
+pub mod activity;
+pub mod admin;
+pub mod apps;
+pub mod auth;
+pub mod builds;
+pub mod images;
+pub mod openapi;
+pub mod problem;
+pub mod quota;
+pub mod registry;
+pub mod server;
+pub mod slb;
+pub mod stats;
+pub mod store;
+pub mod users;

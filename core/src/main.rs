@@ -1,3 +1,135 @@
-fn main() -> anyhow::Result<()> {
+//! `leengine-core`: serves the LeEngine API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use leengine_core::quota::Quota;
+use leengine_core::registry::RegistrySettings;
+use leengine_core::server::{self, Core, Settings};
+use leengine_core::store::Db;
+use leengine_core::users;
+use leengine_store::EtcdConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "leengine-core", about = "LeEngine central API")]
+struct Args {
+    /// Address to serve on.
+    #[arg(long, env = "LEENGINE_CORE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, env = "LEENGINE_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// etcd key prefix.
+    #[arg(long, env = "LEENGINE_PREFIX")]
+    prefix: Option<String>,
+    /// Administrator account created at start-up if missing.
+    #[arg(long, env = "LEENGINE_ADMIN_USER", default_value = "admin")]
+    admin_user: String,
+    /// File holding the administrator's initial password.
+    #[arg(long, env = "LEENGINE_ADMIN_PASSWORD_FILE")]
+    admin_password_file: Option<PathBuf>,
+    /// Apps a user may create unless an admin set their quota.
+    #[arg(long, default_value_t = 20)]
+    default_max_apps: u32,
+    /// Containers (replicas over the user's apps) allowed by default.
+    #[arg(long, default_value_t = 200)]
+    default_max_containers: u32,
+    /// Lifetime of login tokens.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    login_ttl: Duration,
+    /// Registry token service name (the registry's auth.token.service).
+    #[arg(long, requires = "token_key")]
+    token_service: Option<String>,
+    /// Registry token issuer (the registry's auth.token.issuer).
+    #[arg(long, default_value = "leengine-core")]
+    token_issuer: String,
+    /// P-256 private key (PEM) that signs registry tokens.
+    #[arg(long, requires = "token_service")]
+    token_key: Option<PathBuf>,
+    /// Certificate of that key (the registry's rootcertbundle), checked at start-up.
+    #[arg(long)]
+    token_cert: Option<PathBuf>,
+    /// Registry token lifetime.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+    /// File holding the bearer secret the registry sends with notifications.
+    #[arg(long)]
+    notify_secret_file: Option<PathBuf>,
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!s.is_empty(), "{} is empty", path.display());
+    Ok(s)
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let registry = match (&args.token_service, &args.token_key) {
+        (Some(service), Some(key)) => Some(RegistrySettings {
+            service: service.clone(),
+            issuer: args.token_issuer.clone(),
+            key_pem: read_secret(key)?,
+            cert_pem: args.token_cert.as_ref().map(read_secret).transpose()?,
+            ttl: args.token_ttl,
+            notify_secret: args
+                .notify_secret_file
+                .as_ref()
+                .map(read_secret)
+                .transpose()?,
+        }),
+        _ => None,
+    };
+    Ok(Settings {
+        default_quota: Quota {
+            max_apps: args.default_max_apps,
+            max_containers: args.default_max_containers,
+        },
+        login_ttl: args.login_ttl,
+        registry,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("leengine-core: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = settings(&args)?;
+    let mut cfg = EtcdConfig::new(args.etcd.clone());
+    cfg.prefix = args.prefix.clone();
+    let etcd = leengine_store::connect(&cfg).await?;
+    let db = Db::new(etcd, cfg.keys());
+    if let Some(path) = &args.admin_password_file {
+        let password = read_secret(path)?;
+        let created = users::bootstrap_admin(&db, &args.admin_user, &password)
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrapping admin {}: {e}", args.admin_user))?;
+        tracing::info!(user = %args.admin_user, created, "admin account checked");
+    }
+    let core = Core::new(db, settings).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    if let Some(r) = &core.registry {
+        tracing::info!(kid = r.kid(), "registry token server enabled");
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving");
+    axum::serve(listener, server::app(core))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }

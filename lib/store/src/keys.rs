@@ -51,7 +51,7 @@ impl Keys {
     pub fn pool_blocks_prefix(&self, pool: &str) -> String {
         format!("{}{pool}/", self.blocks_prefix())
     }
-    /// Block claim record; `network` and `prefix_len` describe the block.
+    /// Block claim (owner node); `network` and `prefix_len` describe the block.
     pub fn block(&self, pool: &str, network: Ipv4Addr, prefix_len: u8) -> String {
         format!(
             "{}{}",
@@ -75,24 +75,28 @@ impl Keys {
     pub fn sticky(&self, namespace: &str, name: &str) -> String {
         format!("{}{namespace}/{name}", self.sticky_prefix())
     }
-    /// Block affinity index `{prefix}/ipam/affinity/{pool}/{node}/{block}`:
-    /// lets a node find its blocks without reading every block of the pool.
-    pub fn pool_affinity_prefix(&self, pool: &str) -> String {
-        format!("{}/ipam/affinity/{pool}/", self.prefix)
+    /// Block records by owner `{prefix}/ipam/node-blocks/{node}/{pool}/{block}`
+    /// (allocations, sequence numbers): one range read gives a node all its
+    /// blocks. `block()` holds only the claim (which node owns the block).
+    pub fn node_blocks_root(&self) -> String {
+        format!("{}/ipam/node-blocks/", self.prefix)
     }
-    pub fn node_affinity_prefix(&self, pool: &str, node: &str) -> String {
-        format!("{}{node}/", self.pool_affinity_prefix(pool))
+    pub fn node_blocks_prefix(&self, node: &str) -> String {
+        format!("{}{node}/", self.node_blocks_root())
     }
-    pub fn affinity(&self, pool: &str, node: &str, network: Ipv4Addr, prefix_len: u8) -> String {
+    pub fn node_block(&self, node: &str, pool: &str, network: Ipv4Addr, prefix_len: u8) -> String {
         format!(
-            "{}{}",
-            self.node_affinity_prefix(pool, node),
+            "{}{pool}/{}",
+            self.node_blocks_prefix(node),
             block_segment(network, prefix_len)
         )
     }
     /// Allocations by node `{prefix}/ipam/node-ips/{node}/{ip}` (copy of the handle record).
+    pub fn node_ips_root(&self) -> String {
+        format!("{}/ipam/node-ips/", self.prefix)
+    }
     pub fn node_ips_prefix(&self, node: &str) -> String {
-        format!("{}/ipam/node-ips/{node}/", self.prefix)
+        format!("{}{node}/", self.node_ips_root())
     }
     pub fn node_ip(&self, node: &str, ip: Ipv4Addr) -> String {
         format!("{}{ip}", self.node_ips_prefix(node))
@@ -178,6 +182,61 @@ impl Keys {
     }
     pub fn core_item(&self, collection: &str, id: &str) -> String {
         format!("{}{id}", self.core_collection(collection))
+    }
+    // Resource `kind`s are `app`, `image`, `group`, `build`; image names hold
+    // exactly one `/` (`group/repo`), so they nest one level below the kind.
+    pub fn core_users_prefix(&self) -> String {
+        self.core_collection("users")
+    }
+    pub fn core_user(&self, user: &str) -> String {
+        self.core_item("users", user)
+    }
+    pub fn core_tokens_prefix(&self) -> String {
+        self.core_collection("tokens")
+    }
+    pub fn core_token(&self, id: &str) -> String {
+        self.core_item("tokens", id)
+    }
+    pub fn core_resources_prefix(&self, kind: &str) -> String {
+        format!("{}resources/{kind}/", self.core_prefix())
+    }
+    pub fn core_resource(&self, kind: &str, name: &str) -> String {
+        format!("{}{name}", self.core_resources_prefix(kind))
+    }
+    pub fn core_members_prefix(&self, kind: &str, name: &str) -> String {
+        format!("{}members/{kind}/{name}/", self.core_prefix())
+    }
+    pub fn core_member(&self, kind: &str, name: &str, user: &str) -> String {
+        format!("{}{user}", self.core_members_prefix(kind, name))
+    }
+    /// Reverse index of members: what a user belongs to, per kind.
+    pub fn core_memberships_prefix(&self, user: &str, kind: &str) -> String {
+        format!("{}memberships/{user}/{kind}/", self.core_prefix())
+    }
+    pub fn core_membership(&self, user: &str, kind: &str, name: &str) -> String {
+        format!("{}{name}", self.core_memberships_prefix(user, kind))
+    }
+    pub fn core_activity_prefix(&self, kind: &str, name: &str) -> String {
+        format!("{}activity/{kind}/{name}/", self.core_prefix())
+    }
+    pub fn core_activity(&self, kind: &str, name: &str, id: &str) -> String {
+        format!("{}{id}", self.core_activity_prefix(kind, name))
+    }
+    /// One key per counted event, so counting never contends on a counter.
+    pub fn core_stats_prefix(&self, day: &str, metric: &str) -> String {
+        format!("{}stats/{day}/{metric}/", self.core_prefix())
+    }
+    pub fn core_stat_event(&self, day: &str, metric: &str, id: &str) -> String {
+        format!("{}{id}", self.core_stats_prefix(day, metric))
+    }
+    pub fn core_usage(&self, user: &str) -> String {
+        self.core_item("usage", user)
+    }
+    pub fn core_app_versions_prefix(&self, app: &str) -> String {
+        format!("{}app-versions/{app}/", self.core_prefix())
+    }
+    pub fn core_app_version(&self, app: &str, version: u64) -> String {
+        format!("{}{version:010}", self.core_app_versions_prefix(app))
     }
 }
 
@@ -305,8 +364,8 @@ mod tests {
         assert_eq!(k.parse_node_key("/leengine/nodes/n1/other"), None);
         assert_eq!(k.parse_node_key("/other/nodes/n1"), None);
         assert!(k
-            .affinity("p", "n1", Ipv4Addr::new(10, 0, 0, 16), 28)
-            .starts_with(&k.node_affinity_prefix("p", "n1")));
+            .node_block("n1", "p", Ipv4Addr::new(10, 0, 0, 16), 28)
+            .starts_with(&k.node_blocks_prefix("n1")));
     }
 
     #[test]

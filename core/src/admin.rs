@@ -1,0 +1,62 @@
+//! The administrator's view and the public permission table.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use chrono::{Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::table::{self, TableRow};
+use crate::auth::Caller;
+use crate::problem::{ApiError, Json, Query};
+use crate::server::Core;
+use crate::stats::{self, DayStats};
+
+pub fn router() -> Router<Core> {
+    Router::new()
+        .route("/api/v1/permissions", get(permissions))
+        .route("/api/v1/admin/stats", get(daily_stats))
+}
+
+async fn permissions() -> Json<Vec<TableRow>> {
+    Json(table::table())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// First day, `YYYY-MM-DD` (UTC); default: six days before `to`.
+    #[serde(default)]
+    pub from: Option<NaiveDate>,
+    /// Last day, inclusive; default: today.
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+}
+
+#[derive(Serialize)]
+pub struct StatsView {
+    pub days: Vec<DayStats>,
+}
+
+async fn daily_stats(
+    State(core): State<Core>,
+    caller: Caller,
+    Query(r): Query<Range>,
+) -> Result<Json<StatsView>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::forbidden(
+            "admin_only",
+            "only administrators may do this",
+        ));
+    }
+    let to = r.to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = match r.from {
+        Some(f) => f,
+        None => to
+            .checked_sub_days(Days::new(6))
+            .ok_or_else(|| ApiError::bad_request("invalid_range", "`to` is too early"))?,
+    };
+    Ok(Json(StatsView {
+        days: stats::range(&core.db, from, to).await?,
+    }))
+}

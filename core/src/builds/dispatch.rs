@@ -1,0 +1,143 @@
+//! Placing a run on a builder: one transaction writes the run record and the
+//! builder's task key, on the condition that the run is new, the config is
+//! unchanged and the chosen builder is still registered.
+
+use chrono::Utc;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, RunStatus, Trigger};
+use leengine_store::keys::BuilderKey;
+use leengine_store::Keys;
+
+use super::BuildsState;
+use crate::problem::ApiError;
+
+/// A placement can lose its race (a builder left, the config changed);
+/// each retry re-reads the live builders.
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone, Debug)]
+pub struct DispatchRequest {
+    pub trigger: Trigger,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+}
+
+/// Builders with a registration key (lease-bound, so alive), sorted.
+pub async fn live_builders(
+    etcd: &mut etcd_client::Client,
+    keys: &Keys,
+) -> Result<Vec<String>, etcd_client::Error> {
+    let resp = etcd
+        .get(
+            keys.builders_prefix(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    let mut live: Vec<String> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| match keys.parse_builder_key(kv.key_str().ok()?) {
+            Some(BuilderKey::Builder(b)) => Some(b.to_string()),
+            _ => None,
+        })
+        .collect();
+    live.sort();
+    Ok(live)
+}
+
+/// Run ids sort by creation time and are safe key segments.
+fn new_run_id() -> String {
+    let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
+    format!("{}-{suffix:06x}", Utc::now().format("%Y%m%d%H%M%S%3f"))
+}
+
+/// Creates a run of `config` (read at `config_rev`) on the builder rendezvous
+/// hashing picks among the live ones.
+pub async fn dispatch(
+    state: &BuildsState,
+    config: &BuildConfig,
+    config_rev: i64,
+    req: DispatchRequest,
+) -> Result<BuildRun, ApiError> {
+    let mut etcd = state.etcd.clone();
+    let keys = &state.keys;
+    for _ in 0..ATTEMPTS {
+        let live = live_builders(&mut etcd, keys).await?;
+        let Some(builder) = rank(&config.id, &live).first().map(|b| b.to_string()) else {
+            return Err(ApiError::unavailable(
+                "no build host is registered; start leengine-build-agent",
+            ));
+        };
+        let run = BuildRun {
+            id: new_run_id(),
+            config: config.id.clone(),
+            builder: builder.clone(),
+            attempt: 1,
+            trigger: req.trigger.clone(),
+            status: RunStatus::Queued,
+            requested_tag: req.tag.clone(),
+            commit: req.commit.clone(),
+            image: None,
+            failed_stage: None,
+            error: None,
+            stages: vec![],
+            redispatches: vec![],
+            log: String::new(),
+            log_truncated_bytes: 0,
+            created_at: Utc::now(),
+            finished_at: None,
+        };
+        let task = BuildTask {
+            run: run.id.clone(),
+            config: config.id.clone(),
+            spec: config.spec.clone(),
+            commit: req.commit.clone(),
+            tag: req.tag.clone(),
+            registry_auth: state.registry_auth.clone(),
+            attempt: 1,
+        };
+        let run_key = keys.build_run(&config.id, &run.id);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(run_key.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(keys.build_config(&config.id), CompareOp::Equal, config_rev),
+                Compare::version(keys.builder(&builder), CompareOp::Greater, 0),
+            ])
+            .and_then([
+                TxnOp::put(run_key, serde_json::to_vec(&run)?, None),
+                TxnOp::put(
+                    keys.builder_task(&builder, &run.id),
+                    serde_json::to_vec(&task)?,
+                    None,
+                ),
+            ]);
+        if etcd.txn(txn).await?.succeeded() {
+            tracing::info!(config = %config.id, run = %run.id, %builder, "build dispatched");
+            return Ok(run);
+        }
+        let still = etcd.get(keys.build_config(&config.id), None).await?;
+        match still.kvs().first() {
+            None => return Err(config_gone(&config.id)),
+            Some(kv) if kv.mod_revision() != config_rev => {
+                return Err(ApiError::conflict(
+                    "build_config_changed",
+                    format!(
+                        "build config {} changed while dispatching; retry",
+                        config.id
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Err(ApiError::unavailable(
+        "build hosts kept leaving while dispatching; retry",
+    ))
+}
+
+pub(super) fn config_gone(id: &str) -> ApiError {
+    ApiError::not_found(
+        "build_config_not_found",
+        format!("build config {id} does not exist"),
+    )
+}

@@ -1,0 +1,227 @@
+//! Image groups (registry namespaces) and images (repositories `group/repo`).
+//!
+//! An image is created explicitly, or implicitly by its first push from a
+//! group member with push rights (the registry notification creates the
+//! record, with the pusher as Owner).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{self, Action, Kind, Resource, Role};
+use crate::apps::{check_description, patch_resource, Patch};
+use crate::auth::{Caller, MaybeCaller};
+use crate::problem::{ApiError, Json, Path};
+use crate::server::Core;
+use crate::store;
+
+#[derive(Serialize)]
+pub struct ResourceView {
+    pub name: String,
+    pub creator: String,
+    pub public: bool,
+    pub description: String,
+    pub created: DateTime<Utc>,
+    /// The caller's role; `null` for a non-member of a public resource.
+    pub role: Option<Role>,
+}
+
+pub fn view(r: Resource, role: Option<Role>) -> ResourceView {
+    ResourceView {
+        name: r.name,
+        creator: r.creator,
+        public: r.public,
+        description: r.description,
+        created: r.created,
+        role,
+    }
+}
+
+pub fn router() -> Router<Core> {
+    Router::new()
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route(
+            "/api/v1/groups/{name}",
+            get(show_group).patch(update_group).delete(delete_group),
+        )
+        .route("/api/v1/images", get(list_images).post(create_image))
+        .route(
+            "/api/v1/images/{group}/{repo}",
+            get(show_image).patch(update_image).delete(delete_image),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewResource {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub public: bool,
+}
+
+async fn list_groups(
+    State(core): State<Core>,
+    caller: Caller,
+) -> Result<Json<Vec<ResourceView>>, ApiError> {
+    let rows = access::visible(&core.db, &caller, Kind::Group).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(r, role)| view(r, Some(role)))
+            .collect(),
+    ))
+}
+
+async fn create_group(
+    State(core): State<Core>,
+    caller: Caller,
+    Json(b): Json<NewResource>,
+) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
+    check_description(&b.description)?;
+    let r = access::register(
+        &core.db,
+        &caller,
+        Kind::Group,
+        &b.name,
+        b.public,
+        b.description,
+        Default::default(),
+    )
+    .await?;
+    tracing::info!(user = %caller.user, group = %r.name, "group created");
+    Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))
+}
+
+async fn show_group(
+    State(core): State<Core>,
+    MaybeCaller(caller): MaybeCaller,
+    Path(name): Path<String>,
+) -> Result<Json<ResourceView>, ApiError> {
+    let g = access::authorize(&core.db, caller.as_ref(), Kind::Group, &name, Action::View).await?;
+    Ok(Json(view(g.resource.value, g.role)))
+}
+
+async fn update_group(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(p): Json<Patch>,
+) -> Result<Json<ResourceView>, ApiError> {
+    let g = patch_resource(&core, &caller, Kind::Group, &name, &p).await?;
+    Ok(Json(view(g.resource.value, g.role)))
+}
+
+async fn delete_group(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let g = access::authorize(&core.db, Some(&caller), Kind::Group, &name, Action::Delete).await?;
+    let images = core.db.keys.core_resources_prefix(Kind::Image.as_str()) + &name + "/";
+    // The group must stay empty until the delete commits.
+    let empty =
+        etcd_client::Compare::create_revision(images.clone(), etcd_client::CompareOp::Equal, 0)
+            .with_prefix();
+    match access::unregister(&core.db, &g, (vec![empty], vec![])).await {
+        Ok(()) => {
+            tracing::info!(user = %caller.user, group = %name, "group deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) if e.code == "contention" && core.db.count(&images).await? > 0 => {
+            Err(ApiError::conflict(
+                "group_not_empty",
+                format!("group {name} still has images; delete them first"),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn list_images(
+    State(core): State<Core>,
+    caller: Caller,
+) -> Result<Json<Vec<ResourceView>>, ApiError> {
+    let rows = access::visible(&core.db, &caller, Kind::Image).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(r, role)| view(r, Some(role)))
+            .collect(),
+    ))
+}
+
+/// Creating `group/repo` needs push rights on the group.
+pub async fn check_may_create_image(
+    core: &Core,
+    caller: &Caller,
+    name: &str,
+) -> Result<(), ApiError> {
+    if !access::valid_resource_name(Kind::Image, name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("{name:?} is not an image name (group/repo, lower-case)"),
+        ));
+    }
+    let group = access::image_group(name).unwrap_or_default();
+    access::authorize(&core.db, Some(caller), Kind::Group, group, Action::Push).await?;
+    Ok(())
+}
+
+async fn create_image(
+    State(core): State<Core>,
+    caller: Caller,
+    Json(b): Json<NewResource>,
+) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
+    check_description(&b.description)?;
+    check_may_create_image(&core, &caller, &b.name).await?;
+    // The group must still exist when the image is written.
+    let group = access::image_group(&b.name).unwrap_or_default();
+    let guard = store::present(core.db.keys.core_resource(Kind::Group.as_str(), group));
+    let r = access::register(
+        &core.db,
+        &caller,
+        Kind::Image,
+        &b.name,
+        b.public,
+        b.description,
+        (vec![guard], vec![]),
+    )
+    .await?;
+    tracing::info!(user = %caller.user, image = %r.name, "image created");
+    Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))
+}
+
+async fn show_image(
+    State(core): State<Core>,
+    MaybeCaller(caller): MaybeCaller,
+    Path((group, repo)): Path<(String, String)>,
+) -> Result<Json<ResourceView>, ApiError> {
+    let name = format!("{group}/{repo}");
+    let g = access::authorize(&core.db, caller.as_ref(), Kind::Image, &name, Action::View).await?;
+    Ok(Json(view(g.resource.value, g.role)))
+}
+
+async fn update_image(
+    State(core): State<Core>,
+    caller: Caller,
+    Path((group, repo)): Path<(String, String)>,
+    Json(p): Json<Patch>,
+) -> Result<Json<ResourceView>, ApiError> {
+    let g = patch_resource(&core, &caller, Kind::Image, &format!("{group}/{repo}"), &p).await?;
+    Ok(Json(view(g.resource.value, g.role)))
+}
+
+async fn delete_image(
+    State(core): State<Core>,
+    caller: Caller,
+    Path((group, repo)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = format!("{group}/{repo}");
+    let g = access::authorize(&core.db, Some(&caller), Kind::Image, &name, Action::Delete).await?;
+    access::unregister(&core.db, &g, Default::default()).await?;
+    tracing::info!(user = %caller.user, image = %name, "image deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

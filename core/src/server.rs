@@ -1,0 +1,102 @@
+//! Assembles the API: shared state, every module's routes, problem-JSON
+//! fallbacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+
+use crate::auth::{self, Authenticator};
+use crate::problem::ApiError;
+use crate::quota::Quota;
+use crate::registry::RegistrySettings;
+use crate::store::Db;
+use crate::{access, admin, apps, builds, images, openapi, registry, slb, users};
+
+/// Operator settings of the core (from the command line of `main`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Quota of users without their own.
+    pub default_quota: Quota,
+    /// Lifetime of the token `POST /api/v1/login` returns.
+    pub login_ttl: Duration,
+    /// Registry token server; `None` disables `/v2/token` and notifications.
+    pub registry: Option<RegistrySettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_quota: Quota {
+                max_apps: 20,
+                max_containers: 200,
+            },
+            login_ttl: Duration::from_secs(24 * 3600),
+            registry: None,
+        }
+    }
+}
+
+/// State shared by the core's own handlers.
+#[derive(Clone)]
+pub struct Core {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub registry: Option<Arc<registry::TokenServer>>,
+}
+
+impl Core {
+    pub fn new(db: Db, settings: Settings) -> Result<Self, ApiError> {
+        let registry = match &settings.registry {
+            Some(r) => Some(Arc::new(registry::TokenServer::new(r)?)),
+            None => None,
+        };
+        Ok(Self {
+            db,
+            settings: Arc::new(settings),
+            registry,
+        })
+    }
+}
+
+/// The whole API with the etcd-backed authenticator.
+pub fn app(core: Core) -> Router {
+    let authn: Arc<dyn Authenticator> = Arc::new(users::EtcdAuthenticator {
+        db: core.db.clone(),
+    });
+    app_with(core, authn)
+}
+
+/// The whole API with a chosen authenticator.
+pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
+    let etcd = core.db.etcd.clone();
+    let keys = core.db.keys.clone();
+    let own = Router::new()
+        .merge(users::api::router())
+        .merge(access::members::router())
+        .merge(apps::router())
+        .merge(images::router())
+        .merge(admin::router())
+        .merge(registry::router())
+        .merge(openapi::router())
+        .with_state(core);
+    own.merge(slb::router(slb::SlbState::new(etcd.clone(), keys.clone())))
+        .merge(builds::router(builds::BuildsState::new(etcd, keys)))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(auth::layer(authn))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_route", "no such endpoint")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}

@@ -1,0 +1,25 @@
+//! slb-core: the HTTP API that writes `/slb/{group}/domains/{domain}/`
+//! (docs/slb.md). Config changes and the upstream replacement service
+//! discovery makes are admin-only; any authenticated user may read, as in
+//! the original system. Every change is one etcd transaction that compares
+//! the domain's existence (and, with `If-Match`, its config revision).
+
+mod api;
+mod view;
+
+use leengine_store::Keys;
+
+pub use api::router;
+
+#[derive(Clone)]
+pub struct SlbState {
+    pub etcd: etcd_client::Client,
+}
+
+impl SlbState {
+    /// The SLB keys keep the original prefix-less layout (`/slb/...`), so the
+    /// key prefix is not needed here.
+    pub fn new(etcd: etcd_client::Client, _keys: Keys) -> Self {
+        Self { etcd }
+    }
+}

@@ -1,0 +1,323 @@
+//! Account endpoints: login, the caller's profile and tokens, and the
+//! administrator's user management.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{check_password, create_user, issue_token, secret, TokenRecord, User};
+use crate::auth::Caller;
+use crate::problem::{ApiError, Json, Path};
+use crate::quota::{self, Quota, Usage};
+use crate::server::Core;
+use crate::store;
+
+pub fn router() -> Router<Core> {
+    Router::new()
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/user", get(me))
+        .route("/api/v1/user/password", put(change_password))
+        .route("/api/v1/user/tokens", get(list_tokens).post(new_token))
+        .route("/api/v1/user/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/users", get(list_users).post(add_user))
+        .route("/api/v1/users/{name}/quota", put(set_quota))
+}
+
+/// A user as the API shows it (never the hash).
+#[derive(Serialize)]
+pub struct UserView {
+    pub name: String,
+    pub admin: bool,
+    pub created: DateTime<Utc>,
+    pub quota: Quota,
+    pub usage: Usage,
+}
+
+async fn view(core: &Core, u: User) -> Result<UserView, ApiError> {
+    Ok(UserView {
+        usage: quota::usage(&core.db, &u.name).await?,
+        quota: u.quota.unwrap_or(core.settings.default_quota),
+        name: u.name,
+        admin: u.admin,
+        created: u.created,
+    })
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "admin_only",
+            "only administrators may do this",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Serialize)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+    pub expires: Option<DateTime<Utc>>,
+}
+
+async fn login(
+    State(core): State<Core>,
+    Json(body): Json<Login>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    let user = check_password(&core.db, &body.user, &body.password)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let ttl =
+        chrono::Duration::from_std(core.settings.login_ttl).unwrap_or(chrono::Duration::hours(24));
+    let (rec, token) = issue_token(&core.db, &user.name, "login", Some(Utc::now() + ttl)).await?;
+    tracing::info!(user = %user.name, token_id = %rec.id, "login");
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            id: rec.id,
+            name: rec.name,
+            token,
+            expires: rec.expires,
+        }),
+    ))
+}
+
+async fn load_user(core: &Core, name: &str) -> Result<store::Versioned<User>, ApiError> {
+    core.db
+        .get::<User>(&core.db.keys.core_user(name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", format!("no user {name}")))
+}
+
+async fn me(State(core): State<Core>, caller: Caller) -> Result<Json<UserView>, ApiError> {
+    let u = load_user(&core, &caller.user).await?;
+    Ok(Json(view(&core, u.value).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current: String,
+    pub new: String,
+}
+
+async fn change_password(
+    State(core): State<Core>,
+    caller: Caller,
+    Json(body): Json<ChangePassword>,
+) -> Result<StatusCode, ApiError> {
+    let u = load_user(&core, &caller.user).await?;
+    if !secret::verify_password(&body.current, &u.value.password_hash).await? {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the current password is wrong",
+        ));
+    }
+    let mut next = u.value.clone();
+    next.password_hash = secret::hash_password(&body.new).await?;
+    let key = core.db.keys.core_user(&caller.user);
+    if !core
+        .db
+        .commit(
+            vec![store::unchanged(key.clone(), u.mod_revision)],
+            vec![store::put(key, &next)],
+        )
+        .await?
+    {
+        return Err(store::contention());
+    }
+    tracing::info!(user = %caller.user, "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub created: DateTime<Utc>,
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(t: TokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            created: t.created,
+            expires: t.expires,
+        }
+    }
+}
+
+async fn list_tokens(
+    State(core): State<Core>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let all = core
+        .db
+        .list::<TokenRecord>(&core.db.keys.core_tokens_prefix())
+        .await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.user == caller.user)
+            .map(TokenView::from)
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    /// Lifetime in days; none = until revoked.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+async fn new_token(
+    State(core): State<Core>,
+    caller: Caller,
+    Json(body): Json<TokenRequest>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    if body.name.is_empty() || body.name.len() > 100 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a token name has 1 to 100 characters",
+        ));
+    }
+    let expires = match body.expires_in_days {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_expiry",
+                "expires_in_days must be at least 1",
+            ))
+        }
+        Some(d) if d > 3650 => {
+            return Err(ApiError::bad_request(
+                "invalid_expiry",
+                "expires_in_days is at most 3650",
+            ))
+        }
+        Some(d) => Some(Utc::now() + chrono::Duration::days(i64::from(d))),
+        None => None,
+    };
+    let (rec, token) = issue_token(&core.db, &caller.user, &body.name, expires).await?;
+    tracing::info!(user = %caller.user, token_id = %rec.id, "access token issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            id: rec.id,
+            name: rec.name,
+            token,
+            expires: rec.expires,
+        }),
+    ))
+}
+
+async fn revoke_token(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let key = core.db.keys.core_token(&id);
+    let not_found = || ApiError::not_found("token_not_found", format!("no token {id}"));
+    if id.contains('/') {
+        return Err(not_found());
+    }
+    let rec = core
+        .db
+        .get::<TokenRecord>(&key)
+        .await?
+        .ok_or_else(not_found)?;
+    if rec.value.user != caller.user && !caller.admin {
+        return Err(not_found());
+    }
+    if !core
+        .db
+        .commit(
+            vec![store::unchanged(key.clone(), rec.mod_revision)],
+            vec![store::delete(key)],
+        )
+        .await?
+    {
+        return Err(not_found());
+    }
+    tracing::info!(user = %caller.user, token_id = %id, "access token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_users(
+    State(core): State<Core>,
+    caller: Caller,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    require_admin(&caller)?;
+    let mut out = Vec::new();
+    for (_, u) in core
+        .db
+        .list::<User>(&core.db.keys.core_users_prefix())
+        .await?
+    {
+        out.push(view(&core, u).await?);
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+async fn add_user(
+    State(core): State<Core>,
+    caller: Caller,
+    Json(body): Json<NewUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    require_admin(&caller)?;
+    let u = create_user(&core.db, &body.name, &body.password, body.admin).await?;
+    tracing::info!(by = %caller.user, user = %u.name, admin = u.admin, "user created");
+    Ok((StatusCode::CREATED, Json(view(&core, u).await?)))
+}
+
+async fn set_quota(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(q): Json<Quota>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&caller)?;
+    for _ in 0..store::MAX_ATTEMPTS {
+        let u = load_user(&core, &name).await?;
+        let mut next = u.value.clone();
+        next.quota = Some(q);
+        let key = core.db.keys.core_user(&name);
+        if core
+            .db
+            .commit(
+                vec![store::unchanged(key.clone(), u.mod_revision)],
+                vec![store::put(key, &next)],
+            )
+            .await?
+        {
+            tracing::info!(by = %caller.user, user = %name, max_apps = q.max_apps, max_containers = q.max_containers, "quota set");
+            return Ok(Json(view(&core, next).await?));
+        }
+    }
+    Err(store::contention())
+}

@@ -1,0 +1,789 @@
+//! Accounts, quotas, member rules, activity, statistics, notifications and
+//! error shapes, through the HTTP routes against a real etcd.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::{jwt_claims, token_keypair, Auth, Env};
+use leengine_core::quota::Quota;
+use leengine_core::registry::RegistrySettings;
+use leengine_core::server::Settings;
+use serde_json::{json, Value};
+
+async fn env_with_registry() -> (Env, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, _) = token_keypair(dir.path());
+    let settings = Settings {
+        default_quota: Quota {
+            max_apps: 3,
+            max_containers: 10,
+        },
+        registry: Some(RegistrySettings {
+            service: "reg".into(),
+            issuer: "core".into(),
+            key_pem: key,
+            cert_pem: Some(cert),
+            ttl: Duration::from_secs(60),
+            notify_secret: Some("notify-secret".into()),
+        }),
+        ..Default::default()
+    };
+    (Env::start(settings).await, dir)
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_tokens_and_secrets() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let (st, _) = env
+        .call(
+            &admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "alice", "password": "alice-password"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "alice", "password": "alice-password"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("user_exists"))
+    );
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "bob", "password": "short"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("weak_password"))
+    );
+
+    // Wrong password and unknown user look the same.
+    let (st, _) = env
+        .call(
+            &Auth::Anonymous,
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"user": "alice", "password": "nope-nope"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = env
+        .call(
+            &Auth::Anonymous,
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"user": "ghost", "password": "nope-nope"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = env
+        .call(
+            &Auth::Anonymous,
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"user": "alice", "password": "alice-password"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let token = v["token"].as_str().unwrap().to_string();
+    let alice = Auth::Bearer(token.clone());
+    let (st, me) = env.call(&alice, Method::GET, "/api/v1/user", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(me["name"], "alice");
+    assert!(me.get("password_hash").is_none());
+
+    // Basic with user:password and user:token both work; a token of
+    // another user does not.
+    let basic = Auth::Basic("alice".into(), "alice-password".into());
+    assert_eq!(
+        env.call(&basic, Method::GET, "/api/v1/user", None).await.0,
+        StatusCode::OK
+    );
+    let basic_tok = Auth::Basic("alice".into(), token.clone());
+    assert_eq!(
+        env.call(&basic_tok, Method::GET, "/api/v1/user", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let wrong_user = Auth::Basic("root".into(), token.clone());
+    assert_eq!(
+        env.call(&wrong_user, Method::GET, "/api/v1/user", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Listing shows no secret; the stored record holds only a hash.
+    let (_, list) = env
+        .call(&alice, Method::GET, "/api/v1/user/tokens", None)
+        .await;
+    assert!(!list.to_string().contains(&token));
+    let raw = env
+        .etcd
+        .etcdctl(&["get", "--prefix", env.core.db.keys.core_prefix().as_str()]);
+    let dump = String::from_utf8_lossy(&raw.stdout);
+    assert!(dump.contains("$argon2id$"));
+    assert!(!dump.contains("alice-password"));
+    assert!(!dump.contains(token.split('_').nth(2).unwrap()));
+
+    // Revoked → 401.
+    let id = v["id"].as_str().unwrap();
+    let (st, _) = env
+        .call(
+            &alice,
+            Method::DELETE,
+            &format!("/api/v1/user/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.call(&alice, Method::GET, "/api/v1/user", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Non-admins cannot manage users: 403, anonymous: 401.
+    let (st, _) = env.call(&basic, Method::GET, "/api/v1/users", None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = env
+        .call(&Auth::Anonymous, Method::GET, "/api/v1/users", None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_under_concurrency() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let u = env.user("carol", false).await;
+    let (st, _) = env
+        .call(
+            &admin,
+            Method::PUT,
+            "/api/v1/users/carol/quota",
+            Some(json!({"max_apps": 2, "max_containers": 5})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    // Fire the creations concurrently on the same router.
+    let futs = (0..6).map(|i| {
+        let (env, u) = (&env, u.clone());
+        async move {
+            env.call(
+                &u,
+                Method::POST,
+                "/api/v1/apps",
+                Some(json!({"name": format!("app{i}")})),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(futs).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::FORBIDDEN)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(created, 2, "{results:?}");
+    assert_eq!(refused.len(), 4);
+    assert!(refused.iter().all(|v| v["code"] == "quota_apps"));
+    let (_, me) = env.call(&u, Method::GET, "/api/v1/user", None).await;
+    assert_eq!(me["usage"]["apps"], 2);
+
+    let (_, apps) = env.call(&u, Method::GET, "/api/v1/apps", None).await;
+    let app = apps[0]["name"].as_str().unwrap().to_string();
+    let deploy = |n: u32| json!({"image": "team/web", "tag": "v1", "replicas": n});
+    let (st, v) = env
+        .call(
+            &u,
+            Method::POST,
+            &format!("/api/v1/apps/{app}/deploy"),
+            Some(deploy(6)),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_containers"))
+    );
+    let (st, _) = env
+        .call(
+            &u,
+            Method::POST,
+            &format!("/api/v1/apps/{app}/deploy"),
+            Some(deploy(4)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = env
+        .call(
+            &u,
+            Method::POST,
+            &format!("/api/v1/apps/{app}/scale"),
+            Some(json!({"replicas": 6})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_containers"))
+    );
+    let (st, _) = env
+        .call(
+            &u,
+            Method::POST,
+            &format!("/api/v1/apps/{app}/scale"),
+            Some(json!({"replicas": 5})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    // Deleting returns both the app and its containers.
+    assert_eq!(
+        env.call(&u, Method::DELETE, &format!("/api/v1/apps/{app}"), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, me) = env.call(&u, Method::GET, "/api/v1/user", None).await;
+    assert_eq!(
+        (
+            me["usage"]["apps"].as_u64(),
+            me["usage"]["containers"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_lists_activity_and_stats() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let owner = env.user("olga", false).await;
+    let master = env.user("max", false).await;
+    let dev = env.user("dora", false).await;
+    env.call(
+        &owner,
+        Method::POST,
+        "/api/v1/apps",
+        Some(json!({"name": "web"})),
+    )
+    .await;
+    env.call(
+        &dev,
+        Method::POST,
+        "/api/v1/apps",
+        Some(json!({"name": "devs-own"})),
+    )
+    .await;
+    let put = |u: &str, role: &str| {
+        (
+            format!("/api/v1/apps/web/members/{u}"),
+            json!({"role": role}),
+        )
+    };
+    let (p, b) = put("max", "Master");
+    assert_eq!(
+        env.call(&owner, Method::PUT, &p, Some(b)).await.0,
+        StatusCode::OK
+    );
+    // A Master cannot create Owners nor touch the Owner.
+    let (p, b) = put("dora", "Owner");
+    let (st, v) = env.call(&master, Method::PUT, &p, Some(b)).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("role_too_high"))
+    );
+    let (st, _) = env
+        .call(
+            &master,
+            Method::DELETE,
+            "/api/v1/apps/web/members/olga",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (p, b) = put("dora", "Developer");
+    assert_eq!(
+        env.call(&master, Method::PUT, &p, Some(b)).await.0,
+        StatusCode::OK
+    );
+    let (p, b) = put("nobody", "Guest");
+    let (st, v) = env.call(&owner, Method::PUT, &p, Some(b)).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("user_not_found"))
+    );
+    // The last Owner stays.
+    let (st, v) = env
+        .call(
+            &owner,
+            Method::DELETE,
+            "/api/v1/apps/web/members/olga",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("last_owner"))
+    );
+    let (p, b) = put("nobody", "NotARole");
+    let (st, v) = env.call(&owner, Method::PUT, &p, Some(b)).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+
+    // Lists: own and member-of only; admin sees all.
+    assert_eq!(
+        names(&env.call(&dev, Method::GET, "/api/v1/apps", None).await.1),
+        ["devs-own", "web"]
+    );
+    assert_eq!(
+        names(&env.call(&master, Method::GET, "/api/v1/apps", None).await.1),
+        ["web"]
+    );
+    assert_eq!(
+        names(&env.call(&admin, Method::GET, "/api/v1/apps", None).await.1),
+        ["devs-own", "web"]
+    );
+
+    env.call(
+        &master,
+        Method::POST,
+        "/api/v1/apps/web/deploy",
+        Some(json!({"image": "t/w", "tag": "a1"})),
+    )
+    .await;
+    env.call(
+        &master,
+        Method::POST,
+        "/api/v1/apps/web/deploy",
+        Some(json!({"image": "t/w", "tag": "a2"})),
+    )
+    .await;
+    env.call(
+        &owner,
+        Method::POST,
+        "/api/v1/apps/web/scale",
+        Some(json!({"replicas": 3})),
+    )
+    .await;
+    let (_, feed) = env
+        .call(&dev, Method::GET, "/api/v1/apps/web/activity", None)
+        .await;
+    let actions: Vec<&str> = feed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "scaled",
+            "deployed",
+            "deployed",
+            "member_added",
+            "member_added",
+            "created"
+        ],
+        "{feed}"
+    );
+    let (_, versions) = env
+        .call(&dev, Method::GET, "/api/v1/apps/web/versions", None)
+        .await;
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert_eq!(versions[1]["tag"], "a2");
+
+    let (st, v) = env
+        .call(&dev, Method::GET, "/api/v1/admin/stats", None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("admin_only"))
+    );
+    let (st, stats) = env
+        .call(&admin, Method::GET, "/api/v1/admin/stats", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let today = stats["days"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (today["deploys"].as_u64(), today["scalings"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::GET,
+            "/api/v1/admin/stats?from=2026-02-10&to=2026-01-01",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_range"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_roles_reach_existing_images_and_pushes_are_recorded() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let owner = env.user("olga", false).await;
+    let rep = env.user("rita", false).await;
+    let dev = env.user("dan", false).await;
+    env.call(
+        &owner,
+        Method::POST,
+        "/api/v1/groups",
+        Some(json!({"name": "team"})),
+    )
+    .await;
+    for (u, r) in [("rita", "Reporter"), ("dan", "Developer")] {
+        let (st, _) = env
+            .call(
+                &owner,
+                Method::PUT,
+                &format!("/api/v1/groups/team/members/{u}"),
+                Some(json!({"role": r})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    // A Reporter of the group may not create images in it; a Developer may.
+    let (st, _) = env
+        .call(
+            &rep,
+            Method::POST,
+            "/api/v1/images",
+            Some(json!({"name": "team/app"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = env
+        .call(
+            &dev,
+            Method::POST,
+            "/api/v1/images",
+            Some(json!({"name": "team/app"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let granted = |v: &Value| -> Vec<String> {
+        let c = jwt_claims(v["token"].as_str().unwrap());
+        c["access"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|a| {
+                a["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let q = "/v2/token?service=reg&scope=repository:team/app:pull,push";
+    let (_, v) = env.call(&rep, Method::GET, q, None).await;
+    assert_eq!(granted(&v), ["pull"]);
+    let (_, v) = env.call(&dev, Method::GET, q, None).await;
+    assert_eq!(granted(&v), ["pull", "push"]);
+    let (st, v) = env
+        .call(
+            &dev,
+            Method::GET,
+            "/v2/token?service=other&scope=repository:team/app:pull",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_service"))
+    );
+    let (st, v) = env
+        .call(
+            &dev,
+            Method::GET,
+            "/v2/token?service=reg&scope=garbage",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+
+    // Notifications: a manifest push to a new repository creates it with
+    // the pusher as Owner; re-delivery counts once; blob events do not count.
+    let envelope = json!({"events": [
+        {"id": "ev-1", "timestamp": "2026-03-01T10:00:00Z", "action": "push",
+         "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "repository": "team/new", "digest": "sha256:ab", "tag": "v1"},
+         "actor": {"name": "dan"}},
+        {"id": "ev-2", "timestamp": "2026-03-01T10:00:00Z", "action": "push",
+         "target": {"mediaType": "application/octet-stream", "repository": "team/new", "digest": "sha256:cd"},
+         "actor": {"name": "dan"}}
+    ]});
+    let notify = Auth::Bearer("notify-secret".into());
+    let (st, _) = env
+        .call(
+            &Auth::Bearer("wrong".into()),
+            Method::POST,
+            "/api/v1/registry/events",
+            Some(envelope.clone()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        let (st, v) = env
+            .call(
+                &notify,
+                Method::POST,
+                "/api/v1/registry/events",
+                Some(envelope.clone()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let (st, img) = env
+        .call(&dev, Method::GET, "/api/v1/images/team/new", None)
+        .await;
+    assert_eq!(
+        (st, img["creator"].as_str(), img["role"].as_str()),
+        (StatusCode::OK, Some("dan"), Some("Owner"))
+    );
+    let (_, feed) = env
+        .call(&dev, Method::GET, "/api/v1/images/team/new/activity", None)
+        .await;
+    let pushed = feed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "pushed")
+        .count();
+    assert_eq!(pushed, 1, "{feed}");
+    let (_, stats) = env
+        .call(
+            &admin,
+            Method::GET,
+            "/api/v1/admin/stats?from=2026-03-01&to=2026-03-01",
+            None,
+        )
+        .await;
+    assert_eq!(stats["days"][0]["pushes"], 1, "{stats}");
+
+    // Group members list the group's images; others see none of them.
+    assert_eq!(
+        names(&env.call(&rep, Method::GET, "/api/v1/images", None).await.1),
+        ["team/app", "team/new"]
+    );
+    let stranger = env.user("sam", false).await;
+    assert!(names(
+        &env.call(&stranger, Method::GET, "/api/v1/images", None)
+            .await
+            .1
+    )
+    .is_empty());
+    assert_eq!(
+        names(
+            &env.call(&admin, Method::GET, "/api/v1/images", None)
+                .await
+                .1
+        ),
+        ["team/app", "team/new"]
+    );
+
+    // A group with images cannot be deleted.
+    let (st, v) = env
+        .call(&owner, Method::DELETE, "/api/v1/groups/team", None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("group_not_empty"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_problem_json() {
+    let (mut env, _d) = env_with_registry().await;
+    let u = env.user("erin", false).await;
+    let (st, v) = env.call(&u, Method::GET, "/no/such/path", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_route"))
+    );
+    let (st, v) = env.call(&u, Method::PUT, "/api/v1/apps", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    let (st, v) = env
+        .call(&u, Method::POST, "/api/v1/apps", Some(json!({"name": 5})))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    let (st, v) = env
+        .call(
+            &u,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"name": "Bad Name"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_name"))
+    );
+    let (st, v) = env.call(&u, Method::GET, "/api/v1/apps/ghost", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("app_not_found"))
+    );
+    let (st, _) = env
+        .call(
+            &Auth::Bearer("lep_000000000000_x".into()),
+            Method::GET,
+            "/api/v1/apps",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // etcd down: 503, not 500.
+    env.etcd.stop();
+    let (st, v) = env.call(&u, Method::GET, "/api/v1/apps", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_removing_each_other_leave_one_and_admin_bootstrap_keeps_password() {
+    let (env, _d) = env_with_registry().await;
+    let a = env.user("anna", false).await;
+    let b = env.user("bert", false).await;
+    env.call(
+        &a,
+        Method::POST,
+        "/api/v1/groups",
+        Some(json!({"name": "g"})),
+    )
+    .await;
+    let (st, _) = env
+        .call(
+            &a,
+            Method::PUT,
+            "/api/v1/groups/g/members/bert",
+            Some(json!({"role": "Owner"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    for round in 0..5 {
+        // Both Owners try to remove the other at the same time: the
+        // compare-and-swap on the resource lets exactly one through.
+        let (ra, rb) = tokio::join!(
+            env.call(&a, Method::DELETE, "/api/v1/groups/g/members/bert", None),
+            env.call(&b, Method::DELETE, "/api/v1/groups/g/members/anna", None),
+        );
+        let ok = [ra.0, rb.0]
+            .iter()
+            .filter(|s| **s == StatusCode::NO_CONTENT)
+            .count();
+        assert_eq!(ok, 1, "round {round}: {ra:?} {rb:?}");
+        let survivor = if ra.0 == StatusCode::NO_CONTENT {
+            &a
+        } else {
+            &b
+        };
+        let (st, m) = env
+            .call(survivor, Method::GET, "/api/v1/groups/g/members", None)
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(m.as_array().unwrap().len(), 1, "{m}");
+        let other = if ra.0 == StatusCode::NO_CONTENT {
+            "bert"
+        } else {
+            "anna"
+        };
+        let (st, _) = env
+            .call(
+                survivor,
+                Method::PUT,
+                &format!("/api/v1/groups/g/members/{other}"),
+                Some(json!({"role": "Owner"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+
+    // Bootstrapping an existing admin leaves its password alone.
+    let db = &env.core.db;
+    assert!(
+        leengine_core::users::bootstrap_admin(db, "boss", "first-password")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !leengine_core::users::bootstrap_admin(db, "boss", "second-password")
+            .await
+            .unwrap()
+    );
+    let ok = Auth::Basic("boss".into(), "first-password".into());
+    let (st, me) = env.call(&ok, Method::GET, "/api/v1/user", None).await;
+    assert_eq!((st, me["admin"].as_bool()), (StatusCode::OK, Some(true)));
+    let old = Auth::Basic("boss".into(), "second-password".into());
+    assert_eq!(
+        env.call(&old, Method::GET, "/api/v1/user", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Wrong credentials at the token endpoint: 401 (docker login fails),
+    // none: an anonymous token.
+    let (st, _) = env
+        .call(&old, Method::GET, "/v2/token?service=reg", None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = env
+        .call(
+            &Auth::Anonymous,
+            Method::GET,
+            "/v2/token?service=reg&scope=repository:g/x:pull",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        jwt_claims(v["token"].as_str().unwrap())["access"],
+        json!([])
+    );
+}

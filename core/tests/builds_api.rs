@@ -1,0 +1,681 @@
+//! Build dispatch against a real etcd: configs, triggers, the GitLab
+//! webhook, rendezvous placement and re-dispatch after a builder's lease
+//! expires. Builders here are registration keys under real leases (the
+//! agent itself is exercised in build-agent/tests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use etcd_client::{GetOptions, PutOptions};
+use futures::future::BoxFuture;
+use leengine_build::{BuildRun, BuildTask, RunStatus, Stage};
+use leengine_core::auth::{self, Authenticator, Caller};
+use leengine_core::builds::{router, BuildsState};
+use leengine_core::problem::ApiError;
+use leengine_store::Keys;
+use leengine_testenv as te;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// `Bearer admin` is an administrator; `Bearer alice` / `Bearer bob` are users.
+struct Tokens;
+
+impl Authenticator for Tokens {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Option<Caller>, ApiError>> {
+        Box::pin(async move {
+            let v = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let who = |u: &str, admin| {
+                Ok(Some(Caller {
+                    user: u.into(),
+                    admin,
+                }))
+            };
+            match v {
+                None => Ok(None),
+                Some("Bearer admin") => who("root", true),
+                Some("Bearer alice") => who("alice", false),
+                Some("Bearer bob") => who("bob", false),
+                Some(_) => Err(ApiError::unauthorized()),
+            }
+        })
+    }
+}
+
+struct Env {
+    /// Owned here unless the test keeps it across runtimes.
+    _etcd: Option<te::Etcd>,
+    app: Router,
+    etcd: etcd_client::Client,
+    keys: Keys,
+}
+
+async fn env() -> Env {
+    let etcd = te::Etcd::start();
+    let client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let keys = Keys::new("/t");
+    let state = BuildsState::new(client.clone(), keys.clone());
+    Env {
+        _etcd: Some(etcd),
+        app: router(state).layer(auth::layer(Arc::new(Tokens))),
+        etcd: client,
+        keys,
+    }
+}
+
+impl Env {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        who: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_h(method, uri, who, body, &[]).await
+    }
+
+    async fn call_h(
+        &self,
+        method: &str,
+        uri: &str,
+        who: Option<&str>,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(w) = who {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {w}"));
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A builder registration under its own lease, as the agent writes it.
+    async fn builder(&self, id: &str, ttl: i64) -> i64 {
+        let mut c = self.etcd.clone();
+        let lease = c.lease_grant(ttl, None).await.unwrap().id();
+        let info =
+            json!({"id": id, "capacity": 1, "running": 0, "startedAt": "2026-01-01T00:00:00Z"});
+        c.put(
+            self.keys.builder(id),
+            info.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+        lease
+    }
+
+    async fn run(&self, config: &str, run: &str) -> BuildRun {
+        let r = self
+            .etcd
+            .clone()
+            .get(self.keys.build_run(config, run), None)
+            .await
+            .unwrap();
+        serde_json::from_slice(r.kvs()[0].value()).unwrap()
+    }
+
+    async fn tasks(&self, builder: &str) -> Vec<BuildTask> {
+        let r = self
+            .etcd
+            .clone()
+            .get(
+                self.keys.builder_tasks_prefix(builder),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+            .collect()
+    }
+
+    async fn run_count(&self) -> usize {
+        let r = self
+            .etcd
+            .clone()
+            .get(
+                format!("{}runs/", self.keys.builds_prefix()),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        r.count() as usize
+    }
+}
+
+fn config(id: &str) -> Value {
+    json!({
+        "id": id,
+        "repo": "http://gitlab.example/team/app.git",
+        "branch": "main",
+        "image": "127.0.0.1:5000/team/app",
+        "outputs": ["target/app.jar"],
+        "compile": {"image": "local/maven:3", "script": "build.sh"}
+    })
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_are_validated_owned_and_private() {
+    let e = env().await;
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs",
+            Some("alice"),
+            Some(config("app")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["creator"], "alice");
+    assert_eq!(v["dockerfile"], "Dockerfile");
+    assert_eq!(v["compile"]["cacheMount"], "/root/.m2/repository");
+    assert_eq!(v["webhookToken"].as_str().unwrap().len(), 48);
+    assert!(v.get("webhookTokenSha256").is_none());
+
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs",
+            Some("alice"),
+            Some(config("app")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("build_config_exists"))
+    );
+
+    for (field, bad) in [
+        ("id", json!("App/x")),
+        ("branch", json!("a..b")),
+        ("image", json!("127.0.0.1:5000/team/app:v1")),
+        ("outputs", json!(["../../etc"])),
+        ("repo", json!("--upload-pack=x")),
+    ] {
+        let mut c = config("other");
+        c[field] = bad;
+        let (s, v) = e
+            .call("POST", "/api/v1/builds/configs", Some("alice"), Some(c))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{field}: {v}");
+        assert_eq!(v["code"], "invalid_build_config");
+        assert!(
+            v["detail"].as_str().unwrap().contains(field),
+            "{field}: {v}"
+        );
+    }
+    let mut c = config("other");
+    c["dockerFile"] = json!("x");
+    let (s, v) = e
+        .call("POST", "/api/v1/builds/configs", Some("alice"), Some(c))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {v}"
+    );
+
+    let (s, _) = e
+        .call("POST", "/api/v1/builds/configs", None, Some(config("x")))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = e
+        .call("GET", "/api/v1/builds/configs/app", Some("bob"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "bob is not a member");
+    let (s, v) = e
+        .call("GET", "/api/v1/builds/configs", Some("bob"), None)
+        .await;
+    assert_eq!((s, v), (StatusCode::OK, json!([])));
+    let (s, _) = e
+        .call("POST", "/api/v1/builds/configs/app/runs", Some("bob"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = e
+        .call("GET", "/api/v1/builds/configs/app", Some("admin"), None)
+        .await;
+    assert_eq!((s, &v["id"]), (StatusCode::OK, &json!("app")));
+
+    let mut upd = config("app");
+    upd.as_object_mut().unwrap().remove("id");
+    upd["branch"] = json!("release");
+    let (s, _) = e
+        .call(
+            "PUT",
+            "/api/v1/builds/configs/app",
+            Some("bob"),
+            Some(upd.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    upd["image"] = json!("Bad");
+    let (s, v) = e
+        .call(
+            "PUT",
+            "/api/v1/builds/configs/app",
+            Some("alice"),
+            Some(upd.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_build_config"))
+    );
+    upd["image"] = json!("127.0.0.1:5000/team/app2");
+    let (s, v) = e
+        .call(
+            "PUT",
+            "/api/v1/builds/configs/app",
+            Some("alice"),
+            Some(upd),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["branch"], &v["creator"]),
+        (&json!("release"), &json!("alice"))
+    );
+
+    let (s, _) = e
+        .call("DELETE", "/api/v1/builds/configs/app", Some("bob"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = e
+        .call("DELETE", "/api/v1/builds/configs/app", Some("alice"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = e
+        .call("GET", "/api/v1/builds/configs/app", Some("alice"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_places_by_rendezvous_in_one_write() {
+    let e = env().await;
+    e.call(
+        "POST",
+        "/api/v1/builds/configs",
+        Some("alice"),
+        Some(config("app")),
+    )
+    .await;
+
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{v}"
+    );
+    assert_eq!(e.run_count().await, 0, "nothing written without a builder");
+
+    let live: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    for b in &live {
+        e.builder(b, 60).await;
+    }
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            Some(json!({"tag": "v1.2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let expected = leengine_build::rank("app", &live)[0];
+    assert_eq!(v["builder"], expected);
+    assert_eq!(v["status"], "queued");
+    let run_id = v["id"].as_str().unwrap();
+    let tasks = e.tasks(expected).await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].run, run_id);
+    assert_eq!(tasks[0].tag.as_deref(), Some("v1.2"));
+    assert_eq!(tasks[0].spec.outputs, vec!["target/app.jar".to_string()]);
+
+    // Same config, same builder, every time.
+    for _ in 0..3 {
+        let (_, v) = e
+            .call(
+                "POST",
+                "/api/v1/builds/configs/app/runs",
+                Some("alice"),
+                None,
+            )
+            .await;
+        assert_eq!(v["builder"], expected);
+    }
+    let (s, v) = e
+        .call(
+            "GET",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    let (s, v) = e
+        .call(
+            "GET",
+            &format!("/api/v1/builds/configs/app/runs/{run_id}"),
+            Some("admin"),
+            None,
+        )
+        .await;
+    assert_eq!((s, &v["requestedTag"]), (StatusCode::OK, &json!("v1.2")));
+
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            Some(json!({"tag": "-bad"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_tag"))
+    );
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            Some(json!({"commit": "xyz"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_commit"))
+    );
+    assert_eq!(e.run_count().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitlab_webhook_checks_token_repo_and_branch() {
+    let e = env().await;
+    let (_, created) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs",
+            Some("alice"),
+            Some(config("app")),
+        )
+        .await;
+    let token = created["webhookToken"].as_str().unwrap().to_string();
+    e.builder("b1", 60).await;
+    let sha = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+    let push = |r: &str, url: &str| {
+        json!({
+            "object_kind": "push", "ref": r, "after": sha, "checkout_sha": sha,
+            "user_username": "dev1",
+            "project": {"git_http_url": url},
+            "repository": {"url": url}
+        })
+    };
+    let good = push("refs/heads/main", "http://gitlab.example/team/app.git");
+    let hook = "/api/v1/builds/configs/app/webhook";
+
+    for bad in [None, Some("wrong"), Some(&token[..47])] {
+        let hdr: Vec<(&str, &str)> = bad.map(|t| vec![("x-gitlab-token", t)]).unwrap_or_default();
+        let (s, v) = e.call_h("POST", hook, None, Some(good.clone()), &hdr).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad:?}: {v}");
+        assert_eq!(v["code"], "webhook_token_invalid");
+    }
+    // A user's credentials are no substitute for the hook's secret.
+    let (s, _) = e
+        .call_h("POST", hook, Some("admin"), Some(good.clone()), &[])
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(e.run_count().await, 0, "refused hooks write nothing");
+
+    let tok = [("x-gitlab-token", token.as_str())];
+    let (s, v) = e
+        .call_h(
+            "POST",
+            hook,
+            None,
+            Some(push(
+                "refs/heads/main",
+                "http://gitlab.example/evil/app.git",
+            )),
+            &tok,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("webhook_repo_mismatch"))
+    );
+    let (s, v) = e
+        .call_h(
+            "POST",
+            hook,
+            None,
+            Some(push("refs/heads/dev", "http://gitlab.example/team/app")),
+            &tok,
+        )
+        .await;
+    assert_eq!((s, &v["triggered"]), (StatusCode::OK, &json!(false)), "{v}");
+    assert_eq!(e.run_count().await, 0);
+
+    let (s, v) = e.call_h("POST", hook, None, Some(good), &tok).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["triggered"], true);
+    assert_eq!(v["run"]["commit"], sha);
+    assert_eq!(
+        v["run"]["trigger"],
+        json!({"kind": "webhook", "user": "dev1"})
+    );
+    let tasks = e.tasks("b1").await;
+    assert_eq!(tasks[0].commit.as_deref(), Some(sha));
+    assert_eq!(
+        tasks[0].tag, None,
+        "tag defaults to the commit on the agent"
+    );
+
+    let (s, _) = e
+        .call_h(
+            "POST",
+            "/api/v1/builds/configs/nope/webhook",
+            None,
+            Some(json!({})),
+            &tok,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_builder_task_moves_once_then_fails() {
+    let e = env().await;
+    e.call(
+        "POST",
+        "/api/v1/builds/configs",
+        Some("alice"),
+        Some(config("app")),
+    )
+    .await;
+    let live = ["b1".to_string(), "b2".to_string(), "b3".to_string()];
+    let mut leases = std::collections::HashMap::new();
+    for b in &live {
+        leases.insert(b.clone(), e.builder(b, 60).await);
+    }
+    let order: Vec<String> = leengine_build::rank("app", &live)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (_, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs/app/runs",
+            Some("alice"),
+            None,
+        )
+        .await;
+    let run_id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["builder"], order[0].as_str());
+
+    // The first builder dies (lease gone, as when it stops keeping it alive).
+    e.etcd
+        .clone()
+        .lease_revoke(leases[&order[0]])
+        .await
+        .unwrap();
+    wait_for("task to move", || async {
+        e.tasks(&order[1]).await.len() == 1
+    })
+    .await;
+    assert!(
+        e.tasks(&order[0]).await.is_empty(),
+        "old task removed in the same txn"
+    );
+    let run = e.run("app", &run_id).await;
+    assert_eq!(run.builder, order[1]);
+    assert_eq!(run.attempt, 2);
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.redispatches.len(), 1);
+    assert_eq!(run.redispatches[0].from, order[0]);
+    assert_eq!(run.redispatches[0].to.as_deref(), Some(order[1].as_str()));
+    assert!(run.log.contains("re-dispatched"));
+    assert_eq!(e.tasks(&order[1]).await[0].attempt, 2);
+
+    // The second one dies too: only one re-dispatch, then the run fails.
+    e.etcd
+        .clone()
+        .lease_revoke(leases[&order[1]])
+        .await
+        .unwrap();
+    wait_for("run to fail", || async {
+        e.run("app", &run_id).await.status == RunStatus::Failed
+    })
+    .await;
+    let run = e.run("app", &run_id).await;
+    assert_eq!(run.failed_stage, Some(Stage::Dispatch));
+    assert!(run.error.unwrap().contains("lost"));
+    assert_eq!(run.redispatches.len(), 2);
+    assert!(e.tasks(&order[1]).await.is_empty());
+    assert!(e.tasks(&order[2]).await.is_empty(), "no second move");
+}
+
+/// A core whose runtime is gone watches nothing; the next core's start-up
+/// sweep must find the orphaned task.
+#[test]
+fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
+    let etcd = te::Etcd::start();
+    let keys = Keys::new("/t");
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    let first = rt();
+    let (run_id, dead) = first.block_on(async {
+        let client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let e = Env {
+            app: router(BuildsState::new(client.clone(), keys.clone()))
+                .layer(auth::layer(Arc::new(Tokens))),
+            etcd: client,
+            keys: keys.clone(),
+            _etcd: None,
+        };
+        e.call(
+            "POST",
+            "/api/v1/builds/configs",
+            Some("alice"),
+            Some(config("app")),
+        )
+        .await;
+        let dead = e.builder("gone", 60).await;
+        let (_, v) = e
+            .call(
+                "POST",
+                "/api/v1/builds/configs/app/runs",
+                Some("alice"),
+                None,
+            )
+            .await;
+        assert_eq!(v["builder"], "gone");
+        (v["id"].as_str().unwrap().to_string(), dead)
+    });
+    drop(first); // the first core's watcher dies with its runtime
+
+    let second = rt();
+    second.block_on(async {
+        let client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        client.clone().lease_revoke(dead).await.unwrap();
+        let e = Env {
+            app: Router::new(),
+            etcd: client.clone(),
+            keys: keys.clone(),
+            _etcd: None,
+        };
+        e.builder("fresh", 60).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(e.tasks("gone").await.len(), 1, "nobody watching yet");
+        let _core = router(BuildsState::new(client, keys.clone()));
+        wait_for("task on fresh", || async {
+            e.tasks("fresh").await.len() == 1
+        })
+        .await;
+        let run = e.run("app", &run_id).await;
+        assert_eq!(run.builder, "fresh");
+        assert_eq!(run.redispatches.len(), 1);
+        assert!(e.tasks("gone").await.is_empty());
+    });
+}

@@ -1,0 +1,144 @@
+//! Shared by the core's integration tests: a real etcd, the core's router
+//! in process, and a small request helper.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use leengine_core::server::{self, Core, Settings};
+use leengine_core::store::Db;
+use leengine_core::users;
+use leengine_store::{EtcdConfig, Keys};
+use leengine_testenv as te;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+pub struct Env {
+    pub etcd: te::Etcd,
+    pub core: Core,
+    pub app: Router,
+}
+
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Anonymous,
+    Bearer(String),
+    Basic(String, String),
+}
+
+impl Env {
+    pub async fn start(settings: Settings) -> Env {
+        let etcd = te::Etcd::start();
+        let cfg = EtcdConfig::new([etcd.endpoint()]);
+        let client = leengine_store::connect(&cfg).await.expect("connect etcd");
+        let db = Db::new(client, Keys::new(&te::unique_name("core")));
+        let core = Core::new(db, settings).expect("core settings");
+        let app = server::app(core.clone());
+        Env { etcd, core, app }
+    }
+
+    pub async fn call(
+        &self,
+        auth: &Auth,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        match auth {
+            Auth::Anonymous => {}
+            Auth::Bearer(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            Auth::Basic(u, p) => {
+                let enc = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                req = req.header(header::AUTHORIZATION, format!("Basic {enc}"));
+            }
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&b).unwrap())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let is_problem = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/problem+json");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                is_problem,
+                "{path}: error {status} is not problem JSON: {v}"
+            );
+            assert!(v["code"].is_string(), "{path}: problem without code: {v}");
+        }
+        (status, v)
+    }
+
+    /// Creates a user directly and returns a bearer token for them.
+    pub async fn user(&self, name: &str, admin: bool) -> Auth {
+        users::create_user(&self.core.db, name, "password-of-test", admin)
+            .await
+            .unwrap();
+        let (_, token) = users::issue_token(&self.core.db, name, "test", None)
+            .await
+            .unwrap();
+        Auth::Bearer(token)
+    }
+}
+
+/// The claims part of a JWT, decoded (tests only read it).
+pub fn jwt_claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).expect("jwt has three parts");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// A P-256 key and self-signed certificate made with openssl, as an
+/// operator would. Returns (key PEM, cert PEM, cert path).
+pub fn token_keypair(dir: &std::path::Path) -> (String, String, std::path::PathBuf) {
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", "/CN=leengine-core"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(&key).unwrap(),
+        std::fs::read_to_string(&cert).unwrap(),
+        cert,
+    )
+}

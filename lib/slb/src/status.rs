@@ -1,0 +1,41 @@
+//! `/slb/{group}/agents/{host}`: what one agent has applied, kept under a
+//! lease so a dead agent disappears.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub host: String,
+    /// etcd revision up to which every event has been handled.
+    pub applied_revision: i64,
+    /// Domains whose latest config is NOT live, with the reason; they keep
+    /// serving their last good config (or are not served if they never had one).
+    #[serde(default)]
+    pub errors: BTreeMap<String, DomainError>,
+    /// A problem of the whole host (e.g. the live config itself no longer
+    /// passes `nginx -t`); nothing is changed while it lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Domains with a live config file.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub reloads: u64,
+    /// RFC 3339 time of the last successful reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<String>,
+    /// RFC 3339 time this record was written.
+    pub updated: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainError {
+    /// `mod_revision` of the config key that failed.
+    pub revision: i64,
+    /// `invalid` (schema/validation) or `nginx-test` (`nginx -t` refused it).
+    pub kind: String,
+    pub message: String,
+}

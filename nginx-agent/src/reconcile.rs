@@ -1,0 +1,195 @@
+//! Turns the desired domain files into live ones: stage, `nginx -t` the
+//! complete config, swap, reload. A domain that fails the test is left out
+//! (it keeps its last good file) and the others go ahead. Changes that
+//! arrive within the debounce window share one reload.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leengine_slb::classify::{apply_file_changes, file_changes};
+use leengine_slb::render::{render_main, MainParams};
+use leengine_slb::DomainError;
+
+use crate::files::{write_if_changed, Layout};
+use crate::nginx::Nginx;
+use crate::shared::{now, Shared};
+use crate::state::domain_error;
+
+pub struct Reconciler {
+    pub shared: Arc<Shared>,
+    pub layout: Layout,
+    pub nginx: Nginx,
+    pub params: MainParams,
+    pub debounce: Duration,
+    /// Live domain files (the last good set).
+    pub applied: BTreeMap<String, String>,
+    pub gen: u64,
+    /// Files that failed `nginx -t`, not retried until something else changes.
+    pub failed: BTreeMap<String, (String, DomainError)>,
+    /// Something could not be applied: retry after `retry_refused`.
+    pub stuck: bool,
+    pub retry_refused: Duration,
+}
+
+impl Reconciler {
+    pub async fn run(mut self) {
+        loop {
+            // Refused files and a broken live config are retried now and
+            // then: what nginx -t refused may depend on the host (a
+            // certificate installed later), not only on etcd.
+            let retry = self.stuck;
+            tokio::select! {
+                () = self.shared.config_changed.notified() => {}
+                () = tokio::time::sleep(self.retry_refused), if retry => self.failed.clear(),
+            }
+            tokio::time::sleep(self.debounce).await;
+            self.step().await;
+        }
+    }
+
+    async fn step(&mut self) {
+        let (files, mut errors, revision, synced) = {
+            let d = self.shared.desired();
+            let (files, errors) = d.files(&self.applied);
+            (files, errors, d.revision, d.synced)
+        };
+        // Until the first full read the agent knows only the dump: keep
+        // whatever nginx serves.
+        if !synced {
+            return;
+        }
+        let main_text = render_main(&MainParams {
+            domains_dir: self.layout.domains_link(),
+            ..self.params.clone()
+        });
+        let main_dirty = std::fs::read_to_string(self.layout.main_conf())
+            .ok()
+            .as_ref()
+            != Some(&main_text);
+        let mut changes = file_changes(&self.applied, &files);
+        // Known-bad files are retried only together with another change.
+        let only_known_bad = changes.iter().all(
+            |(d, c)| matches!((c, self.failed.get(d)), (Some(text), Some((bad, _))) if text == bad),
+        );
+        if only_known_bad && !main_dirty {
+            for (d, (_, e)) in &self.failed {
+                if changes.contains_key(d) {
+                    errors.entry(d.clone()).or_insert_with(|| e.clone());
+                }
+            }
+            changes.clear();
+        }
+        let mut host_error = None;
+        if !changes.is_empty() || main_dirty {
+            let (accepted, test_errors, fatal) = self.select(&changes).await;
+            host_error = fatal;
+            self.failed.clear();
+            for (d, msg) in test_errors {
+                let rev = self.shared.desired().config_revision(&d);
+                let err = domain_error(rev, "nginx-test", &msg);
+                tracing::warn!(domain = %d, error = %msg, "domain config refused by nginx -t; keeping last good");
+                if let Some(Some(text)) = changes.get(&d) {
+                    self.failed.insert(d.clone(), (text.clone(), err.clone()));
+                }
+                errors.insert(d, err);
+            }
+            if host_error.is_none() && (accepted != self.applied || main_dirty) {
+                if let Err(e) = self.install(&accepted, &main_text).await {
+                    tracing::error!(error = %e, "installing config failed");
+                    host_error = Some(e);
+                }
+            }
+        }
+        let domains = self.applied.keys().cloned().collect();
+        self.stuck = host_error.is_some() || !self.failed.is_empty();
+        self.shared.update_report(|r| {
+            r.reconciled_revision = revision;
+            r.errors = errors;
+            r.error = host_error;
+            r.domains = domains;
+        });
+    }
+
+    /// The largest good set: everything if it passes; otherwise each change
+    /// on its own on top of what was accepted so far. Third value: the
+    /// current config itself fails (nothing can be judged).
+    async fn select(
+        &mut self,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> (
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+        Option<String>,
+    ) {
+        let all = apply_file_changes(&self.applied, changes);
+        let mut errors = BTreeMap::new();
+        if self.test(&all).await.is_ok() {
+            return (all, errors, None);
+        }
+        if let Err(e) = self.test(&self.applied.clone()).await {
+            let msg = format!("the live config fails nginx -t, nothing changed: {e}");
+            tracing::error!(error = %msg);
+            return (self.applied.clone(), errors, Some(msg));
+        }
+        let mut accepted = self.applied.clone();
+        for (d, c) in changes {
+            let one: BTreeMap<_, _> = [(d.clone(), c.clone())].into();
+            let candidate = apply_file_changes(&accepted, &one);
+            match self.test(&candidate).await {
+                Ok(()) => accepted = candidate,
+                Err(e) => {
+                    errors.insert(d.clone(), e);
+                }
+            }
+        }
+        (accepted, errors, None)
+    }
+
+    async fn test(&self, files: &BTreeMap<String, String>) -> Result<(), String> {
+        let dir = self
+            .layout
+            .write_gen(self.gen + 1, files)
+            .map_err(|e| format!("staging: {e}"))?;
+        let staging = render_main(&MainParams {
+            domains_dir: dir,
+            ..self.params.clone()
+        });
+        std::fs::write(self.layout.staging_conf(), staging).map_err(|e| format!("staging: {e}"))?;
+        self.nginx.test(&self.layout.staging_conf()).await
+    }
+
+    async fn install(
+        &mut self,
+        files: &BTreeMap<String, String>,
+        main_text: &str,
+    ) -> Result<(), String> {
+        let next = self.gen + 1;
+        let io = |e: std::io::Error| format!("writing config: {e}");
+        self.layout.write_gen(next, files).map_err(io)?;
+        self.layout.swap_to(next).map_err(io)?;
+        write_if_changed(&self.layout.main_conf(), main_text).map_err(io)?;
+        self.gen = next;
+        self.applied = files.clone();
+        match self.nginx.reload()? {
+            true => {
+                tracing::info!(
+                    domains = files.len(),
+                    generation = next,
+                    "config swapped; nginx reloaded"
+                );
+                let at = now();
+                self.shared.update_report(|r| {
+                    r.reloads += 1;
+                    r.last_reload = Some(at);
+                });
+                self.shared.repush.notify_one();
+            }
+            false => tracing::info!(
+                generation = next,
+                "config swapped; nginx not running, no reload"
+            ),
+        }
+        Ok(())
+    }
+}

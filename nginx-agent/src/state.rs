@@ -1,0 +1,266 @@
+//! What etcd says the group should look like, folded from the full sync and
+//! the watch events. Pure: the tasks share it behind a mutex.
+
+use std::collections::BTreeMap;
+
+use leengine_slb::model::validate_domain;
+use leengine_slb::render::render_domain;
+use leengine_slb::{classify, Change, DomainConfig, DomainError, Upstream};
+use leengine_store::keys::{parse_slb_domain_key, SlbDomainKey};
+
+#[derive(Debug, Default)]
+pub struct Domain {
+    /// Latest config key: its mod revision and the parse result.
+    config: Option<(i64, Result<DomainConfig, String>)>,
+    /// Last valid upstream (an invalid write keeps the previous one).
+    upstream: Option<Upstream>,
+    upstream_error: Option<(i64, String)>,
+}
+
+impl Domain {
+    /// The file a valid config renders to.
+    fn file(&self, domain: &str) -> Option<String> {
+        match &self.config {
+            Some((_, Ok(cfg))) => Some(render_domain(domain, cfg)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Desired {
+    domains: BTreeMap<String, Domain>,
+    /// Every event up to this revision is folded in.
+    pub revision: i64,
+    /// A full sync has happened; before it the state is only the dump.
+    pub synced: bool,
+}
+
+impl Desired {
+    /// The state before etcd was ever reached: the upstreams last pushed.
+    pub fn from_dump(upstreams: BTreeMap<String, Upstream>) -> Self {
+        let domains = upstreams
+            .into_iter()
+            .map(|(d, u)| {
+                let entry = Domain {
+                    upstream: Some(u),
+                    ..Default::default()
+                };
+                (d, entry)
+            })
+            .collect();
+        Self {
+            domains,
+            revision: 0,
+            synced: false,
+        }
+    }
+
+    /// Replaces everything with a full read taken at `revision`.
+    pub fn reset<'a>(
+        &mut self,
+        group: &str,
+        kvs: impl IntoIterator<Item = (&'a str, &'a [u8], i64)>,
+        revision: i64,
+    ) {
+        self.domains.clear();
+        for (k, v, rev) in kvs {
+            self.apply(group, k, Some((v, rev)));
+        }
+        self.revision = revision;
+        self.synced = true;
+    }
+
+    /// Folds in one put (`Some`) or delete (`None`) and says what it means
+    /// for nginx; other keys are ignored (`None`).
+    pub fn apply(
+        &mut self,
+        group: &str,
+        key: &str,
+        value: Option<(&[u8], i64)>,
+    ) -> Option<(String, Change)> {
+        let parsed = parse_slb_domain_key(group, key)?;
+        let domain = match &parsed {
+            SlbDomainKey::Config(d) | SlbDomainKey::Upstream(d) => *d,
+        };
+        let entry = self.domains.entry(domain.to_string()).or_default();
+        let (old_file, old_up) = (entry.file(domain), entry.upstream.clone());
+        match (parsed, value) {
+            (SlbDomainKey::Config(_), Some((v, rev))) => {
+                let cfg = DomainConfig::parse(domain, v).map_err(|e| e.to_string());
+                entry.config = Some((rev, cfg));
+            }
+            (SlbDomainKey::Config(_), None) => entry.config = None,
+            (SlbDomainKey::Upstream(_), Some((v, rev))) => {
+                match validate_domain(domain).and_then(|()| Upstream::parse(v)) {
+                    Ok(up) => {
+                        entry.upstream = Some(up);
+                        entry.upstream_error = None;
+                    }
+                    Err(e) => entry.upstream_error = Some((rev, e.to_string())),
+                }
+            }
+            (SlbDomainKey::Upstream(_), None) => {
+                entry.upstream = None;
+                entry.upstream_error = None;
+            }
+        }
+        let change = classify(
+            old_file.as_deref(),
+            entry.file(domain).as_deref(),
+            old_up.as_ref(),
+            entry.upstream.as_ref(),
+        );
+        if entry.config.is_none() && entry.upstream.is_none() && entry.upstream_error.is_none() {
+            self.domains.remove(domain);
+        }
+        Some((domain.to_string(), change))
+    }
+
+    pub fn upstreams(&self) -> BTreeMap<String, Upstream> {
+        self.domains
+            .iter()
+            .filter_map(|(d, e)| e.upstream.clone().map(|u| (d.clone(), u)))
+            .collect()
+    }
+
+    /// The files nginx should have. A domain whose config is invalid keeps
+    /// its `applied` file (last good) and gets an error instead.
+    pub fn files(
+        &self,
+        applied: &BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, DomainError>) {
+        let mut files = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for (d, e) in &self.domains {
+            match &e.config {
+                Some((_, Ok(_))) => {
+                    files.extend(e.file(d).map(|f| (d.clone(), f)));
+                }
+                Some((rev, Err(msg))) => {
+                    if let Some(old) = applied.get(d) {
+                        files.insert(d.clone(), old.clone());
+                    }
+                    errors.insert(d.clone(), domain_error(*rev, "invalid", msg));
+                }
+                None => {}
+            }
+            if let Some((rev, msg)) = &e.upstream_error {
+                errors
+                    .entry(d.clone())
+                    .or_insert_with(|| domain_error(*rev, "invalid-upstream", msg));
+            }
+        }
+        (files, errors)
+    }
+
+    pub fn config_revision(&self, domain: &str) -> i64 {
+        self.domains
+            .get(domain)
+            .and_then(|e| e.config.as_ref())
+            .map_or(0, |(rev, _)| *rev)
+    }
+}
+
+pub fn domain_error(revision: i64, kind: &str, message: &str) -> DomainError {
+    DomainError {
+        revision,
+        kind: kind.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: &str = "g1";
+
+    fn key(d: &str, leaf: &str) -> String {
+        format!("/slb/{G}/domains/{d}/{leaf}")
+    }
+
+    #[test]
+    fn folds_puts_and_deletes() {
+        let mut s = Desired::default();
+        let up = br#"{"servers":[{"address":"10.0.0.1:80"}]}"#;
+        let cfg = |c: Change| Some(("a.com".to_string(), c));
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((b"{}", 5))),
+            cfg(Change::Config)
+        );
+        assert_eq!(
+            s.apply(G, &key("a.com", "upstream"), Some((up, 6))),
+            cfg(Change::UpstreamOnly)
+        );
+        assert_eq!(
+            s.apply(G, &key("a.com", "upstream"), Some((up, 7))),
+            cfg(Change::None)
+        );
+        // Same config, different JSON spelling: renders the same, no reload.
+        let same = br#"{"listen":[{"port":80}]}"#;
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((same, 8))),
+            cfg(Change::None)
+        );
+        assert_eq!(s.apply(G, "/slb/g1/agents/h1", Some((b"{}", 9))), None);
+        let (files, errors) = s.files(&BTreeMap::new());
+        assert!(files["a.com"].contains("server_name \"a.com\""));
+        assert!(errors.is_empty());
+        assert_eq!(s.upstreams()["a.com"].servers.len(), 1);
+        assert_eq!(s.config_revision("a.com"), 8);
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), None),
+            cfg(Change::Config)
+        );
+        assert!(s.files(&BTreeMap::new()).0.is_empty());
+        s.apply(G, &key("a.com", "upstream"), None);
+        assert!(s.domains.is_empty());
+    }
+
+    #[test]
+    fn invalid_config_keeps_last_good_file_and_reports() {
+        let mut s = Desired::default();
+        s.apply(G, &key("a.com", "config"), Some((br#"{"listen":[]}"#, 9)));
+        let applied: BTreeMap<_, _> = [("a.com".to_string(), "old".to_string())].into();
+        let (files, errors) = s.files(&applied);
+        assert_eq!(files["a.com"], "old");
+        assert_eq!(errors["a.com"].kind, "invalid");
+        assert_eq!(errors["a.com"].revision, 9);
+        assert!(s.files(&BTreeMap::new()).0.is_empty());
+    }
+
+    #[test]
+    fn invalid_upstream_keeps_previous_peers() {
+        let mut s = Desired::default();
+        s.apply(
+            G,
+            &key("a.com", "upstream"),
+            Some((br#"{"servers":[{"address":"10.0.0.1:80"}]}"#, 3)),
+        );
+        s.apply(
+            G,
+            &key("a.com", "upstream"),
+            Some((br#"{"servers":[{"address":"x"}]}"#, 4)),
+        );
+        assert_eq!(s.upstreams()["a.com"].servers.len(), 1);
+        assert_eq!(
+            s.files(&BTreeMap::new()).1["a.com"].kind,
+            "invalid-upstream"
+        );
+        s.apply(G, &key("B.com", "upstream"), Some((br#"{}"#, 5)));
+        assert!(!s.upstreams().contains_key("B.com"));
+    }
+
+    #[test]
+    fn reset_replaces_everything() {
+        let mut s = Desired::from_dump([("old.com".to_string(), Upstream::default())].into());
+        assert!(!s.synced);
+        let k = key("new.com", "config");
+        s.reset(G, [(k.as_str(), &b"{}"[..], 3)], 10);
+        assert!(s.synced);
+        assert_eq!(s.revision, 10);
+        assert!(s.upstreams().is_empty());
+        assert!(s.files(&BTreeMap::new()).0.contains_key("new.com"));
+    }
+}

@@ -1,0 +1,406 @@
+//! A host for the agent under test: real etcd (testenv), a real nginx with
+//! lua run from the agent's config (test-local: testenv's `Nginx` owns its
+//! config and `pid`, which the agent must own here), the agent binary, and
+//! tiny tokio HTTP backends answering with their own id.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use leengine_testenv as te;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const GROUP: &str = "g1";
+
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub admin_port: u16,
+    pub http_port: u16,
+    pub etcd_endpoint: String,
+    pub agent: Option<Child>,
+    pub nginx: Option<Child>,
+    pub rt: tokio::runtime::Runtime,
+    pub etcd: etcd_client::Client,
+    /// The agent's `--debounce`.
+    pub debounce: &'static str,
+}
+
+impl Host {
+    pub fn new(etcd: &te::Etcd) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("slb-host-")
+            .tempdir_in(te::run_dir())
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("logs")).expect("mkdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt
+            .block_on(etcd_client::Client::connect([etcd.endpoint()], None))
+            .expect("etcd client");
+        Host {
+            dir,
+            admin_port: te::free_port(),
+            http_port: te::free_port(),
+            etcd_endpoint: etcd.endpoint(),
+            agent: None,
+            nginx: None,
+            rt,
+            etcd: client,
+            debounce: "50ms",
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::File::create(self.path("logs/agent.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_leengine-nginx-agent"))
+            .args([
+                "--group",
+                GROUP,
+                "--host",
+                "h1",
+                "--etcd",
+                &self.etcd_endpoint,
+            ])
+            .arg("--conf-dir")
+            .arg(self.path("conf"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--nginx-prefix")
+            .arg(self.dir.path())
+            .arg("--pid-file")
+            .arg(self.path("nginx.pid"))
+            .arg("--error-log")
+            .arg(self.path("logs/error.log"))
+            .args(["--admin-port", &self.admin_port.to_string()])
+            .args([
+                "--worker-processes",
+                "2",
+                "--debounce",
+                self.debounce,
+                "--status-ttl",
+                "4s",
+                "--retry-refused",
+                "1s",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.agent = Some(child);
+        let conf = self.path("conf/nginx.conf");
+        assert!(
+            te::wait_until(Duration::from_secs(10), || conf.exists()),
+            "agent wrote no nginx.conf:\n{}",
+            self.agent_log()
+        );
+    }
+
+    pub fn signal_agent(&self, sig: i32) {
+        let pid = self.agent.as_ref().expect("agent running").id();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// SIGKILL: no cleanup, like a crash.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts nginx on the agent's main config the way systemd would.
+    pub fn start_nginx(&mut self) {
+        let log = std::fs::File::create(self.path("logs/nginx.out")).expect("log");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(self.path("conf/nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nginx");
+        self.nginx = Some(child);
+        let port = self.admin_port;
+        assert!(
+            te::wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nginx did not come up: {}",
+            std::fs::read_to_string(self.path("logs/nginx.out")).unwrap_or_default()
+        );
+    }
+
+    pub fn stop_nginx(&mut self) {
+        if let Some(mut c) = self.nginx.take() {
+            let workers = self.worker_pids();
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            for w in workers {
+                // SAFETY: workers of the master we started.
+                unsafe { libc::kill(w as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.nginx.as_ref().expect("nginx running").id()
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let Some(master) = self.nginx.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(master) && String::from_utf8_lossy(&cmd).contains("worker process") {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Waits until `n` workers run and none is shutting down (after a reload
+    /// old workers linger until their connections close).
+    pub fn settled_workers(&self, n: usize) -> Vec<u32> {
+        let mut last = Vec::new();
+        te::wait_until(Duration::from_secs(10), || {
+            last = self.worker_pids();
+            last.len() == n
+        });
+        last
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.path("logs/agent.log")).unwrap_or_default()
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        let mut c = self.etcd.clone();
+        self.rt.block_on(c.put(key, value, None)).expect("etcd put");
+    }
+
+    pub fn put_domain(&self, domain: &str, config: &str, upstream: &str) {
+        self.put(
+            &leengine_store::keys::slb_domain_config(GROUP, domain),
+            config,
+        );
+        self.put(
+            &leengine_store::keys::slb_domain_upstream(GROUP, domain),
+            upstream,
+        );
+    }
+
+    pub fn put_upstream(&self, domain: &str, upstream: &str) {
+        self.put(
+            &leengine_store::keys::slb_domain_upstream(GROUP, domain),
+            upstream,
+        );
+    }
+
+    pub fn put_config(&self, domain: &str, config: &str) {
+        self.put(
+            &leengine_store::keys::slb_domain_config(GROUP, domain),
+            config,
+        );
+    }
+
+    pub fn status(&self) -> Option<leengine_slb::AgentStatus> {
+        let mut c = self.etcd.clone();
+        let resp = self
+            .rt
+            .block_on(c.get(leengine_store::keys::slb_agent(GROUP, "h1"), None))
+            .ok()?;
+        let kv = resp.kvs().first()?;
+        serde_json::from_slice(kv.value()).ok()
+    }
+
+    /// Waits for the agent to report a status satisfying `f`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        f: impl Fn(&leengine_slb::AgentStatus) -> bool,
+    ) -> leengine_slb::AgentStatus {
+        let mut last = None;
+        let ok = te::wait_until(Duration::from_secs(15), || {
+            last = self.status();
+            last.as_ref().is_some_and(&f)
+        });
+        assert!(
+            ok,
+            "status never {what}; last {last:?}\nagent log:\n{}",
+            self.agent_log()
+        );
+        last.expect("status")
+    }
+
+    pub fn get(&self, host: &str, path: &str) -> Response {
+        get(self.http_port, host, path)
+    }
+
+    /// Polls until `host` answers with `body`.
+    pub fn wait_body(&self, host: &str, body: &str) {
+        let mut last = None;
+        let ok = te::wait_until(Duration::from_secs(15), || {
+            let r = self.get(host, "/");
+            let hit = r.status == 200 && r.body == body;
+            last = Some(r);
+            hit
+        });
+        assert!(
+            ok,
+            "{host} never answered {body:?}; last {last:?}\nagent log:\n{}",
+            self.agent_log()
+        );
+    }
+
+    pub fn backend(&self, id: &str) -> Backend {
+        Backend::start(&self.rt, id)
+    }
+
+    pub fn domain_config(&self) -> String {
+        format!(r#"{{"listen":[{{"port":{}}}]}}"#, self.http_port)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_agent();
+        self.stop_nginx();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.0 GET with a Host header (status 0 if nothing answered).
+pub fn get(port: u16, host: &str, path: &str) -> Response {
+    let attempt = || -> std::io::Result<Response> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Response {
+            status,
+            headers: head.to_string(),
+            body: body.to_string(),
+        })
+    };
+    attempt().unwrap_or(Response {
+        status: 0,
+        headers: String::new(),
+        body: String::new(),
+    })
+}
+
+/// A loopback HTTP/1.1 server answering every request with its id
+/// (keep-alive capable, so nginx's upstream keepalive is exercised).
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub fn start(rt: &tokio::runtime::Runtime, id: &str) -> Backend {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let body = id.to_string();
+        let task = rt.spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { continue };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                        buf.drain(..end);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Backend {
+            id: id.to_string(),
+            addr,
+            task,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `{"servers":[...]}` for the given backends.
+pub fn upstream_of(backends: &[&Backend]) -> String {
+    let servers: Vec<String> = backends
+        .iter()
+        .map(|b| format!(r#"{{"address":"{}"}}"#, b.addr))
+        .collect();
+    format!(r#"{{"servers":[{}]}}"#, servers.join(","))
+}
