@@ -1,0 +1,207 @@
+//! Benchmark harness for hack/bench/cni.sh: this plugin (etcd + OVS) against
+//! the reference `bridge` + `host-local` plugins, both exec'd the way libcni
+//! does it (env + config on stdin, one process per call), in the same run.
+//!
+//! usage: cni_bench [PODS=100] [CONCURRENT=30]
+//! With BENCH_TRACE set, every plugin's stderr is shown (combine with
+//! LEENGINE_CNI_LOG=leengine_cni=debug for per-step timestamps).
+
+use leengine_testenv as te;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REF_BRIDGE: &str = "/usr/lib/cni/bridge";
+
+struct Plugin {
+    label: &'static str,
+    bin: PathBuf,
+    conf: Value,
+    /// Namespace to exec the plugin in (the reference's "node"); None = ours,
+    /// which is pointed at the OVS node namespace by `hostNetns`.
+    exec_ns: Option<PathBuf>,
+}
+
+impl Plugin {
+    fn call(&self, cmd: &str, cid: &str, netns: &Path) -> Duration {
+        let mut c = Command::new(&self.bin);
+        c.env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=".to_string() + cid,
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ns) = &self.exec_ns {
+            let file = std::fs::File::open(ns).expect("open node netns");
+            // SAFETY: only setns(2) runs between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let stdin = serde_json::to_vec(&self.conf).unwrap();
+        let t = Instant::now();
+        let mut child = c.spawn().expect("spawn plugin");
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let took = t.elapsed();
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(
+            out.status.success(),
+            "{} {cmd} {cid} failed: {}{}",
+            self.label,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        took
+    }
+}
+
+/// `target/<profile>/leengine-cni`, next to `examples/` where this runs from.
+fn ours_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("leengine-cni");
+    assert!(bin.exists(), "build the plugin first: {}", bin.display());
+    bin
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn stats(mut v: Vec<Duration>) -> [f64; 3] {
+    v.sort();
+    [pct(&v, 0.50), pct(&v, 0.90), pct(&v, 0.99)]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let pods: usize = args.next().map_or(100, |a| a.parse().expect("PODS"));
+    let concurrent: usize = args.next().map_or(30, |a| a.parse().expect("CONCURRENT"));
+
+    let etcd = te::Etcd::start();
+    let ovs = te::Ovs::start();
+    let bridge = ovs.add_bridge();
+    let pool =
+        leengine_ipam::Pool::parse("bench", "10.210.0.0/20", "10.210.0.1", 210, 16, &[]).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let cfg = leengine_store::EtcdConfig::new(etcd.endpoints());
+            let client = leengine_store::connect(&cfg).await.unwrap();
+            leengine_ipam::Ipam::new(client, cfg.keys(), "bench")
+                .add_pool(&pool)
+                .await
+                .unwrap();
+        });
+    let ref_node = te::Netns::new();
+    let state = tempfile::tempdir().unwrap();
+    let ours = Arc::new(Plugin {
+        label: "leengine",
+        bin: ours_bin(),
+        conf: json!({
+            "cniVersion": "1.0.0", "name": "bench", "type": "leengine",
+            "bridge": bridge, "ovsdb": ovs.db_url(),
+            "etcd": { "endpoints": etcd.endpoints() }, "node": "bench",
+            "hostNetns": ovs.netns().path(),
+        }),
+        exec_ns: None,
+    });
+    let reference = Arc::new(Plugin {
+        label: "bridge+host-local",
+        bin: REF_BRIDGE.into(),
+        conf: json!({
+            "cniVersion": "1.0.0", "name": "bench", "type": "bridge",
+            "bridge": te::unique_name("cnibr"), "isGateway": true,
+            "ipam": { "type": "host-local", "subnet": "10.220.0.0/20",
+                      "dataDir": state.path().join("host-local") }
+        }),
+        exec_ns: Some(ref_node.path().to_path_buf()),
+    });
+
+    // Warm-up (page cache, first block claim, bridge creation): not measured.
+    for p in [&ours, &reference] {
+        let ns = te::Netns::new();
+        p.call("ADD", "warmup", ns.path());
+        p.call("DEL", "warmup", ns.path());
+    }
+
+    println!("== sequential: {pods} pods, ADD each then DEL each, plugins alternating per pod");
+    let nss: Vec<te::Netns> = (0..pods * 2).map(|_| te::Netns::new()).collect();
+    let (mut oa, mut ra, mut od, mut rd) = (vec![], vec![], vec![], vec![]);
+    for i in 0..pods {
+        oa.push(ours.call("ADD", &format!("seq{i}"), nss[2 * i].path()));
+        ra.push(reference.call("ADD", &format!("seq{i}"), nss[2 * i + 1].path()));
+    }
+    for i in 0..pods {
+        od.push(ours.call("DEL", &format!("seq{i}"), nss[2 * i].path()));
+        rd.push(reference.call("DEL", &format!("seq{i}"), nss[2 * i + 1].path()));
+    }
+    let rows = [("ADD", stats(oa), stats(ra)), ("DEL", stats(od), stats(rd))];
+    println!(
+        "{:<4} {:>28} {:>28} {:>22}",
+        "", "leengine p50/p90/p99 ms", "bridge+host-local p50/p90/p99", "ratio p50/p90/p99"
+    );
+    for (op, o, r) in rows {
+        println!(
+            "{op:<4} {:>8.1} {:>8.1} {:>8.1}   {:>8.1} {:>8.1} {:>8.1}   {:>6.2} {:>6.2} {:>6.2}",
+            o[0],
+            o[1],
+            o[2],
+            r[0],
+            r[1],
+            r[2],
+            o[0] / r[0],
+            o[1] / r[1],
+            o[2] / r[2]
+        );
+    }
+
+    println!("== concurrent: {concurrent} simultaneous ADDs on one node");
+    for p in [&ours, &reference] {
+        let nss: Vec<Arc<te::Netns>> = (0..concurrent)
+            .map(|_| Arc::new(te::Netns::new()))
+            .collect();
+        let start = Instant::now();
+        let handles: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (p, ns) = (p.clone(), ns.clone());
+                std::thread::spawn(move || p.call("ADD", &format!("con{i}"), ns.path()))
+            })
+            .collect();
+        let lat: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wall = start.elapsed().as_secs_f64() * 1000.0;
+        let s = stats(lat);
+        println!(
+            "{:<18} wall {:>8.1} ms   per-ADD p50 {:>7.1} ms  p99 {:>7.1} ms",
+            p.label, wall, s[0], s[2]
+        );
+        for (i, ns) in nss.iter().enumerate() {
+            p.call("DEL", &format!("con{i}"), ns.path());
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! ADD: IP from etcd, veth born in the pod netns, OVS access port in the
+//! pool's VLAN, L3 setup, gratuitous ARP. Any failure undoes what was done.
+
+use crate::backend::{self, PortIds};
+use crate::config::NetConf;
+use crate::env::CniEnv;
+use crate::error::{CniError, CniResult, IFACE_EXISTS, NO_BRIDGE};
+use crate::garp_follow;
+use crate::result::{CniResult as Res, Interface, IpConfig, Route};
+use leengine_ipam::{AssignRequest, Assignment, Ipam};
+use leengine_netdp::{
+    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, teardown, GarpSpec,
+    NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
+};
+use leengine_ovsdb::Client as Ovs;
+use serde_json::Value;
+
+/// What has been done so far, to be undone in reverse on failure.
+#[derive(Default)]
+struct Undo {
+    ip: bool,
+    veth: bool,
+    port: bool,
+}
+
+pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
+    tracing::debug!("ADD start");
+    let cid = env.container_id.as_deref().unwrap_or_default();
+    let ifname = env.ifname.as_deref().unwrap_or_default();
+    let ns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
+    let ns = NetnsFile::open(ns_path)?;
+    let host = backend::host_netlink(conf)?;
+    let sandbox = Netlink::in_netns(&ns)?;
+    if sandbox.link_by_name(ifname).await?.is_some() {
+        return Err(CniError::new(
+            IFACE_EXISTS,
+            format!("interface {ifname} already exists in {}", ns_path.display()),
+        ));
+    }
+    let (ovs, ipam) = tokio::try_join!(backend::ovs(conf), backend::ipam(conf))?;
+    tracing::debug!("connected to OVSDB and etcd");
+    if !ovs.bridge_exists(&conf.bridge).await? {
+        return Err(CniError::new(
+            NO_BRIDGE,
+            format!("OVS bridge {} does not exist", conf.bridge),
+        ));
+    }
+    let host_if = host_veth_name(cid, ifname);
+    let mut undo = Undo::default();
+    let ctx = Ctx {
+        env,
+        conf,
+        cid,
+        ifname,
+        host_if: &host_if,
+        ns: &ns,
+        host: &host,
+        sandbox: &sandbox,
+        ovs: &ovs,
+        ipam: &ipam,
+    };
+    match ctx.steps(&mut undo).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            ctx.rollback(&undo).await;
+            Err(e)
+        }
+    }
+}
+
+struct Ctx<'a> {
+    env: &'a CniEnv,
+    conf: &'a NetConf,
+    cid: &'a str,
+    ifname: &'a str,
+    host_if: &'a str,
+    ns: &'a NetnsFile,
+    host: &'a Netlink,
+    sandbox: &'a Netlink,
+    ovs: &'a Ovs,
+    ipam: &'a Ipam,
+}
+
+impl Ctx<'_> {
+    async fn steps(&self, undo: &mut Undo) -> CniResult<Value> {
+        let req = AssignRequest {
+            container_id: self.cid.to_string(),
+            ifname: self.ifname.to_string(),
+            netns: self.ns.path().display().to_string(),
+            pod_namespace: self.env.args.pod_namespace.clone(),
+            pod_name: self.env.args.pod_name.clone(),
+            pools: self.conf.pools.clone(),
+            requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
+        };
+        let a: Assignment = self.ipam.assign(&req).await?;
+        // A replayed ADD found the handle of an earlier call: that IP is not
+        // ours to give back if this call fails.
+        undo.ip = a.created;
+        tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan, "assigned");
+
+        let mac = self.conf.runtime_mac.unwrap_or_else(|| mac_from_ipv4(a.ip));
+        // Same name = same attachment (and we hold its lock): anything left by
+        // a crashed earlier call is stale.
+        self.host.del_link(self.host_if).await?;
+        let spec = VethSpec {
+            host_ifname: self.host_if.to_string(),
+            sandbox_ifname: self.ifname.to_string(),
+            mtu: self.conf.mtu,
+            sandbox_mac: Some(mac),
+        };
+        undo.veth = true;
+        let (host_link, _) = create_veth(self.host, self.sandbox, self.ns, &spec).await?;
+        tracing::debug!(host_if = self.host_if, "veth created");
+
+        let ids = backend::external_ids(&PortIds {
+            container_id: self.cid,
+            ifname: self.ifname,
+            pod_namespace: self.env.args.pod_namespace.as_deref(),
+            pod_name: self.env.args.pod_name.as_deref(),
+            ip: a.ip,
+        });
+        let tag = backend::vlan_tag(a.vlan);
+        let added = self
+            .ovs
+            .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
+            .await;
+        if let Err(leengine_ovsdb::Error::PortExists(_)) = added {
+            self.ovs.del_port(&self.conf.bridge, self.host_if).await?;
+            self.ovs
+                .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
+                .await?;
+        } else {
+            added?;
+        }
+        undo.port = true;
+        tracing::debug!(port = self.host_if, "OVS port added");
+        self.ovs
+            .wait_ofport(self.host_if, backend::OFPORT_TIMEOUT)
+            .await?;
+        tracing::debug!(port = self.host_if, "OVS port live");
+
+        let cfg = SandboxConfig {
+            ifname: self.ifname.to_string(),
+            ip: a.ip,
+            prefix_len: a.prefix_len,
+            gateway: Some(a.gateway),
+            arp_notify: true,
+            garp_socket: self.conf.garp.is_some(),
+        };
+        let configured = configure_sandbox(self.sandbox, self.ns, &cfg).await?;
+        let sandbox_link = configured.link;
+        tracing::debug!(ifname = self.ifname, "sandbox configured");
+        if let Some(g) = self.conf.garp {
+            // The first announcement before answering: the pod is reachable
+            // and announced when the runtime gets the result.
+            if let Some(sock) = &configured.garp {
+                sock.send(sandbox_link.index, mac, a.ip)
+                    .map_err(|source| NetdpError::Garp {
+                        ifname: self.ifname.to_string(),
+                        source,
+                    })?;
+            }
+            tracing::debug!(ip = %a.ip, "gratuitous ARP sent");
+            if g.count > 1 {
+                let rest = GarpSpec {
+                    ifname: self.ifname.to_string(),
+                    mac,
+                    ip: a.ip,
+                    count: g.count - 1,
+                    interval: g.interval,
+                };
+                if let Err(e) = garp_follow::spawn(self.ns.path(), &rest) {
+                    tracing::warn!(error = %e, "cannot start follow-up gratuitous ARPs");
+                }
+            }
+        }
+        tracing::info!(
+            network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan,
+            port = self.host_if, "attached"
+        );
+        let res = self.result(&a, &host_link, sandbox_link.mac.unwrap_or(mac))?;
+        Ok(res.to_json(&self.conf.cni_version))
+    }
+
+    fn result(&self, a: &Assignment, host: &leengine_netdp::Link, mac: [u8; 6]) -> CniResult<Res> {
+        let address = ipnet::Ipv4Net::new(a.ip, a.prefix_len).map_err(|_| {
+            CniError::new(
+                crate::error::IPAM,
+                format!("pool {} has prefix length {}", a.pool, a.prefix_len),
+            )
+        })?;
+        Ok(Res {
+            interfaces: vec![
+                Interface {
+                    name: self.host_if.to_string(),
+                    mac: host.mac.as_ref().map(format_mac).unwrap_or_default(),
+                    mtu: Some(self.conf.mtu),
+                    sandbox: None,
+                },
+                Interface {
+                    name: self.ifname.to_string(),
+                    mac: format_mac(&mac),
+                    mtu: Some(self.conf.mtu),
+                    sandbox: Some(self.ns.path().display().to_string()),
+                },
+            ],
+            ips: vec![IpConfig {
+                address,
+                gateway: Some(a.gateway),
+                interface: Some(1),
+            }],
+            routes: vec![Route {
+                dst: ipnet::Ipv4Net::default(),
+                gw: Some(a.gateway),
+            }],
+            dns: self.conf.dns.clone(),
+        })
+    }
+
+    /// Reverse order; every step is tried, failures are logged.
+    async fn rollback(&self, undo: &Undo) {
+        if undo.port {
+            if let Err(e) = self.ovs.del_port(&self.conf.bridge, self.host_if).await {
+                tracing::error!(port = self.host_if, error = %e, "rollback: cannot remove OVS port");
+            }
+        }
+        if undo.veth {
+            if let Err(e) =
+                teardown(self.host, self.host_if, Some((self.ns.path(), self.ifname))).await
+            {
+                tracing::error!(error = %e, "rollback: cannot remove veth");
+            }
+        }
+        if undo.ip {
+            if let Err(e) = self.ipam.release(self.cid, self.ifname).await {
+                tracing::error!(container = self.cid, error = %e, "rollback: cannot release IP");
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! CHECK: the attachment as it is (netns, OVS, etcd) against prevResult.
+//! Every difference is listed in the error, not just the first.
+
+use crate::backend::{self, EXT_CONTAINER};
+use crate::config::NetConf;
+use crate::env::CniEnv;
+use crate::error::{CniError, CniResult, CHECK_MISMATCH, INVALID_CONFIG};
+use crate::result::CniResult as Res;
+use leengine_netdp::{format_mac, host_veth_name, inspect, Netlink, NetnsFile};
+
+pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
+    let cid = env.container_id.as_deref().unwrap_or_default();
+    let ifname = env.ifname.as_deref().unwrap_or_default();
+    let ns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(INVALID_CONFIG, "CHECK needs prevResult"))?;
+    let prev = Res::from_json(prev).map_err(|e| CniError::new(INVALID_CONFIG, e))?;
+    let want = Expected::from_prev(&prev, ifname)?;
+
+    let ns = NetnsFile::open(ns_path)?;
+    let sandbox = Netlink::in_netns(&ns)?;
+    let (ovs, ipam) = tokio::try_join!(backend::ovs(conf), backend::ipam(conf))?;
+    let mut diffs: Vec<String> = Vec::new();
+
+    match inspect(&sandbox, ifname).await? {
+        None => diffs.push(format!(
+            "interface {ifname} is missing in {}",
+            ns_path.display()
+        )),
+        Some(st) => {
+            let mac = st.link.mac.as_ref().map(format_mac).unwrap_or_default();
+            if !want.mac.is_empty() && !mac.eq_ignore_ascii_case(&want.mac) {
+                diffs.push(format!(
+                    "{ifname} MAC is {mac}, prevResult says {}",
+                    want.mac
+                ));
+            }
+            if st.link.mtu != Some(conf.mtu) {
+                diffs.push(format!(
+                    "{ifname} MTU is {:?}, config says {}",
+                    st.link.mtu, conf.mtu
+                ));
+            }
+            if !st.link.up {
+                diffs.push(format!("{ifname} is down"));
+            }
+            let addr = (want.address.addr(), want.address.prefix_len());
+            if !st.addrs.contains(&addr) {
+                diffs.push(format!(
+                    "{ifname} lacks address {} (has {:?})",
+                    want.address, st.addrs
+                ));
+            }
+            for r in &prev.routes {
+                let found = st.routes.iter().any(|k| {
+                    k.dst_len == r.dst.prefix_len()
+                        && k.dst == r.dst.network()
+                        && (r.gw.is_none() || k.gateway == r.gw)
+                });
+                if !found {
+                    diffs.push(format!("route {} via {:?} is missing", r.dst, r.gw));
+                }
+            }
+        }
+    }
+
+    let host_if = host_veth_name(cid, ifname);
+    let handle = ipam.handle(cid, ifname).await?;
+    match &handle {
+        None => diffs.push(format!("IPAM holds no address for {cid}/{ifname}")),
+        Some(h) if h.ip != want.address.addr() || h.prefix_len != want.address.prefix_len() => {
+            diffs.push(format!(
+                "IPAM holds {}/{} for {cid}/{ifname}, prevResult says {}",
+                h.ip, h.prefix_len, want.address
+            ))
+        }
+        Some(_) => {}
+    }
+    match ovs.port_info(&host_if).await? {
+        None => diffs.push(format!("OVS port {host_if} is missing")),
+        Some(p) => {
+            if p.bridge.as_deref() != Some(conf.bridge.as_str()) {
+                diffs.push(format!(
+                    "OVS port {host_if} is on bridge {:?}, not {}",
+                    p.bridge, conf.bridge
+                ));
+            }
+            if let Some(h) = &handle {
+                if p.tag != backend::vlan_tag(h.vlan) {
+                    diffs.push(format!(
+                        "OVS port {host_if} has VLAN tag {:?}, pool {} has VLAN {}",
+                        p.tag, h.pool, h.vlan
+                    ));
+                }
+            }
+            if p.external_ids.get(EXT_CONTAINER).map(String::as_str) != Some(cid) {
+                diffs.push(format!("OVS port {host_if} belongs to another container"));
+            }
+            if p.ofport().is_none_or(|o| o <= 0) {
+                diffs.push(format!("OVS port {host_if} has no OpenFlow port"));
+            }
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(CHECK_MISMATCH, diffs.join("; ")))
+    }
+}
+
+struct Expected {
+    mac: String,
+    address: ipnet::Ipv4Net,
+}
+
+impl Expected {
+    /// The sandbox interface named `ifname` in prevResult and its address.
+    fn from_prev(prev: &Res, ifname: &str) -> CniResult<Self> {
+        let idx = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.is_some());
+        let ip = prev
+            .ips
+            .iter()
+            .find(|ip| idx.is_none() || ip.interface == idx)
+            .ok_or_else(|| {
+                CniError::new(
+                    INVALID_CONFIG,
+                    format!("prevResult has no IPv4 address for {ifname}"),
+                )
+            })?;
+        Ok(Self {
+            mac: idx
+                .map(|i| prev.interfaces[i].mac.clone())
+                .unwrap_or_default(),
+            address: ip.address,
+        })
+    }
+}

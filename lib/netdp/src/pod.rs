@@ -1,0 +1,193 @@
+use crate::garp::GarpSocket;
+use crate::netlink::{Link, Netlink, Route};
+use crate::netns::{in_netns_async, NetnsFile};
+use crate::{NetdpError, Result};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The veth pair of one attachment.
+#[derive(Clone, Debug)]
+pub struct VethSpec {
+    pub host_ifname: String,
+    pub sandbox_ifname: String,
+    pub mtu: u32,
+    pub sandbox_mac: Option<[u8; 6]>,
+}
+
+/// Layer-3 setup of the sandbox end.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// `arp_notify=1`: the kernel announces the address on link changes.
+    pub arp_notify: bool,
+    /// Also open a [`GarpSocket`] in the namespace (same trip into it).
+    pub garp_socket: bool,
+}
+
+/// A configured sandbox interface.
+#[derive(Debug)]
+pub struct Configured {
+    pub link: Link,
+    pub garp: Option<GarpSocket>,
+}
+
+/// An interface as seen from inside its namespace, with the routes through it.
+#[derive(Clone, Debug)]
+pub struct IfaceState {
+    pub link: Link,
+    pub addrs: Vec<(Ipv4Addr, u8)>,
+    pub routes: Vec<Route>,
+}
+
+/// Creates the pair with the sandbox end born inside `ns`, brings the host
+/// end up and returns (host, sandbox). Fails with `LinkExists` before
+/// touching anything if the sandbox name is taken.
+pub async fn create_veth(
+    host: &Netlink,
+    sandbox: &Netlink,
+    ns: &NetnsFile,
+    spec: &VethSpec,
+) -> Result<(Link, Link)> {
+    if sandbox.link_by_name(&spec.sandbox_ifname).await?.is_some() {
+        return Err(NetdpError::LinkExists(format!(
+            "{} in {}",
+            spec.sandbox_ifname,
+            ns.path().display()
+        )));
+    }
+    host.add_veth(
+        &spec.host_ifname,
+        &spec.sandbox_ifname,
+        ns,
+        spec.mtu,
+        spec.sandbox_mac,
+    )
+    .await?;
+    let host_link = host
+        .link_by_name(&spec.host_ifname)
+        .await?
+        .ok_or_else(|| NetdpError::LinkMissing(spec.host_ifname.clone()))?;
+    host.set_up(host_link.index).await?;
+    let host_link = host
+        .link_by_index(host_link.index)
+        .await?
+        .ok_or_else(|| NetdpError::LinkMissing(spec.host_ifname.clone()))?;
+    let sandbox_link = sandbox
+        .link_by_name(&spec.sandbox_ifname)
+        .await?
+        .ok_or_else(|| NetdpError::LinkMissing(spec.sandbox_ifname.clone()))?;
+    Ok((host_link, sandbox_link))
+}
+
+/// arp_notify (before link-up, so the up event is announced), address,
+/// link up, default route.
+pub async fn configure_sandbox(
+    sandbox: &Netlink,
+    ns: &NetnsFile,
+    cfg: &SandboxConfig,
+) -> Result<Configured> {
+    let link = sandbox
+        .link_by_name(&cfg.ifname)
+        .await?
+        .ok_or_else(|| NetdpError::LinkMissing(cfg.ifname.clone()))?;
+    let garp = if cfg.arp_notify || cfg.garp_socket {
+        let (notify, want_sock) = (cfg.arp_notify, cfg.garp_socket);
+        let key = format!("net/ipv4/conf/{}/arp_notify", cfg.ifname);
+        let ifname = cfg.ifname.clone();
+        in_netns_async(ns, move || -> Result<Option<GarpSocket>> {
+            if notify {
+                std::fs::write(format!("/proc/sys/{key}"), b"1")
+                    .map_err(|source| NetdpError::Sysctl { key, source })?;
+            }
+            want_sock
+                .then(GarpSocket::open_here)
+                .transpose()
+                .map_err(|source| NetdpError::Garp { ifname, source })
+        })
+        .await??
+    } else {
+        None
+    };
+    sandbox.add_ipv4(link.index, cfg.ip, cfg.prefix_len).await?;
+    sandbox.set_up(link.index).await?;
+    if let Some(gw) = cfg.gateway {
+        sandbox.add_default_route(link.index, gw).await?;
+    }
+    let link = sandbox.link_by_index(link.index).await?.unwrap_or(link);
+    Ok(Configured { link, garp })
+}
+
+/// The interface `ifname`, its IPv4 addresses and the routes through it.
+pub async fn inspect(nl: &Netlink, ifname: &str) -> Result<Option<IfaceState>> {
+    let Some(link) = nl.link_by_name(ifname).await? else {
+        return Ok(None);
+    };
+    let addrs = nl.ipv4_addrs(link.index).await?;
+    let routes = nl
+        .ipv4_routes()
+        .await?
+        .into_iter()
+        .filter(|r| r.oif == Some(link.index))
+        .collect();
+    Ok(Some(IfaceState {
+        link,
+        addrs,
+        routes,
+    }))
+}
+
+/// True when the namespace at `path` exists and its `ifname` holds `ip`.
+/// A namespace that is gone is simply "no". Meant for liveness scans.
+pub async fn netns_has_ipv4(path: &Path, ifname: &str, ip: Ipv4Addr) -> Result<bool> {
+    let ns = match NetnsFile::open(path) {
+        Ok(ns) => ns,
+        Err(NetdpError::NetnsMissing(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let nl = Netlink::in_netns(&ns)?;
+    let Some(link) = nl.link_by_name(ifname).await? else {
+        return Ok(false);
+    };
+    Ok(nl
+        .ipv4_addrs(link.index)
+        .await?
+        .iter()
+        .any(|(a, _)| *a == ip))
+}
+
+/// Removes an attachment's veth: the host end by name (which takes the peer
+/// with it) and, if the namespace is still there, the sandbox end by name in
+/// case the pair was split. Missing pieces are fine; every failure is
+/// collected and the remaining steps still run.
+pub async fn teardown(
+    host: &Netlink,
+    host_ifname: &str,
+    sandbox: Option<(&Path, &str)>,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Err(e) = host.del_link(host_ifname).await {
+        errors.push(e);
+    }
+    if let Some((path, ifname)) = sandbox {
+        match NetnsFile::open(path) {
+            Ok(ns) => match Netlink::in_netns(&ns) {
+                Ok(nl) => {
+                    if let Err(e) = nl.del_link(ifname).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e),
+            },
+            Err(NetdpError::NetnsMissing(_)) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(NetdpError::Teardown(errors))
+    }
+}
