@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# IPAM benchmark: NODES simulated nodes x PODS pods allocated at CONCURRENCY
+# against one local etcd, then `cnictl check` over all of them.
+#   hack/bench/ipam.sh [NODES=600] [PODS=20] [CONCURRENCY=64]
+# Prints allocations/s, latency percentiles, duplicate/consistency checks and
+# the wall time of `cnictl check` (table and JSON).
+set -euo pipefail
+NODES=${1:-600}
+PODS=${2:-20}
+CONC=${3:-64}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DIR=$(mktemp -d /tmp/leengine-bench-ipam.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PEER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT
+PREFIX=/bench
+
+etcd --name bench --data-dir "$DIR/data" \
+  --listen-client-urls "$URL" --advertise-client-urls "$URL" \
+  --listen-peer-urls "http://127.0.0.1:$PEER" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PEER" \
+  --initial-cluster "bench=http://127.0.0.1:$PEER" \
+  --log-level error >"$DIR/etcd.log" 2>&1 &
+ETCD_PID=$!
+cleanup() { kill "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+cd "$ROOT"
+cargo build --release -q -p leengine-ipam --example alloc_bench
+cargo build --release -q -p cnictl
+BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+for _ in $(seq 50); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
+echo "== machine: $(nproc) CPUs, $(etcd --version | head -1), etcd data in $DIR"
+etcd_cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$ETCD_PID/stat"; }
+echo "== allocation (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
+before=$(etcd_cpu)
+/usr/bin/time -f "bench client CPU: %U s user + %S s system, wall %e s" \
+  "$BIN/examples/alloc_bench" "$URL" "$PREFIX" "$NODES" "$PODS" "$CONC"
+echo "etcd CPU during the run: $(python3 -c "print(round($(etcd_cpu) - $before, 1))") s; db size: $(du -sh "$DIR/data" | cut -f1)"
+
+echo "== cnictl check (node-agent reports, no apiserver, grace 0s)"
+export LEENGINE_ETCD_ENDPOINTS=$URL LEENGINE_ETCD_PREFIX=$PREFIX
+set +e
+start=$(date +%s.%N)
+"$BIN/cnictl" check --no-apiserver --grace 0s -o json >"$DIR/report.json"
+rc=$?
+end=$(date +%s.%N)
+set -e
+python3 - "$DIR/report.json" "$rc" "$start" "$end" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"cnictl check -o json: {float(sys.argv[4]) - float(sys.argv[3]):.2f}s, exit {sys.argv[2]}, "
+      f"allocated {r['allocated']}, alive {r['alive']}, leaked {len(r['leaked'])}, unknown {len(r['unknown'])}")
+PY
+start=$(date +%s.%N)
+"$BIN/cnictl" check --no-apiserver --grace 0s >/dev/null || true
+end=$(date +%s.%N)
+echo "cnictl check (table): $(python3 -c "print(f'{$end - $start:.2f}s')")"
+start=$(date +%s.%N)
+"$BIN/cnictl" pool list >/dev/null
+end=$(date +%s.%N)
+echo "cnictl pool list: $(python3 -c "print(f'{$end - $start:.2f}s')")"

@@ -1,0 +1,86 @@
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::time::Duration;
+
+use leengine_ipam::{AssignRequest, Ipam, IpamOptions, Pool};
+use leengine_store::{EtcdConfig, Keys};
+use leengine_testenv as te;
+
+pub struct Env {
+    pub etcd: te::Etcd,
+    pub client: etcd_client::Client,
+    pub keys: Keys,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let etcd = te::Etcd::start();
+        let client = leengine_store::connect(&EtcdConfig::new(etcd.endpoints()))
+            .await
+            .expect("connect to test etcd");
+        Env {
+            etcd,
+            client,
+            keys: Keys::new("/t"),
+        }
+    }
+
+    /// IPAM for `node` with no cooldown and no sticky IPs unless a test asks.
+    pub fn ipam(&self, node: &str) -> Ipam {
+        self.ipam_with(node, opts(0, 0))
+    }
+
+    pub fn ipam_with(&self, node: &str, o: IpamOptions) -> Ipam {
+        Ipam::new(self.client.clone(), self.keys.clone(), node).with_options(o)
+    }
+
+    pub async fn add_pool(
+        &self,
+        name: &str,
+        cidr: &str,
+        gw: &str,
+        vlan: u32,
+        bs: u32,
+        ex: &[&str],
+    ) -> Pool {
+        let ex: Vec<String> = ex.iter().map(|s| s.to_string()).collect();
+        let pool = Pool::parse(name, cidr, gw, vlan, bs, &ex).unwrap();
+        self.ipam("admin").add_pool(&pool).await.unwrap();
+        pool
+    }
+
+    /// Fails the test if blocks, handles and indexes disagree.
+    pub async fn assert_consistent(&self) {
+        let problems = self.ipam("audit").audit().await.unwrap();
+        assert!(
+            problems.is_empty(),
+            "inconsistent IPAM state:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+pub fn opts(cooldown: u64, sticky: u64) -> IpamOptions {
+    IpamOptions {
+        cooldown: Duration::from_secs(cooldown),
+        sticky_for: Duration::from_secs(sticky),
+        ..IpamOptions::default()
+    }
+}
+
+pub fn req(cid: &str) -> AssignRequest {
+    AssignRequest {
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        netns: format!("/run/netns/{cid}"),
+        ..Default::default()
+    }
+}
+
+pub fn pod_req(cid: &str, ns: &str, name: &str) -> AssignRequest {
+    AssignRequest {
+        pod_namespace: Some(ns.into()),
+        pod_name: Some(name.into()),
+        ..req(cid)
+    }
+}
