@@ -15,13 +15,10 @@ pub const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// external_ids keys on the OVS port of every attachment.
-pub const EXT_OWNER: &str = "leengine-owner";
-pub const EXT_CONTAINER: &str = "leengine-container-id";
-pub const EXT_IFNAME: &str = "leengine-ifname";
-pub const EXT_POD_NS: &str = "leengine-pod-namespace";
-pub const EXT_POD_NAME: &str = "leengine-pod-name";
-pub const EXT_IP: &str = "leengine-ip";
-pub const OWNER: &str = "leengine-cni";
+pub use leengine_ovsdb::vswitch::ext_ids::{
+    CONTAINER_ID as EXT_CONTAINER, IFNAME as EXT_IFNAME, IP as EXT_IP, OWNER as EXT_OWNER,
+    OWNER_CNI as OWNER, POD_NAME as EXT_POD_NAME, POD_NAMESPACE as EXT_POD_NS,
+};
 
 pub async fn ovs(conf: &NetConf) -> CniResult<Ovs> {
     let opts = leengine_ovsdb::Options {

@@ -14,7 +14,7 @@ const REF: &str = "/usr/lib/cni";
 fn chain_with_portmap_and_bandwidth() {
     let c = Cluster::new("10.91.0.0/24", "10.91.0.1", 191);
     let node = c.ovs.netns();
-    let etcd_port = forward_into(node, c.etcd.port());
+    let etcd_port = node.forward_tcp(c.etcd.port());
     let pod = te::Netns::new();
     let mut ours = c.conf("1.0.0");
     ours.as_object_mut().unwrap().remove("hostNetns");

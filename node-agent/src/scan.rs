@@ -16,8 +16,7 @@ use crate::metrics::BlockUse;
 use crate::procfs::ns_id;
 
 /// OVS external_ids the CNI plugin puts on every attachment's port.
-const EXT_CONTAINER: &str = "leengine-container-id";
-const EXT_IFNAME: &str = "leengine-ifname";
+use leengine_ovsdb::vswitch::ext_ids::{CONTAINER_ID as EXT_CONTAINER, IFNAME as EXT_IFNAME};
 
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]

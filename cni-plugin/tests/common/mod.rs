@@ -205,37 +205,3 @@ pub fn ns_out(ns: &te::Netns, argv: &[&str]) -> String {
     let out = ns.exec(argv);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
-/// A TCP forwarder listening on 127.0.0.1 inside `ns` that connects to
-/// 127.0.0.1:`target` in the test's own namespace, so a plugin run inside
-/// the node namespace (no `hostNetns`) reaches etcd. Returns the port.
-pub fn forward_into(ns: &te::Netns, target: u16) -> u16 {
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsFd;
-    let file = std::fs::File::open(ns.path()).unwrap();
-    let listener = std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        TcpListener::bind("127.0.0.1:0").unwrap()
-    })
-    .join()
-    .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for down in listener.incoming().flatten() {
-            let Ok(up) = TcpStream::connect(("127.0.0.1", target)) else {
-                continue;
-            };
-            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-            let (mut d, mut u) = (down, up);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut d, &mut u);
-                let _ = u.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut u2, &mut d2);
-                let _ = d2.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}

@@ -1,3 +1,4 @@
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -61,6 +62,35 @@ impl Netns {
             .success()
     }
 
+    /// Listens on `127.0.0.1:PORT` inside this namespace and forwards every
+    /// connection to `127.0.0.1:target` in the caller's namespace; returns
+    /// PORT. Lets a program run inside [`Ovs::netns`](crate::Ovs::netns) (a
+    /// node's host side) reach the test's etcd. Lives until the process ends.
+    pub fn forward_tcp(&self, target: u16) -> u16 {
+        let file = std::fs::File::open(&self.path).expect("open netns");
+        // setns on a throwaway thread: only that thread changes namespace,
+        // and the socket keeps the namespace it was created in.
+        let listener = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this thread with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            TcpListener::bind("127.0.0.1:0").expect("bind in netns")
+        })
+        .join()
+        .expect("forwarder setup");
+        let port = listener.local_addr().expect("local addr").port();
+        std::thread::spawn(move || {
+            for down in listener.incoming().flatten() {
+                let Ok(up) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                pump(down, up);
+            }
+        });
+        port
+    }
+
     /// Deletes the namespace now (what a crashed runtime's cleanup might do
     /// without calling CNI DEL).
     pub fn delete(&mut self) {
@@ -82,4 +112,20 @@ impl Drop for Netns {
     fn drop(&mut self) {
         self.delete();
     }
+}
+
+/// Copies both directions until either side closes.
+fn pump(down: TcpStream, up: TcpStream) {
+    let (Ok(mut d2), Ok(mut u2)) = (down.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let (mut d, mut u) = (down, up);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut d, &mut u);
+        let _ = u.shutdown(Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut u2, &mut d2);
+        let _ = d2.shutdown(Shutdown::Write);
+    });
 }

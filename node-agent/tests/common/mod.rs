@@ -3,10 +3,7 @@
 //! and pod namespaces.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -42,66 +39,11 @@ pub fn add_pool(etcd: &te::Etcd, name: &str, cidr: &str, gw: &str, vlan: u32) {
     block_on(async { ipam(etcd).await.add_pool(&pool).await.unwrap() });
 }
 
-/// etcd listens on loopback of the test's namespace; the agent runs in the
-/// node's host namespace. This forwards `127.0.0.1:port` there to etcd
-/// (testenv has no such bridge yet).
-pub struct Forward {
-    pub port: u16,
-}
-
-impl Forward {
-    pub fn into_netns(netns: &Path, target: u16) -> Forward {
-        let ns = std::fs::File::open(netns).unwrap();
-        let here = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            // Back home: the listener stays in the node namespace, the
-            // connections to etcd are made from here.
-            nix::sched::setns(here.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            for c in l.incoming().flatten() {
-                std::thread::spawn(move || pump(c, target));
-            }
-        });
-        Forward {
-            port: rx.recv().unwrap(),
-        }
-    }
-}
-
-fn pump(a: TcpStream, target: u16) {
-    let Ok(b) = TcpStream::connect(("127.0.0.1", target)) else {
-        return;
-    };
-    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-    std::thread::spawn(move || copy(&mut a2, &mut b2));
-    let (mut a, mut b) = (a, b);
-    copy(&mut b, &mut a);
-}
-
-fn copy(from: &mut TcpStream, to: &mut TcpStream) {
-    let mut buf = [0u8; 16384];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Both);
-    let _ = from.shutdown(std::net::Shutdown::Both);
-}
-
 /// One node: etcd, OVS, the forward, and the agent's flags.
 pub struct Node {
     pub etcd: te::Etcd,
     pub ovs: te::Ovs,
-    pub fwd: Forward,
+    pub etcd_port: u16,
     pub bridge: String,
 }
 
@@ -111,7 +53,9 @@ impl Node {
     pub fn new(bridge_exists: bool) -> Node {
         let etcd = te::Etcd::start();
         let ovs = te::Ovs::start();
-        let fwd = Forward::into_netns(ovs.netns().path(), etcd.port());
+        // etcd listens on the test namespace's loopback; the agent runs in the
+        // node's host namespace.
+        let etcd_port = ovs.netns().forward_tcp(etcd.port());
         let bridge = if bridge_exists {
             ovs.add_bridge()
         } else {
@@ -120,7 +64,7 @@ impl Node {
         Node {
             etcd,
             ovs,
-            fwd,
+            etcd_port,
             bridge,
         }
     }
@@ -130,7 +74,7 @@ impl Node {
             "--node",
             NODE,
             "--etcd-endpoints",
-            &format!("http://127.0.0.1:{}", self.fwd.port),
+            &format!("http://127.0.0.1:{}", self.etcd_port),
             "--ovsdb",
             &self.ovs.db_url(),
             "--bridge",

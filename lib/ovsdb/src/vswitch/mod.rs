@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+pub mod ext_ids;
 pub use model::{BondMode, BondStatus, Converge, InterfaceInfo, MemberStatus, PortInfo};
 
 use crate::client::Client;
