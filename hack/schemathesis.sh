@@ -52,6 +52,11 @@ RUST_LOG=info,leengine_core=debug "$BIN" --listen "127.0.0.1:$CORE_PORT" --etcd 
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$CORE_PORT/openapi.json" >/dev/null && break; sleep 0.2; done
 
+# A registered build host (nobody runs its tasks), so that triggered builds
+# are placed instead of answering 503 "no build host".
+ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" put /leengine/builders/st-builder \
+  '{"id":"st-builder","capacity":1,"running":0,"startedAt":"2026-01-01T00:00:00Z"}' >/dev/null
+
 TOKEN=$(curl -sf -X POST -H 'content-type: application/json' \
   -d "{\"user\":\"admin\",\"password\":\"$(cat "$WORK/admin.pw")\"}" \
   "http://127.0.0.1:$CORE_PORT/api/v1/login" | jq -r .token)

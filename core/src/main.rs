@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use leengine_build::RegistryAuth;
 use leengine_core::quota::Quota;
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
@@ -57,6 +58,24 @@ struct Args {
     /// File holding the bearer secret the registry sends with notifications.
     #[arg(long)]
     notify_secret_file: Option<PathBuf>,
+    /// Registry user build agents push as (with --build-registry-token-file).
+    #[arg(
+        long,
+        env = "LEENGINE_BUILD_REGISTRY_USER",
+        requires = "build_registry_token_file"
+    )]
+    build_registry_user: Option<String>,
+    /// File holding that user's password or access token.
+    #[arg(
+        long,
+        env = "LEENGINE_BUILD_REGISTRY_TOKEN_FILE",
+        requires = "build_registry_user"
+    )]
+    build_registry_token_file: Option<PathBuf>,
+    /// Registry address the credentials are for (default: the registry of
+    /// each config's target image).
+    #[arg(long, env = "LEENGINE_BUILD_REGISTRY_SERVER")]
+    build_registry_server: Option<String>,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -82,7 +101,17 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         }),
         _ => None,
     };
+    let build_registry_auth = match (&args.build_registry_user, &args.build_registry_token_file) {
+        (Some(user), Some(file)) => Some(RegistryAuth {
+            username: Some(user.clone()),
+            password: Some(read_secret(file)?),
+            identity_token: None,
+            server: args.build_registry_server.clone(),
+        }),
+        _ => None,
+    };
     Ok(Settings {
+        build_registry_auth,
         default_quota: Quota {
             max_apps: args.default_max_apps,
             max_containers: args.default_max_containers,
@@ -132,4 +161,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_registry_flags_become_push_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("push.token");
+        std::fs::write(&file, "s3cret-push\n").unwrap();
+        let base = ["leengine-core", "--etcd", "http://127.0.0.1:2379"];
+        let args = Args::try_parse_from(base.iter().copied().chain([
+            "--build-registry-user",
+            "ci",
+            "--build-registry-token-file",
+            file.to_str().unwrap(),
+            "--build-registry-server",
+            "127.0.0.1:5000",
+        ]))
+        .unwrap();
+        let auth = settings(&args).unwrap().build_registry_auth.unwrap();
+        assert_eq!(auth.username.as_deref(), Some("ci"));
+        assert_eq!(auth.password.as_deref(), Some("s3cret-push"));
+        assert_eq!(auth.server.as_deref(), Some("127.0.0.1:5000"));
+
+        let none = Args::try_parse_from(base).unwrap();
+        assert!(settings(&none).unwrap().build_registry_auth.is_none());
+        // A user without a secret (or the reverse) is a configuration error.
+        assert!(
+            Args::try_parse_from(base.iter().copied().chain(["--build-registry-user", "ci"]))
+                .is_err()
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert!(settings(&args).is_err(), "an empty token file is refused");
+    }
 }

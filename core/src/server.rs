@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Router;
+use leengine_build::RegistryAuth;
 
 use crate::auth::{self, Authenticator};
 use crate::problem::ApiError;
@@ -16,7 +17,7 @@ use crate::store::Db;
 use crate::{access, admin, apps, builds, images, openapi, registry, slb, users};
 
 /// Operator settings of the core (from the command line of `main`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// Quota of users without their own.
     pub default_quota: Quota,
@@ -24,6 +25,25 @@ pub struct Settings {
     pub login_ttl: Duration,
     /// Registry token server; `None` disables `/v2/token` and notifications.
     pub registry: Option<RegistrySettings>,
+    /// Push credentials written into every build task; `None` pushes
+    /// anonymously (a registry without auth).
+    pub build_registry_auth: Option<RegistryAuth>,
+}
+
+/// Redacts the build push secret (the registry settings redact their own).
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let build_auth = self
+            .build_registry_auth
+            .as_ref()
+            .map(|a| (a.username.as_deref(), a.server.as_deref(), "<redacted>"));
+        f.debug_struct("Settings")
+            .field("default_quota", &self.default_quota)
+            .field("login_ttl", &self.login_ttl)
+            .field("registry", &self.registry)
+            .field("build_registry_auth", &build_auth)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -35,6 +55,7 @@ impl Default for Settings {
             },
             login_ttl: Duration::from_secs(24 * 3600),
             registry: None,
+            build_registry_auth: None,
         }
     }
 }
@@ -73,6 +94,10 @@ pub fn app(core: Core) -> Router {
 pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
     let etcd = core.db.etcd.clone();
     let keys = core.db.keys.clone();
+    let mut builds = builds::BuildsState::new(etcd.clone(), keys.clone());
+    if let Some(auth) = &core.settings.build_registry_auth {
+        builds = builds.with_registry_auth(auth.clone());
+    }
     let own = Router::new()
         .merge(users::api::router())
         .merge(access::members::router())
@@ -82,8 +107,8 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(registry::router())
         .merge(openapi::router())
         .with_state(core);
-    own.merge(slb::router(slb::SlbState::new(etcd.clone(), keys.clone())))
-        .merge(builds::router(builds::BuildsState::new(etcd, keys)))
+    own.merge(slb::router(slb::SlbState::new(etcd, keys)))
+        .merge(builds::router(builds))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(auth::layer(authn))
@@ -99,4 +124,31 @@ async fn method_not_allowed() -> impl IntoResponse {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_build_push_secret() {
+        let s = Settings {
+            build_registry_auth: Some(RegistryAuth {
+                username: Some("ci".into()),
+                password: Some("hunter2-push".into()),
+                identity_token: Some("idtok-push".into()),
+                server: Some("127.0.0.1:5000".into()),
+            }),
+            ..Default::default()
+        };
+        let text = format!("{s:?}");
+        assert!(
+            text.contains("ci") && text.contains("127.0.0.1:5000"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("idtok"),
+            "{text}"
+        );
+    }
 }

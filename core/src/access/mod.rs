@@ -253,7 +253,7 @@ pub fn exists_code(kind: Kind) -> &'static str {
         Kind::App => "app_exists",
         Kind::Image => "image_exists",
         Kind::Group => "group_exists",
-        Kind::Build => "build_exists",
+        Kind::Build => "build_config_exists",
     }
 }
 

@@ -36,7 +36,7 @@ impl Kind {
             Kind::App => "app_not_found",
             Kind::Image => "image_not_found",
             Kind::Group => "group_not_found",
-            Kind::Build => "build_not_found",
+            Kind::Build => "build_config_not_found",
         }
     }
 }

@@ -1,15 +1,18 @@
 //! HTTP handlers under `/api/v1/builds/`.
 //!
-//! Permissions (until member roles cover builds): the creator of a config and
-//! admins may read, trigger and delete it; others get 404, so configs they
-//! cannot see do not leak their existence. The webhook authenticates with
+//! Build configs are `build` resources of the shared role engine
+//! ([`crate::access`]): the creator is Owner, members are managed under
+//! `/api/v1/builds/configs/{id}/members`, and every handler asks
+//! `access::authorize` for its action (Guest sees the config, Reporter reads
+//! runs and their logs, Developer triggers, Master updates, Owner deletes).
+//! Non-members of a private config get 404. The webhook authenticates with
 //! the config's own secret instead of a user.
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use leengine_build::validate;
 use leengine_build::{BuildConfig, BuildRun, BuildSpec, BuilderInfo, CompileSpec, Trigger};
 use serde::{Deserialize, Serialize};
@@ -17,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use super::dispatch::{config_gone, dispatch, DispatchRequest};
 use super::webhook::{self, GitlabPush, PushMatch};
 use super::BuildsState;
+use crate::access::{self, Action, Grant, Kind, Role};
+use crate::activity;
 use crate::auth::Caller;
 use crate::problem::{ApiError, Json, Path};
+use crate::store;
 
 pub(super) fn routes() -> Router<BuildsState> {
     Router::new()
@@ -52,6 +58,9 @@ struct CreateConfig {
     #[serde(default)]
     outputs: Vec<String>,
     image: String,
+    /// Public configs are visible (not buildable) to every signed-in user.
+    #[serde(default)]
+    public: bool,
 }
 
 /// A config as the API shows it (the webhook secret hash stays inside).
@@ -64,17 +73,20 @@ struct ConfigView {
     creator: String,
     created_at: chrono::DateTime<Utc>,
     webhook_path: String,
+    public: bool,
+    /// The caller's role; `null` for a non-member seeing a public config.
+    role: Option<Role>,
 }
 
-impl From<BuildConfig> for ConfigView {
-    fn from(c: BuildConfig) -> Self {
-        Self {
-            webhook_path: format!("/api/v1/builds/configs/{}/webhook", c.id),
-            id: c.id,
-            spec: c.spec,
-            creator: c.creator,
-            created_at: c.created_at,
-        }
+fn view(c: BuildConfig, public: bool, role: Option<Role>) -> ConfigView {
+    ConfigView {
+        webhook_path: format!("/api/v1/builds/configs/{}/webhook", c.id),
+        id: c.id,
+        spec: c.spec,
+        creator: c.creator,
+        created_at: c.created_at,
+        public,
+        role,
     }
 }
 
@@ -97,6 +109,13 @@ async fn create_config(
     Json(body): Json<CreateConfig>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     validate::name("id", &body.id).map_err(invalid)?;
+    // The id is also the name of the `build` resource, which must end alnum.
+    if !access::valid_name(&body.id) {
+        return Err(ApiError::bad_request(
+            "invalid_build_config",
+            format!("id {:?} must end with a letter or digit", body.id),
+        ));
+    }
     let spec = BuildSpec {
         repo: body.repo,
         branch: body.branch,
@@ -112,25 +131,29 @@ async fn create_config(
     let cfg = BuildConfig {
         id: body.id,
         spec,
-        creator: caller.user,
+        creator: caller.user.clone(),
         webhook_token_sha256: webhook::token_hash(&token),
         created_at: Utc::now(),
     };
     let key = st.keys.build_config(&cfg.id);
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key, serde_json::to_vec(&cfg)?, None)]);
-    if !st.etcd.clone().txn(txn).await?.succeeded() {
-        return Err(ApiError::conflict(
-            "build_config_exists",
-            format!("build config {} already exists", cfg.id),
-        ));
-    }
+    access::register(
+        &st.db(),
+        &caller,
+        Kind::Build,
+        &cfg.id,
+        body.public,
+        String::new(),
+        (
+            vec![store::absent(key.clone())],
+            vec![store::put(key, &cfg)],
+        ),
+    )
+    .await?;
     tracing::info!(config = %cfg.id, creator = %cfg.creator, "build config created");
     Ok((
         StatusCode::CREATED,
         Json(Created {
-            config: cfg.into(),
+            config: view(cfg, body.public, Some(Role::Owner)),
             webhook_token: token,
         }),
     ))
@@ -148,16 +171,21 @@ struct UpdateConfig {
     #[serde(default)]
     outputs: Vec<String>,
     image: String,
+    /// Absent: the visibility stays as it is.
+    #[serde(default)]
+    public: Option<bool>,
 }
 
-/// Replaces the spec; creator, webhook secret and running builds are kept
-/// (a task carries its own copy of the spec).
+/// Replaces the spec (and optionally the visibility); creator, webhook
+/// secret and running builds are kept (a task carries its own copy of the
+/// spec).
 async fn update_config(
     axum::extract::State(st): axum::extract::State<BuildsState>,
     caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<UpdateConfig>,
 ) -> Result<Json<ConfigView>, ApiError> {
+    let (grant, mut cfg, rev) = authorized(&st, &caller, &id, Action::Update).await?;
     let spec = BuildSpec {
         repo: body.repo,
         branch: body.branch,
@@ -169,19 +197,41 @@ async fn update_config(
         image: body.image,
     };
     spec.validate().map_err(invalid)?;
-    let (mut cfg, rev) = visible_config(&st, &caller, &id).await?;
     cfg.spec = spec;
+    let mut resource = grant.resource.value.clone();
+    resource.public = body.public.unwrap_or(resource.public);
+    let ev = activity::event(
+        &caller.user,
+        "updated",
+        serde_json::json!({
+            "repo": cfg.spec.repo, "branch": cfg.spec.branch,
+            "image": cfg.spec.image, "public": resource.public,
+        }),
+    );
     let key = st.keys.build_config(&id);
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
-        .and_then([TxnOp::put(key, serde_json::to_vec(&cfg)?, None)]);
-    if !st.etcd.clone().txn(txn).await?.succeeded() {
+    let res_key = st.keys.core_resource(Kind::Build.as_str(), &id);
+    let committed = st
+        .db()
+        .commit(
+            vec![
+                store::unchanged(key.clone(), rev),
+                store::unchanged(res_key.clone(), grant.resource.mod_revision),
+            ],
+            vec![
+                store::put(key, &cfg),
+                store::put(res_key, &resource),
+                activity::op(&st.keys, Kind::Build, &id, &ev),
+            ],
+        )
+        .await?;
+    if !committed {
         return Err(ApiError::conflict(
             "build_config_changed",
             format!("build config {id} changed meanwhile; retry"),
         ));
     }
-    Ok(Json(cfg.into()))
+    tracing::info!(config = %id, user = %caller.user, "build config updated");
+    Ok(Json(view(cfg, resource.public, grant.role)))
 }
 
 /// Reads a config; `None` when absent. Returns the mod revision for CAS.
@@ -199,39 +249,44 @@ async fn read_config(st: &BuildsState, id: &str) -> Result<Option<(BuildConfig, 
     }
 }
 
-fn may_use(caller: &Caller, cfg: &BuildConfig) -> bool {
-    caller.admin || caller.user == cfg.creator
-}
-
-/// The config if the caller may use it; 404 otherwise.
-async fn visible_config(
+/// The config if the caller may do `action` on it (404 to non-members of a
+/// private config, 403 to members lacking the role), with its revision.
+async fn authorized(
     st: &BuildsState,
     caller: &Caller,
     id: &str,
-) -> Result<(BuildConfig, i64), ApiError> {
-    match read_config(st, id).await? {
-        Some((cfg, rev)) if may_use(caller, &cfg) => Ok((cfg, rev)),
-        _ => Err(config_gone(id)),
-    }
+    action: Action,
+) -> Result<(Grant, BuildConfig, i64), ApiError> {
+    let grant = access::authorize(&st.db(), Some(caller), Kind::Build, id, action).await?;
+    let (cfg, rev) = read_config(st, id).await?.ok_or_else(|| config_gone(id))?;
+    Ok((grant, cfg, rev))
 }
 
+/// Configs the caller created or is a member of (admins: all). Reads are
+/// proportional to the caller's memberships, in batches of 64.
 async fn list_configs(
     axum::extract::State(st): axum::extract::State<BuildsState>,
     caller: Caller,
 ) -> Result<Json<Vec<ConfigView>>, ApiError> {
-    let resp = st
-        .etcd
-        .clone()
-        .get(
-            st.keys.build_configs_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await?;
+    let visible = access::visible(&st.db(), &caller, Kind::Build).await?;
     let mut out = Vec::new();
-    for kv in resp.kvs() {
-        let cfg: BuildConfig = serde_json::from_slice(kv.value())?;
-        if may_use(&caller, &cfg) {
-            out.push(cfg.into());
+    for chunk in visible.chunks(64) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(r, _)| TxnOp::get(st.keys.build_config(&r.name), None))
+            .collect();
+        let resp = st.etcd.clone().txn(Txn::new().and_then(ops)).await?;
+        for ((r, role), got) in chunk.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(get) = got else {
+                continue;
+            };
+            if let Some(kv) = get.kvs().first() {
+                out.push(view(
+                    serde_json::from_slice(kv.value())?,
+                    r.public,
+                    Some(*role),
+                ));
+            }
         }
     }
     Ok(Json(out))
@@ -242,33 +297,33 @@ async fn get_config(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ConfigView>, ApiError> {
-    Ok(Json(visible_config(&st, &caller, &id).await?.0.into()))
+    let (grant, cfg, _) = authorized(&st, &caller, &id, Action::View).await?;
+    Ok(Json(view(cfg, grant.resource.value.public, grant.role)))
 }
 
-/// Deletes the config and its run records; tasks already on builders finish
-/// (their run updates then fail their compare and the agent drops them).
+/// Deletes the config, its run records, members and feed; tasks already on
+/// builders finish (their run updates then fail their compare and the agent
+/// drops them).
 async fn delete_config(
     axum::extract::State(st): axum::extract::State<BuildsState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (_, rev) = visible_config(&st, &caller, &id).await?;
+    let (grant, _, rev) = authorized(&st, &caller, &id, Action::Delete).await?;
     let key = st.keys.build_config(&id);
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
-        .and_then([
-            TxnOp::delete(key, None),
-            TxnOp::delete(
-                st.keys.build_runs_prefix(&id),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
-        ]);
-    if !st.etcd.clone().txn(txn).await?.succeeded() {
-        return Err(ApiError::conflict(
-            "build_config_changed",
-            format!("build config {id} changed meanwhile; retry"),
-        ));
-    }
+    access::unregister(
+        &st.db(),
+        &grant,
+        (
+            vec![store::unchanged(key.clone(), rev)],
+            vec![
+                store::delete(key),
+                store::delete_prefix(st.keys.build_runs_prefix(&id)),
+            ],
+        ),
+    )
+    .await?;
+    tracing::info!(config = %id, user = %caller.user, "build config deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -287,6 +342,7 @@ async fn trigger(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<BuildRun>), ApiError> {
+    let (_, cfg, rev) = authorized(&st, &caller, &id, Action::Trigger).await?;
     // An empty body is a plain "build the branch head".
     let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
@@ -300,7 +356,6 @@ async fn trigger(
     if let Some(c) = &body.commit {
         validate::commit(c).map_err(|e| ApiError::bad_request("invalid_commit", e.to_string()))?;
     }
-    let (cfg, rev) = visible_config(&st, &caller, &id).await?;
     let req = DispatchRequest {
         trigger: Trigger::Manual { user: caller.user },
         tag: body.tag,
@@ -315,7 +370,7 @@ async fn list_runs(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<BuildRun>>, ApiError> {
-    visible_config(&st, &caller, &id).await?;
+    authorized(&st, &caller, &id, Action::ReadLogs).await?;
     let resp = st
         .etcd
         .clone()
@@ -340,7 +395,7 @@ async fn get_run(
     caller: Caller,
     Path((id, run)): Path<(String, String)>,
 ) -> Result<Json<BuildRun>, ApiError> {
-    visible_config(&st, &caller, &id).await?;
+    authorized(&st, &caller, &id, Action::ReadLogs).await?;
     let not_found = || {
         ApiError::not_found(
             "build_run_not_found",

@@ -9,7 +9,10 @@ use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
 
 use super::BuildsState;
+use crate::access::Kind;
+use crate::activity;
 use crate::problem::ApiError;
+use crate::stats::{self, Metric};
 
 /// A placement can lose its race (a builder left, the config changed);
 /// each retry re-reads the live builders.
@@ -97,6 +100,21 @@ pub async fn dispatch(
             attempt: 1,
         };
         let run_key = keys.build_run(&config.id, &run.id);
+        let (actor, via) = match &req.trigger {
+            Trigger::Manual { user } => (user.clone(), "manual"),
+            Trigger::Webhook { user } => (
+                format!("webhook:{}", user.as_deref().unwrap_or("gitlab")),
+                "webhook",
+            ),
+        };
+        let ev = activity::event(
+            &actor,
+            "build_triggered",
+            serde_json::json!({
+                "run": run.id, "builder": builder, "trigger": via,
+                "tag": run.requested_tag, "commit": run.commit,
+            }),
+        );
         let txn = Txn::new()
             .when([
                 Compare::create_revision(run_key.as_str(), CompareOp::Equal, 0),
@@ -110,6 +128,15 @@ pub async fn dispatch(
                     serde_json::to_vec(&task)?,
                     None,
                 ),
+                // Counted here, once per run: a re-dispatch is the same build.
+                stats::op(
+                    keys,
+                    Metric::Builds,
+                    run.created_at,
+                    &format!("{}:{}", config.id, run.id),
+                    &config.id,
+                ),
+                activity::op(keys, Kind::Build, &config.id, &ev),
             ]);
         if etcd.txn(txn).await?.succeeded() {
             tracing::info!(config = %config.id, run = %run.id, %builder, "build dispatched");

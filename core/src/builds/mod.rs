@@ -15,6 +15,8 @@ mod webhook;
 use leengine_build::RegistryAuth;
 use leengine_store::Keys;
 
+use crate::store::Db;
+
 pub use dispatch::{dispatch, live_builders, DispatchRequest};
 pub use redispatch::handle_lost_builder;
 
@@ -38,6 +40,11 @@ impl BuildsState {
     pub fn with_registry_auth(mut self, auth: RegistryAuth) -> Self {
         self.registry_auth = Some(auth);
         self
+    }
+
+    /// The shared role engine works on a [`Db`].
+    fn db(&self) -> Db {
+        Db::new(self.etcd.clone(), self.keys.clone())
     }
 }
 
