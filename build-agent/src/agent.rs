@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions};
 use leengine_build::{BuildTask, BuilderInfo};
 use leengine_store::keys::BuilderKey;
 use leengine_store::{EtcdConfig, Keys};
@@ -150,16 +150,7 @@ impl Agent {
         for kv in resp.kvs() {
             self.clone().on_task(kv.key_str()?, kv.value());
         }
-        let mut stream = etcd
-            .watch(
-                prefix.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1),
-                ),
-            )
-            .await?;
+        let mut stream = leengine_store::watch_prefix_from(&mut etcd, &prefix, rev + 1).await?;
         while let Some(resp) = stream.message().await? {
             if resp.canceled() {
                 return Ok(());

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions};
 use leengine_store::keys::slb_domains_prefix;
 
 use crate::shared::Shared;
@@ -58,11 +58,7 @@ async fn session(
         notify(shared);
     }
     let start = shared.desired().revision + 1;
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(start)
-        .with_progress_notify();
-    let mut stream = client.watch(prefix.as_str(), Some(opts)).await?;
+    let mut stream = leengine_store::watch_prefix_from(client, &prefix, start).await?;
     while let Some(resp) = stream.message().await? {
         if resp.compact_revision() > 0 || resp.canceled() {
             tracing::warn!(

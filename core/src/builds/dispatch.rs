@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, RunStatus, Trigger};
+use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, Trigger};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
 
@@ -71,25 +71,14 @@ pub async fn dispatch(
                 "no build host is registered; start leengine-build-agent",
             ));
         };
-        let run = BuildRun {
-            id: new_run_id(),
-            config: config.id.clone(),
-            builder: builder.clone(),
-            attempt: 1,
-            trigger: req.trigger.clone(),
-            status: RunStatus::Queued,
-            requested_tag: req.tag.clone(),
-            commit: req.commit.clone(),
-            image: None,
-            failed_stage: None,
-            error: None,
-            stages: vec![],
-            redispatches: vec![],
-            log: String::new(),
-            log_truncated_bytes: 0,
-            created_at: Utc::now(),
-            finished_at: None,
-        };
+        let run = BuildRun::queued(
+            new_run_id(),
+            config.id.clone(),
+            builder.clone(),
+            req.trigger.clone(),
+            req.tag.clone(),
+            req.commit.clone(),
+        );
         let task = BuildTask {
             run: run.id.clone(),
             config: config.id.clone(),

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp};
 use leengine_build::{BuildRun, BuildTask, LostDecision, Redispatch, RunStatus, Stage};
 use leengine_store::keys::BuilderKey;
 
@@ -33,16 +33,7 @@ async fn watch_once(state: &BuildsState) -> Result<(), etcd_client::Error> {
     let mut etcd = state.etcd.clone();
     let prefix = state.keys.builders_prefix();
     let rev = sweep(state).await?;
-    let mut stream = etcd
-        .watch(
-            prefix.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        )
-        .await?;
+    let mut stream = leengine_store::watch_prefix_from(&mut etcd, &prefix, rev + 1).await?;
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.tick().await;
     loop {

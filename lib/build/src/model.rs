@@ -236,6 +236,36 @@ pub struct BuildRun {
 }
 
 impl BuildRun {
+    /// A run just placed on `builder`, first attempt, nothing done yet.
+    pub fn queued(
+        id: String,
+        config: String,
+        builder: String,
+        trigger: Trigger,
+        requested_tag: Option<String>,
+        commit: Option<String>,
+    ) -> BuildRun {
+        BuildRun {
+            id,
+            config,
+            builder,
+            attempt: 1,
+            trigger,
+            status: RunStatus::Queued,
+            requested_tag,
+            commit,
+            image: None,
+            failed_stage: None,
+            error: None,
+            stages: vec![],
+            redispatches: vec![],
+            log: String::new(),
+            log_truncated_bytes: 0,
+            created_at: Utc::now(),
+            finished_at: None,
+        }
+    }
+
     /// Marks the run failed at `stage`; the open stage timing, if any, is closed.
     pub fn fail(&mut self, stage: Stage, error: impl Into<String>, now: DateTime<Utc>) {
         self.close_stage(false, now);
@@ -309,25 +339,16 @@ mod tests {
     use super::*;
 
     fn run(builder: &str) -> BuildRun {
-        BuildRun {
-            id: "r1".into(),
-            config: "cfg".into(),
-            builder: builder.into(),
-            attempt: 1,
-            trigger: Trigger::Manual { user: "u".into() },
-            status: RunStatus::Cloning,
-            requested_tag: None,
-            commit: None,
-            image: None,
-            failed_stage: None,
-            error: None,
-            stages: vec![],
-            redispatches: vec![],
-            log: String::new(),
-            log_truncated_bytes: 0,
-            created_at: Utc::now(),
-            finished_at: None,
-        }
+        let mut r = BuildRun::queued(
+            "r1".into(),
+            "cfg".into(),
+            builder.into(),
+            Trigger::Manual { user: "u".into() },
+            None,
+            None,
+        );
+        r.status = RunStatus::Cloning;
+        r
     }
 
     #[test]

@@ -134,3 +134,18 @@ pub fn is_unavailable(err: &etcd_client::Error) -> bool {
         _ => false,
     }
 }
+
+/// Watches every key under `prefix` from revision `from` on (inclusive),
+/// with progress notifications. Callers read the prefix first and pass
+/// `read_revision + 1`, so no event between the read and the watch is lost.
+pub async fn watch_prefix_from(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    from: i64,
+) -> Result<etcd_client::WatchStream, etcd_client::Error> {
+    let opts = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from)
+        .with_progress_notify();
+    client.watch(prefix, Some(opts)).await
+}
