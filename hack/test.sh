@@ -16,7 +16,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
