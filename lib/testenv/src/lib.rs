@@ -29,6 +29,6 @@ pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
 pub use etcd::Etcd;
 pub use netns::Netns;
-pub use nginx::{Nginx, NginxCtx};
+pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
 pub use ovs::Ovs;
 pub use run::{free_port, reap_stale, require_bin, run_dir, unique_name, wait_until};

@@ -118,26 +118,7 @@ impl Nginx {
 
     /// PIDs of the current worker processes (they change on reload).
     pub fn worker_pids(&self) -> Vec<u32> {
-        let master = self.master_pid();
-        let mut pids = Vec::new();
-        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if ppid == Some(master) && String::from_utf8_lossy(&cmd).contains("worker process") {
-                pids.push(pid);
-            }
-        }
-        pids.sort_unstable();
-        pids
+        worker_pids(self.master_pid())
     }
 
     /// Rewrites the config and reloads (SIGHUP), after `nginx -t` passes.
@@ -153,4 +134,28 @@ impl Drop for Nginx {
         self.daemon.take();
         let _ = fs::remove_dir_all(&self.ctx.prefix);
     }
+}
+
+/// PIDs of the worker processes of the nginx master `master`. A reload
+/// replaces them; an upstream hot-swap must not.
+pub fn worker_pids(master: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(master) && String::from_utf8_lossy(&cmd).contains("worker process") {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
 }

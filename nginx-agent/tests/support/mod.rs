@@ -172,28 +172,10 @@ impl Host {
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {
-        let Some(master) = self.nginx.as_ref().map(Child::id) else {
-            return Vec::new();
-        };
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if ppid == Some(master) && String::from_utf8_lossy(&cmd).contains("worker process") {
-                pids.push(pid);
-            }
-        }
-        pids.sort_unstable();
-        pids
+        self.nginx
+            .as_ref()
+            .map(|c| te::nginx_worker_pids(c.id()))
+            .unwrap_or_default()
     }
 
     /// Waits until `n` workers run and none is shutting down (after a reload
