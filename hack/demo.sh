@@ -33,17 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+source hack/lib.sh
 
 say "Starting etcd (the Cell's etcd)"
-EP=$(free_port); PP=$(free_port)
-etcd --name demo --data-dir "$WORK/etcd" --log-level warn \
-  --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
-  --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
-  --initial-cluster "demo=http://127.0.0.1:$PP" >"$WORK/etcd.log" 2>&1 &
-echo $! >"$WORK/etcd.pid"
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$EP/health" >/dev/null && break; sleep 0.1; done
-echo "etcd at http://127.0.0.1:$EP"
+start_etcd "$WORK/etcd" demo
+echo "$ETCD_PID" >"$WORK/etcd.pid"
+EP=$ETCD_PORT
+echo "etcd at $ETCD_URL"
 export LEENGINE_ETCD_ENDPOINTS="http://127.0.0.1:$EP" LEENGINE_ETCD_PREFIX=/leengine
 
 say "Starting Open vSwitch (userspace datapath) in the data centre's host namespace"

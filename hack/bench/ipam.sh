@@ -10,27 +10,22 @@ PODS=${2:-20}
 CONC=${3:-64}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIR=$(mktemp -d /tmp/leengine-bench-ipam.XXXXXX)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PEER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-URL=http://127.0.0.1:$PORT
 PREFIX=/bench
-
-etcd --name bench --data-dir "$DIR/data" \
-  --listen-client-urls "$URL" --advertise-client-urls "$URL" \
-  --listen-peer-urls "http://127.0.0.1:$PEER" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$PEER" \
-  --initial-cluster "bench=http://127.0.0.1:$PEER" \
-  --log-level error >"$DIR/etcd.log" 2>&1 &
-ETCD_PID=$!
-cleanup() { kill "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; rm -rf "$DIR"; }
+source "$ROOT/hack/lib.sh"
+ETCD_PID=
+cleanup() {
+  if [ -n "$ETCD_PID" ]; then kill "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; fi
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
+start_etcd "$DIR/data" bench
+URL=$ETCD_URL
 
 cd "$ROOT"
 cargo build --release -q -p leengine-ipam --example alloc_bench
 cargo build --release -q -p cnictl
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
-for _ in $(seq 50); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
 echo "== machine: $(nproc) CPUs, $(etcd --version | head -1), etcd data in $DIR"
 etcd_cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$ETCD_PID/stat"; }
 echo "== allocation (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"

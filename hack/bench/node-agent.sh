@@ -12,9 +12,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 D=$(mktemp -d /tmp/leengine-node-agent-bench.XXXXXX)
 PFX="nab$$-"
 NODE=bench-node
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-EP=$(free_port); PP=$(free_port); MP=$(free_port)
-ETCD="http://127.0.0.1:$EP"
+source "$ROOT/hack/lib.sh"
+MP=$(free_port)
 PIDS=()
 
 cleanup() {
@@ -30,16 +29,14 @@ echo "== building (release)"
 AGENT="$ROOT/target/release/leengine-node-agent"
 SETUP="$ROOT/target/release/examples/bench-setup"
 
+start_etcd "$D/etcd" bench
+PIDS+=("$ETCD_PID")
+ETCD=$ETCD_URL
 echo "== etcd on $ETCD, ovsdb-server"
-etcd --name bench --data-dir "$D/etcd" --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
-  --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
-  --initial-cluster "bench=http://127.0.0.1:$PP" --log-level warn >"$D/etcd.log" 2>&1 &
-PIDS+=($!)
 ovsdb-tool create "$D/conf.db" /usr/share/openvswitch/vswitch.ovsschema
 ovsdb-server "$D/conf.db" --remote="punix:$D/db.sock" --unixctl="$D/ovsdb.ctl" \
   --pidfile="$D/ovsdb.pid" --detach --log-file="$D/ovsdb.log"
 ovs-vsctl --db="unix:$D/db.sock" --no-wait init
-for _ in $(seq 100); do curl -sf "$ETCD/health" >/dev/null && break; sleep 0.1; done
 
 echo "== $N allocations in etcd + $N netns holding them"
 "$SETUP" "$ETCD" "$NODE" "$N" "$PFX" >"$D/allocs"

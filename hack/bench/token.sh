@@ -24,17 +24,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ETCD_PORT=$(free_port); PEER_PORT=$(free_port); CORE_PORT=$(free_port)
-etcd --data-dir "$WORK/etcd" --name bench \
-  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-  --initial-cluster "bench=http://127.0.0.1:$PEER_PORT" >"$WORK/etcd.log" 2>&1 &
-PIDS+=($!)
+source hack/lib.sh
+CORE_PORT=$(free_port)
+start_etcd "$WORK/etcd" bench
+PIDS+=("$ETCD_PID")
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=leengine-core -keyout "$WORK/token.key" -out "$WORK/token.crt" 2>/dev/null
 head -c 24 /dev/urandom | base64 >"$WORK/admin.pw"
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && break; sleep 0.2; done
 
 RUST_LOG=warn "$BIN" --listen "127.0.0.1:$CORE_PORT" --etcd "http://127.0.0.1:$ETCD_PORT" \
   --admin-password-file "$WORK/admin.pw" \
