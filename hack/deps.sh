@@ -9,7 +9,7 @@ PKGS=(
   etcd-server etcd-client openvswitch-switch nginx libnginx-mod-http-lua lua-resty-core
   docker.io docker-registry podman containernetworking-plugins protobuf-compiler libprotobuf-dev
   iproute2 iputils-ping tcpdump busybox-static git wrk jq procps psmisc curl ca-certificates
-  prometheus hyperfine
+  prometheus hyperfine containerd runc openssl time ethtool
 )
 
 missing=()
@@ -56,3 +56,8 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
   done
 fi
+
+# Real Kubernetes (apiserver, controller-manager, scheduler, kubelet, kubectl)
+# and etcd 3.6 from their Go modules, built once per machine into
+# /var/cache/leengine (many minutes cold, instant when cached).
+bash "$(dirname "$0")/k8s.sh"

@@ -5,7 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints how long the one before it took.
+t0=$(date +%s); tstep=$t0; last=""
+step() {
+  local now; now=$(date +%s)
+  [ -n "$last" ] && printf '<== %s: %d s\n' "$last" $((now - tstep))
+  tstep=$now; last=$*
+  printf '\n==> %s\n' "$*"
+}
 
 step "dependencies"
 bash hack/deps.sh
@@ -34,3 +41,4 @@ for extra in hack/schemathesis.sh; do
 done
 
 step "all checks passed"
+printf "total: %d s\n" $(( $(date +%s) - t0 ))

@@ -139,6 +139,13 @@ impl Ctx<'_> {
             .await?;
         tracing::debug!(port = self.host_if, "OVS port live");
 
+        // The userspace datapath forwards what the veth hands it as is, so
+        // the pod must checksum its own packets (see leengine_netdp::set_tx_checksum).
+        let userspace = self
+            .ovs
+            .bridge_datapath_type(&self.conf.bridge)
+            .await?
+            .is_some_and(|t| t == "netdev");
         let cfg = SandboxConfig {
             ifname: self.ifname.to_string(),
             ip: a.ip,
@@ -146,6 +153,7 @@ impl Ctx<'_> {
             gateway: Some(a.gateway),
             arp_notify: true,
             garp_socket: self.conf.garp.is_some(),
+            software_tx_checksum: userspace,
         };
         let configured = configure_sandbox(self.sandbox, self.ns, &cfg).await?;
         let sandbox_link = configured.link;

@@ -35,6 +35,13 @@ pub enum NetdpError {
         #[source]
         source: std::io::Error,
     },
+    /// Turning transmit checksum offload off failed.
+    #[error("cannot set checksum offload of {ifname}: {source}")]
+    Ethtool {
+        ifname: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Sending gratuitous ARP failed.
     #[error("gratuitous ARP on {ifname}: {source}")]
     Garp {

@@ -8,6 +8,7 @@
 //! from a thread that has entered the namespace.
 
 mod error;
+mod ethtool;
 mod garp;
 mod names;
 mod netlink;
@@ -15,6 +16,7 @@ mod netns;
 mod pod;
 
 pub use error::NetdpError;
+pub use ethtool::set_tx_checksum;
 pub use garp::{garp_frame, send_garp, GarpSocket, GarpSpec};
 pub use names::{host_veth_name, mac_from_ipv4, parse_mac, MAC_PREFIX};
 pub use netlink::{Link, Netlink, Route};

@@ -25,6 +25,9 @@ pub struct SandboxConfig {
     pub arp_notify: bool,
     /// Also open a [`GarpSocket`] in the namespace (same trip into it).
     pub garp_socket: bool,
+    /// Checksum transmitted packets in software (needed when the peer sits
+    /// on a userspace switch datapath, see [`set_tx_checksum`](crate::set_tx_checksum)).
+    pub software_tx_checksum: bool,
 }
 
 /// A configured sandbox interface.
@@ -93,14 +96,21 @@ pub async fn configure_sandbox(
         .link_by_name(&cfg.ifname)
         .await?
         .ok_or_else(|| NetdpError::LinkMissing(cfg.ifname.clone()))?;
-    let garp = if cfg.arp_notify || cfg.garp_socket {
-        let (notify, want_sock) = (cfg.arp_notify, cfg.garp_socket);
+    let garp = if cfg.arp_notify || cfg.garp_socket || cfg.software_tx_checksum {
+        let (notify, want_sock, sw_csum) =
+            (cfg.arp_notify, cfg.garp_socket, cfg.software_tx_checksum);
         let key = format!("net/ipv4/conf/{}/arp_notify", cfg.ifname);
         let ifname = cfg.ifname.clone();
         in_netns_async(ns, move || -> Result<Option<GarpSocket>> {
             if notify {
                 std::fs::write(format!("/proc/sys/{key}"), b"1")
                     .map_err(|source| NetdpError::Sysctl { key, source })?;
+            }
+            if sw_csum {
+                crate::set_tx_checksum(&ifname, false).map_err(|source| NetdpError::Ethtool {
+                    ifname: ifname.clone(),
+                    source,
+                })?;
             }
             want_sock
                 .then(GarpSocket::open_here)

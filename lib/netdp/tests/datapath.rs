@@ -91,6 +91,7 @@ async fn veth_into_netns_with_address_route_mac_mtu_and_arp_notify() {
         gateway: Some(Ipv4Addr::new(10, 99, 0, 1)),
         arp_notify: true,
         garp_socket: false,
+        software_tx_checksum: false,
     };
     let done = configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
     assert!(done.link.up);
@@ -213,6 +214,7 @@ async fn gratuitous_arp_leaves_the_sandbox() {
         gateway: None,
         arp_notify: false,
         garp_socket: true,
+        software_tx_checksum: false,
     };
     let done = configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
 
@@ -269,4 +271,50 @@ async fn gratuitous_arp_leaves_the_sandbox() {
         .count();
     assert_eq!(hits, 3, "{text}");
     teardown(&host, &host_if, None).await.unwrap();
+}
+
+/// `ethtool -k IFNAME` inside `ns`: is transmit checksumming on?
+fn tx_checksumming(ns: &TestNs, ifname: &str) -> bool {
+    let out = run(&["ip", "netns", "exec", ns.name(), "ethtool", "-k", ifname]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tx-checksumming:"))
+        .unwrap_or_else(|| panic!("no tx-checksumming in {out}"));
+    line.contains(": on")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn software_tx_checksum_turns_the_sandbox_offload_off_and_only_when_asked() {
+    for software in [false, true] {
+        let ns = TestNs::new();
+        let nsf = NetnsFile::open(&ns.path()).unwrap();
+        let (_hns, host) = host_ns();
+        let sandbox = Netlink::in_netns(&nsf).unwrap();
+        let spec = VethSpec {
+            host_ifname: unique_host_name("c"),
+            sandbox_ifname: "eth0".into(),
+            mtu: 1500,
+            sandbox_mac: None,
+        };
+        create_veth(&host, &sandbox, &nsf, &spec).await.unwrap();
+        assert!(
+            tx_checksumming(&ns, "eth0"),
+            "a new veth offloads checksums"
+        );
+        let cfg = SandboxConfig {
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 98, 1, 7),
+            prefix_len: 24,
+            gateway: None,
+            arp_notify: false,
+            garp_socket: false,
+            software_tx_checksum: software,
+        };
+        configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
+        assert_eq!(
+            tx_checksumming(&ns, "eth0"),
+            !software,
+            "software={software}"
+        );
+    }
 }

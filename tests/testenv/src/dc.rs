@@ -132,28 +132,7 @@ impl<'a> DataCentre<'a> {
     }
 
     fn attach(&self, bridge: &str, vlan: u16, cidr: &str) -> Pod {
-        let netns = Netns::new();
-        let port = unique_name("vp");
-        must(&mut self.ovs.command(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ]));
-        must(&mut self.ovs.command(&["ip", "link", "set", &port, "up"]));
-        self.ovs
-            .vsctl(&["add-port", bridge, &port, &format!("tag={vlan}")]);
-        netns.must(&["ip", "addr", "add", cidr, "dev", "eth0"]);
-        netns.must(&["ip", "link", "set", "eth0", "up"]);
-        let ip = cidr.split('/').next().unwrap_or(cidr).to_string();
-        Pod { netns, port, ip }
+        attach_host(self.ovs, bridge, vlan, cidr)
     }
 
     /// The member OVS currently forwards on for node `i`'s bond.
@@ -183,4 +162,33 @@ fn join(vlans: &[u16]) -> String {
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A host (a netns with `eth0` at `cidr`) on an access port of `bridge` in `vlan`.
+pub(crate) fn attach_host(ovs: &Ovs, bridge: &str, vlan: u16, cidr: &str) -> Pod {
+    let netns = Netns::new();
+    let port = unique_name("vp");
+    must(&mut ovs.command(&[
+        "ip",
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        netns.name(),
+    ]));
+    must(&mut ovs.command(&["ip", "link", "set", &port, "up"]));
+    ovs.vsctl(&["add-port", bridge, &port, &format!("tag={vlan}")]);
+    netns.must(&["ip", "addr", "add", cidr, "dev", "eth0"]);
+    netns.must(&["ip", "link", "set", "eth0", "up"]);
+    // OVS's userspace datapath forwards a veth's packets as they are, with
+    // the TCP checksum left to "hardware": the sender must fill it in.
+    crate::run::require_bin("ethtool", "ethtool");
+    netns.must(&["ethtool", "-K", "eth0", "tx", "off"]);
+    let ip = cidr.split('/').next().unwrap_or(cidr).to_string();
+    Pod { netns, port, ip }
 }

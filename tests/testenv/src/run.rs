@@ -268,6 +268,13 @@ fn reap(dir: &Path) {
         signal(*pid, libc::SIGKILL);
     }
     std::thread::sleep(Duration::from_millis(100));
+    // Containers of a killed Cell's nodes: their kubelet cgroup roots.
+    for root in fs::read_to_string(dir.join("cgroups"))
+        .unwrap_or_default()
+        .lines()
+    {
+        crate::cgroup::kill_all(root.trim(), true);
+    }
     for ns in fs::read_to_string(dir.join("netns"))
         .unwrap_or_default()
         .lines()

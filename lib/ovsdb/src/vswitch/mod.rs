@@ -129,6 +129,24 @@ impl Client {
         Ok(!r[0].rows()?.is_empty())
     }
 
+    /// The bridge's `datapath_type` (`""` means the default, `system`), or
+    /// `None` when there is no such bridge.
+    pub async fn bridge_datapath_type(&self, name: &str) -> Result<Option<String>> {
+        let r = self
+            .vs(vec![Op::select(
+                "Bridge",
+                vec![Cond::eq("name", name)],
+                &["datapath_type"],
+            )])
+            .await?;
+        Ok(r[0].rows()?.first().map(|row| {
+            row.get("datapath_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        }))
+    }
+
     /// Adds an access port (one Interface of type system, Port with `tag`) to `bridge`.
     /// Fails with `NoBridge` if the bridge is missing and `PortExists` if a port of that
     /// name exists anywhere; nothing is changed then. Returns the Port's uuid.
