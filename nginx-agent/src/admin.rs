@@ -12,7 +12,8 @@ use leengine_slb::render::{ADMIN_PATH, ADMIN_SECRET_HEADER};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the secret, which must not reach a log.
+#[derive(Clone)]
 pub struct Admin {
     pub port: u16,
     pub secret: String,
