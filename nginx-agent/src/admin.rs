@@ -1,43 +1,74 @@
 //! Client of the lua admin endpoint on 127.0.0.1 (one small request per
 //! change; a raw HTTP/1.0 exchange keeps the agent free of an HTTP stack).
+//! Every request carries the admin secret: the port is open to every local
+//! process, the secret file only to the agent (and nginx's root master).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use leengine_slb::render::ADMIN_PATH;
+use leengine_slb::render::{ADMIN_PATH, ADMIN_SECRET_HEADER};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the secret, which must not reach a log.
+#[derive(Clone)]
 pub struct Admin {
     pub port: u16,
+    pub secret: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The shared dict had no room for these domains' peers (507); the
+    /// others were stored. Each entry: domain and lua's reason.
+    Full(Vec<(String, String)>),
+    Failed(String),
 }
 
 impl Admin {
     /// Token of the last full push (`dump` after nginx loaded the dump,
     /// empty after a start without one).
     pub async fn gen(&self) -> Result<String, String> {
-        Ok(self.call("GET", "?only=gen", "").await?.trim().to_string())
+        self.get("?only=gen").await
+    }
+
+    /// Marker of the config generation the workers answering now run.
+    pub async fn generation(&self) -> Result<String, String> {
+        self.get("?only=generation").await
+    }
+
+    async fn get(&self, query: &str) -> Result<String, String> {
+        match self.call("GET", query, "").await? {
+            (200, body) => Ok(body.trim().to_string()),
+            (status, body) => Err(answered(status, &body)),
+        }
     }
 
     /// `Some(token)`: the body is the whole state, stamped with the token;
     /// `None`: a merge.
-    pub async fn post(&self, body: &str, replace: Option<&str>) -> Result<String, String> {
+    pub async fn post(&self, body: &str, replace: Option<&str>) -> Result<(), PushError> {
         let query = match replace {
             Some(token) => format!("?mode=replace&gen={token}"),
             None => "?mode=merge".to_string(),
         };
-        self.call("POST", &query, body).await
+        match self.call("POST", &query, body).await {
+            Ok((200, _)) => Ok(()),
+            Ok((507, body)) => Err(PushError::Full(parse_full(&body))),
+            Ok((status, body)) => Err(PushError::Failed(answered(status, &body))),
+            Err(e) => Err(PushError::Failed(e)),
+        }
     }
 
-    async fn call(&self, method: &str, query: &str, body: &str) -> Result<String, String> {
+    /// `(status, body)` of one exchange.
+    async fn call(&self, method: &str, query: &str, body: &str) -> Result<(u16, String), String> {
         let exchange = async {
             let mut s = TcpStream::connect(("127.0.0.1", self.port)).await?;
             s.set_nodelay(true)?;
             let req = format!(
-                "{method} {ADMIN_PATH}{query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+                "{method} {ADMIN_PATH}{query} HTTP/1.0\r\nHost: 127.0.0.1\r\n{ADMIN_SECRET_HEADER}: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                self.secret,
                 body.len()
             );
             s.write_all(req.as_bytes()).await?;
@@ -51,11 +82,43 @@ impl Admin {
             .map_err(|e| format!("admin endpoint 127.0.0.1:{}: {e}", self.port))?;
         let text = String::from_utf8_lossy(&resp);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split(' ').nth(1).unwrap_or("");
-        if status == "200" {
-            Ok(body.to_string())
-        } else {
-            Err(format!("admin endpoint answered {status}: {}", body.trim()))
-        }
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    }
+}
+
+fn answered(status: u16, body: &str) -> String {
+    format!("admin endpoint answered {status}: {}", body.trim())
+}
+
+/// The 507 body: `full {domain} {reason}` per refused domain (`-` for the
+/// push token itself).
+fn parse_full(body: &str) -> Vec<(String, String)> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("full "))
+        .map(|l| match l.split_once(' ') {
+            Some((d, why)) => (d.to_string(), why.to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_answers_name_the_domains() {
+        assert_eq!(
+            parse_full("full a.com no memory\nfull - no memory\n"),
+            vec![
+                ("a.com".to_string(), "no memory".to_string()),
+                ("-".to_string(), "no memory".to_string())
+            ]
+        );
     }
 }

@@ -9,15 +9,19 @@
 //! {conf_dir}/domains -> gen/N      live domain files
 //! {conf_dir}/gen/N/{domain}.conf
 //! {conf_dir}/gen/N/_default.conf   404 for unknown hosts on every listen
+//! {conf_dir}/gen/N/_generation.conf  marker the agent reads back after a reload
 //! {state_dir}/upstreams.dump       last pushed peers (loaded by init_by_lua)
+//! {state_dir}/admin.secret         admin endpoint secret (0600, loaded by init_by_lua)
 //! ```
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use leengine_slb::render::{
-    domain_file_name, domain_of_file_name, render_default_servers, DEFAULT_FILE,
+    domain_file_name, domain_of_file_name, render_default_servers, render_generation, DEFAULT_FILE,
+    GENERATION_FILE,
 };
 
 #[derive(Clone, Debug)]
@@ -45,6 +49,36 @@ impl Layout {
     pub fn dump(&self) -> PathBuf {
         self.state_dir.join("upstreams.dump")
     }
+    pub fn admin_secret(&self) -> PathBuf {
+        self.state_dir.join("admin.secret")
+    }
+
+    /// The admin secret, created on first use. It is kept across agent
+    /// restarts because a running nginx only rereads it on reload.
+    pub fn load_or_create_secret(&self) -> io::Result<String> {
+        let path = self.admin_secret();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let text = text.trim();
+            if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(text.to_string());
+            }
+        }
+        let mut raw = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+        let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(secret)
+    }
 
     /// Creates the directories, writes the lua modules and makes sure a live
     /// generation exists. Returns the live generation number.
@@ -61,7 +95,7 @@ impl Layout {
         match self.live_gen()? {
             Some(n) => Ok(n),
             None => {
-                self.write_gen(0, &BTreeMap::new())?;
+                self.write_gen(0, "0", &BTreeMap::new())?;
                 self.swap_to(0)?;
                 Ok(0)
             }
@@ -94,8 +128,13 @@ impl Layout {
     }
 
     /// Writes a complete generation directory from scratch: the domain
-    /// files plus the catch-all servers derived from them.
-    pub fn write_gen(&self, n: u64, files: &BTreeMap<String, String>) -> io::Result<PathBuf> {
+    /// files, the catch-all servers derived from them and the marker.
+    pub fn write_gen(
+        &self,
+        n: u64,
+        marker: &str,
+        files: &BTreeMap<String, String>,
+    ) -> io::Result<PathBuf> {
         let dir = self.gen_dir(n);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -107,6 +146,7 @@ impl Layout {
         }
         let defaults = render_default_servers(files.values().map(String::as_str));
         std::fs::write(dir.join(DEFAULT_FILE), defaults)?;
+        std::fs::write(dir.join(GENERATION_FILE), render_generation(marker))?;
         Ok(dir)
     }
 
@@ -157,10 +197,31 @@ mod tests {
         assert!(l.read_live().unwrap().is_empty());
         assert!(l.lua_dir().join("leengine/balancer.lua").exists());
         let files: BTreeMap<_, _> = [("a.com".to_string(), "x".to_string())].into();
-        l.write_gen(1, &files).unwrap();
+        l.write_gen(1, "1", &files).unwrap();
         l.swap_to(1).unwrap();
         assert_eq!(l.read_live().unwrap(), files);
         assert!(!l.gen_dir(0).exists());
         assert_eq!(l.prepare().unwrap(), 1);
+        assert!(l.gen_dir(1).join(GENERATION_FILE).exists());
+    }
+
+    #[test]
+    fn the_admin_secret_is_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout {
+            conf_dir: tmp.path().join("conf"),
+            state_dir: tmp.path().to_path_buf(),
+        };
+        let s = l.load_or_create_secret().unwrap();
+        assert_eq!(s.len(), 64);
+        let mode = std::fs::metadata(l.admin_secret())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(l.load_or_create_secret().unwrap(), s);
+        std::fs::write(l.admin_secret(), "short").unwrap();
+        assert_ne!(l.load_or_create_secret().unwrap(), s);
     }
 }

@@ -90,6 +90,10 @@ struct Args {
     /// longer passes) is tried again without any etcd change.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     retry_refused: Duration,
+    /// How long nginx gets, after a reload, to serve the new generation
+    /// before the agent counts the reload as refused and rolls back.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reload_timeout: Duration,
     /// Lease TTL of the status key.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     status_ttl: Duration,
@@ -165,6 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .prepare()
         .with_context(|| format!("preparing {}", layout.conf_dir.display()))?;
     let applied = layout.read_live().context("reading live domain files")?;
+    let secret = layout
+        .load_or_create_secret()
+        .with_context(|| format!("admin secret {}", layout.admin_secret().display()))?;
     let dump = load_dump(&layout);
     let params = MainParams {
         module_dir: args.module_dir,
@@ -176,6 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         access_log: args.access_log,
         admin_port: args.admin_port,
         dump_file: layout.dump(),
+        secret_file: layout.admin_secret(),
         worker_processes: args.worker_processes,
         user: args.nginx_user,
         shared_dict_size: args.shared_dict_size,
@@ -193,11 +201,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         group = %args.group, host = %host, domains = applied.len(), dumped_upstreams = dump.len(),
         "starting"
     );
-    let shared = Arc::new(Shared::new(args.group, host, Desired::from_dump(dump)));
+    let shared = Arc::new(Shared::new(
+        args.group,
+        host,
+        Desired::from_dump(dump, args.admin_port),
+    ));
     let admin = admin::Admin {
         port: args.admin_port,
+        secret,
     };
-    tokio::spawn(pusher::run(shared.clone(), admin, layout.dump()));
+    tokio::spawn(pusher::run(shared.clone(), admin.clone(), layout.dump()));
     shared.upstream_changed.notify_one();
     let reconciler = Reconciler {
         shared: shared.clone(),
@@ -206,6 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bin: args.nginx_bin,
             prefix: args.nginx_prefix,
             pid_file: args.pid_file,
+            error_log: params.error_log.clone(),
         },
         params,
         debounce: args.debounce,
@@ -214,6 +228,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failed: BTreeMap::new(),
         stuck: false,
         retry_refused: args.retry_refused,
+        admin,
+        reload_timeout: args.reload_timeout,
+        token: format!(
+            "{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_millis()
+        ),
     };
     tokio::spawn(reconciler.run());
 

@@ -26,7 +26,11 @@ pub struct Shared {
 pub struct Report {
     pub reconciled_revision: i64,
     pub pushed_revision: i64,
+    /// Set by the reconciler (config files).
     pub errors: BTreeMap<String, DomainError>,
+    /// Set by the pusher (peers nginx had no room for).
+    pub push_errors: BTreeMap<String, DomainError>,
+    pub shared_dict_refusals: u64,
     pub error: Option<String>,
     pub domains: Vec<String>,
     pub reloads: u64,
@@ -61,14 +65,26 @@ impl Shared {
         AgentStatus {
             host: self.host.clone(),
             applied_revision: r.reconciled_revision.min(r.pushed_revision),
-            errors: r.errors.clone(),
+            errors: merged_errors(&r.errors, &r.push_errors),
             error: r.error.clone(),
             domains: r.domains.clone(),
             reloads: r.reloads,
+            shared_dict_refusals: r.shared_dict_refusals,
             last_reload: r.last_reload.clone(),
             updated: now(),
         }
     }
+}
+
+/// A config error says more about a domain than a push error (its peers
+/// belong to a server block that may not even be live).
+fn merged_errors(
+    config: &BTreeMap<String, DomainError>,
+    push: &BTreeMap<String, DomainError>,
+) -> BTreeMap<String, DomainError> {
+    let mut out = push.clone();
+    out.extend(config.iter().map(|(d, e)| (d.clone(), e.clone())));
+    out
 }
 
 pub fn now() -> String {

@@ -14,6 +14,8 @@ pub struct Domain {
     config: Option<(i64, Result<DomainConfig, String>)>,
     /// Last valid upstream (an invalid write keeps the previous one).
     upstream: Option<Upstream>,
+    /// Mod revision of that upstream write.
+    upstream_revision: i64,
     upstream_error: Option<(i64, String)>,
 }
 
@@ -34,11 +36,13 @@ pub struct Desired {
     pub revision: i64,
     /// A full sync has happened; before it the state is only the dump.
     pub synced: bool,
+    /// The admin server's port: a config listening on it is invalid here.
+    admin_port: u16,
 }
 
 impl Desired {
     /// The state before etcd was ever reached: the upstreams last pushed.
-    pub fn from_dump(upstreams: BTreeMap<String, Upstream>) -> Self {
+    pub fn from_dump(upstreams: BTreeMap<String, Upstream>, admin_port: u16) -> Self {
         let domains = upstreams
             .into_iter()
             .map(|(d, u)| {
@@ -53,6 +57,7 @@ impl Desired {
             domains,
             revision: 0,
             synced: false,
+            admin_port,
         }
     }
 
@@ -87,7 +92,9 @@ impl Desired {
         let (old_file, old_up) = (entry.file(domain), entry.upstream.clone());
         match (parsed, value) {
             (SlbDomainKey::Config(_), Some((v, rev))) => {
-                let cfg = DomainConfig::parse(domain, v).map_err(|e| e.to_string());
+                let cfg = DomainConfig::parse(domain, v)
+                    .and_then(|c| c.check_reserved_port(self.admin_port).map(|()| c))
+                    .map_err(|e| e.to_string());
                 entry.config = Some((rev, cfg));
             }
             (SlbDomainKey::Config(_), None) => entry.config = None,
@@ -95,6 +102,7 @@ impl Desired {
                 match validate_domain(domain).and_then(|()| Upstream::parse(v)) {
                     Ok(up) => {
                         entry.upstream = Some(up);
+                        entry.upstream_revision = rev;
                         entry.upstream_error = None;
                     }
                     Err(e) => entry.upstream_error = Some((rev, e.to_string())),
@@ -154,6 +162,10 @@ impl Desired {
         (files, errors)
     }
 
+    pub fn upstream_revision(&self, domain: &str) -> i64 {
+        self.domains.get(domain).map_or(0, |e| e.upstream_revision)
+    }
+
     pub fn config_revision(&self, domain: &str) -> i64 {
         self.domains
             .get(domain)
@@ -209,6 +221,7 @@ mod tests {
         assert!(errors.is_empty());
         assert_eq!(s.upstreams()["a.com"].servers.len(), 1);
         assert_eq!(s.config_revision("a.com"), 8);
+        assert_eq!(s.upstream_revision("a.com"), 7);
         assert_eq!(
             s.apply(G, &key("a.com", "config"), None),
             cfg(Change::Config)
@@ -228,6 +241,20 @@ mod tests {
         assert_eq!(errors["a.com"].kind, "invalid");
         assert_eq!(errors["a.com"].revision, 9);
         assert!(s.files(&BTreeMap::new()).0.is_empty());
+    }
+
+    #[test]
+    fn a_config_on_the_admin_port_is_invalid_here() {
+        let mut s = Desired::from_dump(BTreeMap::new(), 8999);
+        let cfg = br#"{"listen":[{"port":8999,"address":"127.0.0.1"}]}"#;
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((cfg, 4))),
+            Some(("a.com".to_string(), Change::None))
+        );
+        let (files, errors) = s.files(&BTreeMap::new());
+        assert!(files.is_empty(), "never rendered");
+        assert_eq!(errors["a.com"].kind, "invalid");
+        assert!(errors["a.com"].message.contains("admin port"), "{errors:?}");
     }
 
     #[test]
@@ -254,7 +281,7 @@ mod tests {
 
     #[test]
     fn reset_replaces_everything() {
-        let mut s = Desired::from_dump([("old.com".to_string(), Upstream::default())].into());
+        let mut s = Desired::from_dump([("old.com".to_string(), Upstream::default())].into(), 0);
         assert!(!s.synced);
         let k = key("new.com", "config");
         s.reset(G, [(k.as_str(), &b"{}"[..], 3)], 10);

@@ -274,7 +274,7 @@ fn balancing_methods_and_failed_servers() {
         seen.insert(r.body);
     }
     assert_eq!(seen, BTreeSet::from(["b1".to_string(), "b2".to_string()]));
-    let admin = support::get(h.admin_port, "127.0.0.1", "/leengine/upstreams").body;
+    let admin = h.admin("GET", "/leengine/upstreams", "").body;
     assert!(
         admin.contains(&format!("#down rr.example.com|127.0.0.1:{dead}")),
         "dead server not marked down:\n{admin}"
@@ -470,4 +470,240 @@ fn tls_domain_and_a_missing_certificate() {
     assert_eq!(curl("a.example.com").1, "a1");
     let live = std::fs::read_to_string(h.path("conf/domains/a.example.com.conf")).expect("live");
     assert!(live.contains("later.pem"));
+}
+
+/// Mod revision of a key (what a status must reach to count it applied).
+fn mod_revision(h: &Host, key: &str) -> i64 {
+    let mut c = h.etcd.clone();
+    let resp = h.rt.block_on(c.get(key, None)).expect("get");
+    resp.kvs()[0].mod_revision()
+}
+
+#[test]
+fn a_reload_nginx_refuses_is_rolled_back_and_only_that_domain_is_refused() {
+    let etcd = te::Etcd::start();
+    let mut h = Host::new(&etcd);
+    let (a1, b1, c1) = (h.backend("a1"), h.backend("b1"), h.backend("c1"));
+    h.put_domain("a.example.com", &h.domain_config(), &upstream_of(&[&a1]));
+    h.put_domain("b.example.com", &h.domain_config(), &upstream_of(&[&b1]));
+    h.start_agent();
+    h.wait_status("serving a and b", |s| s.domains.len() == 2);
+    h.start_nginx();
+    h.wait_body("a.example.com", "a1");
+    h.wait_body("b.example.com", "b1");
+
+    // Another process holds a port c listens on: nginx -t passes, the
+    // reload cannot bind it.
+    let held = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("hold a port");
+    let held_port = held.local_addr().expect("addr").port();
+    let c_cfg = format!(
+        r#"{{"listen":[{{"port":{}}},{{"port":{held_port}}}]}}"#,
+        h.http_port
+    );
+    h.put_domain("c.example.com", &c_cfg, &upstream_of(&[&c1]));
+    let c_rev = mod_revision(
+        &h,
+        &leengine_store::keys::slb_domain_config(support::GROUP, "c.example.com"),
+    );
+    let never_claims_c = |s: &leengine_slb::AgentStatus| {
+        assert!(
+            s.applied_revision < c_rev || s.errors.contains_key("c.example.com"),
+            "status claims c in sync while its port is held: {s:?}"
+        );
+    };
+    let long = Duration::from_secs(60);
+    let st = h.wait_status_for(long, "refusing c at reload", |s| {
+        never_claims_c(s);
+        s.errors
+            .get("c.example.com")
+            .is_some_and(|e| e.kind == "reload")
+    });
+    let err = &st.errors["c.example.com"];
+    assert!(
+        err.message.contains("Address already in use"),
+        "nginx's reason: {err:?}"
+    );
+    assert_eq!(err.revision, c_rev);
+    assert!(!st.domains.contains(&"c.example.com".to_string()), "{st:?}");
+    assert!(
+        !h.path("conf/domains/c.example.com.conf").exists(),
+        "the refused file stays out of the live set"
+    );
+    assert_eq!(h.get("a.example.com", "/").body, "a1");
+    assert_eq!(h.get("b.example.com", "/").body, "b1");
+    assert_eq!(h.get("c.example.com", "/").status, 404);
+
+    // The other domains keep applying (with c's file live every reload
+    // would fail).
+    let a_cfg = format!(
+        r#"{{"listen":[{{"port":{}}}],"headers":{{"X-Version":"one"}}}}"#,
+        h.http_port
+    );
+    h.put_config("a.example.com", &a_cfg);
+    let a_rev = mod_revision(
+        &h,
+        &leengine_store::keys::slb_domain_config(support::GROUP, "a.example.com"),
+    );
+    h.wait_status_for(long, "applying a beside the refused c", |s| {
+        never_claims_c(s);
+        s.applied_revision >= a_rev
+            && !s.errors.contains_key("a.example.com")
+            && s.errors.contains_key("c.example.com")
+    });
+    assert!(h
+        .get("a.example.com", "/")
+        .headers
+        .contains("X-Version: one"));
+    assert_eq!(h.get("b.example.com", "/").body, "b1");
+
+    // Once the port is free the periodic retry brings c in.
+    drop(held);
+    h.wait_status_for(long, "applying c once its port is free", |s| {
+        s.errors.is_empty() && s.domains.contains(&"c.example.com".to_string())
+    });
+    h.wait_body("c.example.com", "c1");
+}
+
+#[test]
+fn the_admin_endpoint_needs_the_secret_and_keeps_its_port() {
+    let etcd = te::Etcd::start();
+    let mut h = Host::new(&etcd);
+    let (a1, a2) = (h.backend("a1"), h.backend("a2"));
+    h.put_domain("a.example.com", &h.domain_config(), &upstream_of(&[&a1]));
+    h.start_agent();
+    h.wait_status("serving a", |s| s.domains.len() == 1);
+    h.start_nginx();
+    h.wait_body("a.example.com", "a1");
+
+    // Any local process can reach the port; without the secret it changes
+    // nothing and reads nothing.
+    let secret = h.admin_secret();
+    let mut near = secret.clone().into_bytes();
+    near[63] = if near[63] == b'0' { b'1' } else { b'0' };
+    let near = format!(
+        "X-Leengine-Admin-Secret: {}",
+        String::from_utf8(near).expect("hex")
+    );
+    let redirect = format!("@a.example.com rr -\n{} 1 1 10 0\n", a2.addr);
+    for headers in [
+        vec![],
+        vec!["X-Leengine-Admin-Secret: "],
+        vec![near.as_str()],
+    ] {
+        for (method, path) in [
+            ("POST", "/leengine/upstreams?mode=replace&gen=evil"),
+            ("POST", "/leengine/upstreams?mode=merge"),
+            ("GET", "/leengine/upstreams"),
+            ("GET", "/leengine/upstreams?only=generation"),
+        ] {
+            let r = support::request(h.admin_port, method, "127.0.0.1", path, &headers, &redirect);
+            assert_eq!(r.status, 403, "{method} {path} with {headers:?}: {r:?}");
+            assert!(!r.body.contains(&a1.addr.to_string()), "{r:?}");
+        }
+    }
+    for _ in 0..10 {
+        assert_eq!(h.get("a.example.com", "/").body, "a1");
+    }
+    let state = h.admin("GET", "/leengine/upstreams", "");
+    assert_eq!(state.status, 200, "{state:?}");
+    assert!(state.body.contains(&a1.addr.to_string()), "{state:?}");
+    assert!(!state.body.contains(&a2.addr.to_string()), "{state:?}");
+    assert!(!state.body.contains("evil"), "{state:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.path("state/admin.secret"))
+        .expect("secret file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the secret is the agent's alone: {mode:o}");
+
+    // A domain on the admin port is refused; the admin server keeps
+    // answering and peers keep being pushed.
+    let on_admin = format!(
+        r#"{{"listen":[{{"port":{},"address":"127.0.0.1"}}]}}"#,
+        h.admin_port
+    );
+    h.put_domain("evil.example.com", &on_admin, &upstream_of(&[&a2]));
+    let st = h.wait_status("refusing the domain on the admin port", |s| {
+        s.errors.contains_key("evil.example.com")
+    });
+    let err = &st.errors["evil.example.com"];
+    assert_eq!(err.kind, "invalid");
+    assert!(err.message.contains("admin port"), "{err:?}");
+    assert!(!h.path("conf/domains/evil.example.com.conf").exists());
+    h.put_upstream("a.example.com", &upstream_of(&[&a2]));
+    h.wait_body("a.example.com", "a2");
+    let header = format!("X-Leengine-Admin-Secret: {secret}");
+    let r = support::request(
+        h.admin_port,
+        "GET",
+        "evil.example.com",
+        "/leengine/upstreams?only=gen",
+        &[&header],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn a_full_shared_dict_refuses_and_reports_instead_of_evicting() {
+    let etcd = te::Etcd::start();
+    let mut h = Host::new(&etcd);
+    // 32k holds about ten domains of the peers below.
+    h.shared_dict_size = Some("32k");
+    let a1 = h.backend("a1");
+    let domains: Vec<String> = (0..24).map(|i| format!("d{i:02}.example.com")).collect();
+    for d in &domains {
+        h.put_config(d, &h.domain_config());
+    }
+    h.start_agent();
+    h.wait_status("serving every domain", |s| s.domains.len() == domains.len());
+    h.start_nginx();
+    // One live peer plus 40 listed as down: about 1 KB per domain.
+    let peers = |i: usize| {
+        let mut servers = vec![format!(r#"{{"address":"{}"}}"#, a1.addr)];
+        servers.extend((0..40).map(|j| {
+            format!(
+                r#"{{"address":"127.0.0.2:{}","down":true}}"#,
+                10000 + i * 100 + j
+            )
+        }));
+        format!(r#"{{"servers":[{}]}}"#, servers.join(","))
+    };
+    let mut full_at = None;
+    for (i, d) in domains.iter().enumerate() {
+        h.put_upstream(d, &peers(i));
+        let key = leengine_store::keys::slb_domain_upstream(support::GROUP, d);
+        let rev = mod_revision(&h, &key);
+        let st = h.wait_status("handling the write", |s| s.applied_revision >= rev);
+        if let Some(e) = st.errors.get(d) {
+            assert_eq!(e.kind, "shared-dict-full", "{st:?}");
+            assert_eq!(e.revision, rev);
+            assert!(st.shared_dict_refusals >= 1, "{st:?}");
+            full_at = Some(i);
+            break;
+        }
+        h.wait_body(d, "a1");
+    }
+    let full_at = full_at.expect("the 32k dict never refused a write: it evicts instead");
+    assert!(full_at > 0, "not even one domain fitted");
+    // Nothing was evicted: every domain stored before still has its peers.
+    for d in &domains[..full_at] {
+        let r = h.get(d, "/");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "a1"),
+            "{d} lost its peers"
+        );
+    }
+    assert_eq!(h.get(&domains[full_at], "/").status, 502);
+    assert!(h.agent_log().contains("shared dict is full"));
+
+    // Room again (two domains drop their peers): the retry stores it.
+    let mut c = h.etcd.clone();
+    for d in &domains[..2] {
+        let key = leengine_store::keys::slb_domain_upstream(support::GROUP, d);
+        h.rt.block_on(c.delete(key, None)).expect("delete");
+    }
+    h.wait_status("storing the refused peers", |s| s.errors.is_empty());
+    h.wait_body(&domains[full_at], "a1");
 }

@@ -198,6 +198,20 @@ impl DomainConfig {
         Ok(cfg)
     }
 
+    /// Refuses a listen entry on `port` (the agent's admin port): on the
+    /// same address its catch-all `default_server` would take the admin
+    /// server's requests; on another it would expose the port. Checked by
+    /// the agent, which alone knows the port.
+    pub fn check_reserved_port(&self, port: u16) -> Result<(), SlbError> {
+        match self.listen.iter().position(|l| l.port == port) {
+            Some(i) => Err(SlbError::invalid(
+                format!("listen[{i}].port"),
+                format!("port {port} is the nginx agent's admin port on this host"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn validate(&self, domain: &str) -> Result<(), SlbError> {
         validate_domain(domain)?;
         for (i, name) in self.server_names.iter().enumerate() {
@@ -523,6 +537,16 @@ mod tests {
             err_field(DomainConfig::parse("a/b", b"{}").unwrap_err()),
             "domain"
         );
+    }
+
+    #[test]
+    fn the_admin_port_is_reserved() {
+        let c = DomainConfig::parse("a.com", br#"{"listen":[{"port":80},{"port":8999}]}"#).unwrap();
+        assert_eq!(
+            c.check_reserved_port(8999).unwrap_err().to_string(),
+            "listen[1].port: port 8999 is the nginx agent's admin port on this host"
+        );
+        assert!(c.check_reserved_port(9000).is_ok());
     }
 
     #[test]

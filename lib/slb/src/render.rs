@@ -13,6 +13,13 @@ pub const SHARED_DICT: &str = "leengine_upstreams";
 pub const NO_PEERS: &str = "unix:/run/leengine-no-upstream-servers.sock";
 /// Path of the admin location on the local-only admin server.
 pub const ADMIN_PATH: &str = "/leengine/upstreams";
+/// Header carrying the admin secret; the lua admin refuses requests
+/// without it.
+pub const ADMIN_SECRET_HEADER: &str = "X-Leengine-Admin-Secret";
+/// File of a generation holding its marker (`$leengine_generation`), which
+/// the admin endpoint serves: the agent reads it back after a reload to
+/// know the new workers run that generation.
+pub const GENERATION_FILE: &str = "_generation.conf";
 
 /// Host-level settings of the main `nginx.conf` (agent flags).
 #[derive(Clone, Debug)]
@@ -33,6 +40,8 @@ pub struct MainParams {
     /// Upstream dump loaded by `init_by_lua` so a restarted nginx serves the
     /// last peers before the agent speaks to it.
     pub dump_file: PathBuf,
+    /// Admin secret, read by `init_by_lua` in the (root) master.
+    pub secret_file: PathBuf,
     /// `auto` when `None`.
     pub worker_processes: Option<u16>,
     /// Worker user (`user` directive); nginx's default (`nobody`) when `None`.
@@ -67,7 +76,7 @@ http {{\n\
     access_log {access};\n\
     lua_package_path {pkg};\n\
     lua_shared_dict {SHARED_DICT} {dict_size};\n\
-    init_by_lua_block {{ require(\"leengine.upstreams\").load_dump({dump}) }}\n\
+    init_by_lua_block {{ local u = require(\"leengine.upstreams\"); u.load_secret({secret}); u.load_dump({dump}) }}\n\
     log_by_lua_block {{ require(\"leengine.balancer\").log() }}\n\
     server_tokens off;\n\
     server_names_hash_bucket_size 128;\n\
@@ -97,6 +106,7 @@ http {{\n\
         )),
         dict_size = p.shared_dict_size,
         dump = lua_string(&p.dump_file.display().to_string()),
+        secret = lua_string(&p.secret_file.display().to_string()),
         admin_port = p.admin_port,
         include = d(&p.domains_dir.join("*.conf")),
     )
@@ -137,6 +147,14 @@ pub fn render_default_servers<'a>(domain_files: impl IntoIterator<Item = &'a str
         let _ = writeln!(s, "}}");
     }
     s
+}
+
+/// The [`GENERATION_FILE`] of a generation; `marker` is `[A-Za-z0-9.-]`.
+pub fn render_generation(marker: &str) -> String {
+    format!(
+        "# Generation marker; written by leengine-nginx-agent.\n\
+         map $host $leengine_generation {{\n    default \"{marker}\";\n}}\n"
+    )
 }
 
 /// File name of a domain inside the domains directory.
@@ -367,6 +385,7 @@ server {
             access_log: None,
             admin_port: 9876,
             dump_file: "/var/lib/le/upstreams.dump".into(),
+            secret_file: "/var/lib/le/admin.secret".into(),
             worker_processes: Some(2),
             user: Some("www-data".into()),
             shared_dict_size: "32m".into(),
@@ -376,10 +395,18 @@ server {
         assert!(text.contains("listen 127.0.0.1:9876;"));
         assert!(text.contains("include \"/etc/le/domains/*.conf\";"));
         assert!(text.contains("lua_shared_dict leengine_upstreams 32m;"));
-        assert!(text.contains("load_dump(\"/var/lib/le/upstreams.dump\")"));
+        assert!(text.contains(
+            "u.load_secret(\"/var/lib/le/admin.secret\"); u.load_dump(\"/var/lib/le/upstreams.dump\")"
+        ));
         assert!(text.contains("worker_processes 2;"));
         assert!(text.contains("access_log off;"));
         assert!(text.contains("\nuser \"www-data\";\n"));
+    }
+
+    #[test]
+    fn generation_marker_is_a_map_variable() {
+        assert!(render_generation("7-abc")
+            .contains("map $host $leengine_generation {\n    default \"7-abc\";\n}"));
     }
 
     #[test]
@@ -387,5 +414,6 @@ server {
         assert_eq!(domain_of_file_name(&domain_file_name("a.b")), Some("a.b"));
         assert_eq!(domain_of_file_name("x.tmp"), None);
         assert_eq!(domain_of_file_name(DEFAULT_FILE), None);
+        assert_eq!(domain_of_file_name(GENERATION_FILE), None);
     }
 }

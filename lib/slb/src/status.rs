@@ -23,6 +23,11 @@ pub struct AgentStatus {
     #[serde(default)]
     pub domains: Vec<String>,
     pub reloads: u64,
+    /// Upstream writes nginx's shared dict had no room for since the agent
+    /// started (each also shows as a `shared-dict-full` error while it
+    /// lasts): a growing count means `--shared-dict-size` is too small.
+    #[serde(default)]
+    pub shared_dict_refusals: u64,
     /// RFC 3339 time of the last successful reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<String>,
@@ -35,7 +40,10 @@ pub struct AgentStatus {
 pub struct DomainError {
     /// `mod_revision` of the config key that failed.
     pub revision: i64,
-    /// `invalid` (schema/validation) or `nginx-test` (`nginx -t` refused it).
+    /// `invalid` (schema/validation, or the admin port), `invalid-upstream`,
+    /// `nginx-test` (`nginx -t` refused it), `reload` (it passed `nginx -t`
+    /// but nginx could not load it, e.g. a port in use; rolled back) or
+    /// `shared-dict-full` (no room for its peers; the previous ones stay).
     pub kind: String,
     pub message: String,
 }

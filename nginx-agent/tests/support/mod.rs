@@ -27,6 +27,8 @@ pub struct Host {
     pub etcd: etcd_client::Client,
     /// The agent's `--debounce`.
     pub debounce: &'static str,
+    /// The agent's `--shared-dict-size` (its default when `None`).
+    pub shared_dict_size: Option<&'static str>,
 }
 
 impl Host {
@@ -54,6 +56,7 @@ impl Host {
             rt,
             etcd: client,
             debounce: "50ms",
+            shared_dict_size: None,
         }
     }
 
@@ -92,7 +95,14 @@ impl Host {
                 "4s",
                 "--retry-refused",
                 "1s",
+                "--reload-timeout",
+                "5s",
             ])
+            .args(
+                self.shared_dict_size
+                    .map(|s| vec!["--shared-dict-size", s])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -239,8 +249,19 @@ impl Host {
         what: &str,
         f: impl Fn(&leengine_slb::AgentStatus) -> bool,
     ) -> leengine_slb::AgentStatus {
+        self.wait_status_for(Duration::from_secs(15), what, f)
+    }
+
+    /// [`Host::wait_status`] for a step that includes refused reloads
+    /// (each waits the agent's `--reload-timeout`).
+    pub fn wait_status_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&leengine_slb::AgentStatus) -> bool,
+    ) -> leengine_slb::AgentStatus {
         let mut last = None;
-        let ok = te::wait_until(Duration::from_secs(15), || {
+        let ok = te::wait_until(timeout, || {
             last = self.status();
             last.as_ref().is_some_and(&f)
         });
@@ -254,6 +275,20 @@ impl Host {
 
     pub fn get(&self, host: &str, path: &str) -> Response {
         get(self.http_port, host, path)
+    }
+
+    /// The secret the agent keeps for the admin endpoint.
+    pub fn admin_secret(&self) -> String {
+        std::fs::read_to_string(self.path("state/admin.secret"))
+            .expect("admin secret")
+            .trim()
+            .to_string()
+    }
+
+    /// A request to the admin endpoint, as the agent makes it.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+        let header = format!("X-Leengine-Admin-Secret: {}", self.admin_secret());
+        request(self.admin_port, method, "127.0.0.1", path, &[&header], body)
     }
 
     /// Polls until `host` answers with `body`.
@@ -297,10 +332,27 @@ pub struct Response {
 
 /// One HTTP/1.0 GET with a Host header (status 0 if nothing answered).
 pub fn get(port: u16, host: &str, path: &str) -> Response {
+    request(port, "GET", host, path, &[], "")
+}
+
+/// One HTTP/1.0 request (status 0 if nothing answered).
+pub fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> Response {
     let attempt = || -> std::io::Result<Response> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));

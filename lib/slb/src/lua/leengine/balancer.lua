@@ -2,7 +2,10 @@
 -- the parsed peers of a domain and re-parses only when v:<domain> moves.
 -- Failure marks (f:, d:) and active counts (c:) live in the shared dict so
 -- all workers agree, like an nginx upstream with a `zone`.
+-- Writes never evict (safe_*): a full dict loses a failure mark, never
+-- the peers of a domain.
 local ngx_balancer = require "ngx.balancer"
+local upstreams = require "leengine.upstreams"
 local DICT = ngx.shared.leengine_upstreams
 
 local _M = {}
@@ -81,10 +84,13 @@ local function record_failure(domain, p)
     if p.max_fails == 0 then
         return
     end
-    local n = DICT:incr(peer_key("f:", domain, p), 1, 0, p.fail_timeout)
+    local n, err = upstreams.safe_incr(peer_key("f:", domain, p), 1, p.fail_timeout)
     if n and n >= p.max_fails then
-        DICT:set(peer_key("d:", domain, p), true, p.fail_timeout)
+        n, err = DICT:safe_set(peer_key("d:", domain, p), true, p.fail_timeout)
         DICT:delete(peer_key("f:", domain, p))
+    end
+    if not n then
+        ngx.log(ngx.ERR, "leengine: failure of ", p.addr, " not recorded: shared dict ", err)
     end
 end
 
@@ -160,7 +166,7 @@ end
 
 local function release(ctx)
     if ctx.leengine_conn then
-        DICT:incr(ctx.leengine_conn, -1, 0)
+        DICT:incr(ctx.leengine_conn, -1)
         ctx.leengine_conn = nil
     end
 end
@@ -200,8 +206,13 @@ function _M.balance(domain)
     tried[p.addr] = true
     ctx.leengine_peer = p
     if st.method == "least_conn" then
-        ctx.leengine_conn = peer_key("c:", domain, p)
-        DICT:incr(ctx.leengine_conn, 1, 0)
+        local key = peer_key("c:", domain, p)
+        local _, err = upstreams.safe_incr(key, 1)
+        if err then
+            ngx.log(ngx.ERR, "leengine: active count of ", p.addr, " not kept: shared dict ", err)
+        else
+            ctx.leengine_conn = key
+        end
     end
     local ok, err = ngx_balancer.set_current_peer(p.host, p.port)
     if not ok then

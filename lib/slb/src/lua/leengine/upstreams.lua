@@ -1,13 +1,26 @@
 -- Peers of every domain, kept in the shared dict so all workers see one
 -- state and it survives reloads (nginx keeps a zone across HUP when its
 -- name and size are unchanged). Written only by the local admin endpoint
--- (the agent) and by load_dump at (re)start.
+-- (the agent, which proves itself with the admin secret) and by load_dump
+-- at (re)start.
 --
 -- Keys: u:<domain> = wire-format section, v:<domain> = version counter the
 -- balancer compares to its per-worker cache, gen = token of the last full push.
+--
+-- Every write is a safe_* one: a full dict refuses the write instead of
+-- evicting the least recently used entries (which would silently drop the
+-- peers of some other domain). Refusals are answered with 507 so the
+-- agent can report them.
+local bit = require "bit"
+
 local DICT = ngx.shared.leengine_upstreams
+local SECRET_HEADER = "X-Leengine-Admin-Secret"
 
 local _M = {}
+
+-- Read by init_by_lua in the master (root) and inherited by the workers,
+-- which run unprivileged and could not read the file themselves.
+local secret = nil
 
 -- Splits a wire-format body into {domain=, text=} / {domain=, remove=true}.
 local function sections(body)
@@ -36,8 +49,53 @@ local function sections(body)
     return out
 end
 
+-- incr that never evicts: plain incr on an existing key, safe_add to
+-- create it (incr's own init argument inserts forcibly).
+function _M.safe_incr(key, delta, ttl)
+    local n, err = DICT:incr(key, delta)
+    if n or err ~= "not found" then
+        return n, err
+    end
+    local ok, aerr = DICT:safe_add(key, delta, ttl or 0)
+    if ok then
+        return delta
+    end
+    if aerr == "exists" then
+        return DICT:incr(key, delta)
+    end
+    return nil, aerr
+end
+
+-- Stores one domain's peers. A refused write of a changed size has
+-- already freed the old value (that is how the dict replaces entries):
+-- put the old one back so the domain keeps its previous peers.
+local function store(domain, text)
+    local key = "u:" .. domain
+    local old = DICT:get(key)
+    local ok, err = DICT:safe_set(key, text)
+    if not ok then
+        if old then
+            DICT:safe_set(key, old)
+        end
+        return nil, err
+    end
+    local _, verr = _M.safe_incr("v:" .. domain, 1)
+    if verr then
+        -- Without its version the workers would not notice the new peers.
+        if old then
+            DICT:safe_set(key, old)
+        else
+            DICT:delete(key)
+        end
+        return nil, verr
+    end
+    return true
+end
+
 -- Applies a body; replace=true also drops domains the body does not name.
--- Everything is parsed before anything is written: a bad body changes nothing.
+-- Everything is parsed before anything is written: a bad body changes
+-- nothing. Returns the number of sections and the list of domains the
+-- dict had no room for (their previous peers stay).
 function _M.apply(body, replace)
     local secs, err = sections(body)
     if not secs then
@@ -54,22 +112,23 @@ function _M.apply(body, replace)
             local d = string.match(k, "^u:(.*)$")
             if d and not keep[d] then
                 DICT:delete(k)
-                DICT:incr("v:" .. d, 1, 0)
+                _M.safe_incr("v:" .. d, 1)
             end
         end
     end
+    local full = {}
     for _, s in ipairs(secs) do
         if s.remove then
             DICT:delete("u:" .. s.domain)
+            _M.safe_incr("v:" .. s.domain, 1)
         else
-            local ok, serr = DICT:set("u:" .. s.domain, table.concat(s.lines, "\n"))
+            local ok, serr = store(s.domain, table.concat(s.lines, "\n"))
             if not ok then
-                return nil, "shared dict: " .. tostring(serr)
+                full[#full + 1] = s.domain .. " " .. tostring(serr)
             end
         end
-        DICT:incr("v:" .. s.domain, 1, 0)
     end
-    return #secs
+    return #secs, full
 end
 
 function _M.dump()
@@ -90,13 +149,36 @@ function _M.dump()
     return table.concat(parts, "\n") .. "\n"
 end
 
--- content_by_lua handler of the admin location (127.0.0.1 only).
--- GET: current state (?only=gen: just the token). POST ?mode=replace|merge[&gen=token]: wire body.
+-- Compares in time independent of where the strings differ.
+local function same_secret(given)
+    if type(given) ~= "string" or not secret or #given ~= #secret then
+        return false
+    end
+    local diff = 0
+    for i = 1, #secret do
+        diff = bit.bor(diff, bit.bxor(string.byte(given, i), string.byte(secret, i)))
+    end
+    return diff == 0
+end
+
+-- content_by_lua handler of the admin location (127.0.0.1 only, and every
+-- request must carry the admin secret: any local process can connect).
+-- GET: current state (?only=gen: just the token; ?only=generation: the
+-- config generation these workers run). POST ?mode=replace|merge[&gen=token]: wire body.
 function _M.admin()
+    if not same_secret(ngx.req.get_headers()[SECRET_HEADER]) then
+        ngx.status = 403
+        ngx.say("missing or wrong ", SECRET_HEADER)
+        return
+    end
     local method = ngx.req.get_method()
     if method == "GET" then
         if ngx.var.arg_only == "gen" then
             ngx.say(DICT:get("gen") or "")
+            return
+        end
+        if ngx.var.arg_only == "generation" then
+            ngx.say(ngx.var.leengine_generation or "")
             return
         end
         ngx.print(_M.dump())
@@ -107,16 +189,41 @@ function _M.admin()
     end
     ngx.req.read_body()
     local body = ngx.req.get_body_data() or ""
-    local n, err = _M.apply(body, ngx.var.arg_mode == "replace")
+    local n, full = _M.apply(body, ngx.var.arg_mode == "replace")
     if not n then
         ngx.status = 400
-        ngx.say(err)
+        ngx.say(full)
         return
     end
     if ngx.var.arg_gen then
-        DICT:set("gen", ngx.var.arg_gen)
+        local ok, err = DICT:safe_set("gen", ngx.var.arg_gen)
+        if not ok then
+            full[#full + 1] = "- " .. tostring(err)
+        end
+    end
+    if #full > 0 then
+        ngx.log(ngx.ERR, "leengine: shared dict full, refused: ", table.concat(full, ", "))
+        ngx.status = 507
+        for _, f in ipairs(full) do
+            ngx.say("full ", f)
+        end
+        return
     end
     ngx.say("ok ", n)
+end
+
+-- init_by_lua: the secret the agent keeps in its state directory. Without
+-- it every admin request is refused (fail closed).
+function _M.load_secret(path)
+    secret = nil
+    local f = io.open(path, "r")
+    if not f then
+        ngx.log(ngx.ERR, "leengine: no admin secret at ", path, "; the admin endpoint refuses everything")
+        return
+    end
+    local text = string.match(f:read("*a") or "", "^%s*(%S+)%s*$")
+    f:close()
+    secret = text
 end
 
 -- init_by_lua: a (re)started nginx serves the agent's last pushed state
@@ -128,12 +235,15 @@ function _M.load_dump(path)
     end
     local body = f:read("*a")
     f:close()
-    local n, err = _M.apply(body, true)
+    local n, full = _M.apply(body, true)
     if not n then
-        ngx.log(ngx.ERR, "leengine: ignoring upstream dump ", path, ": ", err)
+        ngx.log(ngx.ERR, "leengine: ignoring upstream dump ", path, ": ", full)
         return
     end
-    DICT:set("gen", "dump")
+    if #full > 0 then
+        ngx.log(ngx.ERR, "leengine: shared dict full loading ", path, ", refused: ", table.concat(full, ", "))
+    end
+    DICT:safe_set("gen", "dump")
 end
 
 return _M
