@@ -225,17 +225,21 @@ pub async fn check_password(
         return Ok(None);
     }
     let admission = throttle.admit(client, name)?;
-    let user = db.get::<User>(&db.keys.core_user(name)).await?;
-    let slot = throttle.hashing().await?;
-    // Without the user, spend the same effort as for a real one so timing
-    // does not tell which names exist.
-    let hash = user
-        .as_ref()
-        .map_or(secret::dummy_hash(), |u| u.value.password_hash.as_str());
-    let ok = secret::verify_password(password, hash).await? && user.is_some();
-    drop(slot);
-    throttle.settle(admission, ok);
-    Ok(user.filter(|_| ok).map(|u| u.value))
+    let checked = async {
+        let user = db.get::<User>(&db.keys.core_user(name)).await?;
+        let _slot = throttle.hashing().await?;
+        // Without the user, spend the same effort as for a real one so
+        // timing does not tell which names exist.
+        let hash = user
+            .as_ref()
+            .map_or(secret::dummy_hash(), |u| u.value.password_hash.as_str());
+        let ok = secret::verify_password(password, hash).await?;
+        Ok::<_, ApiError>(user.filter(|_| ok).map(|u| u.value))
+    }
+    .await;
+    // Only a wrong password counts against the name (not an etcd outage).
+    throttle.settle(admission, !matches!(checked, Ok(None)));
+    checked
 }
 
 /// Authenticates against the accounts and tokens in etcd:
