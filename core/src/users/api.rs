@@ -140,7 +140,6 @@ async fn change_password(
             "the current password is wrong",
         ));
     }
-    secret::check_password_policy(&body.new)?;
     let mut next = u.value.clone();
     next.password_hash = {
         let _slot = core.throttle.hashing().await?;
