@@ -56,6 +56,12 @@ TOKEN=$(curl -sf -X POST -H 'content-type: application/json' \
   -d "{\"user\":\"admin\",\"password\":\"$(cat "$WORK/admin.pw")\"}" \
   "http://127.0.0.1:$CORE_PORT/api/v1/login" | jq -r .token)
 [ -n "$TOKEN" ] && [ "$TOKEN" != null ] || { echo "schemathesis.sh: login failed" >&2; cat "$WORK/core.log" >&2; exit 1; }
+# A login session may only mint tokens that expire before it does; an access
+# token minted with the password (Basic) has no expiry, so the fuzzer can
+# exercise token issuance too.
+TOKEN=$(curl -sf -X POST -u "admin:$(cat "$WORK/admin.pw")" -H 'content-type: application/json' \
+  -d '{"name":"schemathesis"}' "http://127.0.0.1:$CORE_PORT/api/v1/user/tokens" | jq -r .token)
+[ -n "$TOKEN" ] && [ "$TOKEN" != null ] || { echo "schemathesis.sh: minting a token failed" >&2; cat "$WORK/core.log" >&2; exit 1; }
 
 status=0
 # st keeps a cache directory in its working directory: keep it out of the tree.

@@ -324,6 +324,38 @@ pub fn check_image_ref(image: &str, tag: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The platform repository (`group/repo`) an image reference names:
+/// `[host[:port]/]group/repo`, the host told apart as docker does (it holds
+/// a '.' or a ':' or is `localhost`).
+pub fn image_repository(image: &str) -> Option<&str> {
+    let path = match image.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+        _ => image,
+    };
+    access::valid_resource_name(Kind::Image, path).then_some(path)
+}
+
+/// Deploying makes the platform pull the image with its own credentials,
+/// so whoever deploys must be allowed to pull it. Every refusal is the same
+/// 403 (existence of private images is not revealed).
+async fn check_may_pull(core: &Core, caller: &Caller, image: &str) -> Result<(), ApiError> {
+    let refused = || {
+        ApiError::forbidden(
+            "image_pull_forbidden",
+            format!("{image:?} is not an image of the platform registry ([registry/]group/repo) that you may pull"),
+        )
+    };
+    let repo = image_repository(image).ok_or_else(refused)?;
+    if crate::registry::rights(core, Some(caller), repo)
+        .await?
+        .allows(Action::Pull)
+    {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
 /// Writes a new state for the app (deploy or scale) with the quota charge,
 /// the counted statistic and the activity event, all in one transaction.
 async fn transition(
@@ -387,6 +419,9 @@ async fn deploy(
     if let Some(n) = body.replicas {
         check_replicas(n)?;
     }
+    // The app first: a non-member learns nothing about images here.
+    access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::Deploy).await?;
+    check_may_pull(&core, &caller, &body.image).await?;
     let by = caller.user.clone();
     let view = transition(&core, &caller, &name, Action::Deploy, |cur| {
         let replicas = body
@@ -485,5 +520,23 @@ mod tests {
             check_image_ref("team/web", "a b").unwrap_err().code,
             "invalid_tag"
         );
+    }
+
+    #[test]
+    fn image_repositories() {
+        assert_eq!(image_repository("team/web"), Some("team/web"));
+        assert_eq!(
+            image_repository("127.0.0.1:5000/team/web"),
+            Some("team/web")
+        );
+        assert_eq!(
+            image_repository("registry.example/team/web"),
+            Some("team/web")
+        );
+        assert_eq!(image_repository("localhost/team/web"), Some("team/web"));
+        assert_eq!(image_repository("nginx"), None);
+        assert_eq!(image_repository("docker.io/nginx"), None);
+        assert_eq!(image_repository("a/b/c"), None);
+        assert_eq!(image_repository("host:5000/a/b/c"), None);
     }
 }

@@ -6,12 +6,14 @@
 //! do not check out is refused with 401 even where anonymous access is allowed,
 //! so a typo in a token never silently degrades to "anonymous".
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::problem::ApiError;
@@ -24,6 +26,20 @@ pub struct Caller {
     pub admin: bool,
 }
 
+/// How a caller proved who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// A password (Basic auth).
+    Password,
+    /// An access token or login session.
+    Token {
+        id: String,
+        expires: Option<DateTime<Utc>>,
+    },
+    /// The authenticator does not say (fixed bootstrap and test tokens).
+    Unknown,
+}
+
 /// Turns request headers into a caller.
 ///
 /// `Ok(None)`: no credentials were presented. `Err(401)`: credentials were
@@ -33,6 +49,21 @@ pub trait Authenticator: Send + Sync {
         &'a self,
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Result<Option<Caller>, ApiError>>;
+
+    /// [`Authenticator::authenticate`] with the peer address (to throttle
+    /// password checks per client) and the kind of proof.
+    fn identify<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        _client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Option<(Caller, Proof)>, ApiError>> {
+        Box::pin(async move {
+            Ok(self
+                .authenticate(headers)
+                .await?
+                .map(|c| (c, Proof::Unknown)))
+        })
+    }
 }
 
 /// The extension layer that makes `auth` available to the extractors.
@@ -43,9 +74,19 @@ pub fn layer(auth: Arc<dyn Authenticator>) -> axum::Extension<Arc<dyn Authentica
 /// Result cached in the request so a handler with several extractors
 /// authenticates once.
 #[derive(Clone)]
-struct Authenticated(Option<Caller>);
+struct Authenticated(Option<(Caller, Proof)>);
 
-async fn resolve(parts: &mut Parts) -> Result<Option<Caller>, ApiError> {
+/// The peer address, when the request came over a socket (`main` serves
+/// with connect info; in-process calls have none). A proxy in front of the
+/// core is one client: `X-Forwarded-For` is not trusted.
+pub fn client_addr(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+async fn resolve(parts: &mut Parts) -> Result<Option<(Caller, Proof)>, ApiError> {
     if let Some(done) = parts.extensions.get::<Authenticated>() {
         return Ok(done.0.clone());
     }
@@ -54,7 +95,7 @@ async fn resolve(parts: &mut Parts) -> Result<Option<Caller>, ApiError> {
         .get::<Arc<dyn Authenticator>>()
         .cloned()
         .ok_or_else(|| ApiError::internal("no authenticator configured"))?;
-    let caller = auth.authenticate(&parts.headers).await?;
+    let caller = auth.identify(&parts.headers, client_addr(parts)).await?;
     parts.extensions.insert(Authenticated(caller.clone()));
     Ok(caller)
 }
@@ -63,7 +104,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        resolve(parts).await?.ok_or_else(ApiError::unauthorized)
+        resolve(parts)
+            .await?
+            .map(|(c, _)| c)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// An authenticated caller with the proof they gave.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub caller: Caller,
+    pub proof: Proof,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let (caller, proof) = resolve(parts).await?.ok_or_else(ApiError::unauthorized)?;
+        Ok(Signed { caller, proof })
+    }
+}
+
+/// The peer address of the request, see [`client_addr`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts)))
     }
 }
 
@@ -75,7 +147,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        resolve(parts).await.map(MaybeCaller)
+        Ok(MaybeCaller(resolve(parts).await?.map(|(c, _)| c)))
     }
 }
 

@@ -3,6 +3,13 @@
 //! An image is created explicitly, or implicitly by its first push from a
 //! group member with push rights (the registry notification creates the
 //! record, with the pusher as Owner).
+//!
+//! Deleting an image deletes its record, not the registry's content, so the
+//! delete leaves a tombstone (`{prefix}/core/tombstones/image/{name}`) and
+//! the name is never given out again: no token grants anything on it (but
+//! pull and delete to admins, who clean the registry up), it cannot be
+//! created again, and neither a push notification nor a re-created group
+//! revives it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +23,7 @@ use crate::apps::{check_description, patch_resource, Patch};
 use crate::auth::{Caller, MaybeCaller};
 use crate::problem::{ApiError, Json, Path};
 use crate::server::Core;
-use crate::store;
+use crate::store::{self, Db};
 
 #[derive(Serialize)]
 pub struct ResourceView {
@@ -170,6 +177,28 @@ pub async fn check_may_create_image(
     Ok(())
 }
 
+/// A tombstone: who deleted the image, and when.
+#[derive(Serialize, Deserialize)]
+pub struct Tombstone {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+fn deleted(name: &str) -> ApiError {
+    ApiError::conflict(
+        "image_deleted",
+        format!("image {name} was deleted; its name is not given out again"),
+    )
+}
+
+/// Whether image `name` was deleted (its name is reserved for good).
+pub async fn is_tombstoned(db: &Db, name: &str) -> Result<bool, ApiError> {
+    Ok(db
+        .get::<Tombstone>(&db.keys.core_image_tombstone(name))
+        .await?
+        .is_some())
+}
+
 async fn create_image(
     State(core): State<Core>,
     caller: Caller,
@@ -177,19 +206,32 @@ async fn create_image(
 ) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
     check_description(&b.description)?;
     check_may_create_image(&core, &caller, &b.name).await?;
-    // The group must still exist when the image is written.
+    if is_tombstoned(&core.db, &b.name).await? {
+        return Err(deleted(&b.name));
+    }
+    // The group must still exist, and the name must not be deleted, when
+    // the image is written.
     let group = access::image_group(&b.name).unwrap_or_default();
-    let guard = store::present(core.db.keys.core_resource(Kind::Group.as_str(), group));
-    let r = access::register(
+    let guards = vec![
+        store::present(core.db.keys.core_resource(Kind::Group.as_str(), group)),
+        store::absent(core.db.keys.core_image_tombstone(&b.name)),
+    ];
+    let r = match access::register(
         &core.db,
         &caller,
         Kind::Image,
         &b.name,
         b.public,
         b.description,
-        (vec![guard], vec![]),
+        (guards, vec![]),
     )
-    .await?;
+    .await
+    {
+        Err(e) if e.code == "image_exists" && is_tombstoned(&core.db, &b.name).await? => {
+            return Err(deleted(&b.name))
+        }
+        r => r?,
+    };
     tracing::info!(user = %caller.user, image = %r.name, "image created");
     Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))
 }
@@ -221,7 +263,12 @@ async fn delete_image(
 ) -> Result<StatusCode, ApiError> {
     let name = format!("{group}/{repo}");
     let g = access::authorize(&core.db, Some(&caller), Kind::Image, &name, Action::Delete).await?;
-    access::unregister(&core.db, &g, Default::default()).await?;
+    let tombstone = Tombstone {
+        by: caller.user.clone(),
+        at: Utc::now(),
+    };
+    let mark = store::put(core.db.keys.core_image_tombstone(&name), &tombstone);
+    access::unregister(&core.db, &g, (vec![], vec![mark])).await?;
     tracing::info!(user = %caller.user, image = %name, "image deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 //! `leengine-core`: serves the LeEngine API.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
 use leengine_core::store::Db;
 use leengine_core::users;
+use leengine_core::users::throttle::Limits;
 use leengine_store::EtcdConfig;
 
 #[derive(Parser, Debug)]
@@ -76,6 +78,21 @@ struct Args {
     /// each config's target image).
     #[arg(long, env = "LEENGINE_BUILD_REGISTRY_SERVER")]
     build_registry_server: Option<String>,
+    /// Password checks (login, Basic auth) one client IP may make at once.
+    #[arg(long, default_value_t = Limits::default().client_burst)]
+    auth_client_burst: u32,
+    /// Password checks a client IP regains per minute (0: no per-client limit).
+    #[arg(long, default_value_t = Limits::default().client_per_minute)]
+    auth_client_per_minute: u32,
+    /// Failed password checks one user name may take at once.
+    #[arg(long, default_value_t = Limits::default().user_burst)]
+    auth_user_burst: u32,
+    /// Failed password checks a user name regains per minute (0: no per-user limit).
+    #[arg(long, default_value_t = Limits::default().user_per_minute)]
+    auth_user_per_minute: u32,
+    /// Password hashes computed at the same time (default: the number of CPUs).
+    #[arg(long)]
+    hash_concurrency: Option<usize>,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -110,8 +127,21 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         }),
         _ => None,
     };
+    let defaults = Limits::default();
+    let limits = Limits {
+        client_burst: args.auth_client_burst,
+        client_per_minute: args.auth_client_per_minute,
+        user_burst: args.auth_user_burst,
+        user_per_minute: args.auth_user_per_minute,
+        hash_concurrency: args.hash_concurrency.unwrap_or(defaults.hash_concurrency),
+    };
+    anyhow::ensure!(
+        limits.hash_concurrency > 0,
+        "--hash-concurrency must be at least 1"
+    );
     Ok(Settings {
         build_registry_auth,
+        limits,
         default_quota: Quota {
             max_apps: args.default_max_apps,
             max_containers: args.default_max_containers,
@@ -155,7 +185,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
-    axum::serve(listener, server::app(core))
+    // Connect info gives the throttle of password checks the peer address.
+    let app = server::app(core).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -196,5 +228,38 @@ mod tests {
         );
         std::fs::write(&file, "\n").unwrap();
         assert!(settings(&args).is_err(), "an empty token file is refused");
+    }
+
+    #[test]
+    fn auth_limit_flags() {
+        let base = ["leengine-core", "--etcd", "http://127.0.0.1:2379"];
+        let none = Args::try_parse_from(base).unwrap();
+        assert_eq!(settings(&none).unwrap().limits, Limits::default());
+        let args = Args::try_parse_from(base.iter().copied().chain([
+            "--auth-client-burst",
+            "5",
+            "--auth-client-per-minute",
+            "0",
+            "--auth-user-burst",
+            "3",
+            "--auth-user-per-minute",
+            "2",
+            "--hash-concurrency",
+            "1",
+        ]))
+        .unwrap();
+        let l = settings(&args).unwrap().limits;
+        assert_eq!(
+            (
+                l.client_burst,
+                l.client_per_minute,
+                l.user_burst,
+                l.user_per_minute,
+                l.hash_concurrency
+            ),
+            (5, 0, 3, 2, 1)
+        );
+        let zero = Args::try_parse_from(base.iter().copied().chain(["--hash-concurrency", "0"]));
+        assert!(settings(&zero.unwrap()).is_err());
     }
 }

@@ -44,7 +44,9 @@ fn path_param(name: &str) -> Value {
 }
 
 /// One operation. `auth`: credentials required; `body`: request
-/// schema; every operation may answer 400/404/409/503 as problem JSON.
+/// schema; every operation may answer 400/401/403/404/409/429/503 as
+/// problem JSON (429: any request may carry a password, and password checks
+/// are throttled).
 fn op(
     id: &str,
     summary: &str,
@@ -66,6 +68,12 @@ fn op(
     responses.insert(
         "409".into(),
         problem("conflict (exists, last owner, not empty, contention)"),
+    );
+    responses.insert(
+        "429".into(),
+        json!({ "description": "too many password checks; retry after the Retry-After seconds",
+            "headers": { "Retry-After": { "schema": { "type": "integer", "minimum": 1 } } },
+            "content": { "application/problem+json": { "schema": schema_ref("Problem") } } }),
     );
     responses.insert("503".into(), problem("etcd unavailable"));
     let mut o = json!({

@@ -23,6 +23,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation for this occurrence.
     pub detail: String,
+    /// Seconds after which a refused (429) request may be retried; sent as
+    /// `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 /// The wire form of [`ApiError`].
@@ -42,6 +45,14 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+    /// Too many attempts: retry after `seconds` (at least 1).
+    pub fn too_many(detail: impl Into<String>, seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", detail)
         }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -110,6 +121,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"leengine\""),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -332,5 +346,13 @@ mod tests {
         let resp = ApiError::unauthorized().into_response();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn too_many_says_when_to_retry() {
+        let resp = ApiError::too_many("slow down", 0).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
     }
 }

@@ -14,6 +14,7 @@ use crate::problem::ApiError;
 use crate::quota::Quota;
 use crate::registry::RegistrySettings;
 use crate::store::Db;
+use crate::users::throttle::{Limits, Throttle};
 use crate::{access, admin, apps, builds, images, openapi, registry, slb, users};
 
 /// Operator settings of the core (from the command line of `main`).
@@ -28,6 +29,8 @@ pub struct Settings {
     /// Push credentials written into every build task; `None` pushes
     /// anonymously (a registry without auth).
     pub build_registry_auth: Option<RegistryAuth>,
+    /// Throttling of password checks (login, Basic auth, `/v2/token`).
+    pub limits: Limits,
 }
 
 /// Redacts the build push secret (the registry settings redact their own).
@@ -42,6 +45,7 @@ impl std::fmt::Debug for Settings {
             .field("login_ttl", &self.login_ttl)
             .field("registry", &self.registry)
             .field("build_registry_auth", &build_auth)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -56,6 +60,7 @@ impl Default for Settings {
             login_ttl: Duration::from_secs(24 * 3600),
             registry: None,
             build_registry_auth: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct Core {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub registry: Option<Arc<registry::TokenServer>>,
+    /// Shared by every password check of this replica.
+    pub throttle: Arc<Throttle>,
 }
 
 impl Core {
@@ -76,6 +83,7 @@ impl Core {
         };
         Ok(Self {
             db,
+            throttle: Arc::new(Throttle::new(settings.limits)),
             settings: Arc::new(settings),
             registry,
         })
@@ -86,6 +94,7 @@ impl Core {
 pub fn app(core: Core) -> Router {
     let authn: Arc<dyn Authenticator> = Arc::new(users::EtcdAuthenticator {
         db: core.db.clone(),
+        throttle: core.throttle.clone(),
     });
     app_with(core, authn)
 }

@@ -221,6 +221,7 @@ async fn quotas_hold_under_concurrency() {
 
     let (_, apps) = env.call(&u, Method::GET, "/api/v1/apps", None).await;
     let app = apps[0]["name"].as_str().unwrap().to_string();
+    env.public_image(&admin, "team/web").await;
     let deploy = |n: u32| json!({"image": "team/web", "tag": "v1", "replicas": n});
     let (st, v) = env
         .call(
@@ -374,6 +375,7 @@ async fn members_lists_activity_and_stats() {
         ["devs-own", "web"]
     );
 
+    env.public_image(&admin, "t/w").await;
     env.call(
         &master,
         Method::POST,

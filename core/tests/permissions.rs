@@ -239,7 +239,7 @@ async fn run(w: &World, kind: Kind, name: &str, case: &Case, who: Who) -> Outcom
             http(
                 Method::POST,
                 format!("{b}/deploy"),
-                Some(json!({"image": "team/web", "tag": "v1"})),
+                Some(json!({"image": "t/w", "tag": "v1"})),
             )
             .await
         }
@@ -418,6 +418,8 @@ async fn permission_matrix() {
         .unwrap()
         .2
         .clone();
+    // Deploys need pull rights on the image: a public one suits every role.
+    w.env.public_image(&owner, "t/w").await;
 
     let mut whos: Vec<Who> = vec![Who::Anonymous, Who::NonMember];
     // Owner last: its successful delete ends the resource.

@@ -243,4 +243,52 @@ async fn docker_push_pull_through_token_auth() {
         .await;
     let today = stats["days"].as_array().unwrap().last().unwrap();
     assert!(today["pushes"].as_u64().unwrap() >= 2, "{stats}");
+
+    // Deleting the images and the group leaves the content in the
+    // registry: whoever re-creates the group must not get it.
+    for path in [
+        "/api/v1/images/team/private",
+        "/api/v1/images/team/public",
+        "/api/v1/groups/team",
+    ] {
+        let (st, v) = env.call(&owner, Method::DELETE, path, None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{path}: {v}");
+    }
+    let Auth::Bearer(mallory_token) = env.user("mallory", false).await else {
+        unreachable!()
+    };
+    let mallory_auth = Auth::Bearer(mallory_token.clone());
+    let (st, v) = env
+        .call(
+            &mallory_auth,
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "team"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let mallory = cfg("mallory");
+    login(&dockerd, &mallory, &reg, "mallory", &mallory_token);
+    for image in [&private, &public] {
+        let _ = docker(&dockerd, &mallory, &["rmi", image]);
+        let out = docker(&dockerd, &mallory, &["pull", image]);
+        assert!(
+            !ok(&out),
+            "the group's new Owner pulls the deleted {image}: {}",
+            show(&out)
+        );
+    }
+    // The registry still holds it (an admin's token pulls it, to clean up).
+    let (_, v) = env
+        .call(
+            &env.user("root2", true).await,
+            Method::GET,
+            &format!("/v2/token?service={SERVICE}&scope=repository:team/private:pull"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        manifest_status(&reg, "team/private", "v1", v["token"].as_str().unwrap()),
+        200
+    );
 }

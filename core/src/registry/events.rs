@@ -106,10 +106,15 @@ async fn record(core: &Core, e: &RegistryEvent) -> Result<(), ApiError> {
     let key = db.keys.core_resource(Kind::Image.as_str(), name);
     for _ in 0..store::MAX_ATTEMPTS {
         let existing = db.get::<Resource>(&key).await?;
-        let (compares, mut ops) = match existing {
+        let (mut compares, mut ops) = match existing {
             Some(r) => (vec![store::unchanged(key.clone(), r.mod_revision)], vec![]),
             None if e.actor.name.is_empty() => {
                 tracing::warn!(repository = %name, "push to an unknown image without an actor: not recorded");
+                return Ok(());
+            }
+            None if crate::images::is_tombstoned(db, name).await? => {
+                // A token issued before the delete; the name stays dead.
+                tracing::warn!(repository = %name, actor = %e.actor.name, "push to a deleted image: not recorded");
                 return Ok(());
             }
             None => access::creation_ops(
@@ -125,6 +130,7 @@ async fn record(core: &Core, e: &RegistryEvent) -> Result<(), ApiError> {
                 },
             ),
         };
+        compares.push(store::absent(db.keys.core_image_tombstone(name)));
         ops.push(activity::op(&db.keys, Kind::Image, name, &ev));
         ops.push(stats::op(&db.keys, Metric::Pushes, at, &e.id, name));
         if db.commit(compares, ops).await? {

@@ -179,6 +179,80 @@ fn registry_action(a: &str) -> Option<Action> {
     }
 }
 
+/// What a caller may do on one registry repository.
+#[derive(Clone, Copy, Debug)]
+pub struct Rights {
+    repo: Repo,
+    public: bool,
+    role: Option<Role>,
+    anonymous: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repo {
+    /// An image record exists: its own rules.
+    Image,
+    /// No record yet, the group exists: the group's rules (a push creates
+    /// the image).
+    New,
+    /// Neither image nor group.
+    Unknown,
+    /// A deleted image: its content may still be in the registry, so the
+    /// name belongs to nobody (admins may pull and delete, to clean up).
+    Deleted,
+}
+
+impl Rights {
+    pub fn allows(&self, act: Action) -> bool {
+        let decide = |kind| {
+            table::decide(kind, act, self.public, self.role, self.anonymous)
+                == table::Decision::Allow
+        };
+        match self.repo {
+            Repo::Image => decide(Kind::Image),
+            Repo::New => act != Action::Delete && decide(Kind::Group),
+            Repo::Unknown => false,
+            Repo::Deleted => self.role == Some(Role::Owner) && act != Action::Push,
+        }
+    }
+}
+
+/// The rights of `caller` (None: anonymous) on repository `name`
+/// (`group/repo`): the one rule for registry tokens and for deploys.
+pub async fn rights(core: &Core, caller: Option<&Caller>, name: &str) -> Result<Rights, ApiError> {
+    let user = caller.map(|c| c.user.as_str());
+    let admin = caller.is_some_and(|c| c.admin);
+    let effective = |role: Option<Role>| if admin { Some(Role::Owner) } else { role };
+    let mut rights = Rights {
+        repo: Repo::Unknown,
+        public: false,
+        role: None,
+        anonymous: caller.is_none(),
+    };
+    if !access::valid_resource_name(Kind::Image, name) {
+        return Ok(rights);
+    }
+    let (image, role) = access::load(&core.db, Kind::Image, name, user).await?;
+    if let Some(img) = image {
+        rights.repo = Repo::Image;
+        rights.public = img.value.public;
+        rights.role = effective(role);
+        return Ok(rights);
+    }
+    if crate::images::is_tombstoned(&core.db, name).await? {
+        rights.repo = Repo::Deleted;
+        rights.role = effective(None);
+        return Ok(rights);
+    }
+    let group = access::image_group(name).unwrap_or_default();
+    let (g, role) = access::load(&core.db, Kind::Group, group, user).await?;
+    if g.is_some() {
+        rights.repo = Repo::New;
+        rights.role = effective(role);
+    }
+    Ok(rights)
+}
+
 /// The asked actions the caller may have on one scope.
 async fn allowed(
     core: &Core,
@@ -195,35 +269,10 @@ async fn allowed(
         ("repository", name) if access::valid_resource_name(Kind::Image, name) => {}
         _ => return Ok(Vec::new()),
     }
-    let user = caller.map(|c| c.user.as_str());
-    let admin = caller.is_some_and(|c| c.admin);
-    let (image, role) = access::load(&core.db, Kind::Image, &a.name, user).await?;
-    let decide: Box<dyn Fn(Action) -> bool> = match image {
-        Some(img) => {
-            let role = if admin { Some(Role::Owner) } else { role };
-            let public = img.value.public;
-            Box::new(move |act| {
-                table::decide(Kind::Image, act, public, role, caller.is_none())
-                    == table::Decision::Allow
-            })
-        }
-        // Not pushed yet: the group decides (pushing creates the image).
-        None => {
-            let group = access::image_group(&a.name).unwrap_or_default();
-            let (g, role) = access::load(&core.db, Kind::Group, group, user).await?;
-            let role = if admin { Some(Role::Owner) } else { role };
-            let exists = g.is_some();
-            Box::new(move |act| {
-                exists
-                    && act != Action::Delete
-                    && table::decide(Kind::Group, act, false, role, caller.is_none())
-                        == table::Decision::Allow
-            })
-        }
-    };
+    let rights = rights(core, caller, &a.name).await?;
     Ok(asked
         .into_iter()
-        .filter(|x| registry_action(x).is_some_and(&decide))
+        .filter(|x| registry_action(x).is_some_and(|act| rights.allows(act)))
         .map(str::to_string)
         .collect())
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{check_password, create_user, issue_token, secret, TokenRecord, User};
-use crate::auth::Caller;
+use crate::auth::{Caller, ClientAddr, Proof, Signed};
 use crate::problem::{ApiError, Json, Path};
 use crate::quota::{self, Quota, Usage};
 use crate::server::Core;
@@ -74,9 +74,10 @@ pub struct NewToken {
 
 async fn login(
     State(core): State<Core>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<Login>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let user = check_password(&core.db, &body.user, &body.password)
+    let user = check_password(&core.db, &core.throttle, client, &body.user, &body.password)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     let ttl =
@@ -113,32 +114,72 @@ pub struct ChangePassword {
     pub new: String,
 }
 
+/// Most deletes in one etcd transaction (etcd's default limit is 128 ops).
+const DELETES_PER_TXN: usize = 100;
+
+/// Changes the caller's password and revokes every other token of theirs
+/// (access tokens and login sessions; the token making the request, if
+/// any, stays): whoever knew the old password may have minted some.
 async fn change_password(
     State(core): State<Core>,
-    caller: Caller,
+    ClientAddr(client): ClientAddr,
+    Signed { caller, proof }: Signed,
     Json(body): Json<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
     let u = load_user(&core, &caller.user).await?;
-    if !secret::verify_password(&body.current, &u.value.password_hash).await? {
+    // Throttled like a login: a stolen token must not become a way to
+    // guess the password.
+    let admission = core.throttle.admit(client, &caller.user)?;
+    let slot = core.throttle.hashing().await?;
+    let ok = secret::verify_password(&body.current, &u.value.password_hash).await?;
+    drop(slot);
+    core.throttle.settle(admission, ok);
+    if !ok {
         return Err(ApiError::forbidden(
             "wrong_password",
             "the current password is wrong",
         ));
     }
     let mut next = u.value.clone();
-    next.password_hash = secret::hash_password(&body.new).await?;
+    next.password_hash = {
+        let _slot = core.throttle.hashing().await?;
+        secret::hash_password(&body.new).await?
+    };
+    let keep = match &proof {
+        Proof::Token { id, .. } => Some(id.as_str()),
+        _ => None,
+    };
+    let stale: Vec<String> = core
+        .db
+        .list::<TokenRecord>(&core.db.keys.core_tokens_prefix())
+        .await?
+        .into_iter()
+        .filter(|(_, t)| t.user == caller.user && Some(t.id.as_str()) != keep)
+        .map(|(key, _)| key)
+        .collect();
+    let mut chunks = stale.chunks(DELETES_PER_TXN);
+    let first: Vec<_> = chunks
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| store::delete(k.as_str()))
+        .collect();
     let key = core.db.keys.core_user(&caller.user);
+    let mut ops = vec![store::put(key.clone(), &next)];
+    ops.extend(first);
     if !core
         .db
-        .commit(
-            vec![store::unchanged(key.clone(), u.mod_revision)],
-            vec![store::put(key, &next)],
-        )
+        .commit(vec![store::unchanged(key, u.mod_revision)], ops)
         .await?
     {
         return Err(store::contention());
     }
-    tracing::info!(user = %caller.user, "password changed");
+    // The password is changed; the rest are deletes that may be repeated.
+    for chunk in chunks {
+        let ops = chunk.iter().map(|k| store::delete(k.as_str())).collect();
+        core.db.commit(vec![], ops).await?;
+    }
+    tracing::info!(user = %caller.user, revoked = stale.len(), "password changed, other tokens revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,9 +228,31 @@ pub struct TokenRequest {
     pub expires_in_days: Option<u32>,
 }
 
+/// A token may not outlive the token that asks for it (a stolen login
+/// session must not turn into a credential that never expires); a password
+/// may mint any token.
+fn check_outlives(proof: &Proof, expires: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    let Proof::Token {
+        expires: Some(limit),
+        ..
+    } = proof
+    else {
+        return Ok(());
+    };
+    if expires.is_none_or(|e| e > *limit) {
+        return Err(ApiError::forbidden(
+            "token_outlives_credential",
+            format!(
+                "the token making this request expires at {limit}; a new token may not expire later (sign in with Basic user:password to issue longer-lived tokens)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn new_token(
     State(core): State<Core>,
-    caller: Caller,
+    Signed { caller, proof }: Signed,
     Json(body): Json<TokenRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     if body.name.is_empty() || body.name.len() > 100 {
@@ -214,6 +277,7 @@ async fn new_token(
         Some(d) => Some(Utc::now() + chrono::Duration::days(i64::from(d))),
         None => None,
     };
+    check_outlives(&proof, expires)?;
     let (rec, token) = issue_token(&core.db, &caller.user, &body.name, expires).await?;
     tracing::info!(user = %caller.user, token_id = %rec.id, "access token issued");
     Ok((
@@ -320,4 +384,35 @@ async fn set_quota(
         }
     }
     Err(store::contention())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_do_not_outlive_their_minter() {
+        let now = Utc::now();
+        let day = chrono::Duration::days(1);
+        let session = Proof::Token {
+            id: "0123456789ab".into(),
+            expires: Some(now + day),
+        };
+        assert!(check_outlives(&session, Some(now + day)).is_ok());
+        assert!(check_outlives(&session, Some(now + chrono::Duration::hours(1))).is_ok());
+        for longer in [None, Some(now + day * 2)] {
+            let e = check_outlives(&session, longer).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::FORBIDDEN, "token_outlives_credential")
+            );
+        }
+        let forever = Proof::Token {
+            id: "0123456789ab".into(),
+            expires: None,
+        };
+        assert!(check_outlives(&forever, None).is_ok());
+        assert!(check_outlives(&Proof::Password, None).is_ok());
+        assert!(check_outlives(&Proof::Unknown, None).is_ok());
+    }
 }

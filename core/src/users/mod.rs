@@ -7,16 +7,21 @@
 
 pub mod api;
 pub mod secret;
+pub mod throttle;
+
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Txn, TxnOp, TxnOpResponse};
+use etcd_client::{PutOptions, Txn, TxnOp, TxnOpResponse};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{constant_time_eq, credentials, Authenticator, Caller, Credentials};
+use crate::auth::{constant_time_eq, credentials, Authenticator, Caller, Credentials, Proof};
 use crate::problem::ApiError;
 use crate::quota::Quota;
 use crate::store::{self, Db};
+use throttle::Throttle;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct User {
@@ -88,8 +93,16 @@ pub async fn bootstrap_admin(db: &Db, name: &str, password: &str) -> Result<bool
     }
 }
 
+/// Seconds an etcd lease on a token record lasts: until the token expires
+/// (the check refuses it from then on; the lease only cleans up), at least 1.
+pub fn lease_seconds(expires: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let ms = (expires - now).num_milliseconds().max(0);
+    (ms / 1000 + i64::from(ms % 1000 > 0)).max(1)
+}
+
 /// Issues a new access token for `user`; returns the record and the only
-/// copy of the token string.
+/// copy of the token string. A token with an expiry is stored under an etcd
+/// lease that ends with it, so expired tokens (every login) do not pile up.
 pub async fn issue_token(
     db: &Db,
     user: &str,
@@ -97,25 +110,45 @@ pub async fn issue_token(
     expires: Option<DateTime<Utc>>,
 ) -> Result<(TokenRecord, String), ApiError> {
     let (id, secret_part, token) = secret::new_token();
+    let now = Utc::now();
     let rec = TokenRecord {
         id: id.clone(),
         user: user.to_string(),
         name: name.to_string(),
         hash: secret::sha256_hex(&secret_part),
-        created: Utc::now(),
+        created: now,
         expires,
     };
     let key = db.keys.core_token(&id);
+    let lease = match expires {
+        Some(e) => Some(
+            db.etcd
+                .lease_client()
+                .grant(lease_seconds(e, now), None)
+                .await?
+                .id(),
+        ),
+        None => None,
+    };
+    let put = TxnOp::put(
+        key.clone(),
+        serde_json::to_vec(&rec)?,
+        lease.map(|l| PutOptions::new().with_lease(l)),
+    );
     let ok = db
         .commit(
             vec![
                 store::absent(key.clone()),
                 store::present(db.keys.core_user(user)),
             ],
-            vec![store::put(key, &rec)],
+            vec![put],
         )
         .await?;
     if !ok {
+        if let Some(l) = lease {
+            // Nothing is attached to it; it would expire anyway.
+            let _ = db.etcd.lease_client().revoke(l).await;
+        }
         return Err(ApiError::conflict(
             "token_conflict",
             "could not store the token; retry",
@@ -148,12 +181,12 @@ async fn token_and_user(
     Ok(out)
 }
 
-/// The user a token string belongs to, if it is valid now.
+/// The user a token string belongs to, and the token, if it is valid now.
 async fn check_token(
     db: &Db,
     token: &str,
     claimed_user: Option<&str>,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<(User, TokenRecord)>, ApiError> {
     let Some((id, secret_part)) = secret::split_token(token) else {
         return Ok(None);
     };
@@ -166,26 +199,47 @@ async fn check_token(
     if rec.expires.is_some_and(|e| e <= Utc::now()) {
         return Ok(None);
     }
-    match claimed_user {
-        Some(u) if u != rec.user => Ok(None),
-        Some(_) => Ok(user),
-        None => Ok(db
+    let user = match claimed_user {
+        Some(u) if u != rec.user => None,
+        Some(_) => user,
+        None => db
             .get::<User>(&db.keys.core_user(&rec.user))
             .await?
-            .map(|v| v.value)),
-    }
+            .map(|v| v.value),
+    };
+    Ok(user.map(|u| (u, rec)))
 }
 
-/// Password check; runs argon2 off the async threads.
-pub async fn check_password(db: &Db, name: &str, password: &str) -> Result<Option<User>, ApiError> {
-    let Some(user) = db.get::<User>(&db.keys.core_user(name)).await? else {
-        // Spend the same effort as for a real user so timing does not tell
-        // which names exist.
-        secret::verify_password(password, secret::dummy_hash()).await?;
+/// Password check, throttled (see [`throttle`]); argon2 runs off the async
+/// threads, in one of the throttle's hashing slots.
+pub async fn check_password(
+    db: &Db,
+    throttle: &Throttle,
+    client: Option<IpAddr>,
+    name: &str,
+    password: &str,
+) -> Result<Option<User>, ApiError> {
+    if !crate::access::valid_name(name) {
+        // No account can have this name, and the naming rules are public:
+        // refusing without a hash reveals nothing.
         return Ok(None);
-    };
-    let ok = secret::verify_password(password, &user.value.password_hash).await?;
-    Ok(ok.then_some(user.value))
+    }
+    let admission = throttle.admit(client, name)?;
+    let checked = async {
+        let user = db.get::<User>(&db.keys.core_user(name)).await?;
+        let _slot = throttle.hashing().await?;
+        // Without the user, spend the same effort as for a real one so
+        // timing does not tell which names exist.
+        let hash = user
+            .as_ref()
+            .map_or(secret::dummy_hash(), |u| u.value.password_hash.as_str());
+        let ok = secret::verify_password(password, hash).await?;
+        Ok::<_, ApiError>(user.filter(|_| ok).map(|u| u.value))
+    }
+    .await;
+    // Only a wrong password counts against the name (not an etcd outage).
+    throttle.settle(admission, !matches!(checked, Ok(None)));
+    checked
 }
 
 /// Authenticates against the accounts and tokens in etcd:
@@ -193,6 +247,7 @@ pub async fn check_password(db: &Db, name: &str, password: &str) -> Result<Optio
 #[derive(Clone)]
 pub struct EtcdAuthenticator {
     pub db: Db,
+    pub throttle: Arc<Throttle>,
 }
 
 impl Authenticator for EtcdAuthenticator {
@@ -200,22 +255,61 @@ impl Authenticator for EtcdAuthenticator {
         &'a self,
         headers: &'a axum::http::HeaderMap,
     ) -> BoxFuture<'a, Result<Option<Caller>, ApiError>> {
+        Box::pin(async move { Ok(self.identify(headers, None).await?.map(|(c, _)| c)) })
+    }
+
+    fn identify<'a>(
+        &'a self,
+        headers: &'a axum::http::HeaderMap,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Option<(Caller, Proof)>, ApiError>> {
         Box::pin(async move {
-            let user = match credentials(headers)? {
+            let token = |(u, t): (User, TokenRecord)| {
+                let proof = Proof::Token {
+                    id: t.id,
+                    expires: t.expires,
+                };
+                (u, proof)
+            };
+            let found = match credentials(headers)? {
                 None => return Ok(None),
-                Some(Credentials::Bearer(t)) => check_token(&self.db, &t, None).await?,
+                Some(Credentials::Bearer(t)) => check_token(&self.db, &t, None).await?.map(token),
                 Some(Credentials::Basic { user, secret }) if secret::looks_like_token(&secret) => {
-                    check_token(&self.db, &secret, Some(&user)).await?
+                    check_token(&self.db, &secret, Some(&user))
+                        .await?
+                        .map(token)
                 }
                 Some(Credentials::Basic { user, secret }) => {
-                    check_password(&self.db, &user, &secret).await?
+                    check_password(&self.db, &self.throttle, client, &user, &secret)
+                        .await?
+                        .map(|u| (u, Proof::Password))
                 }
             };
-            let user = user.ok_or_else(ApiError::unauthorized)?;
-            Ok(Some(Caller {
-                user: user.name,
-                admin: user.admin,
-            }))
+            let (user, proof) = found.ok_or_else(ApiError::unauthorized)?;
+            Ok(Some((
+                Caller {
+                    user: user.name,
+                    admin: user.admin,
+                },
+                proof,
+            )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_end_with_the_token() {
+        let now = Utc::now();
+        let s = chrono::Duration::seconds;
+        assert_eq!(lease_seconds(now + s(90), now), 90);
+        assert_eq!(
+            lease_seconds(now + chrono::Duration::milliseconds(1500), now),
+            2
+        );
+        assert_eq!(lease_seconds(now - s(5), now), 1);
     }
 }

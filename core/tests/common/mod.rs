@@ -98,6 +98,78 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Creates the public image `group/repo` (and its group, if missing) as
+    /// `owner`: anyone signed in may pull it, so anyone may deploy it.
+    pub async fn public_image(&self, owner: &Auth, name: &str) {
+        let group = name.split('/').next().unwrap();
+        self.call(
+            owner,
+            Method::POST,
+            "/api/v1/groups",
+            Some(serde_json::json!({"name": group})),
+        )
+        .await;
+        let (st, v) = self
+            .call(
+                owner,
+                Method::POST,
+                "/api/v1/images",
+                Some(serde_json::json!({"name": name, "public": true})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "create image {name}: {v}");
+    }
+
+    /// [`Env::call`] as if over a socket from `peer` (the address the
+    /// throttle of password checks keys on).
+    pub async fn call_from(
+        &self,
+        peer: std::net::SocketAddr,
+        auth: &Auth,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, Option<String>) {
+        let mut req = Request::builder().method(method).uri(path);
+        match auth {
+            Auth::Anonymous => {}
+            Auth::Bearer(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            Auth::Basic(u, p) => {
+                let enc = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                req = req.header(header::AUTHORIZATION, format!("Basic {enc}"));
+            }
+        }
+        let mut req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&b).unwrap())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let is_problem = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/problem+json");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_client_error() {
+            assert!(is_problem && v["code"].is_string(), "{path}: {status} {v}");
+        }
+        (status, v, retry_after)
+    }
+}
+
 /// The claims part of a JWT, decoded (tests only read it).
 pub fn jwt_claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).expect("jwt has three parts");

@@ -235,6 +235,11 @@ impl Keys {
     pub fn core_app_versions_prefix(&self, app: &str) -> String {
         format!("{}app-versions/{app}/", self.core_prefix())
     }
+    /// A deleted image `group/repo`: the name stays reserved, so the
+    /// registry content left under it goes to nobody.
+    pub fn core_image_tombstone(&self, image: &str) -> String {
+        self.core_item("tombstones/image", image)
+    }
     pub fn core_app_version(&self, app: &str, version: u64) -> String {
         format!("{}{version:010}", self.core_app_versions_prefix(app))
     }
