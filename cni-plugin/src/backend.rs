@@ -16,8 +16,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// external_ids keys on the OVS port of every attachment.
 pub use leengine_ovsdb::vswitch::ext_ids::{
-    CONTAINER_ID as EXT_CONTAINER, IFNAME as EXT_IFNAME, IP as EXT_IP, OWNER as EXT_OWNER,
-    OWNER_CNI as OWNER, POD_NAME as EXT_POD_NAME, POD_NAMESPACE as EXT_POD_NS,
+    CONTAINER_ID as EXT_CONTAINER, IFNAME as EXT_IFNAME, IP as EXT_IP, NETWORK as EXT_NETWORK,
+    OWNER as EXT_OWNER, OWNER_CNI as OWNER, POD_NAME as EXT_POD_NAME, POD_NAMESPACE as EXT_POD_NS,
 };
 
 pub async fn ovs(conf: &NetConf) -> CniResult<Ovs> {
@@ -76,6 +76,7 @@ pub fn node_name(conf: &NetConf) -> CniResult<String> {
 }
 
 pub struct PortIds<'a> {
+    pub network: &'a str,
     pub container_id: &'a str,
     pub ifname: &'a str,
     pub pod_namespace: Option<&'a str>,
@@ -86,6 +87,7 @@ pub struct PortIds<'a> {
 pub fn external_ids(ids: &PortIds<'_>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert(EXT_OWNER.into(), OWNER.into());
+    m.insert(EXT_NETWORK.into(), ids.network.into());
     m.insert(EXT_CONTAINER.into(), ids.container_id.into());
     m.insert(EXT_IFNAME.into(), ids.ifname.into());
     m.insert(EXT_IP.into(), ids.ip.to_string());

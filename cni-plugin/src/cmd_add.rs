@@ -89,6 +89,7 @@ impl Ctx<'_> {
             netns: self.ns.path().display().to_string(),
             pod_namespace: self.env.args.pod_namespace.clone(),
             pod_name: self.env.args.pod_name.clone(),
+            network: Some(self.conf.name.clone()),
             pools: self.conf.pools.clone(),
             requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
         };
@@ -113,6 +114,7 @@ impl Ctx<'_> {
         tracing::debug!(host_if = self.host_if, "veth created");
 
         let ids = backend::external_ids(&PortIds {
+            network: &self.conf.name,
             container_id: self.cid,
             ifname: self.ifname,
             pod_namespace: self.env.args.pod_namespace.as_deref(),
@@ -120,6 +122,9 @@ impl Ctx<'_> {
             ip: a.ip,
         });
         let tag = backend::vlan_tag(a.vlan);
+        // Set before the call: when its reply is lost the transaction may
+        // still have committed, and only a delete by name can tell.
+        undo.port = true;
         let added = self
             .ovs
             .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
@@ -132,7 +137,6 @@ impl Ctx<'_> {
         } else {
             added?;
         }
-        undo.port = true;
         tracing::debug!(port = self.host_if, "OVS port added");
         self.ovs
             .wait_ofport(self.host_if, backend::OFPORT_TIMEOUT)
@@ -225,23 +229,60 @@ impl Ctx<'_> {
         })
     }
 
-    /// Reverse order; every step is tried, failures are logged.
+    /// Reverse order; every step is tried, failures are logged. The IP is
+    /// given back only when port and veth are gone (the rule DEL follows);
+    /// otherwise the handle stays for the runtime's DEL to finish.
     async fn rollback(&self, undo: &Undo) {
-        if undo.port {
-            if let Err(e) = self.ovs.del_port(&self.conf.bridge, self.host_if).await {
-                tracing::error!(port = self.host_if, error = %e, "rollback: cannot remove OVS port");
-            }
-        }
+        let port_gone = !undo.port || self.rollback_port().await;
+        let mut veth_gone = true;
         if undo.veth {
             if let Err(e) =
                 teardown(self.host, self.host_if, Some((self.ns.path(), self.ifname))).await
             {
                 tracing::error!(error = %e, "rollback: cannot remove veth");
+                veth_gone = false;
             }
         }
-        if undo.ip {
-            if let Err(e) = self.ipam.release(self.cid, self.ifname).await {
-                tracing::error!(container = self.cid, error = %e, "rollback: cannot release IP");
+        if !undo.ip {
+            return;
+        }
+        if !(port_gone && veth_gone) {
+            tracing::warn!(
+                container = self.cid,
+                ifname = self.ifname,
+                "rollback: IP kept until DEL removes the datapath"
+            );
+            return;
+        }
+        if let Err(e) = self.ipam.release(self.cid, self.ifname).await {
+            tracing::error!(container = self.cid, error = %e, "rollback: cannot release IP");
+        }
+    }
+
+    /// Removes the port by name (the name is this attachment's, and we hold
+    /// its lock); true when it is gone. A lost reply may have closed the
+    /// connection: then a fresh one does it.
+    async fn rollback_port(&self) -> bool {
+        let fresh;
+        let ovs = if self.ovs.is_closed() {
+            match backend::ovs(self.conf).await {
+                Ok(c) => {
+                    fresh = c;
+                    &fresh
+                }
+                Err(e) => {
+                    tracing::error!(port = self.host_if, error = %e, "rollback: cannot reach OVSDB to remove the port");
+                    return false;
+                }
+            }
+        } else {
+            self.ovs
+        };
+        match ovs.del_port(&self.conf.bridge, self.host_if).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(port = self.host_if, error = %e, "rollback: cannot remove OVS port");
+                false
             }
         }
     }

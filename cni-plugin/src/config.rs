@@ -19,6 +19,10 @@ pub const DEFAULT_GARP: Garp = Garp {
     count: 3,
     interval: Duration::from_millis(50),
 };
+/// GC leaves attachments younger than this alone: the runtime's list of
+/// valid attachments is older than the call, and an ADD it has not recorded
+/// yet must survive.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(300);
 
 /// Keys allowed at the top level; anything else is a typo worth refusing.
 const KNOWN_KEYS: &[&str] = &[
@@ -38,6 +42,7 @@ const KNOWN_KEYS: &[&str] = &[
     "mtu",
     "garp",
     "hostNetns",
+    "gcGraceSecs",
     "cni.dev/valid-attachments",
 ];
 
@@ -63,6 +68,8 @@ pub struct NetConf {
     /// Network namespace holding ovs-vswitchd and the host veth ends;
     /// `None` = the namespace the plugin runs in.
     pub host_netns: Option<PathBuf>,
+    /// GC only collects attachments at least this old.
+    pub gc_grace: Duration,
     pub runtime_ips: Vec<Ipv4Addr>,
     pub runtime_mac: Option<[u8; 6]>,
     pub prev_result: Option<Value>,
@@ -137,6 +144,8 @@ struct Raw {
     #[serde(default)]
     host_netns: Option<PathBuf>,
     #[serde(default)]
+    gc_grace_secs: Option<u64>,
+    #[serde(default)]
     runtime_config: Option<RawRuntime>,
     #[serde(default)]
     prev_result: Option<Value>,
@@ -195,8 +204,14 @@ pub fn parse(stdin: &[u8]) -> CniResult<NetConf> {
 }
 
 fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
-    if raw.name.is_empty() {
-        return Err(invalid("name must not be empty"));
+    let segment_ok =
+        |s: &str| !s.is_empty() && !s.contains('/') && !s.chars().any(char::is_whitespace);
+    // Recorded with every attachment (GC scope), so it must be a key segment.
+    if !segment_ok(&raw.name) {
+        return Err(invalid(format!(
+            "name {:?} is not a valid network name",
+            raw.name
+        )));
     }
     if crate::env::validate_ifname(&raw.bridge).is_err() {
         return Err(invalid(format!(
@@ -231,8 +246,6 @@ fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
             return Err(invalid("etcd.prefix must not be empty"));
         }
     }
-    let segment_ok =
-        |s: &str| !s.is_empty() && !s.contains('/') && !s.chars().any(char::is_whitespace);
     if let Some(n) = &raw.node {
         if !segment_ok(n) {
             return Err(invalid(format!("node {n:?} is not a valid node name")));
@@ -335,6 +348,9 @@ fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
         garp,
         dns: raw.dns,
         host_netns: raw.host_netns,
+        gc_grace: raw
+            .gc_grace_secs
+            .map_or(DEFAULT_GC_GRACE, Duration::from_secs),
         runtime_ips,
         runtime_mac,
         prev_result: raw.prev_result,
@@ -370,6 +386,9 @@ mod tests {
         assert_eq!(c.ovsdb, DEFAULT_OVSDB);
         assert_eq!(c.garp, Some(DEFAULT_GARP));
         assert!(c.pools.is_empty());
+        assert_eq!(c.gc_grace, DEFAULT_GC_GRACE);
+        let c = parse(&with("gcGraceSecs", json!(0))).unwrap();
+        assert_eq!(c.gc_grace, Duration::ZERO);
     }
 
     #[test]
@@ -416,6 +435,13 @@ mod tests {
                 "ipam",
             ),
             (with("bridge", json!("")), INVALID_CONFIG, "bridge"),
+            (with("name", json!("")), INVALID_CONFIG, "name"),
+            (with("name", json!("a/b")), INVALID_CONFIG, "name"),
+            (
+                with("gcGraceSecs", json!(-1)),
+                INVALID_CONFIG,
+                "gcGraceSecs",
+            ),
             (
                 with("bridge", json!("a-very-long-bridge-name")),
                 INVALID_CONFIG,

@@ -22,6 +22,17 @@ pub fn detect(root: &Path) -> Layout {
     }
 }
 
+/// Where container runtimes put containers: cgroupfs driver (`docker`,
+/// `kubepods`) and systemd driver (`kubepods.slice/…/cri-containerd-ID.scope`,
+/// `system.slice/docker-ID.scope` — a `*` in the last segment of a root
+/// matches within that segment, since `system.slice` itself holds services).
+pub const DEFAULT_CONTAINER_ROOTS: &[&str] = &[
+    "docker",
+    "kubepods",
+    "kubepods.slice",
+    "system.slice/docker-*.scope",
+];
+
 /// A container: a leaf cgroup below one of the configured roots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
@@ -75,17 +86,47 @@ impl Cgroups {
         }
     }
 
-    /// Leaf directories below each `roots` entry (missing roots are skipped).
+    /// Leaf directories below each `roots` entry (missing roots are skipped;
+    /// a root whose last segment has a `*` stands for every directory it matches).
     pub fn containers(&self, roots: &[String]) -> Vec<Container> {
         let mut out = Vec::new();
         for r in roots {
-            let r = r.trim_matches('/');
-            let base = self.dir("memory", r);
-            if base.is_dir() {
-                collect_leaves(&base, r, &mut out);
+            for r in self.expand(r.trim_matches('/')) {
+                let base = self.dir("memory", &r);
+                if base.is_dir() {
+                    collect_leaves(&base, &r, &mut out);
+                }
             }
         }
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        out.dedup();
+        out
+    }
+
+    fn expand(&self, root: &str) -> Vec<String> {
+        let (parent, last) = match root.rsplit_once('/') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, root),
+        };
+        let Some((head, tail)) = last.split_once('*') else {
+            return vec![root.to_string()];
+        };
+        let Ok(entries) = std::fs::read_dir(self.dir("memory", parent.unwrap_or(""))) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+            })
+            .map(|n| match parent {
+                Some(p) => format!("{p}/{n}"),
+                None => n,
+            })
+            .collect();
+        out.sort();
         out
     }
 
@@ -381,6 +422,39 @@ mod tests {
         assert_eq!(u.memory_limit, None);
         assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(5), Some(6)));
         assert_eq!(u.pids, vec![1, 2]);
+    }
+
+    #[test]
+    fn default_roots_find_systemd_driver_containers() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu io memory\n").unwrap();
+        for p in [
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-aaa.scope",
+            "kubepods.slice/kubepods-pod2.slice/cri-containerd-bbb.scope",
+            "system.slice/docker-ccc.scope",
+            "system.slice/sshd.service",
+            "user.slice/user-0.slice",
+        ] {
+            std::fs::create_dir_all(d.path().join(p)).unwrap();
+        }
+        let cg = Cgroups::new(d.path());
+        let roots: Vec<String> = DEFAULT_CONTAINER_ROOTS
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        let names: Vec<_> = cg.containers(&roots).into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "cri-containerd-aaa.scope",
+                "cri-containerd-bbb.scope",
+                "docker-ccc.scope"
+            ]
+        );
+        // The guard reaches them: memory.swap.max=0 is written and read back.
+        for c in cg.containers(&roots) {
+            assert_eq!(cg.guard_swap(&c), Ok(()));
+        }
     }
 
     #[test]

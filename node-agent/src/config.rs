@@ -315,7 +315,12 @@ impl Config {
             container_roots: a
                 .container_roots
                 .or(f.swap_guard.container_roots)
-                .unwrap_or_else(|| vec!["docker".into(), "kubepods".into()]),
+                .unwrap_or_else(|| {
+                    crate::cgroup::DEFAULT_CONTAINER_ROOTS
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect()
+                }),
             metrics_listen,
             once: a.once,
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
@@ -348,7 +353,15 @@ mod tests {
         assert_eq!(c.bond_mode, BondMode::ActiveBackup);
         assert_eq!(c.reclaim_grace, DEFAULT_GRACE);
         assert!(c.reclaim);
-        assert_eq!(c.container_roots, ["docker", "kubepods"]);
+        assert_eq!(
+            c.container_roots,
+            [
+                "docker",
+                "kubepods",
+                "kubepods.slice",
+                "system.slice/docker-*.scope"
+            ]
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Local HTTP endpoint: `GET /metrics` (Prometheus), `POST /scan` (scan now,
 //! answer with its summary), `GET /healthz`.
+//!
+//! The endpoint may listen beyond loopback so Prometheus can scrape it, but
+//! only a caller on this host may trigger scans: each scan reads every pod
+//! netns and counts as a look for the leak reclaim.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +39,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, scans: Sc
         .route("/scan", post(scan))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(Ctx { sh, scans });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -65,7 +70,24 @@ fn problem(status: StatusCode, detail: &str) -> Response {
         .into_response()
 }
 
-async fn scan(State(ctx): State<Ctx>) -> Response {
+/// Scans on demand only for callers on this host.
+fn may_scan(peer: &SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+async fn scan(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !may_scan(&peer) {
+        tracing::warn!(%peer, "refused POST /scan from a remote peer");
+        return problem(
+            StatusCode::FORBIDDEN,
+            "POST /scan is only accepted from this host (loopback)",
+        );
+    }
     let (tx, rx) = oneshot::channel();
     if ctx.scans.send(tx).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
@@ -73,5 +95,26 @@ async fn scan(State(ctx): State<Ctx>) -> Response {
     match rx.await {
         Ok(sum) => Json(sum).into_response(),
         Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_may_scan() {
+        for (peer, ok) in [
+            ("127.0.0.1:5000", true),
+            ("127.1.2.3:5000", true),
+            ("[::1]:5000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("10.0.0.7:5000", false),
+            ("192.0.2.1:5000", false),
+            ("[::ffff:10.0.0.7]:5000", false),
+            ("[2001:db8::1]:5000", false),
+        ] {
+            assert_eq!(may_scan(&peer.parse().unwrap()), ok, "{peer}");
+        }
     }
 }

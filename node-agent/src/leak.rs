@@ -163,6 +163,7 @@ mod tests {
             pod_namespace: Some("app".into()),
             pod_name: Some(cid.into()),
             node: "n1".into(),
+            network: None,
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 0, 0, 1),

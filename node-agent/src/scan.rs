@@ -340,6 +340,7 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             node: "n1".into(),
+            network: None,
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 0, 0, 1),

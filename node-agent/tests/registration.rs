@@ -86,3 +86,22 @@ fn sighup_scans_now_and_sigterm_revokes_the_registration_at_once() {
         agent.log()
     );
 }
+
+#[test]
+fn scan_on_demand_is_refused_to_remote_peers_while_metrics_stay_scrapable() {
+    let node = Node::new(true);
+    let agent = node.spawn_on(&[], "0.0.0.0");
+    // A non-loopback address of the node (its own namespace), as a remote
+    // Prometheus or any other host would reach the endpoint.
+    node.ovs
+        .netns()
+        .must(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    let (code, body) = agent.curl_at("192.0.2.1", "POST", "/scan").unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("only accepted from this host"), "{body}");
+    let (code, metrics) = agent.curl_at("192.0.2.1", "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("leengine_node"), "{metrics}");
+    // From this host it works.
+    assert!(agent.scan()["allocations"].is_number(), "{}", agent.log());
+}

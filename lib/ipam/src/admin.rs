@@ -113,9 +113,25 @@ fn claim_key(ipam: &Ipam, b: &Block) -> String {
         .block(&b.pool, b.cidr.network(), b.cidr.prefix_len())
 }
 
+/// Ops that give a block back: record and claim go, the pool record is
+/// rewritten unchanged and its "full" marker dropped. The rewrite makes every
+/// claim prepared before this point fail its compare on the pool key: such a
+/// claim may have seen the block unclaimed before its last owner took it,
+/// and would seed the block's sequence numbers from that older revision —
+/// numbers the last owner may have handed out, so a stale
+/// `release_if_unchanged` of its allocation could match the new one.
+fn give_back_ops(ipam: &Ipam, pool: &Rec<Pool>, b: &Rec<Block>) -> Vec<etcd_client::TxnOp> {
+    vec![
+        store::delete(&b.key),
+        store::delete(&claim_key(ipam, &b.value)),
+        store::put(&pool.key, &pool.value),
+        store::delete(&ipam.keys.pool_full(&pool.value.name)),
+    ]
+}
+
 pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError> {
     for attempt in 0..ipam.opts.max_attempts {
-        let pool = pool_rec(ipam, name).await?;
+        let mut pool = pool_rec(ipam, name).await?;
         let blocks = pool_blocks(ipam, name).await?;
         let allocated: usize = blocks.iter().map(|b| b.value.allocations.len()).sum();
         if allocated > 0 {
@@ -128,11 +144,12 @@ pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError
         // goes last, once no block is left (a claim compares the pool key).
         let mut lost_race = false;
         for chunk in blocks.chunks(BLOCKS_PER_TXN) {
-            let compares = chunk
+            let mut compares: Vec<_> = chunk
                 .iter()
                 .map(|b| store::unchanged(&b.key, Some(b.mod_revision)))
                 .collect();
-            let ops = chunk
+            compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
+            let mut ops: Vec<_> = chunk
                 .iter()
                 .flat_map(|b| {
                     [
@@ -141,9 +158,13 @@ pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError
                     ]
                 })
                 .collect();
-            if !store::commit(&ipam.client, compares, ops).await? {
-                lost_race = true;
-                break;
+            ops.push(store::put(&pool.key, &pool.value));
+            match store::commit_at(&ipam.client, compares, ops).await? {
+                Some(rev) => pool.mod_revision = rev,
+                None => {
+                    lost_race = true;
+                    break;
+                }
             }
         }
         if !lost_race {
@@ -151,7 +172,11 @@ pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError
                 store::unchanged(&pool.key, Some(pool.mod_revision)),
                 store::prefix_empty(&ipam.keys.pool_blocks_prefix(name)),
             ];
-            if store::commit(&ipam.client, compares, vec![store::delete(&pool.key)]).await? {
+            let ops = vec![
+                store::delete(&pool.key),
+                store::delete(&ipam.keys.pool_full(name)),
+            ];
+            if store::commit(&ipam.client, compares, ops).await? {
                 tracing::info!(pool = %name, "pool removed");
                 return Ok(());
             }
@@ -198,12 +223,12 @@ pub(crate) async fn release_block(ipam: &Ipam, block: &str) -> Result<Block, Ipa
         )));
     }
     for attempt in 0..ipam.opts.max_attempts {
+        let pool_rec = pool_rec(ipam, &pool.name).await?;
         let b = match owned_block(ipam, pool, cidr).await? {
             Owned::Claimed(b) => b,
             Owned::Unclaimed { .. } => {
                 return Err(IpamError::UnknownBlock(format!("{cidr} (not claimed)")))
             }
-            Owned::Vanished => continue,
         };
         if !b.value.allocations.is_empty() {
             return Err(IpamError::BlockInUse {
@@ -211,11 +236,11 @@ pub(crate) async fn release_block(ipam: &Ipam, block: &str) -> Result<Block, Ipa
                 allocated: b.value.allocations.len(),
             });
         }
-        let compares = vec![store::unchanged(&b.key, Some(b.mod_revision))];
-        let ops = vec![
-            store::delete(&b.key),
-            store::delete(&claim_key(ipam, &b.value)),
+        let compares = vec![
+            store::unchanged(&b.key, Some(b.mod_revision)),
+            store::unchanged(&pool_rec.key, Some(pool_rec.mod_revision)),
         ];
+        let ops = give_back_ops(ipam, &pool_rec, &b);
         if store::commit(&ipam.client, compares, ops).await? {
             tracing::info!(block = %cidr, node = %b.value.node, "block released");
             return Ok(b.value);
@@ -265,12 +290,9 @@ pub(crate) async fn ip_info(ipam: &Ipam, ip: Ipv4Addr) -> Result<IpInfo, IpamErr
         .find(|p| p.cidr.contains(&ip))
         .ok_or(IpamError::UnknownIp(ip))?;
     let cidr = pool.block_of(ip).expect("ip is inside the pool");
-    let (key, block) = loop {
-        match owned_block(ipam, pool, cidr).await? {
-            Owned::Claimed(b) => break (b.key, Some(b.value)),
-            Owned::Unclaimed { .. } => break (String::new(), None),
-            Owned::Vanished => continue,
-        }
+    let (key, block) = match owned_block(ipam, pool, cidr).await? {
+        Owned::Claimed(b) => (b.key, Some(b.value)),
+        Owned::Unclaimed { .. } => (String::new(), None),
     };
     let state = if let Some(reason) = pool.unassignable_reason(ip) {
         IpState::Unassignable { reason }

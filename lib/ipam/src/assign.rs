@@ -10,7 +10,8 @@ use leengine_store::keys::parse_block_segment;
 use crate::choose::{choose_address, free_blocks, pick_free_block};
 use crate::error::IpamError;
 use crate::model::{
-    Allocation, AssignRequest, Assignment, Attachment, Block, BlockClaim, Pool, StickyRecord,
+    Allocation, AssignRequest, Assignment, Attachment, Block, BlockClaim, FullMarker, Pool,
+    StickyRecord,
 };
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
@@ -70,6 +71,7 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
         store::get(&handle_key),
         store::get_prefix(&keys.pools_prefix()),
         store::get_prefix(&keys.node_blocks_prefix(&ipam.node)),
+        store::get_prefix(&keys.pool_full_prefix()),
     ];
     if let Some(k) = &sticky_key {
         reads.push(store::get(k));
@@ -80,15 +82,23 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
     }
     let pools: Vec<Rec<Pool>> = store::decode_all(batch.responses[1].kvs())?;
     let own: Vec<Rec<Block>> = store::decode_all(batch.responses[2].kvs())?;
+    let markers: Vec<Rec<FullMarker>> = store::decode_all(batch.responses[3].kvs())?;
     let sticky = match &sticky_key {
-        Some(_) => store::decode_one::<StickyRecord>(&batch.responses[3])?,
+        Some(_) => store::decode_one::<StickyRecord>(&batch.responses[4])?,
         None => None,
     };
+    let now = now_secs();
+    let full_prefix = keys.pool_full_prefix();
     let ctx = Ctx {
         ipam,
         req,
         handle_key: &handle_key,
-        now: now_secs(),
+        now,
+        full: markers
+            .iter()
+            .filter(|m| m.value.holds(now))
+            .filter_map(|m| m.key.strip_prefix(&full_prefix).map(String::from))
+            .collect(),
     };
     let eligible = eligible_pools(&pools, &req.pools)?;
     let step = if let Some(ip) = req.requested_ip {
@@ -133,6 +143,9 @@ fn validate(req: &AssignRequest) -> Result<(), IpamError> {
     if let Some(name) = &req.pod_name {
         segment("pod name", name)?;
     }
+    if let Some(network) = &req.network {
+        segment("network", network)?;
+    }
     Ok(())
 }
 
@@ -166,6 +179,8 @@ struct Ctx<'a> {
     req: &'a AssignRequest,
     handle_key: &'a str,
     now: u64,
+    /// Pools whose "full" marker holds: nothing to claim or borrow there.
+    full: BTreeSet<String>,
 }
 
 impl Ctx<'_> {
@@ -210,6 +225,7 @@ impl Ctx<'_> {
             pod_namespace: self.req.pod_namespace.clone(),
             pod_name: self.req.pod_name.clone(),
             node: self.ipam.node.clone(),
+            network: self.req.network.clone(),
             ip,
             prefix_len: pool.cidr.prefix_len(),
             gateway: pool.gateway,
@@ -335,8 +351,6 @@ impl Ctx<'_> {
                 let claimed = self.claim(pool, cidr, Some(ip), revision, extra);
                 return Ok(claimed.await?.done());
             }
-            // Released between our two reads: start over.
-            Owned::Vanished => return Ok(None),
         };
         if let Some(a) = block.value.allocations.get(&ip) {
             return Err(IpamError::RequestedIpTaken {
@@ -383,6 +397,9 @@ impl Ctx<'_> {
                     return self.in_block(p, b, ip, Vec::new()).await;
                 }
             }
+            if self.full.contains(&p.name) {
+                continue;
+            }
             if claimed.is_none() {
                 match self.claimed_blocks(eligible, own.len()).await? {
                     Some(c) => claimed = Some(c),
@@ -400,8 +417,13 @@ impl Ctx<'_> {
                 }
             }
         }
-        for pool in eligible {
-            if let Some(step) = self.borrow(pool).await? {
+        let open: Vec<&Rec<Pool>> = eligible
+            .iter()
+            .copied()
+            .filter(|p| !self.full.contains(&p.value.name))
+            .collect();
+        if !open.is_empty() {
+            if let Some(step) = self.borrow(&open).await? {
                 return Ok(step);
             }
         }
@@ -469,23 +491,65 @@ impl Ctx<'_> {
         Ok(Some(None))
     }
 
-    /// Last resort: a free address in a block another node owns.
-    async fn borrow(&self, pool: &Rec<Pool>) -> Result<Option<Step>, IpamError> {
-        let p = &pool.value;
+    /// Last resort: a free address in a block another node owns, pool by
+    /// pool, from one scan of every block record. When there is none, each
+    /// pool is marked full so the next ADDs skip it without reading.
+    async fn borrow(&self, pools: &[&Rec<Pool>]) -> Result<Option<Step>, IpamError> {
         let root = self.ipam.keys.node_blocks_root();
-        let (blocks, _) = store::scan_json::<Block>(&self.ipam.client, &root, 0).await?;
-        let blocks: Vec<_> = blocks.iter().filter(|b| b.value.pool == p.name).collect();
-        for cooldown_ok in [false, true] {
-            for b in &blocks {
-                if let Some(ip) =
-                    choose_address(p, &b.value, self.now, self.cooldown(), cooldown_ok)
-                {
-                    tracing::info!(%ip, block = %b.value.cidr, owner = %b.value.node, "borrowing address");
-                    return Ok(Some(self.in_block(p, b, ip, Vec::new()).await?));
+        let (blocks, revision) = store::scan_json::<Block>(&self.ipam.client, &root, 0).await?;
+        for pool in pools {
+            let p = &pool.value;
+            let blocks: Vec<_> = blocks.iter().filter(|b| b.value.pool == p.name).collect();
+            for cooldown_ok in [false, true] {
+                for b in &blocks {
+                    if let Some(ip) =
+                        choose_address(p, &b.value, self.now, self.cooldown(), cooldown_ok)
+                    {
+                        tracing::info!(%ip, block = %b.value.cidr, owner = %b.value.node, "borrowing address");
+                        return Ok(Some(self.in_block(p, b, ip, Vec::new()).await?));
+                    }
                 }
             }
         }
+        self.mark_full(pools, &blocks, revision).await?;
         Ok(None)
+    }
+
+    /// Leaves a "full" marker on each pool, valid only if no block record
+    /// changed since the scan at `revision` and no block was given back
+    /// since the pools were read (block release rewrites the pool record).
+    /// Losing that race just means the next ADD scans again.
+    async fn mark_full(
+        &self,
+        pools: &[&Rec<Pool>],
+        blocks: &[Rec<Block>],
+        revision: i64,
+    ) -> Result<(), IpamError> {
+        let keys = &self.ipam.keys;
+        let mut compares = vec![store::prefix_unchanged_since(
+            &keys.node_blocks_root(),
+            revision,
+        )];
+        let mut ops = Vec::new();
+        for pool in pools {
+            let name = &pool.value.name;
+            let until = blocks
+                .iter()
+                .filter(|b| &b.value.pool == name)
+                .flat_map(|b| b.value.reserved.values())
+                .map(|r| r.until)
+                .filter(|u| *u > self.now)
+                .min();
+            compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
+            ops.push(store::put(
+                &keys.pool_full(name),
+                &FullMarker { revision, until },
+            ));
+        }
+        if store::commit(&self.ipam.client, compares, ops).await? {
+            tracing::warn!(pools = ?pools.iter().map(|p| &p.value.name).collect::<Vec<_>>(), "pools exhausted");
+        }
+        Ok(())
     }
 }
 
@@ -508,34 +572,121 @@ pub(crate) enum Owned {
         revision: i64,
     },
     Claimed(Rec<Block>),
-    /// Claimed, but the record was gone by the second read (released meanwhile).
-    Vanished,
 }
 
-/// Reads the claim of `cidr`, then the owner's record of it.
+/// Reads the claim of `cidr`, then claim and the owner's record of it in one
+/// snapshot (a claim and its record are written and deleted together, so a
+/// claim seen without its record there is corrupt, not a race).
 pub(crate) async fn owned_block(
     ipam: &Ipam,
     pool: &Pool,
     cidr: Ipv4Net,
 ) -> Result<Owned, IpamError> {
-    let claim_key = ipam
-        .keys
-        .block(&pool.name, cidr.network(), cidr.prefix_len());
-    let batch = store::read(&ipam.client, vec![store::get(&claim_key)]).await?;
-    let Some(claim) = store::decode_one::<BlockClaim>(&batch.responses[0])? else {
-        return Ok(Owned::Unclaimed {
-            revision: batch.revision,
-        });
-    };
-    let key = ipam.keys.node_block(
-        &claim.value.node,
-        &pool.name,
-        cidr.network(),
-        cidr.prefix_len(),
-    );
-    let batch = store::read(&ipam.client, vec![store::get(&key)]).await?;
-    Ok(match store::decode_one::<Block>(&batch.responses[0])? {
-        Some(b) => Owned::Claimed(b),
-        None => Owned::Vanished,
+    let (net, len) = (cidr.network(), cidr.prefix_len());
+    let claim_key = ipam.keys.block(&pool.name, net, len);
+    let mut owner: Option<String> = None;
+    for _ in 0..ipam.opts.max_attempts {
+        let mut reads = vec![store::get(&claim_key)];
+        if let Some(node) = &owner {
+            reads.push(store::get(
+                &ipam.keys.node_block(node, &pool.name, net, len),
+            ));
+        }
+        let batch = store::read(&ipam.client, reads).await?;
+        let Some(claim) = store::decode_one::<BlockClaim>(&batch.responses[0])? else {
+            return Ok(Owned::Unclaimed {
+                revision: batch.revision,
+            });
+        };
+        if owner.as_deref() == Some(claim.value.node.as_str()) {
+            return match store::decode_one::<Block>(&batch.responses[1])? {
+                Some(b) => Ok(Owned::Claimed(b)),
+                None => Err(IpamError::Corrupt {
+                    key: claim_key,
+                    reason: format!("block claimed by {} has no block record", claim.value.node),
+                }),
+            };
+        }
+        // First look, or the block changed hands meanwhile: read again with that owner.
+        owner = Some(claim.value.node);
+    }
+    Err(IpamError::Contention {
+        what: format!("read block {cidr}"),
+        attempts: ipam.opts.max_attempts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leengine_store::EtcdConfig;
+
+    /// A claim prepared while the block was still unclaimed, committed after
+    /// another node claimed it, used it and gave it back, must not hand out
+    /// sequence numbers that node already used: a stale release of the old
+    /// allocation (same container, ifname, address) would free the new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_claim_cannot_reuse_the_sequence_numbers_of_the_blocks_last_owner() {
+        let etcd = leengine_testenv::Etcd::start();
+        let client = leengine_store::connect(&EtcdConfig::new(etcd.endpoints()))
+            .await
+            .unwrap();
+        let keys = leengine_store::Keys::new("/t");
+        let opts = crate::IpamOptions {
+            cooldown: Duration::ZERO,
+            sticky_for: Duration::ZERO,
+            ..Default::default()
+        };
+        let n1 = Ipam::new(client.clone(), keys.clone(), "n1").with_options(opts.clone());
+        let n2 = Ipam::new(client, keys.clone(), "n2").with_options(opts);
+        let pool = Pool::parse("p", "10.5.0.0/24", "10.5.0.1", 5, 16, &[]).unwrap();
+        n1.add_pool(&pool).await.unwrap();
+        let req = AssignRequest {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/c".into(),
+            ..Default::default()
+        };
+
+        // n1 reads: the pool, and the block unclaimed at that revision.
+        let batch = store::read(&n1.client, vec![store::get(&keys.pool("p"))])
+            .await
+            .unwrap();
+        let pool_rec: Rec<Pool> = store::decode_one(&batch.responses[0]).unwrap().unwrap();
+        // Meanwhile n2 claims a block, allocates, frees, gives the block back.
+        let old = n2.assign(&req).await.unwrap();
+        n2.release("c", "eth0").await.unwrap().unwrap();
+        n2.release_block(&old.attachment.block.to_string())
+            .await
+            .unwrap();
+
+        // n1 now commits the claim it prepared, for the same container.
+        let handle_key = keys.handle("c", "eth0");
+        let ctx = Ctx {
+            ipam: &n1,
+            req: &req,
+            handle_key: &handle_key,
+            now: now_secs(),
+            full: BTreeSet::new(),
+        };
+        let _ = ctx
+            .claim(
+                &pool_rec,
+                old.attachment.block,
+                None,
+                batch.revision,
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        let new = n1.assign(&req).await.unwrap();
+        assert!(
+            new.seq > old.seq,
+            "seq {} reused after {}",
+            new.seq,
+            old.seq
+        );
+        assert!(!n1.release_if_unchanged(&old.attachment).await.unwrap());
+        assert!(n1.handle("c", "eth0").await.unwrap().is_some());
+    }
 }

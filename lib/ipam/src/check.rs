@@ -5,8 +5,10 @@
 //! waiting for an IP), or its node's fresh node-agent report lists it.
 //! It is *leaked* only when something could have vouched for it and nothing
 //! did (apiserver consulted, node gone, or a fresh report of its node), and
-//! it is older than the grace period — unless its node is gone, which
-//! flags it at once. With no evidence either way it is *unknown*, never leaked.
+//! it is older than the grace period — unless its node is gone (unknown to
+//! the apiserver and unregistered in etcd), which flags it at once. Without
+//! the apiserver no node is ever gone. With no evidence either way it is
+//! *unknown*, never leaked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -179,13 +181,17 @@ impl<'a> Liveness<'a> {
         }
     }
 
+    /// Gone = unknown to the apiserver *and* unregistered in etcd. Without
+    /// the apiserver a missing registration proves nothing: it sits on the
+    /// node-agent's lease, which lapses whenever the agent is down, upgraded
+    /// or cut off from etcd while the node's pods keep running.
     fn node_gone(&self, node: &str) -> bool {
         !self.input.registered_nodes.contains(node)
             && self
                 .input
                 .api
                 .as_ref()
-                .is_none_or(|api| !api.nodes.contains(node))
+                .is_some_and(|api| !api.nodes.contains(node))
     }
 
     fn verdict(&self, a: &Attachment, opts: &CheckOptions) -> Verdict {
@@ -233,6 +239,7 @@ mod tests {
             pod_namespace: Some("ns".into()),
             pod_name: Some(format!("pod{n}")),
             node: node.into(),
+            network: None,
             ip: Ipv4Addr::new(10, 1, 0, n),
             prefix_len: 22,
             gateway: Ipv4Addr::new(10, 1, 0, 1),
@@ -308,6 +315,47 @@ mod tests {
         let r = classify("/x", &input, &opts());
         assert_eq!(leaked_ips(&r), vec![2]);
         assert_eq!(r.leaked[0].reason, LeakReason::NodeGone);
+        assert_eq!(r.alive, 1);
+    }
+
+    #[test]
+    fn unregistered_node_without_apiserver_is_unknown() {
+        // The agent's lease lapsed (agent down or cut off from etcd): its
+        // pods may well be running, and nothing but the apiserver can tell.
+        let input = CheckInput {
+            attachments: vec![att(2, "lapsed", 5000), att(3, "lapsed", 10)],
+            registered_nodes: BTreeSet::new(),
+            reports: BTreeMap::new(),
+            api: None,
+        };
+        let r = classify("/x", &input, &opts());
+        assert!(r.leaked.is_empty(), "{:?}", r.leaked);
+        assert_eq!(r.unknown.len(), 2);
+    }
+
+    #[test]
+    fn unregistered_node_without_apiserver_still_judged_by_its_fresh_report() {
+        let input = CheckInput {
+            attachments: vec![att(2, "lapsed", 5000), att(3, "lapsed", 5000)],
+            registered_nodes: BTreeSet::new(),
+            reports: [(
+                "lapsed".to_string(),
+                NodeAttachmentsReport {
+                    node: "lapsed".into(),
+                    scanned_at: NOW - 30,
+                    attachments: vec![LiveAttachment {
+                        container_id: "c2".into(),
+                        ifname: "eth0".into(),
+                        ip: Ipv4Addr::new(10, 1, 0, 2),
+                    }],
+                },
+            )]
+            .into(),
+            api: None,
+        };
+        let r = classify("/x", &input, &opts());
+        assert_eq!(leaked_ips(&r), vec![3]);
+        assert_eq!(r.leaked[0].reason, LeakReason::NotAlive);
         assert_eq!(r.alive, 1);
     }
 

@@ -55,6 +55,24 @@ pub(crate) struct BlockClaim {
     pub node: String,
 }
 
+/// `{prefix}/ipam/full/{pool}`: at `revision` no block of the pool had an
+/// address for anyone (every release in the pool deletes the marker). An
+/// address reserved for a sticky pod becomes free for others at `until`,
+/// with nobody writing: the marker holds only until then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FullMarker {
+    pub revision: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+impl FullMarker {
+    pub fn holds(&self, now: u64) -> bool {
+        self.until.is_none_or(|u| now < u)
+    }
+}
+
 /// One allocated address inside a block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,6 +113,11 @@ pub struct Attachment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     pub node: String,
+    /// The CNI network (config `name`) the attachment was made for; CNI GC
+    /// of one network never touches another's. `None` on records made
+    /// before it was recorded: no GC collects those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
@@ -125,6 +148,8 @@ pub struct AssignRequest {
     pub netns: String,
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// The CNI network asking (recorded in the [`Attachment`]).
+    pub network: Option<String>,
     /// Eligible pools in order of preference; empty = every pool of the Cell (by name).
     pub pools: Vec<String>,
     /// A specific address (CNI args `IP=` / runtimeConfig `ips`).

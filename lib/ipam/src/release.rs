@@ -130,6 +130,8 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
     let mut ops = vec![
         store::delete(&handle.key),
         store::delete(&keys.node_ip(&att.node, att.ip)),
+        // The pool has a free address again.
+        store::delete(&keys.pool_full(&att.pool)),
     ];
     let sticky_secs = ipam.opts.sticky_for.as_secs();
     match block.rec {

@@ -135,6 +135,21 @@ pub(crate) async fn commit(
     Ok(resp.succeeded())
 }
 
+/// Like [`commit`], returning the revision of the write (`None`: a compare failed).
+pub(crate) async fn commit_at(
+    client: &Client,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+) -> Result<Option<i64>, IpamError> {
+    let resp = client
+        .kv_client()
+        .txn(Txn::new().when(compares).and_then(ops))
+        .await?;
+    Ok(resp
+        .succeeded()
+        .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+}
+
 /// Like [`commit`], but when a compare fails, `else_reads` are answered
 /// (in the same round trip) so the caller can tell why.
 pub(crate) async fn commit_else(

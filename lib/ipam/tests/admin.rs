@@ -230,3 +230,38 @@ async fn audit_notices_broken_state() {
         "{problems:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_block_claim_is_reported_not_looped_on() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.8.0.0/24", "10.8.0.1", 8, 16, &[])
+        .await;
+    // A claim whose block record is gone (hand edit, partial restore).
+    let claim = env.keys.block("p1", "10.8.0.16".parse().unwrap(), 28);
+    env.client
+        .kv_client()
+        .put(
+            claim.clone(),
+            r#"{"pool":"p1","cidr":"10.8.0.16/28","node":"n9"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    let admin = env.ipam("admin");
+    // A hang guard only: before the fix this call never returned.
+    let info = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        admin.ip_info("10.8.0.20".parse().unwrap()),
+    )
+    .await
+    .expect("ip_info loops on an orphan claim");
+    let e = info.unwrap_err();
+    assert!(
+        matches!(&e, IpamError::Corrupt { key, .. } if key == &claim),
+        "{e}"
+    );
+    assert!(e.to_string().contains("no block record"), "{e}");
+    // Block release reports it too, instead of spinning.
+    let e = admin.release_block("10.8.0.16/28").await.unwrap_err();
+    assert!(matches!(&e, IpamError::Corrupt { .. }), "{e}");
+}

@@ -329,3 +329,69 @@ async fn stale_release_never_frees_a_reassigned_ip() {
     assert!(n1.release_if_unchanged(&again.attachment).await.unwrap());
     env.assert_consistent().await;
 }
+
+/// Requests etcd served, by gRPC method, from its own `/metrics`.
+fn etcd_requests(etcd: &leengine_testenv::Etcd, method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = etcd.endpoint().trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let label = format!("grpc_method=\"{method}\"");
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    assert!(!counts.is_empty(), "etcd reports no {method} requests");
+    counts.iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_on_an_exhausted_pool_costs_one_read() {
+    let env = Env::start().await;
+    env.add_pool("tiny", "10.6.0.0/28", "10.6.0.1", 6, 16, &[])
+        .await;
+    // Other blocks in the Cell, which a scan for a borrowable address reads.
+    env.add_pool("big", "10.7.0.0/24", "10.7.0.1", 8, 16, &[])
+        .await;
+    let (a, b) = (env.ipam("n1"), env.ipam("n2"));
+    let tiny = |cid: &str| leengine_ipam::AssignRequest {
+        pools: vec!["tiny".into()],
+        ..req(cid)
+    };
+    for i in 0..13 {
+        a.assign(&tiny(&format!("a{i}"))).await.unwrap();
+    }
+    for i in 0..4 {
+        env.ipam(&format!("other{i}"))
+            .assign(&leengine_ipam::AssignRequest {
+                pools: vec!["big".into()],
+                ..req(&format!("o{i}"))
+            })
+            .await
+            .unwrap();
+    }
+    let exhausted = |r: Result<_, IpamError>| matches!(r, Err(IpamError::PoolExhausted { .. }));
+    // The first ADD that finds the pool full looks everywhere...
+    assert!(exhausted(b.assign(&tiny("late0")).await));
+    // ...the next ones read once and answer.
+    let (txn, range) = (
+        etcd_requests(&env.etcd, "Txn"),
+        etcd_requests(&env.etcd, "Range"),
+    );
+    for i in 1..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert!(exhausted(node.assign(&tiny(&format!("late{i}"))).await));
+    }
+    assert_eq!(etcd_requests(&env.etcd, "Txn") - txn, 5);
+    assert_eq!(etcd_requests(&env.etcd, "Range") - range, 0);
+    // A release in the pool makes room again, at once.
+    a.release("a3", "eth0").await.unwrap().unwrap();
+    let got = b.assign(&tiny("late6")).await.unwrap();
+    assert_eq!(got.attachment.node, "n2");
+    assert!(exhausted(b.assign(&tiny("late7")).await));
+    env.assert_consistent().await;
+}

@@ -75,6 +75,15 @@ impl Keys {
     pub fn sticky(&self, namespace: &str, name: &str) -> String {
         format!("{}{namespace}/{name}", self.sticky_prefix())
     }
+    /// "Pool full" markers `{prefix}/ipam/full/{pool}`: left by an ADD that
+    /// found no address anywhere in the pool, deleted by every release in it,
+    /// so ADDs on an exhausted pool need not scan every block.
+    pub fn pool_full_prefix(&self) -> String {
+        format!("{}/ipam/full/", self.prefix)
+    }
+    pub fn pool_full(&self, pool: &str) -> String {
+        format!("{}{pool}", self.pool_full_prefix())
+    }
     /// Block records by owner `{prefix}/ipam/node-blocks/{node}/{pool}/{block}`
     /// (allocations, sequence numbers): one range read gives a node all its
     /// blocks. `block()` holds only the claim (which node owns the block).

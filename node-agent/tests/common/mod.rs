@@ -94,10 +94,15 @@ impl Node {
     }
 
     pub fn spawn(&self, extra: &[&str]) -> Agent {
+        self.spawn_on(extra, "127.0.0.1")
+    }
+
+    /// Like `spawn`, with the HTTP endpoint on `host` (e.g. `0.0.0.0`).
+    pub fn spawn_on(&self, extra: &[&str], host: &str) -> Agent {
         let port = te::free_port();
         let mut args = self.base_args();
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+        args.extend(["--metrics-listen".into(), format!("{host}:{port}")]);
         let log = te::run_dir().join(format!("{}.log", te::unique_name("agent")));
         let child = self
             .host_command(&args)
@@ -259,25 +264,39 @@ impl Agent {
     }
 
     fn curl(&self, method: &str, path: &str) -> Option<String> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        self.curl_at("127.0.0.1", method, path)
+            .filter(|(code, _)| (200..300).contains(code))
+            .map(|(_, body)| body)
+    }
+
+    /// `curl` inside the node's namespace to `host`: (status, body), or None
+    /// when no HTTP answer came.
+    pub fn curl_at(&self, host: &str, method: &str, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://{host}:{}{path}", self.port);
         let out = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &self.netns,
                 "curl",
-                "-sf",
+                "-s",
                 "-m",
                 "60",
+                "-w",
+                "\n%{http_code}",
                 "-X",
                 method,
                 &url,
             ])
             .output()
             .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok()?;
+        (code != 0).then(|| (code, body.to_string()))
     }
 
     pub fn get(&self, path: &str) -> Option<String> {

@@ -10,3 +10,6 @@ pub const IFNAME: &str = "leengine-ifname";
 pub const POD_NAMESPACE: &str = "leengine-pod-namespace";
 pub const POD_NAME: &str = "leengine-pod-name";
 pub const IP: &str = "leengine-ip";
+/// The CNI network (config `name`) the port was made for: GC of one network
+/// leaves the ports of another alone.
+pub const NETWORK: &str = "leengine-network";
