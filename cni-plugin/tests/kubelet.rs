@@ -35,10 +35,17 @@ struct World {
 
 impl World {
     fn new(nodes: usize) -> World {
+        Self::with(nodes, None)
+    }
+
+    /// `node_agent`: run the node-agents, with reclaim on or off.
+    fn with(nodes: usize, node_agent: Option<bool>) -> World {
         let cell = te::Cell::start(te::CellSpec {
             nodes,
             pools: vec![("web".into(), VLAN)],
             cni_plugin: BIN.into(),
+            node_agent: node_agent.map(|_| sibling("leengine-node-agent")),
+            reclaim: node_agent.unwrap_or(false),
         });
         let pool = cell.pools()[0].clone();
         let net = pool.cidr.trim_end_matches(".0/24").to_string();
@@ -107,6 +114,70 @@ impl World {
         args.extend_from_slice(argv);
         self.cell.kubectl(&args)
     }
+}
+
+/// Another binary of the workspace, next to this crate's (`cargo test
+/// --workspace` builds them all before any test runs).
+fn sibling(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(BIN).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// `cnictl check` against the Cell's etcd and real apiserver: the leaked IPs.
+fn cnictl_check(cell: &te::Cell) -> BTreeSet<Ipv4Addr> {
+    let kubeconfig = cell.kubeconfig();
+    let out = std::process::Command::new(sibling("cnictl"))
+        .args([
+            "check",
+            "--grace",
+            "0s",
+            "-o",
+            "json",
+            "--etcd",
+            &cell.etcd_endpoint(),
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0) | Some(4)),
+        "cnictl check: {code:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["apiserverConsulted"], true, "{report}");
+    let leaked: BTreeSet<Ipv4Addr> = report["leaked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["attachment"]["ip"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        code == Some(4),
+        !leaked.is_empty(),
+        "exit code 4 = leaks found"
+    );
+    leaked
+}
+
+fn allocated(cell: &te::Cell) -> BTreeSet<Ipv4Addr> {
+    rt().block_on(async {
+        ipam(cell)
+            .await
+            .list_ips(&Filter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.ip)
+            .collect()
+    })
 }
 
 async fn ipam(cell: &te::Cell) -> Ipam {
@@ -357,4 +428,74 @@ spec:
         old_ip,
         "a re-created StatefulSet pod keeps its IP"
     );
+}
+
+#[test]
+fn runtime_crash_leaks_are_found_by_cnictl_against_the_apiserver_and_reclaimed_by_the_node_agent() {
+    let mut w = World::with(2, Some(false));
+    w.cell.apply(&deployment("web", &w.image(), 4));
+    let before = w.wait_ready("app=web", 4);
+    let ips = |pods: &[Value]| pods.iter().map(ip).collect::<BTreeSet<_>>();
+
+    // kill -9 of containerd and kubelet: the containers keep running, the
+    // restarted runtime adopts them, nothing changes address or leaks.
+    w.cell.kill_runtime(1);
+    w.cell.restart_runtime(1);
+    let adopted = w.wait_ready("app=web", 4);
+    assert_eq!(
+        ips(&adopted),
+        ips(&before),
+        "same sandboxes after a runtime restart"
+    );
+    assert!(
+        cnictl_check(&w.cell).is_empty(),
+        "a runtime restart leaks nothing"
+    );
+
+    // The node loses its runtime with all its state (the original's "dead
+    // Docker"): no CNI DEL ever runs for the old sandboxes.
+    let victim = w.cell.nodes()[1].name.clone();
+    let dead: BTreeSet<Ipv4Addr> = before
+        .iter()
+        .filter(|p| node(p) == victim)
+        .map(ip)
+        .collect();
+    assert!(!dead.is_empty(), "the spread put pods on {victim}");
+    w.cell.crash_node(1);
+    w.cell.restart_runtime(1);
+    let mut back = Vec::new();
+    let rebuilt = te::wait_until(PATIENCE, || {
+        back = w.pods("app=web");
+        back.len() == 4 && back.iter().all(ready) && back.iter().all(|p| !dead.contains(&ip(p)))
+    });
+    assert!(
+        rebuilt,
+        "pods not back with new sandboxes: {:?}",
+        back.iter().map(describe).collect::<Vec<_>>()
+    );
+    let live = ips(&back);
+
+    // The dead sandboxes' addresses are still allocated; cnictl, asking the
+    // real apiserver, calls exactly those leaked.
+    let held = allocated(&w.cell);
+    assert!(
+        dead.is_subset(&held),
+        "dead IPs {dead:?} still allocated in {held:?}"
+    );
+    assert_eq!(cnictl_check(&w.cell), dead);
+
+    // The node-agent, once reclaim is on, releases them and nothing alive.
+    w.cell.set_reclaim(1, true);
+    let reclaimed = te::wait_until(PATIENCE, || allocated(&w.cell) == live);
+    assert!(
+        reclaimed,
+        "allocated {:?}, live {live:?}\n{}",
+        allocated(&w.cell),
+        w.cell.node_agent_log(1)
+    );
+    let still = w.wait_ready("app=web", 4);
+    assert_eq!(ips(&still), live, "no live pod lost its address");
+    assert!(cnictl_check(&w.cell).is_empty());
+    let audit = rt().block_on(async { ipam(&w.cell).await.audit().await.unwrap() });
+    assert!(audit.is_empty(), "IPAM audit: {audit:?}");
 }

@@ -47,6 +47,12 @@ pub struct CellSpec {
     pub pools: Vec<(String, u16)>,
     /// The `leengine-cni` binary (installed as CNI type `leengine`).
     pub cni_plugin: PathBuf,
+    /// The `leengine-node-agent` binary, run on every node (in the node's
+    /// host namespace, reclaim grace 3 s, scans every second) when given.
+    pub node_agent: Option<PathBuf>,
+    /// Whether the node-agents start with leak reclaim on
+    /// ([`Cell::set_reclaim`] changes it per node).
+    pub reclaim: bool,
 }
 
 /// A pool the Cell's router serves: a /24 of the Cell's range.
@@ -69,6 +75,10 @@ pub struct KubeNode {
     kubelet_port: u16,
     kubelet: Option<Daemon>,
     containerd: Option<Daemon>,
+    node_agent: Option<Daemon>,
+    reclaim: bool,
+    /// The node-agent's HTTP endpoint (`127.0.0.1:PORT` in the node namespace).
+    pub agent_port: u16,
 }
 
 /// Where the Kubernetes binaries are (`hack/k8s.sh --print`).
@@ -443,6 +453,9 @@ impl Cell {
             kubelet_port: free_port(),
             kubelet: None,
             containerd: None,
+            node_agent: None,
+            reclaim: self.spec.reclaim,
+            agent_port: free_port(),
             dir,
             name,
         }
@@ -544,8 +557,48 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if !self.nodes[i].dir.join("kubelet.yaml").exists() {
             self.write_node_config(i);
         }
+        if self.nodes[i].node_agent.is_none() {
+            self.start_node_agent(i);
+        }
         self.start_containerd(i, pause);
         self.start_kubelet(i);
+    }
+
+    fn start_node_agent(&mut self, i: usize) {
+        let Some(bin) = self.spec.node_agent.clone() else {
+            return;
+        };
+        let etcd = self.ovs.netns().forward_tcp(self.etcd_port);
+        let n = &self.nodes[i];
+        let args = [
+            "--node".to_string(),
+            n.name.clone(),
+            "--etcd-endpoints".into(),
+            format!("http://127.0.0.1:{etcd}"),
+            "--ovsdb".into(),
+            self.ovs.db_url(),
+            "--bridge".into(),
+            n.bridge.clone(),
+            "--datapath-type".into(),
+            "netdev".into(),
+            "--lease-ttl".into(),
+            "5s".into(),
+            "--scan-interval".into(),
+            "1s".into(),
+            "--reclaim-grace".into(),
+            "3s".into(),
+            "--reclaim".into(),
+            if n.reclaim { "on" } else { "off" }.into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", n.agent_port),
+        ];
+        let bin = bin.display().to_string();
+        let mut argv: Vec<&str> = vec![bin.as_str()];
+        argv.extend(args.iter().map(String::as_str));
+        let mut cmd = self.ovs.command(&argv);
+        cmd.env("RUST_LOG", "info");
+        let d = Daemon::spawn("node-agent", &n.dir, &mut cmd);
+        self.nodes[i].node_agent = Some(d);
     }
 
     fn start_containerd(&mut self, i: usize, pause: &Path) {
@@ -637,6 +690,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             v.push(d);
         }
         for n in &mut self.nodes {
+            v.extend(n.node_agent.as_mut());
             v.extend(n.containerd.as_mut());
             v.extend(n.kubelet.as_mut());
         }
@@ -798,6 +852,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.wait_node_ready(i);
     }
 
+    /// Restarts node `i`'s node-agent with leak reclaim `on` or off.
+    pub fn set_reclaim(&mut self, i: usize, on: bool) {
+        self.nodes[i].node_agent.take();
+        self.nodes[i].reclaim = on;
+        self.start_node_agent(i);
+    }
+
+    /// The node-agent log of node `i`.
+    pub fn node_agent_log(&self, i: usize) -> String {
+        fs::read_to_string(self.nodes[i].dir.join("node-agent.log")).unwrap_or_default()
+    }
+
     /// Kills the apiserver (SIGKILL); [`start_apiserver_again`](Self::start_apiserver_again) brings it back on the same port.
     pub fn stop_apiserver(&mut self) {
         if let Some(mut d) = self.apiserver.take() {
@@ -854,6 +920,7 @@ impl Drop for Cell {
         for n in &mut self.nodes {
             n.kubelet.take();
             n.containerd.take();
+            n.node_agent.take();
             kill_processes_naming(&n.dir);
             cgroup::kill_all(&n.cgroup_root, true);
         }
