@@ -27,7 +27,8 @@ mod run;
 
 pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, TlsFiles};
+pub use leengine_store::keys::Component;
 pub use netns::Netns;
 pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
 pub use ovs::Ovs;
