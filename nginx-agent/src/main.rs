@@ -43,6 +43,8 @@ struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_auth: leengine_store::EtcdAuthArgs,
     /// Name in /slb/{group}/agents/; defaults to the hostname.
     #[arg(long)]
     host: Option<String>,
@@ -217,7 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::spawn(reconciler.run());
 
-    let cfg = leengine_store::EtcdConfig::new(args.etcd);
+    let cfg = args.etcd_auth.config(args.etcd);
     let client = loop {
         match leengine_store::connect(&cfg).await {
             Ok(c) => break c,
