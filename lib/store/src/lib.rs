@@ -57,6 +57,14 @@ impl EtcdConfig {
     pub fn keys(&self) -> Keys {
         Keys::new(self.prefix.as_deref().unwrap_or(keys::DEFAULT_PREFIX))
     }
+
+    /// Checks the settings and reads every file they name, for binaries that
+    /// refuse a bad configuration at start-up, before they change anything.
+    pub fn check(&self) -> Result<(), StoreError> {
+        tls_options(self)?;
+        credentials(self)?;
+        Ok(())
+    }
 }
 
 /// The etcd TLS / authentication flags every binary takes, flattened into
@@ -139,13 +147,13 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
-    /// A TLS or password file could not be read.
-    #[error("cannot read etcd {what} file {path}: {source}")]
+    /// A TLS or password file could not be read. The I/O error is part of
+    /// the message, not a source, so one-line error chains say it once.
+    #[error("cannot read etcd {what} file {path}: {error}")]
     ReadFile {
         what: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A TLS file was read but does not hold what it should.
     #[error("etcd {what} file {path} holds no PEM {expected}")]
@@ -267,10 +275,10 @@ enum Pem {
 }
 
 fn read_file(path: &str, what: &'static str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|source| StoreError::ReadFile {
+    std::fs::read(path).map_err(|error| StoreError::ReadFile {
         what,
         path: path.to_string(),
-        source,
+        error,
     })
 }
 
