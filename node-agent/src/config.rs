@@ -218,7 +218,9 @@ impl Config {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
-        Self::merge(args, file)
+        let cfg = Self::merge(args, file)?;
+        cfg.etcd.check()?;
+        Ok(cfg)
     }
 
     /// Parses a config file's text (flags not applied).
