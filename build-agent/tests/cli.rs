@@ -13,8 +13,9 @@ fn a_bad_etcd_tls_file_is_one_line_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("leengine-build-agent: "), "{err}");
     assert!(
-        err.contains("leengine-build-agent: etcd CA file /dev/null holds no PEM certificate"),
+        err.contains("etcd CA file /dev/null holds no PEM certificate"),
         "{err}"
     );
 }
