@@ -70,7 +70,9 @@ impl EtcdConfig {
 /// The etcd TLS / authentication flags every binary takes, flattened into
 /// its clap `Args` next to its endpoint flag:
 /// `--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`,
-/// `--etcd-password-file` (env `LEENGINE_ETCD_CA`, ...).
+/// `--etcd-password-file` (env `LEENGINE_ETCD_CA`, ...). They are `global`
+/// so that a CLI with subcommands (cnictl) takes them on either side of the
+/// subcommand, like its other etcd flags.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct EtcdAuthArgs {
     /// CA certificate (PEM) that signed etcd's server certificate; turns TLS on.
