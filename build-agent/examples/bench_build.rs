@@ -91,7 +91,7 @@ async fn cache_bench() {
         .unwrap_or(256);
     let warm_runs = 3;
     let agent_bin = std::env::var("LEENGINE_BUILD_AGENT_BIN").expect("LEENGINE_BUILD_AGENT_BIN");
-    let etcd = te::Etcd::start();
+    let etcd = te::Etcd::start_with_prefix("/bench");
     let dockerd = te::Dockerd::start();
     let registry = te::Registry::start();
     let base = "bench/base:1";
@@ -153,6 +153,7 @@ async fn cache_bench() {
             "--prefix",
             "/bench",
         ])
+        .args(etcd.tls_args(&te::Component::build_agent("bench-1")))
         .args([
             "--docker",
             &dockerd.host(),
@@ -168,9 +169,7 @@ async fn cache_bench() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let client = etcd.client(&te::Component::Core).await;
     let app = app(client);
     for _ in 0..100 {
         if call(&app, "GET", "/api/v1/builds/builders", None)
@@ -262,10 +261,8 @@ async fn cache_bench() {
 async fn dispatch_bench() {
     let configs = 1000;
     let builders = 10;
-    let etcd = te::Etcd::start();
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let etcd = te::Etcd::start_with_prefix("/bench");
+    let mut client = etcd.client(&te::Component::Core).await;
     let keys = Keys::new("/bench");
     let lease = client.lease_grant(600, None).await.unwrap().id();
     let names: Vec<String> = (0..builders).map(|i| format!("builder-{i:02}")).collect();

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use etcd_client::{EventType, GetOptions};
 use leengine_build::{BuildTask, BuilderInfo};
 use leengine_store::keys::BuilderKey;
-use leengine_store::{EtcdConfig, Keys};
+use leengine_store::Keys;
 use tokio::sync::{watch, Semaphore};
 
 use crate::registration::Registration;
@@ -40,7 +40,7 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(args: &Args) -> anyhow::Result<Arc<Self>> {
-        let mut cfg = EtcdConfig::new(args.etcd.clone());
+        let mut cfg = args.etcd_auth.config(args.etcd.clone());
         cfg.prefix = Some(args.prefix.clone());
         let etcd = leengine_store::connect(&cfg).await?;
         let docker = crate::docker::connect(&args.docker).await?;

@@ -26,6 +26,8 @@ pub struct Args {
     /// etcd client URLs, comma separated.
     #[arg(long, env = "LEENGINE_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd_auth: leengine_store::EtcdAuthArgs,
     #[arg(long, env = "LEENGINE_PREFIX", default_value = leengine_store::keys::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Docker Engine API socket.

@@ -101,14 +101,12 @@ impl Farm {
     /// `registry_extra`: YAML appended to the registry config; `auth`: the
     /// push credentials core hands to agents.
     async fn start_with(registry_extra: &str, auth: Option<RegistryAuth>) -> Farm {
-        let etcd = te::Etcd::start();
+        let etcd = te::Etcd::start_with_prefix(PREFIX);
         let dockerd = te::Dockerd::start();
         let registry = te::Registry::start_with(registry_extra);
         let base = "leengine-test/base:1".to_string();
         te::build_busybox_image(&dockerd, &base);
-        let client = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
+        let client = etcd.client(&te::Component::Core).await;
         let mut state = BuildsState::new(client, Keys::new(PREFIX));
         if let Some(a) = auth {
             state = state.with_registry_auth(a);
@@ -137,6 +135,7 @@ impl Farm {
                 "--prefix",
                 PREFIX,
             ])
+            .args(self.etcd.tls_args(&te::Component::build_agent(id)))
             .args([
                 "--docker",
                 &self.dockerd.host(),
@@ -623,9 +622,7 @@ async fn push_uses_the_credentials_in_the_task() {
         "credentials never reach the log"
     );
 
-    let client = etcd_client::Client::connect([farm.etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let client = farm.etcd.client(&te::Component::Core).await;
     let wrong = BuildsState::new(client, Keys::new(PREFIX)).with_registry_auth(auth("nope"));
     let wrong_app =
         router(wrong).layer(auth::layer(Arc::new(StaticAdminToken::new("root", "tok"))));

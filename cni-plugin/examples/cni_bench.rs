@@ -109,9 +109,7 @@ fn main() {
         .build()
         .unwrap()
         .block_on(async {
-            let cfg = leengine_store::EtcdConfig::new(etcd.endpoints());
-            let client = leengine_store::connect(&cfg).await.unwrap();
-            leengine_ipam::Ipam::new(client, cfg.keys(), "bench")
+            leengine_ipam::Ipam::new(etcd.root_client().await, etcd.keys().clone(), "bench")
                 .add_pool(&pool)
                 .await
                 .unwrap();
@@ -124,7 +122,7 @@ fn main() {
         conf: json!({
             "cniVersion": "1.0.0", "name": "bench", "type": "leengine",
             "bridge": bridge, "ovsdb": ovs.db_url(),
-            "etcd": { "endpoints": etcd.endpoints() }, "node": "bench",
+            "etcd": etcd.config(&te::Component::cni_plugin("bench")), "node": "bench",
             "hostNetns": ovs.netns().path(),
         }),
         exec_ns: None,

@@ -89,6 +89,10 @@ struct RawEtcd {
     cert: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +345,8 @@ fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
             ca: raw.etcd.ca,
             cert: raw.etcd.cert,
             key: raw.etcd.key,
+            user: raw.etcd.user,
+            password_file: raw.etcd.password_file,
         },
         node: raw.node,
         pools: raw.pools,

@@ -37,6 +37,25 @@ fn malformed_configs_and_env_are_refused_with_nothing_left() {
             "ftp://x",
         ),
         (with("ovsdb", json!("db.sock")), 7, "ovsdb"),
+        // One line naming the file, before anything is dialled or created.
+        (
+            with("etcd", {
+                let mut e = good["etcd"].clone();
+                e["cert"] = json!("/nonexistent/client.pem");
+                e
+            }),
+            7,
+            "client certificate file /nonexistent/client.pem",
+        ),
+        (
+            with("etcd", {
+                let mut e = good["etcd"].clone();
+                e["ca"] = e["key"].clone();
+                e
+            }),
+            7,
+            "holds no PEM certificate",
+        ),
         (with("garp", json!({"count": 1})), 7, "garp"),
         (with("pools", json!("p1")), 7, "pools"),
         (with("unknownKey", json!(1)), 7, "unknownKey"),

@@ -18,7 +18,7 @@ fn chain_with_portmap_and_bandwidth() {
     let pod = te::Netns::new();
     let mut ours = c.conf("1.0.0");
     ours.as_object_mut().unwrap().remove("hostNetns");
-    ours["etcd"]["endpoints"] = json!([format!("http://127.0.0.1:{etcd_port}")]);
+    ours["etcd"]["endpoints"] = json!([format!("https://127.0.0.1:{etcd_port}")]);
     let portmap = json!({
         "cniVersion": "1.0.0", "name": "pods", "type": "portmap",
         "capabilities": {"portMappings": true},

@@ -31,15 +31,8 @@ pub struct Cli {
         global = true
     )]
     pub prefix: String,
-    /// CA certificate (PEM) for etcd TLS.
-    #[arg(long, env = "LEENGINE_ETCD_CA", global = true)]
-    pub etcd_ca: Option<String>,
-    /// Client certificate (PEM) for etcd mutual TLS.
-    #[arg(long, env = "LEENGINE_ETCD_CERT", global = true, requires = "etcd_key")]
-    pub etcd_cert: Option<String>,
-    /// Client key (PEM) for etcd mutual TLS.
-    #[arg(long, env = "LEENGINE_ETCD_KEY", global = true, requires = "etcd_cert")]
-    pub etcd_key: Option<String>,
+    #[command(flatten)]
+    pub etcd_auth: leengine_store::EtcdAuthArgs,
     /// Output format.
     #[arg(
         short = 'o',

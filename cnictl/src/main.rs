@@ -108,13 +108,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Done> {
-    let cfg = EtcdConfig {
-        endpoints: cli.etcd.clone(),
-        prefix: Some(cli.prefix.clone()),
-        ca: cli.etcd_ca.clone(),
-        cert: cli.etcd_cert.clone(),
-        key: cli.etcd_key.clone(),
-    };
+    let mut cfg = cli.etcd_auth.config(cli.etcd.clone());
+    cfg.prefix = Some(cli.prefix.clone());
     let etcd = Etcd(cfg);
     let out = cli.output;
     match cli.command {

@@ -9,7 +9,7 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::Json;
 use leengine_ipam::{AssignRequest, Ipam, IpamOptions, LiveAttachment, NodeAttachmentsReport};
-use leengine_store::{EtcdConfig, Keys};
+use leengine_store::Keys;
 use leengine_testenv as te;
 use serde_json::{json, Value};
 
@@ -23,10 +23,8 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let etcd = te::Etcd::start();
-        let client = leengine_store::connect(&EtcdConfig::new(etcd.endpoints()))
-            .await
-            .unwrap();
+        let etcd = te::Etcd::start_with_prefix(PREFIX);
+        let client = etcd.root_client().await;
         Env {
             etcd,
             client,
@@ -35,9 +33,13 @@ impl Env {
     }
 
     fn cnictl(&self, args: &[&str]) -> Output {
+        let tls = self.etcd.tls_files(&te::Component::Cnictl);
         Command::new(env!("CARGO_BIN_EXE_cnictl"))
             .args(args)
             .env("LEENGINE_ETCD_ENDPOINTS", self.etcd.endpoint())
+            .env("LEENGINE_ETCD_CA", tls.ca)
+            .env("LEENGINE_ETCD_CERT", tls.cert)
+            .env("LEENGINE_ETCD_KEY", tls.key)
             .env("LEENGINE_ETCD_PREFIX", PREFIX)
             .env_remove("KUBECONFIG")
             .env("HOME", self.dir.path())
@@ -347,7 +349,7 @@ async fn pools_and_bad_input() {
         (
             &[
                 "--etcd",
-                "http://127.0.0.1:1",
+                "https://127.0.0.1:1",
                 "pool",
                 "add",
                 "x",
@@ -360,6 +362,16 @@ async fn pools_and_bad_input() {
             ],
             3,
             "etcd unavailable",
+        ),
+        (
+            &["--etcd-cert", "/nonexistent/cnictl.pem", "pool", "list"],
+            1,
+            "cannot read etcd client certificate file /nonexistent/cnictl.pem",
+        ),
+        (
+            &["--etcd-key", "/dev/null", "pool", "list"],
+            1,
+            "etcd client key file /dev/null holds no PEM private key",
         ),
     ];
     for (args, code, want) in cases {

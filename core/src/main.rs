@@ -13,7 +13,6 @@ use leengine_core::server::{self, Core, Settings};
 use leengine_core::store::Db;
 use leengine_core::users;
 use leengine_core::users::throttle::Limits;
-use leengine_store::EtcdConfig;
 
 #[derive(Parser, Debug)]
 #[command(name = "leengine-core", about = "LeEngine central API")]
@@ -24,6 +23,8 @@ struct Args {
     /// etcd client URLs, comma-separated.
     #[arg(long, env = "LEENGINE_ETCD", value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_auth: leengine_store::EtcdAuthArgs,
     /// etcd key prefix.
     #[arg(long, env = "LEENGINE_PREFIX")]
     prefix: Option<String>,
@@ -166,7 +167,7 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let settings = settings(&args)?;
-    let mut cfg = EtcdConfig::new(args.etcd.clone());
+    let mut cfg = args.etcd_auth.config(args.etcd.clone());
     cfg.prefix = args.prefix.clone();
     let etcd = leengine_store::connect(&cfg).await?;
     let db = Db::new(etcd, cfg.keys());

@@ -58,10 +58,8 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let etcd = te::Etcd::start();
-    let client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let etcd = te::Etcd::start_with_prefix("/t");
+    let client = etcd.client(&te::Component::Core).await;
     let keys = Keys::new("/t");
     let state = BuildsState::new(client.clone(), keys.clone());
     Env {
@@ -611,7 +609,7 @@ async fn lost_builder_task_moves_once_then_fails() {
 /// sweep must find the orphaned task.
 #[test]
 fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
-    let etcd = te::Etcd::start();
+    let etcd = te::Etcd::start_with_prefix("/t");
     let keys = Keys::new("/t");
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
@@ -622,9 +620,7 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
 
     let first = rt();
     let (run_id, dead) = first.block_on(async {
-        let client = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
+        let client = etcd.client(&te::Component::Core).await;
         let e = Env {
             app: router(BuildsState::new(client.clone(), keys.clone()))
                 .layer(auth::layer(Arc::new(Tokens))),
@@ -655,9 +651,7 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
 
     let second = rt();
     second.block_on(async {
-        let client = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
+        let client = etcd.client(&te::Component::Core).await;
         client.clone().lease_revoke(dead).await.unwrap();
         let e = Env {
             app: Router::new(),

@@ -42,9 +42,7 @@ impl Authenticator for Tokens {
 }
 
 async fn app(etcd: &te::Etcd) -> (Router, etcd_client::Client) {
-    let client = etcd_client::Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("etcd");
+    let client = etcd.client(&te::Component::Core).await;
     let state = SlbState::new(client.clone(), leengine_store::Keys::default());
     (router(state).layer(auth::layer(Arc::new(Tokens))), client)
 }

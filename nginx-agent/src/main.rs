@@ -43,6 +43,8 @@ struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_auth: leengine_store::EtcdAuthArgs,
     /// Name in /slb/{group}/agents/; defaults to the hostname.
     #[arg(long)]
     host: Option<String>,
@@ -154,6 +156,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("--nginx-user {u:?} is not a user name");
         }
     }
+    // Bad TLS settings stop the agent here; only an unreachable etcd is waited for.
+    let etcd = args.etcd_auth.config(args.etcd);
+    etcd.check()?;
     let host = match args.host {
         Some(h) => h,
         None => nix::unistd::gethostname()
@@ -238,14 +243,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::spawn(reconciler.run());
 
-    let cfg = leengine_store::EtcdConfig::new(args.etcd);
     let client = loop {
-        match leengine_store::connect(&cfg).await {
+        match leengine_store::connect(&etcd).await {
             Ok(c) => break c,
-            Err(e) => {
+            Err(e @ leengine_store::StoreError::Unavailable { .. }) => {
                 tracing::warn!(error = %e, "etcd not reachable; nginx keeps serving the last state");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            Err(e) => return Err(e.into()),
         }
     };
     tokio::spawn(status::run(shared.clone(), client.clone(), args.status_ttl));

@@ -18,7 +18,7 @@ fn run(args: &[&str]) -> (i32, String) {
 fn bad_flags_fail_with_one_line() {
     let dir = tempfile::tempdir().expect("tmp");
     let conf = dir.path().join("c").display().to_string();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&[], "--group"),
         (
             &["--group", "Bad Group", "--conf-dir", &conf],
@@ -32,6 +32,19 @@ fn bad_flags_fail_with_one_line() {
         (
             &["--group", "g", "--conf-dir", "/proc/no/such"],
             "preparing /proc/no/such",
+        ),
+        (
+            &[
+                "--group",
+                "g",
+                "--conf-dir",
+                &conf,
+                "--etcd",
+                "https://127.0.0.1:1",
+                "--etcd-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "cannot read etcd CA file /nonexistent/ca.pem: No such file",
         ),
     ];
     for (args, needle) in cases {

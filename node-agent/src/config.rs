@@ -31,6 +31,8 @@ pub struct Args {
     /// etcd key prefix.
     #[arg(long)]
     pub etcd_prefix: Option<String>,
+    #[command(flatten)]
+    pub etcd_auth: leengine_store::EtcdAuthArgs,
     /// OVSDB address (unix:PATH or tcp:HOST:PORT).
     #[arg(long)]
     pub ovsdb: Option<String>,
@@ -126,6 +128,8 @@ struct FileEtcd {
     ca: Option<String>,
     cert: Option<String>,
     key: Option<String>,
+    user: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,7 +218,9 @@ impl Config {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
-        Self::merge(args, file)
+        let cfg = Self::merge(args, file)?;
+        cfg.etcd.check()?;
+        Ok(cfg)
     }
 
     /// Parses a config file's text (flags not applied).
@@ -239,9 +245,11 @@ impl Config {
         let etcd = EtcdConfig {
             endpoints,
             prefix: a.etcd_prefix.or(f.etcd.prefix),
-            ca: f.etcd.ca,
-            cert: f.etcd.cert,
-            key: f.etcd.key,
+            ca: a.etcd_auth.ca.or(f.etcd.ca),
+            cert: a.etcd_auth.cert.or(f.etcd.cert),
+            key: a.etcd_auth.key.or(f.etcd.key),
+            user: a.etcd_auth.user.or(f.etcd.user),
+            password_file: a.etcd_auth.password_file.or(f.etcd.password_file),
         };
         let mode_text = a
             .bond_mode

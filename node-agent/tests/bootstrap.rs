@@ -170,4 +170,18 @@ fn bad_configuration_fails_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("bond_mode"), "{err}");
+
+    // A TLS file that is not there is named before anything is touched.
+    let out = std::process::Command::new(BIN)
+        .args(["--node", "x", "--etcd-endpoints", "https://127.0.0.1:1"])
+        .args(["--etcd-ca", "/dev/null", "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("etcd CA file /dev/null holds no PEM certificate"),
+        "{err}"
+    );
 }

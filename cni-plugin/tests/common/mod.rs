@@ -69,9 +69,8 @@ impl Cluster {
     }
 
     pub async fn ipam(&self) -> leengine_ipam::Ipam {
-        let cfg = leengine_store::EtcdConfig::new(self.etcd.endpoints());
-        let client = leengine_store::connect(&cfg).await.unwrap();
-        leengine_ipam::Ipam::new(client, cfg.keys(), NODE)
+        let client = self.etcd.root_client().await;
+        leengine_ipam::Ipam::new(client, self.etcd.keys().clone(), NODE)
     }
 
     pub fn conf(&self, version: &str) -> Value {
@@ -81,7 +80,7 @@ impl Cluster {
             "type": "leengine",
             "bridge": self.bridge,
             "ovsdb": self.ovs.db_url(),
-            "etcd": { "endpoints": self.etcd.endpoints() },
+            "etcd": self.etcd.config(&te::Component::cni_plugin(NODE)),
             "node": NODE,
             "mtu": 1400,
             "garp": { "count": 1, "intervalMs": 0 },

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use leengine_core::server::{self, Core, Settings};
 use leengine_core::store::Db;
 use leengine_core::users;
-use leengine_store::{EtcdConfig, Keys};
 use leengine_testenv as te;
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -29,10 +28,9 @@ pub enum Auth {
 
 impl Env {
     pub async fn start(settings: Settings) -> Env {
-        let etcd = te::Etcd::start();
-        let cfg = EtcdConfig::new([etcd.endpoint()]);
-        let client = leengine_store::connect(&cfg).await.expect("connect etcd");
-        let db = Db::new(client, Keys::new(&te::unique_name("core")));
+        let etcd = te::Etcd::start_with_prefix(&te::unique_name("core"));
+        let client = etcd.client(&te::Component::Core).await;
+        let db = Db::new(client, etcd.keys().clone());
         let core = Core::new(db, settings).expect("core settings");
         let app = server::app(core.clone());
         Env { etcd, core, app }

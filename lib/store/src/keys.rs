@@ -254,6 +254,152 @@ impl Keys {
     }
 }
 
+// ---- access: which component may touch which keys ----
+
+/// A program that talks to etcd, with the instance its rights are scoped
+/// to. Its [`user`](Component::user) is the etcd user and the CN of its
+/// client certificate; [`Keys::grants`] lists what that user's role allows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// The central API: users, resources, build configs/runs, task dispatch
+    /// and the SLB domains it publishes.
+    Core,
+    /// One build host, by builder id.
+    BuildAgent(String),
+    /// The nginx agents of one SLB group (they share the group's domains).
+    NginxAgent(String),
+    /// One compute node's agent, by node name.
+    NodeAgent(String),
+    /// The CNI plugin on one node, by node name.
+    CniPlugin(String),
+    /// The network operators' tool.
+    Cnictl,
+}
+
+impl Component {
+    pub fn build_agent(builder: &str) -> Self {
+        Self::BuildAgent(builder.into())
+    }
+    pub fn nginx_agent(group: &str) -> Self {
+        Self::NginxAgent(group.into())
+    }
+    pub fn node_agent(node: &str) -> Self {
+        Self::NodeAgent(node.into())
+    }
+    pub fn cni_plugin(node: &str) -> Self {
+        Self::CniPlugin(node.into())
+    }
+
+    /// etcd user (= role) name: `core`, `cnictl`, `build-agent.{builder}`,
+    /// `nginx-agent.{group}`, `node-agent.{node}`, `cni-plugin.{node}`.
+    pub fn user(&self) -> String {
+        match self {
+            Self::Core => "core".into(),
+            Self::Cnictl => "cnictl".into(),
+            Self::BuildAgent(b) => format!("build-agent.{b}"),
+            Self::NginxAgent(g) => format!("nginx-agent.{g}"),
+            Self::NodeAgent(n) => format!("node-agent.{n}"),
+            Self::CniPlugin(n) => format!("cni-plugin.{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    /// The permission type as `etcdctl role grant-permission` spells it.
+    pub fn etcd_name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::ReadWrite => "readwrite",
+        }
+    }
+}
+
+/// One etcd role permission: `key` alone, or every key starting with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub key: String,
+    pub prefix: bool,
+    pub access: Access,
+}
+
+impl Grant {
+    fn prefix(key: String, access: Access) -> Self {
+        Self {
+            key,
+            prefix: true,
+            access,
+        }
+    }
+    fn key(key: String, access: Access) -> Self {
+        Self {
+            key,
+            prefix: false,
+            access,
+        }
+    }
+
+    /// Whether this grant lets `access` happen on `key`.
+    pub fn allows(&self, key: &str, access: Access) -> bool {
+        let covers = if self.prefix {
+            key.starts_with(&self.key)
+        } else {
+            key == self.key
+        };
+        covers && (access == Access::Read || self.access == Access::ReadWrite)
+    }
+}
+
+impl Keys {
+    /// The etcd role of `component` under this prefix: the only key ranges
+    /// it reads or writes. Leases need no grant; revoking one needs write
+    /// access to the keys attached to it, which each component has for its
+    /// own lease-bound keys.
+    pub fn grants(&self, component: &Component) -> Vec<Grant> {
+        use Access::{Read, ReadWrite};
+        let p = &self.prefix;
+        let ipam = || Grant::prefix(format!("{p}/ipam/"), ReadWrite);
+        let nodes = || Grant::prefix(self.nodes_prefix(), Read);
+        let own_node = |n: &str| {
+            [
+                Grant::key(self.node(n), ReadWrite),
+                Grant::prefix(format!("{}/", self.node(n)), ReadWrite),
+            ]
+        };
+        match component {
+            Component::Core => vec![
+                Grant::prefix(self.core_prefix(), ReadWrite),
+                Grant::prefix(self.builds_prefix(), ReadWrite),
+                // Dispatch writes tasks and watches registrations.
+                Grant::prefix(self.builders_prefix(), ReadWrite),
+                Grant::prefix(format!("{SLB_ROOT}/"), ReadWrite),
+            ],
+            Component::BuildAgent(b) => vec![
+                Grant::key(self.builder(b), ReadWrite),
+                Grant::prefix(format!("{}/", self.builder(b)), ReadWrite),
+                // Results go to the run record, keyed by config and run only.
+                Grant::prefix(format!("{}runs/", self.builds_prefix()), ReadWrite),
+            ],
+            Component::NginxAgent(g) => vec![
+                Grant::prefix(slb_group_prefix(g), Read),
+                Grant::prefix(slb_agents_prefix(g), ReadWrite),
+            ],
+            Component::NodeAgent(n) => {
+                let mut v = vec![ipam(), nodes()];
+                v.extend(own_node(n));
+                v
+            }
+            // GC reads the node's attachment report; ADD/DEL are IPAM only.
+            Component::CniPlugin(_) | Component::Cnictl => vec![ipam(), nodes()],
+        }
+    }
+}
+
 /// What a key under `{prefix}/builders/` names.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BuilderKey<'a> {
@@ -410,5 +556,69 @@ mod tests {
             k.build_config("c"),
             format!("{}c", k.build_configs_prefix())
         );
+    }
+
+    #[test]
+    fn grants_confine_each_component() {
+        let k = Keys::new("/p");
+        let can =
+            |c: &Component, key: &str, a: Access| k.grants(c).iter().any(|g| g.allows(key, a));
+        let nginx = Component::nginx_agent("g");
+        assert!(can(&nginx, &slb_domain_config("g", "a.com"), Access::Read));
+        assert!(can(&nginx, &slb_agent("g", "h1"), Access::ReadWrite));
+        assert!(!can(
+            &nginx,
+            &slb_domain_config("g", "a.com"),
+            Access::ReadWrite
+        ));
+        assert!(!can(
+            &nginx,
+            &slb_domain_config("g2", "a.com"),
+            Access::Read
+        ));
+        assert!(!can(&nginx, &k.core_user("u"), Access::Read));
+
+        let b1 = Component::build_agent("b1");
+        assert!(can(&b1, &k.builder("b1"), Access::ReadWrite));
+        assert!(can(&b1, &k.builder_task("b1", "t"), Access::ReadWrite));
+        assert!(can(&b1, &k.build_run("c", "r"), Access::ReadWrite));
+        // A builder whose id extends another's is not covered by it.
+        assert!(!can(&b1, &k.builder("b1x"), Access::Read));
+        assert!(!can(&b1, &k.builder_task("b2", "t"), Access::Read));
+        assert!(!can(&b1, &k.build_config("c"), Access::Read));
+        assert!(!can(&b1, &k.core_user("u"), Access::Read));
+
+        let n1 = Component::node_agent("n1");
+        assert!(can(&n1, &k.node_attachments("n1"), Access::ReadWrite));
+        assert!(can(&n1, &k.node("n2"), Access::Read));
+        assert!(!can(&n1, &k.node("n2"), Access::ReadWrite));
+        assert!(can(&n1, &k.handle("c", "eth0"), Access::ReadWrite));
+        assert!(!can(&n1, &k.builder("b1"), Access::Read));
+
+        let cni = Component::cni_plugin("n1");
+        assert!(can(&cni, &k.pool("p"), Access::ReadWrite));
+        assert!(!can(&cni, &k.node("n1"), Access::ReadWrite));
+        assert!(!can(&Component::Cnictl, &k.core_user("u"), Access::Read));
+
+        assert!(can(
+            &Component::Core,
+            &slb_domain_config("g", "a"),
+            Access::ReadWrite
+        ));
+        assert!(can(
+            &Component::Core,
+            &k.builder_task("b1", "t"),
+            Access::ReadWrite
+        ));
+        assert!(!can(&Component::Core, &k.pool("p"), Access::Read));
+        // Every grant of every component stays under its prefix or /slb/.
+        for c in [Component::Core, b1, nginx, n1, cni, Component::Cnictl] {
+            for g in k.grants(&c) {
+                assert!(
+                    g.key.starts_with("/p/") || g.key.starts_with("/slb/"),
+                    "{g:?}"
+                );
+            }
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct Host {
     pub admin_port: u16,
     pub http_port: u16,
     pub etcd_endpoint: String,
+    /// `--etcd-ca/--etcd-cert/--etcd-key` of the group's agent identity.
+    pub etcd_tls: Vec<String>,
     pub agent: Option<Child>,
     pub nginx: Option<Child>,
     pub rt: tokio::runtime::Runtime,
@@ -43,14 +45,13 @@ impl Host {
             .enable_all()
             .build()
             .expect("runtime");
-        let client = rt
-            .block_on(etcd_client::Client::connect([etcd.endpoint()], None))
-            .expect("etcd client");
+        let client = rt.block_on(etcd.root_client());
         Host {
             dir,
             admin_port: te::free_port(),
             http_port: te::free_port(),
             etcd_endpoint: etcd.endpoint(),
+            etcd_tls: etcd.tls_args(&te::Component::nginx_agent(GROUP)),
             agent: None,
             nginx: None,
             rt,
@@ -75,6 +76,7 @@ impl Host {
                 "--etcd",
                 &self.etcd_endpoint,
             ])
+            .args(&self.etcd_tls)
             .arg("--conf-dir")
             .arg(self.path("conf"))
             .arg("--state-dir")

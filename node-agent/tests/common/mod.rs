@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use leengine_ipam::{AssignRequest, Attachment, Ipam, Pool};
-use leengine_store::EtcdConfig;
 use leengine_testenv as te;
 use serde_json::Value;
 
@@ -29,9 +28,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub async fn ipam(etcd: &te::Etcd) -> Ipam {
-    let cfg = EtcdConfig::new(etcd.endpoints());
-    let client = leengine_store::connect(&cfg).await.unwrap();
-    Ipam::new(client, cfg.keys(), NODE)
+    Ipam::new(etcd.root_client().await, etcd.keys().clone(), NODE)
 }
 
 pub fn add_pool(etcd: &te::Etcd, name: &str, cidr: &str, gw: &str, vlan: u32) {
@@ -74,7 +71,7 @@ impl Node {
             "--node",
             NODE,
             "--etcd-endpoints",
-            &format!("http://127.0.0.1:{}", self.etcd_port),
+            &format!("https://127.0.0.1:{}", self.etcd_port),
             "--ovsdb",
             &self.ovs.db_url(),
             "--bridge",
@@ -90,6 +87,7 @@ impl Node {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.etcd.tls_args(&te::Component::node_agent(NODE)))
         .collect()
     }
 

@@ -10,9 +10,7 @@ use leengine_testenv as te;
 #[tokio::test]
 async fn etcd_put_get_txn_watch_and_lease_expiry() {
     let etcd = te::Etcd::start();
-    let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
+    let mut c = etcd.root_client().await;
     c.put("/smoke/a", "1", None).await.unwrap();
     let got = c.get("/smoke/a", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"1");
@@ -61,25 +59,18 @@ async fn etcd_put_get_txn_watch_and_lease_expiry() {
 #[tokio::test]
 async fn etcd_restart_keeps_data_and_port() {
     let mut etcd = te::Etcd::start();
-    let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
+    let mut c = etcd.root_client().await;
     c.put("/smoke/keep", "v", None).await.unwrap();
     etcd.stop();
-    let down = etcd_client::Client::connect(
-        etcd.endpoints(),
-        Some(etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(300))),
-    )
-    .await;
+    let down =
+        leengine_store::connect_with_timeout(&etcd.root_config(), Duration::from_millis(300)).await;
     let unreachable = match down {
         Err(_) => true,
         Ok(mut d) => d.get("/smoke/keep", None).await.is_err(),
     };
     assert!(unreachable, "a stopped etcd must not answer");
     etcd.restart();
-    let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
+    let mut c = etcd.root_client().await;
     assert_eq!(
         c.get("/smoke/keep", None).await.unwrap().kvs()[0].value(),
         b"v"
