@@ -619,7 +619,6 @@ pub(crate) async fn owned_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leengine_store::EtcdConfig;
 
     /// A claim prepared while the block was still unclaimed, committed after
     /// another node claimed it, used it and gave it back, must not hand out
@@ -628,9 +627,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stale_claim_cannot_reuse_the_sequence_numbers_of_the_blocks_last_owner() {
         let etcd = leengine_testenv::Etcd::start();
-        let client = leengine_store::connect(&EtcdConfig::new(etcd.endpoints()))
-            .await
-            .unwrap();
+        let client = etcd.root_client().await;
         let keys = leengine_store::Keys::new("/t");
         let opts = crate::IpamOptions {
             cooldown: Duration::ZERO,

@@ -333,7 +333,7 @@ async fn stale_release_never_frees_a_reassigned_ip() {
 /// Requests etcd served, by gRPC method, from its own `/metrics`.
 fn etcd_requests(etcd: &leengine_testenv::Etcd, method: &str) -> u64 {
     use std::io::{Read, Write};
-    let addr = etcd.endpoint().trim_start_matches("http://").to_string();
+    let addr = etcd.metrics_addr();
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut text = String::new();

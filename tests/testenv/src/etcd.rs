@@ -124,6 +124,11 @@ impl Etcd {
         format!("https://127.0.0.1:{}", self.client_port)
     }
 
+    /// `127.0.0.1:PORT` of etcd's plain-HTTP `/metrics` and `/health`.
+    pub fn metrics_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         vec![self.endpoint()]
     }
