@@ -22,17 +22,55 @@ pub enum GitError {
     BadHead(String),
 }
 
+/// Options in front of every git command: only the repository's own
+/// transport is allowed (never `file`, `ext` or another URL a server
+/// redirects to), and no user or system config adds helpers or rewrites.
+fn protocol_args(scheme: &str) -> Vec<String> {
+    vec![
+        "-c".into(),
+        "protocol.allow=never".into(),
+        "-c".into(),
+        format!("protocol.{scheme}.allow=always"),
+        "-c".into(),
+        "protocol.file.allow=never".into(),
+    ]
+}
+
+/// `--` ends the options: a positional argument never becomes one.
+fn clone_args<'a>(repo: &'a str, branch: &'a str, depth: &'a str, dest: &'a str) -> Vec<&'a str> {
+    vec![
+        "clone",
+        "--depth",
+        depth,
+        "--branch",
+        branch,
+        "--single-branch",
+        "--no-tags",
+        "--",
+        repo,
+        dest,
+    ]
+}
+
+fn fetch_args(branch: &str) -> Vec<&str> {
+    vec!["fetch", "--unshallow", "--", "origin", branch]
+}
+
 async fn git(
     log: &LogSink,
     step: &'static str,
     cwd: &Path,
+    scheme: &str,
     args: &[&str],
 ) -> Result<String, GitError> {
     log.write(&format!("$ git {}", args.join(" ")));
     let out = Command::new("git")
+        .args(protocol_args(scheme))
         .args(args)
         .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_PROTOCOL_FROM_USER", "0")
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -62,6 +100,8 @@ pub async fn clone(
 ) -> Result<String, GitError> {
     let parent = dest.parent().unwrap_or(Path::new("/"));
     let dest_s = dest.to_string_lossy();
+    // The repo passed the policy: it is `scheme://…`.
+    let scheme = repo.split_once("://").map_or("none", |(s, _)| s);
     // A pushed commit may already be behind the branch head when we get to
     // it; fetch some history so it is usually present without a full clone.
     let depth = if commit.is_some() { "50" } else { "1" };
@@ -69,38 +109,47 @@ pub async fn clone(
         log,
         "clone",
         parent,
-        &[
-            "clone",
-            "--depth",
-            depth,
-            "--branch",
-            branch,
-            "--single-branch",
-            "--no-tags",
-            "--",
-            repo,
-            &dest_s,
-        ],
+        scheme,
+        &clone_args(repo, branch, depth, &dest_s),
     )
     .await?;
     if let Some(c) = commit {
-        if git(log, "checkout", dest, &["checkout", "--detach", c, "--"])
-            .await
-            .is_err()
-        {
-            git(
-                log,
-                "fetch",
-                dest,
-                &["fetch", "--unshallow", "origin", branch],
-            )
-            .await?;
-            git(log, "checkout", dest, &["checkout", "--detach", c, "--"]).await?;
+        let checkout = ["checkout", "--detach", c, "--"];
+        if git(log, "checkout", dest, scheme, &checkout).await.is_err() {
+            git(log, "fetch", dest, scheme, &fetch_args(branch)).await?;
+            git(log, "checkout", dest, scheme, &checkout).await?;
         }
     }
-    let head = git(log, "rev-parse", dest, &["rev-parse", "HEAD"]).await?;
+    let head = git(log, "rev-parse", dest, scheme, &["rev-parse", "HEAD"]).await?;
     let head = head.trim().to_string();
     leengine_build::validate::commit(&head).map_err(|_| GitError::BadHead(head.clone()))?;
     log.write(&format!("checked out {head}"));
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_arguments_follow_the_double_dash() {
+        let evil = "--upload-pack=touch /tmp/pwned";
+        for args in [clone_args(evil, evil, "1", "/w/src"), fetch_args(evil)] {
+            let dash = args.iter().position(|a| *a == "--").unwrap();
+            let at = args.iter().rposition(|a| *a == evil).unwrap();
+            assert!(at > dash, "{args:?}");
+        }
+        // Clone's --branch takes the branch as its value, not as an option.
+        let c = clone_args("git://h/r", evil, "1", "/w/src");
+        let b = c.iter().position(|a| *a == "--branch").unwrap();
+        assert_eq!(c[b + 1], evil);
+    }
+
+    #[test]
+    fn only_the_repository_transport_is_allowed() {
+        let a = protocol_args("https");
+        assert!(a.contains(&"protocol.allow=never".to_string()));
+        assert!(a.contains(&"protocol.https.allow=always".to_string()));
+        assert!(a.contains(&"protocol.file.allow=never".to_string()));
+    }
 }
