@@ -29,6 +29,7 @@ pub struct Agent {
     /// The core's policy again: a task is checked before anything of it
     /// reaches git, Docker or a path.
     pub policy: Policy,
+    pub git_credentials_dir: PathBuf,
     pub stage_timeout: Duration,
     log_retention: Duration,
     ttl: Duration,
@@ -75,6 +76,7 @@ impl Agent {
                 pids: args.pids_limit,
             },
             policy,
+            git_credentials_dir: args.git_credentials_dir.clone(),
             stage_timeout: args.stage_timeout,
             log_retention: args.log_retention,
             ttl: args.ttl,

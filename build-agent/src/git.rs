@@ -20,6 +20,87 @@ pub enum GitError {
     /// `rev-parse HEAD` printed something that is not a commit id.
     #[error("git rev-parse printed {0:?}, not a commit id")]
     BadHead(String),
+    /// The config's clone credential is missing, unreadable or not for it.
+    #[error("clone credential {name}: {why}")]
+    Credential { name: String, why: String },
+}
+
+/// `{git-credentials-dir}/{name}.json`, written by the operator: who may use
+/// it (configs whose image is in one of `groups`, i.e. whoever may push
+/// there) and the HTTP user and password or token.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialFile {
+    groups: Vec<String>,
+    username: String,
+    password: String,
+}
+
+/// What a clone needs besides the URL: the transport it may use and the
+/// environment carrying a credential.
+pub struct Remote<'a> {
+    pub repo: &'a str,
+    /// The repo passed the policy: it is `scheme://…`.
+    scheme: &'a str,
+    env: Vec<(String, String)>,
+}
+
+impl<'a> Remote<'a> {
+    /// `credential`: the config's credential name, checked against
+    /// `image_group` (the group of the config's target image).
+    pub fn new(
+        repo: &'a str,
+        credential: Option<&str>,
+        dir: &Path,
+        image_group: &str,
+    ) -> Result<Self, GitError> {
+        let scheme = repo.split_once("://").map_or("none", |(s, _)| s);
+        let env = match credential {
+            None => vec![],
+            Some(name) => credential_env(dir, name, scheme, image_group)?,
+        };
+        Ok(Self { repo, scheme, env })
+    }
+}
+
+/// The credential as an `Authorization` header through `GIT_CONFIG_*`
+/// (git ≥ 2.31): neither on the command line (`ps`) nor in the URL (logs).
+fn credential_env(
+    dir: &Path,
+    name: &str,
+    scheme: &str,
+    image_group: &str,
+) -> Result<Vec<(String, String)>, GitError> {
+    let err = |why: String| GitError::Credential {
+        name: name.to_string(),
+        why,
+    };
+    if scheme != "https" && scheme != "http" {
+        return Err(err(format!(
+            "only http(s) repositories take a credential; {scheme} uses the host's"
+        )));
+    }
+    let path = dir.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let c: CredentialFile = serde_json::from_str(&text)
+        .map_err(|e| err(format!("{} is not a credential file: {e}", path.display())))?;
+    if !c.groups.iter().any(|g| g == image_group) {
+        return Err(err(format!(
+            "may not be used by configs pushing to group {image_group}"
+        )));
+    }
+    use base64::Engine as _;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    Ok(vec![
+        ("GIT_CONFIG_COUNT".into(), "1".into()),
+        ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
+        (
+            "GIT_CONFIG_VALUE_0".into(),
+            format!("Authorization: Basic {basic}"),
+        ),
+    ])
 }
 
 /// Options in front of every git command: only the repository's own
@@ -60,12 +141,13 @@ async fn git(
     log: &LogSink,
     step: &'static str,
     cwd: &Path,
-    scheme: &str,
+    remote: &Remote<'_>,
     args: &[&str],
 ) -> Result<String, GitError> {
     log.write(&format!("$ git {}", args.join(" ")));
     let out = Command::new("git")
-        .args(protocol_args(scheme))
+        .args(protocol_args(remote.scheme))
+        .envs(remote.env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -93,15 +175,13 @@ async fn git(
 /// asked for) and checks out `commit` if given. Returns the HEAD commit id.
 pub async fn clone(
     log: &LogSink,
-    repo: &str,
+    remote: &Remote<'_>,
     branch: &str,
     commit: Option<&str>,
     dest: &Path,
 ) -> Result<String, GitError> {
     let parent = dest.parent().unwrap_or(Path::new("/"));
     let dest_s = dest.to_string_lossy();
-    // The repo passed the policy: it is `scheme://…`.
-    let scheme = repo.split_once("://").map_or("none", |(s, _)| s);
     // A pushed commit may already be behind the branch head when we get to
     // it; fetch some history so it is usually present without a full clone.
     let depth = if commit.is_some() { "50" } else { "1" };
@@ -109,18 +189,18 @@ pub async fn clone(
         log,
         "clone",
         parent,
-        scheme,
-        &clone_args(repo, branch, depth, &dest_s),
+        remote,
+        &clone_args(remote.repo, branch, depth, &dest_s),
     )
     .await?;
     if let Some(c) = commit {
         let checkout = ["checkout", "--detach", c, "--"];
-        if git(log, "checkout", dest, scheme, &checkout).await.is_err() {
-            git(log, "fetch", dest, scheme, &fetch_args(branch)).await?;
-            git(log, "checkout", dest, scheme, &checkout).await?;
+        if git(log, "checkout", dest, remote, &checkout).await.is_err() {
+            git(log, "fetch", dest, remote, &fetch_args(branch)).await?;
+            git(log, "checkout", dest, remote, &checkout).await?;
         }
     }
-    let head = git(log, "rev-parse", dest, scheme, &["rev-parse", "HEAD"]).await?;
+    let head = git(log, "rev-parse", dest, remote, &["rev-parse", "HEAD"]).await?;
     let head = head.trim().to_string();
     leengine_build::validate::commit(&head).map_err(|_| GitError::BadHead(head.clone()))?;
     log.write(&format!("checked out {head}"));

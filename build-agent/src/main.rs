@@ -58,6 +58,11 @@ pub struct Args {
         required = true
     )]
     pub git_hosts: Vec<String>,
+    /// Clone credentials `{name}.json` (`{"groups": [..], "username": ..,
+    /// "password": ..}`) a config may name as `repoCredential`: usable by
+    /// configs whose image is in one of `groups`.
+    #[arg(long, default_value = "/etc/leengine-build/git-credentials")]
+    pub git_credentials_dir: PathBuf,
     /// Docker network of compile containers and Dockerfile RUN steps: they
     /// run user code. `none` (no network), or a network the operator
     /// restricted to the Maven mirror; `host` and `container:…` are refused.

@@ -190,12 +190,27 @@ impl Build<'_> {
         let src = self.dir.join("src");
         let mkdir = tokio::fs::create_dir_all(&self.dir).await;
         self.timed(Stage::Clone, async { mkdir }).await?;
+        // The task passed the policy, so the image is REGISTRY/GROUP/NAME.
+        let group = self
+            .agent
+            .policy
+            .repository(&spec.image)
+            .ok()
+            .and_then(|r| r.split_once('/'))
+            .map_or("", |(g, _)| g);
+        let remote = crate::git::Remote::new(
+            &spec.repo,
+            spec.repo_credential.as_deref(),
+            &self.agent.git_credentials_dir,
+            group,
+        );
+        let remote = self.timed(Stage::Clone, async { remote }).await?;
         let commit = self
             .timed(
                 Stage::Clone,
                 crate::git::clone(
                     &log,
-                    &spec.repo,
+                    &remote,
                     &spec.branch,
                     self.task.commit.as_deref(),
                     &src,

@@ -161,6 +161,15 @@ impl Farm {
     /// `registry_extra`: YAML appended to the registry config; `tokens`:
     /// the core's token server, which signs each task's push token.
     async fn start_with(registry_extra: &str, tokens: Option<Arc<TokenServer>>) -> Farm {
+        Self::start_full(registry_extra, tokens, &[]).await
+    }
+
+    /// `git_hosts`: allowed besides the git daemon.
+    async fn start_full(
+        registry_extra: &str,
+        tokens: Option<Arc<TokenServer>>,
+        git_hosts: &[String],
+    ) -> Farm {
         let etcd = te::Etcd::start();
         let dockerd = te::Dockerd::start();
         let registry = te::Registry::start_with(registry_extra);
@@ -188,7 +197,8 @@ impl Farm {
         .await
         .unwrap();
         let settings = BuildSettings {
-            policy: Policy::new(Some(registry.addr()), &[git.host()]).unwrap(),
+            policy: Policy::new(Some(registry.addr()), &[&[git.host()], git_hosts].concat())
+                .unwrap(),
             ..Default::default()
         };
         let mut state = BuildsState::new(client, Keys::new(PREFIX), settings);
@@ -702,6 +712,189 @@ async fn killing_the_agent_mid_build_redispatches_the_task() {
     assert_eq!(builders.as_array().unwrap().len(), 1, "{builders}");
 }
 
+/// Smart HTTP git (`git http-backend` as CGI) for the bare repositories
+/// under `root`, refusing requests without `Authorization: {auth}`.
+async fn git_http(root: PathBuf, auth: String) -> u16 {
+    use axum::response::IntoResponse;
+    let handler = move |method: axum::http::Method,
+                        uri: axum::http::Uri,
+                        headers: axum::http::HeaderMap,
+                        body: axum::body::Bytes| {
+        let (root, auth) = (root.clone(), auth.clone());
+        async move {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if presented != Some(auth.as_str()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
+                )
+                    .into_response();
+            }
+            let h = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let mut child = tokio::process::Command::new("git")
+                .arg("http-backend")
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("REMOTE_USER", "reader")
+                .env("PATH_INFO", uri.path())
+                .env("QUERY_STRING", uri.query().unwrap_or(""))
+                .env("REQUEST_METHOD", method.as_str())
+                .env("CONTENT_TYPE", h("content-type"))
+                .env("HTTP_CONTENT_ENCODING", h("content-encoding"))
+                .env("GIT_PROTOCOL", h("git-protocol"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, &body)
+                .await
+                .unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            let split = out
+                .stdout
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap();
+            let head = String::from_utf8_lossy(&out.stdout[..split]).to_string();
+            let mut resp = axum::response::Response::builder();
+            for line in head.lines() {
+                let (k, v) = line.split_once(": ").unwrap();
+                if k.eq_ignore_ascii_case("status") {
+                    resp = resp.status(v[..3].parse::<u16>().unwrap());
+                } else {
+                    resp = resp.header(k, v);
+                }
+            }
+            resp.body(Body::from(out.stdout[split + 4..].to_vec()))
+                .unwrap()
+                .into_response()
+        }
+    };
+    let app = Router::new().fallback(handler);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(l, app)));
+    port
+}
+
+/// A private repository behind HTTP basic auth: the build host has no
+/// credentials for it; a config names a credential file on the build host
+/// (the secret never enters etcd or the API), usable only by configs whose
+/// image is in one of the file's groups.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_repositories_clone_with_the_config_credential() {
+    use base64::Engine as _;
+    const PASSWORD: &str = "reader-pw-5b1c";
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("reader:{PASSWORD}"))
+    );
+    let served = tempfile::tempdir().unwrap();
+    let port = git_http(served.path().to_path_buf(), auth.clone()).await;
+    let http_host = format!("http://127.0.0.1:{port}");
+    let farm = Farm::start_full("", None, std::slice::from_ref(&http_host)).await;
+    let src = farm.dir.path().join("private-src");
+    let dockerfile = format!("FROM {}\nCOPY app.txt /app.txt\n", farm.base);
+    let head = commit(&src, &[("Dockerfile", &dockerfile), ("app.txt", "x")]);
+    sh(
+        served.path(),
+        &[
+            "git",
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            "private.git",
+        ],
+    );
+    let creds = farm.dir.path().join("git-credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let file = |groups: &str| {
+        format!(r#"{{"groups": {groups}, "username": "reader", "password": "{PASSWORD}"}}"#)
+    };
+    std::fs::write(creds.join("team-reader.json"), file(r#"["team"]"#)).unwrap();
+    std::fs::write(creds.join("payments-reader.json"), file(r#"["payments"]"#)).unwrap();
+    let _a = farm.agent_with(
+        "b1",
+        1,
+        &[
+            "--git-host",
+            &http_host,
+            "--git-credentials-dir",
+            creds.to_str().unwrap(),
+        ],
+    );
+    farm.wait_builders(1).await;
+    let url = format!("{http_host}/private.git");
+    let cfg = |id: &str, credential: Option<&str>| {
+        let mut c = json!({
+            "id": id, "repo": url, "branch": "main",
+            "image": farm.image(&format!("team/{id}")), "outputs": ["app.txt"]
+        });
+        if let Some(n) = credential {
+            c["repoCredential"] = json!(n);
+        }
+        c
+    };
+    farm.create(cfg("with-cred", Some("team-reader"))).await;
+    farm.create(cfg("no-cred", None)).await;
+    farm.create(cfg("foreign-cred", Some("payments-reader")))
+        .await;
+
+    let run = farm.trigger("with-cred", None).await;
+    let run = farm.finished("with-cred", &run.id).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.log);
+    assert_eq!(run.commit.as_deref(), Some(head.as_str()));
+    let b64 = auth.trim_start_matches("Basic ");
+    assert!(
+        !run.log.contains(PASSWORD) && !run.log.contains(b64),
+        "the credential never reaches the log: {}",
+        run.log
+    );
+
+    // Without a credential the host has none: the server refuses the clone.
+    let run = farm.trigger("no-cred", None).await;
+    let run = farm.finished("no-cred", &run.id).await;
+    assert_eq!(
+        (run.status, run.failed_stage),
+        (RunStatus::Failed, Some(Stage::Clone)),
+        "{}",
+        run.log
+    );
+    // A credential for another group's images is not handed out.
+    let run = farm.trigger("foreign-cred", None).await;
+    let run = farm.finished("foreign-cred", &run.id).await;
+    assert_eq!(
+        (run.status, run.failed_stage),
+        (RunStatus::Failed, Some(Stage::Clone))
+    );
+    let err = run.error.unwrap();
+    assert!(
+        err.contains("payments-reader") && err.contains("group team"),
+        "{err}"
+    );
+
+    // The API shows the credential's name only.
+    let (s, v) = farm
+        .call("GET", "/api/v1/builds/configs/with-cred", None)
+        .await;
+    assert_eq!(
+        (s, &v["repoCredential"]),
+        (StatusCode::OK, &json!("team-reader"))
+    );
+    assert!(!v.to_string().contains(PASSWORD));
+}
+
 /// A P-256 key and self-signed certificate, as the operator makes them for
 /// the core's token signer and the registry's rootcertbundle.
 fn token_keypair(dir: &Path) -> (String, PathBuf) {
@@ -880,6 +1073,7 @@ async fn the_agent_refuses_tasks_that_fail_the_policy() {
     let pwned = farm.dir.path().join("pwned");
     let good = leengine_build::BuildSpec {
         repo: farm.git.url("web.git"),
+        repo_credential: None,
         branch: "main".into(),
         dockerfile: "Dockerfile".into(),
         compile: None,

@@ -50,6 +50,9 @@ pub(super) fn routes() -> Router<BuildsState> {
 struct CreateConfig {
     id: String,
     repo: String,
+    /// A credential name on the build hosts, never a secret.
+    #[serde(default)]
+    repo_credential: Option<String>,
     branch: String,
     #[serde(default)]
     dockerfile: Option<String>,
@@ -139,6 +142,7 @@ async fn create_config(
     }
     let spec = BuildSpec {
         repo: body.repo,
+        repo_credential: body.repo_credential,
         branch: body.branch,
         dockerfile: body
             .dockerfile
@@ -185,6 +189,9 @@ async fn create_config(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateConfig {
     repo: String,
+    /// A credential name on the build hosts, never a secret.
+    #[serde(default)]
+    repo_credential: Option<String>,
     branch: String,
     #[serde(default)]
     dockerfile: Option<String>,
@@ -211,6 +218,7 @@ async fn update_config(
     let (mut cfg, rev) = (stored.config, stored.rev);
     let spec = BuildSpec {
         repo: body.repo,
+        repo_credential: body.repo_credential,
         branch: body.branch,
         dockerfile: body
             .dockerfile

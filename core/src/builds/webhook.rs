@@ -140,6 +140,7 @@ mod tests {
             id: "app".into(),
             spec: BuildSpec {
                 repo: "http://gitlab.example/team/app.git".into(),
+                repo_credential: None,
                 branch: "main".into(),
                 dockerfile: "Dockerfile".into(),
                 compile: None,

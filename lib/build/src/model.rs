@@ -25,6 +25,11 @@ pub struct BuildSpec {
     /// Network git URL on one of the farm's allowed git hosts
     /// ([`crate::validate::Policy`]).
     pub repo: String,
+    /// Name of the clone credential on the build hosts
+    /// (`{git-credentials-dir}/{name}.json`); the secret never enters etcd
+    /// or the API. `None`: the host's own git credentials, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_credential: Option<String>,
     pub branch: String,
     /// Dockerfile path inside the repository.
     #[serde(default = "default_dockerfile")]

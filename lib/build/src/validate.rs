@@ -388,6 +388,9 @@ impl BuildSpec {
     /// Syntax only.
     pub fn validate(&self) -> Result<(), ValidationError> {
         repo_url(&self.repo)?;
+        if let Some(c) = &self.repo_credential {
+            name("repoCredential", c)?;
+        }
         branch(&self.branch)?;
         rel_path("dockerfile", &self.dockerfile)?;
         if let Some(c) = &self.compile {
@@ -426,6 +429,7 @@ mod tests {
     fn spec() -> BuildSpec {
         BuildSpec {
             repo: "https://git.example/team/app.git".into(),
+            repo_credential: None,
             branch: "main".into(),
             dockerfile: "docker/Dockerfile".into(),
             compile: Some(CompileSpec {
@@ -458,6 +462,15 @@ mod tests {
         assert!(matches!(
             s.validate(),
             Err(ValidationError::Unsafe { field: "repo", .. })
+        ));
+        let mut s = spec();
+        s.repo_credential = Some("../../etc/shadow".into());
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::Name {
+                field: "repoCredential",
+                ..
+            })
         ));
         let mut s = spec();
         s.branch = "a..b".into();
