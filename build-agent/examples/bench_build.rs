@@ -7,7 +7,7 @@
 //! `dispatch`: 1,000 build configs triggered once each through the core's
 //! API over 10 registered builders: spread per builder and dispatch latency.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,16 +76,18 @@ async fn app(client: etcd_client::Client, registry: &str, git_host: &str) -> Rou
         .layer(auth::layer(Arc::new(StaticAdminToken::new("root", "tok"))))
 }
 
+/// `git-daemon` itself: `git daemon` runs it as a child, which killing
+/// `git` would leave behind.
+fn git_daemon_bin() -> PathBuf {
+    let out = Command::new("git").arg("--exec-path").output().unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 /// `git daemon` serving `dir`; returns the child and the allowed-host entry.
 fn git_daemon(dir: &Path) -> (std::process::Child, String) {
     let port = te::free_port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
+    let child = Command::new(git_daemon_bin())
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", dir.display()))
         .arg(dir)
@@ -183,6 +185,7 @@ async fn cache_bench() {
     let port = mirror(mirror_dir, &gateway).await;
 
     let served = tmp.path().join("git");
+    std::fs::create_dir_all(&served).unwrap();
     let (mut git_child, git_host) = git_daemon(&served);
     let repo = served.join("project");
     std::fs::create_dir_all(&repo).unwrap();

@@ -36,6 +36,13 @@ struct Farm {
     base: String,
 }
 
+/// `git-daemon` itself: `git daemon` runs it as a child, which killing
+/// `git` would leave behind.
+fn git_daemon_bin() -> PathBuf {
+    let out = Command::new("git").arg("--exec-path").output().unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 /// `git daemon` serving every repository under `dir` at `git://127.0.0.1:PORT/NAME`.
 struct GitDaemon {
     child: Child,
@@ -47,13 +54,8 @@ impl GitDaemon {
     fn start() -> GitDaemon {
         let dir = tempfile::tempdir().unwrap();
         let port = te::free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-            ])
+        let child = Command::new(git_daemon_bin())
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", dir.path().display()))
             .arg(dir.path())
