@@ -7,7 +7,7 @@
 //! `dispatch`: 1,000 build configs triggered once each through the core's
 //! API over 10 registered builders: spread per builder and dispatch latency.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +16,12 @@ use axum::body::Body;
 use axum::http::{header, Request};
 use axum::Router;
 use etcd_client::PutOptions;
+use leengine_build::validate::Policy;
 use leengine_build::{BuildRun, RunStatus};
-use leengine_core::auth::{self, StaticAdminToken};
-use leengine_core::builds::{router, BuildsState};
+use leengine_core::access::{self, Kind};
+use leengine_core::auth::{self, Caller, StaticAdminToken};
+use leengine_core::builds::{router, BuildSettings, BuildsState};
+use leengine_core::store::Db;
 use leengine_store::Keys;
 use leengine_testenv as te;
 use serde_json::{json, Value};
@@ -45,9 +48,56 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> Val
     v
 }
 
-fn app(client: etcd_client::Client) -> Router {
-    router(BuildsState::new(client, Keys::new("/bench")))
+/// The build routes for admin `root`, with group `bench` (the target of
+/// every image) in place.
+async fn app(client: etcd_client::Client, registry: &str, git_host: &str) -> Router {
+    let keys = Keys::new("/bench");
+    let root = Caller {
+        user: "root".into(),
+        admin: true,
+    };
+    let db = Db::new(client.clone(), keys.clone());
+    access::register(
+        &db,
+        &root,
+        Kind::Group,
+        "bench",
+        false,
+        String::new(),
+        (vec![], vec![]),
+    )
+    .await
+    .unwrap();
+    let settings = BuildSettings {
+        policy: Policy::new(Some(registry.into()), &[git_host]).unwrap(),
+        ..Default::default()
+    };
+    router(BuildsState::new(client, keys, settings))
         .layer(auth::layer(Arc::new(StaticAdminToken::new("root", "tok"))))
+}
+
+/// `git-daemon` itself: `git daemon` runs it as a child, which killing
+/// `git` would leave behind.
+fn git_daemon_bin() -> PathBuf {
+    let out = Command::new("git").arg("--exec-path").output().unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
+/// `git daemon` serving `dir`; returns the child and the allowed-host entry.
+fn git_daemon(dir: &Path) -> (std::process::Child, String) {
+    let port = te::free_port();
+    let child = Command::new(git_daemon_bin())
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", dir.display()))
+        .arg(dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(te::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    (child, format!("git://127.0.0.1:{port}"))
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -60,8 +110,8 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(ok, "git {args:?}");
 }
 
-/// Serves `dir` read-only on a loopback port: the stand-in Maven mirror.
-async fn mirror(dir: std::path::PathBuf) -> u16 {
+/// Serves `dir` read-only on `addr`: the stand-in Maven mirror.
+async fn mirror(dir: std::path::PathBuf, addr: &str) -> u16 {
     let app = Router::new().route(
         "/{*path}",
         axum::routing::get(move |axum::extract::Path(p): axum::extract::Path<String>| {
@@ -74,7 +124,7 @@ async fn mirror(dir: std::path::PathBuf) -> u16 {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = tokio::net::TcpListener::bind((addr, 0)).await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     port
@@ -111,15 +161,39 @@ async fn cache_bench() {
         deps.push_str(&rel);
         deps.push('\n');
     }
-    let port = mirror(mirror_dir).await;
+    // Compile containers get no host network: they reach the mirror on a
+    // network of their own, through its gateway (in production that network
+    // is firewalled to the mirror alone; docs/build-farm.md).
+    let net = "bench-mirror";
+    let out = dockerd.cli(&["network", "create", net]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dockerd
+        .cli(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            net,
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let port = mirror(mirror_dir, &gateway).await;
 
-    let repo = tmp.path().join("project");
+    let served = tmp.path().join("git");
+    std::fs::create_dir_all(&served).unwrap();
+    let (mut git_child, git_host) = git_daemon(&served);
+    let repo = served.join("project");
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("deps.txt"), deps).unwrap();
     std::fs::write(
         repo.join("build.sh"),
         format!(
-            "set -e\nM=\"$LEENGINE_CACHE\"\nfetched=0\nwhile read -r rel; do\n  if [ ! -f \"$M/$rel\" ]; then\n    mkdir -p \"$(dirname \"$M/$rel\")\"\n    wget -q -O \"$M/$rel\" \"http://127.0.0.1:{port}/$rel\"\n    fetched=$((fetched+1))\n  fi\ndone < deps.txt\necho \"fetched $fetched artifacts\"\nmkdir -p target\nwhile read -r rel; do cat \"$M/$rel\"; done < deps.txt | md5sum > target/app.jar\n"
+            "set -e\nM=\"$LEENGINE_CACHE\"\nfetched=0\nwhile read -r rel; do\n  if [ ! -f \"$M/$rel\" ]; then\n    mkdir -p \"$(dirname \"$M/$rel\")\"\n    wget -q -O \"$M/$rel\" \"http://{gateway}:{port}/$rel\"\n    fetched=$((fetched+1))\n  fi\ndone < deps.txt\necho \"fetched $fetched artifacts\"\nmkdir -p target\nwhile read -r rel; do cat \"$M/$rel\"; done < deps.txt | md5sum > target/app.jar\n"
         ),
     )
     .unwrap();
@@ -160,7 +234,11 @@ async fn cache_bench() {
             "--capacity",
             "1",
             "--compile-network",
-            "host",
+            net,
+            "--registry",
+            &registry.addr(),
+            "--git-host",
+            &git_host,
         ])
         .arg("--work-dir")
         .arg(tmp.path().join("work"))
@@ -170,7 +248,7 @@ async fn cache_bench() {
         .spawn()
         .unwrap();
     let client = etcd.client(&te::Component::Core).await;
-    let app = app(client);
+    let app = app(client, &registry.addr(), &git_host).await;
     for _ in 0..100 {
         if call(&app, "GET", "/api/v1/builds/builders", None)
             .await
@@ -187,7 +265,7 @@ async fn cache_bench() {
         "POST",
         "/api/v1/builds/configs",
         Some(json!({
-            "id": "bench", "repo": repo.to_str().unwrap(), "branch": "main",
+            "id": "bench", "repo": format!("{git_host}/project"), "branch": "main",
             "image": format!("{}/bench/app", registry.addr()), "outputs": ["target/app.jar"],
             "compile": {"image": base, "script": "build.sh"}
         })),
@@ -256,6 +334,8 @@ async fn cache_bench() {
     }
     let _ = agent.kill();
     let _ = agent.wait();
+    let _ = git_child.kill();
+    let _ = git_child.wait();
 }
 
 async fn dispatch_bench() {
@@ -278,14 +358,14 @@ async fn dispatch_bench() {
             .await
             .unwrap();
     }
-    let app = app(client.clone());
+    let app = app(client.clone(), "127.0.0.1:5000", "https://git.example").await;
     for i in 0..configs {
         call(
             &app,
             "POST",
             "/api/v1/builds/configs",
             Some(
-                json!({"id": format!("project-{i:04}"), "repo": "/srv/git/p.git", "branch": "main",
+                json!({"id": format!("project-{i:04}"), "repo": "https://git.example/p.git", "branch": "main",
                         "image": "127.0.0.1:5000/bench/p"}),
             ),
         )

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use etcd_client::{EventType, GetOptions};
+use leengine_build::validate::Policy;
 use leengine_build::{BuildTask, BuilderInfo};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
@@ -24,6 +25,11 @@ pub struct Agent {
     pub work_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub compile_network: String,
+    pub limits: crate::docker::Limits,
+    /// The core's policy again: a task is checked before anything of it
+    /// reaches git, Docker or a path.
+    pub policy: Policy,
+    pub git_credentials_dir: PathBuf,
     pub stage_timeout: Duration,
     log_retention: Duration,
     ttl: Duration,
@@ -40,6 +46,7 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(args: &Args) -> anyhow::Result<Arc<Self>> {
+        let policy = Policy::new(Some(args.registry.clone()), &args.git_hosts)?;
         let mut cfg = args.etcd_auth.config(args.etcd.clone());
         cfg.prefix = Some(args.prefix.clone());
         let etcd = leengine_store::connect(&cfg).await?;
@@ -63,6 +70,13 @@ impl Agent {
             work_dir: args.work_dir.clone(),
             cache_dir: args.cache_dir.clone(),
             compile_network: args.compile_network.clone(),
+            limits: crate::docker::Limits {
+                nano_cpus: (args.cpus * 1e9) as i64,
+                memory: args.memory,
+                pids: args.pids_limit,
+            },
+            policy,
+            git_credentials_dir: args.git_credentials_dir.clone(),
             stage_timeout: args.stage_timeout,
             log_retention: args.log_retention,
             ttl: args.ttl,
@@ -178,6 +192,11 @@ impl Agent {
                 return;
             }
         };
+        if let Err(e) = task.check(&self.policy) {
+            tracing::error!(key, error = %e, "task refused");
+            tokio::spawn(crate::runner::refuse(self, key.to_string(), task, e));
+            return;
+        }
         let (cancel_tx, cancel_rx) = watch::channel(false);
         {
             let mut inflight = self.inflight.lock().expect("inflight map poisoned");

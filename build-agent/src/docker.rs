@@ -10,7 +10,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use leengine_build::RegistryAuth;
+use leengine_build::PushAuth;
 
 use crate::report::LogSink;
 
@@ -33,6 +33,10 @@ pub enum DockerError {
     /// The compile script exited non-zero.
     #[error("compile script exited with status {0}")]
     CompileExit(i64),
+    /// The task's push token expired before the push (raise the core's
+    /// --build-push-token-ttl if builds queue that long).
+    #[error("the push token expired at {0}; trigger the build again")]
+    TokenExpired(chrono::DateTime<chrono::Utc>),
     /// Reading the build context back failed.
     #[error("cannot read build context: {0}")]
     Context(#[source] std::io::Error),
@@ -55,6 +59,17 @@ pub async fn connect(addr: &str) -> anyhow::Result<Docker> {
         .map_err(|e| anyhow::anyhow!("docker at {addr} does not answer: {e}"))
 }
 
+/// Resource limits of everything that runs user code (compile containers,
+/// Dockerfile RUN steps): one build must not starve the host or its
+/// neighbours.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub nano_cpus: i64,
+    /// Bytes; swap is set equal, i.e. none on top.
+    pub memory: i64,
+    pub pids: i64,
+}
+
 pub struct CompileJob<'a> {
     pub name: String,
     pub image: &'a str,
@@ -63,6 +78,7 @@ pub struct CompileJob<'a> {
     pub cache: &'a Path,
     pub cache_mount: &'a str,
     pub network: &'a str,
+    pub limits: &'a Limits,
     pub labels: HashMap<String, String>,
 }
 
@@ -86,6 +102,10 @@ pub async fn compile(
                 format!("{}:{}", job.cache.display(), job.cache_mount),
             ]),
             network_mode: Some(job.network.to_string()),
+            nano_cpus: Some(job.limits.nano_cpus),
+            memory: Some(job.limits.memory),
+            memory_swap: Some(job.limits.memory),
+            pids_limit: Some(job.limits.pids),
             ..Default::default()
         }),
         ..Default::default()
@@ -180,24 +200,50 @@ pub struct BuildTrace {
 /// Builds `reference` from the context tar. The classic builder prints
 /// ` ---> <id>` for every step; those ids let a failed build's untagged
 /// layers be removed afterwards.
+pub struct BuildJob<'a> {
+    pub context: &'a Path,
+    pub dockerfile: &'a str,
+    pub reference: &'a str,
+    pub labels: HashMap<String, String>,
+    /// RUN steps run user code like the compile step does.
+    pub network: &'a str,
+    pub limits: &'a Limits,
+}
+
 pub async fn build(
     docker: &Docker,
-    context: &Path,
-    dockerfile: &str,
-    reference: &str,
-    labels: HashMap<String, String>,
+    job: BuildJob<'_>,
     trace: &mut BuildTrace,
     log: &LogSink,
 ) -> Result<(), DockerError> {
+    let BuildJob {
+        context,
+        dockerfile,
+        reference,
+        labels,
+        network,
+        limits,
+    } = job;
     let bytes = tokio::fs::read(context)
         .await
         .map_err(DockerError::Context)?;
+    // The classic builder's API fields are 32-bit: memory is capped at
+    // 2 GiB - 1 there; it has no pids limit.
+    let memory = i32::try_from(limits.memory).unwrap_or(i32::MAX);
     let opts = BuildImageOptions {
         dockerfile: dockerfile.to_string(),
         t: Some(reference.to_string()),
         rm: true,
         forcerm: true,
         labels: Some(labels),
+        networkmode: Some(network.to_string()),
+        memory: Some(memory),
+        memswap: Some(memory),
+        cpuperiod: Some(CPU_PERIOD_US),
+        cpuquota: Some(
+            i32::try_from(limits.nano_cpus * i64::from(CPU_PERIOD_US) / 1_000_000_000)
+                .unwrap_or(i32::MAX),
+        ),
         ..Default::default()
     };
     let mut stream = docker.build_image(opts, None, Some(bollard::body_full(bytes.into())));
@@ -218,18 +264,24 @@ pub async fn build(
     Ok(())
 }
 
+/// CFS period of builds: the quota is `cpus × period`.
+const CPU_PERIOD_US: i32 = 100_000;
+
+/// Pushes with the task's scoped token, which dockerd hands to the registry
+/// as the bearer token as it is (`registrytoken`), without a token request.
 pub async fn push(
     docker: &Docker,
     image: &str,
     tag: &str,
-    auth: Option<&RegistryAuth>,
+    auth: Option<&PushAuth>,
     log: &LogSink,
 ) -> Result<(), DockerError> {
+    if let Some(a) = auth.filter(|a| a.expires_at <= chrono::Utc::now()) {
+        return Err(DockerError::TokenExpired(a.expires_at));
+    }
     let creds = auth.map(|a| bollard::auth::DockerCredentials {
-        username: a.username.clone(),
-        password: a.password.clone(),
-        identitytoken: a.identity_token.clone(),
-        serveraddress: a.server.clone(),
+        registrytoken: Some(a.token.clone()),
+        serveraddress: Some(a.server.clone()),
         ..Default::default()
     });
     let opts = PushImageOptions {

@@ -60,8 +60,10 @@ impl LogSink {
         }
     }
 
-    /// Appends text (possibly several lines) to both logs.
+    /// Appends text (possibly several lines) to both logs, with URL
+    /// credentials redacted (git echoes remote URLs).
     pub fn write(&self, text: &str) {
+        let text = leengine_build::redact_credentials(text);
         let mut g = self.inner.lock().expect("log poisoned");
         for line in text.lines() {
             let line = line.trim_end_matches('\r');

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use leengine_build::{BuildTask, RunStatus, Stage};
+use leengine_build::{validate, BuildTask, RunStatus, Stage, ValidationError};
 use tokio::sync::watch;
 
 use crate::agent::Agent;
@@ -101,6 +101,32 @@ pub async fn run(
     }
 }
 
+/// Fails the run of a task that does not pass the policy, without touching
+/// git, Docker or the disk. A task whose own names are unusable as keys and
+/// paths has no run this agent could safely address: its key is deleted.
+pub async fn refuse(agent: Arc<Agent>, task_key: String, task: BuildTask, err: ValidationError) {
+    let names_ok =
+        validate::name("config", &task.config).is_ok() && validate::name("run", &task.run).is_ok();
+    let msg = format!("task refused by build host {}: {err}", agent.id);
+    if !names_ok {
+        if let Err(e) = agent.etcd.clone().delete(task_key.as_str(), None).await {
+            tracing::warn!(task = %task_key, error = %e, "cannot delete refused task");
+        }
+        return;
+    }
+    let rep = Reporter::new(&agent, &task_key, &task);
+    rep.log.write(&msg);
+    let now = Utc::now();
+    match rep
+        .update(true, |r| r.fail(Stage::Dispatch, msg.clone(), now))
+        .await
+    {
+        Ok(_) => {}
+        Err(ReportError::Gone(_)) => rep.drop_task().await,
+        Err(e) => tracing::warn!(run = %task.run, error = %e, "cannot record the refusal"),
+    }
+}
+
 /// How often a growing log is copied into the run record between stage
 /// changes, so a long compile can be followed live.
 const LOG_FLUSH_EVERY: Duration = Duration::from_secs(3);
@@ -164,12 +190,27 @@ impl Build<'_> {
         let src = self.dir.join("src");
         let mkdir = tokio::fs::create_dir_all(&self.dir).await;
         self.timed(Stage::Clone, async { mkdir }).await?;
+        // The task passed the policy, so the image is REGISTRY/GROUP/NAME.
+        let group = self
+            .agent
+            .policy
+            .repository(&spec.image)
+            .ok()
+            .and_then(|r| r.split_once('/'))
+            .map_or("", |(g, _)| g);
+        let remote = crate::git::Remote::new(
+            &spec.repo,
+            spec.repo_credential.as_deref(),
+            &self.agent.git_credentials_dir,
+            group,
+        );
+        let remote = self.timed(Stage::Clone, async { remote }).await?;
         let commit = self
             .timed(
                 Stage::Clone,
                 crate::git::clone(
                     &log,
-                    &spec.repo,
+                    &remote,
                     &spec.branch,
                     self.task.commit.as_deref(),
                     &src,
@@ -192,9 +233,10 @@ impl Build<'_> {
 
         if let Some(compile) = &spec.compile {
             self.enter(Stage::Compile).await?;
-            let cache = self.agent.cache_dir.join(&self.task.config).join("m2");
+            let cache = self.cache_dir();
             let mk = tokio::fs::create_dir_all(&cache).await;
             self.timed(Stage::Compile, async { mk }).await?;
+            self.remove_older_caches();
             log.write(&format!(
                 "cache {} -> {}",
                 cache.display(),
@@ -208,6 +250,7 @@ impl Build<'_> {
                 cache: &cache,
                 cache_mount: &compile.cache_mount,
                 network: &self.agent.compile_network,
+                limits: &self.agent.limits,
                 labels: self.labels(),
             };
             let r = self
@@ -244,10 +287,14 @@ impl Build<'_> {
                 Stage::Build,
                 docker::build(
                     &self.agent.docker,
-                    &ctx,
-                    &spec.dockerfile,
-                    &reference,
-                    labels,
+                    docker::BuildJob {
+                        context: &ctx,
+                        dockerfile: &spec.dockerfile,
+                        reference: &reference,
+                        labels,
+                        network: &self.agent.compile_network,
+                        limits: &self.agent.limits,
+                    },
                     &mut trace,
                     &log,
                 ),
@@ -263,12 +310,43 @@ impl Build<'_> {
                 &self.agent.docker,
                 &spec.image,
                 &tag,
-                self.task.registry_auth.as_ref(),
+                self.task.push_auth.as_ref(),
                 &log,
             ),
         )
         .await?;
         Ok(reference)
+    }
+
+    /// `{cache-dir}/{config}/{incarnation}/m2`: a config deleted and created
+    /// again under the same id (maybe by someone else) starts cold.
+    fn cache_dir(&self) -> PathBuf {
+        self.agent
+            .cache_dir
+            .join(&self.task.config)
+            .join(self.task.config_incarnation.to_string())
+            .join("m2")
+    }
+
+    /// Caches of earlier incarnations of this config are dead weight; the
+    /// per-config lock is held, so no build of this host uses them.
+    fn remove_older_caches(&self) {
+        let dir = self.agent.cache_dir.join(&self.task.config);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let older = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|n| n < self.task.config_incarnation);
+            if older {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove old cache");
+                }
+            }
+        }
     }
 
     /// Runs after every build, whatever happened. Failures here are logged,

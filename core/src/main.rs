@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use leengine_build::RegistryAuth;
+use leengine_build::validate::Policy;
+use leengine_core::builds::BuildSettings;
 use leengine_core::quota::Quota;
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
@@ -61,22 +62,8 @@ struct Args {
     /// File holding the bearer secret the registry sends with notifications.
     #[arg(long)]
     notify_secret_file: Option<PathBuf>,
-    /// Registry user build agents push as (with --build-registry-token-file).
-    #[arg(
-        long,
-        env = "LEENGINE_BUILD_REGISTRY_USER",
-        requires = "build_registry_token_file"
-    )]
-    build_registry_user: Option<String>,
-    /// File holding that user's password or access token.
-    #[arg(
-        long,
-        env = "LEENGINE_BUILD_REGISTRY_TOKEN_FILE",
-        requires = "build_registry_user"
-    )]
-    build_registry_token_file: Option<PathBuf>,
-    /// Registry address the credentials are for (default: the registry of
-    /// each config's target image).
+    /// The platform registry `host[:port]`: the only registry build
+    /// configs may push to (without it no config is accepted).
     #[arg(long, env = "LEENGINE_BUILD_REGISTRY_SERVER")]
     build_registry_server: Option<String>,
     /// Password checks (login, Basic auth) one client IP may make at once.
@@ -94,6 +81,17 @@ struct Args {
     /// Password hashes computed at the same time (default: the number of CPUs).
     #[arg(long)]
     hash_concurrency: Option<usize>,
+    /// Git server builds may clone from, `scheme://host[:port]` (https,
+    /// http, ssh, git); repeatable or comma-separated.
+    #[arg(
+        long = "build-git-host",
+        env = "LEENGINE_BUILD_GIT_HOSTS",
+        value_delimiter = ','
+    )]
+    build_git_hosts: Vec<String>,
+    /// Lifetime of each build task's push token (must cover queue and build).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    build_push_token_ttl: Duration,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -119,14 +117,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         }),
         _ => None,
     };
-    let build_registry_auth = match (&args.build_registry_user, &args.build_registry_token_file) {
-        (Some(user), Some(file)) => Some(RegistryAuth {
-            username: Some(user.clone()),
-            password: Some(read_secret(file)?),
-            identity_token: None,
-            server: args.build_registry_server.clone(),
-        }),
-        _ => None,
+    let builds = BuildSettings {
+        policy: Policy::new(args.build_registry_server.clone(), &args.build_git_hosts)?,
+        push_token_ttl: args.build_push_token_ttl,
     };
     let defaults = Limits::default();
     let limits = Limits {
@@ -141,8 +134,8 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         "--hash-concurrency must be at least 1"
     );
     Ok(Settings {
-        build_registry_auth,
         limits,
+        builds,
         default_quota: Quota {
             max_apps: args.default_max_apps,
             max_containers: args.default_max_containers,
@@ -201,34 +194,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_registry_flags_become_push_credentials() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("push.token");
-        std::fs::write(&file, "s3cret-push\n").unwrap();
+    fn build_flags_become_the_farm_policy() {
         let base = ["leengine-core", "--etcd", "http://127.0.0.1:2379"];
         let args = Args::try_parse_from(base.iter().copied().chain([
-            "--build-registry-user",
-            "ci",
-            "--build-registry-token-file",
-            file.to_str().unwrap(),
             "--build-registry-server",
             "127.0.0.1:5000",
+            "--build-git-host",
+            "https://gitlab.example,ssh://gitlab.example",
+            "--build-push-token-ttl",
+            "20m",
         ]))
         .unwrap();
-        let auth = settings(&args).unwrap().build_registry_auth.unwrap();
-        assert_eq!(auth.username.as_deref(), Some("ci"));
-        assert_eq!(auth.password.as_deref(), Some("s3cret-push"));
-        assert_eq!(auth.server.as_deref(), Some("127.0.0.1:5000"));
-
+        let b = settings(&args).unwrap().builds;
+        assert_eq!(b.policy.registry.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(b.policy.git_hosts.len(), 2);
+        assert_eq!(b.push_token_ttl, Duration::from_secs(1200));
         let none = Args::try_parse_from(base).unwrap();
-        assert!(settings(&none).unwrap().build_registry_auth.is_none());
-        // A user without a secret (or the reverse) is a configuration error.
+        assert_eq!(settings(&none).unwrap().builds.policy, Policy::default());
+        let bad =
+            Args::try_parse_from(base.iter().copied().chain(["--build-git-host", "/srv/git"]))
+                .unwrap();
+        assert!(settings(&bad).is_err(), "a local path is not a git host");
+        // The long-lived push password is gone for good.
         assert!(
             Args::try_parse_from(base.iter().copied().chain(["--build-registry-user", "ci"]))
                 .is_err()
         );
-        std::fs::write(&file, "\n").unwrap();
-        assert!(settings(&args).is_err(), "an empty token file is refused");
     }
 
     #[test]

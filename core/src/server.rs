@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Router;
-use leengine_build::RegistryAuth;
 
 use crate::auth::{self, Authenticator};
 use crate::problem::ApiError;
@@ -18,7 +17,7 @@ use crate::users::throttle::{Limits, Throttle};
 use crate::{access, admin, apps, builds, images, openapi, registry, slb, users};
 
 /// Operator settings of the core (from the command line of `main`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Quota of users without their own.
     pub default_quota: Quota,
@@ -26,28 +25,11 @@ pub struct Settings {
     pub login_ttl: Duration,
     /// Registry token server; `None` disables `/v2/token` and notifications.
     pub registry: Option<RegistrySettings>,
-    /// Push credentials written into every build task; `None` pushes
-    /// anonymously (a registry without auth).
-    pub build_registry_auth: Option<RegistryAuth>,
+    /// Build farm: the platform registry, allowed git hosts, push token
+    /// lifetime (tokens are signed by the registry token server).
+    pub builds: builds::BuildSettings,
     /// Throttling of password checks (login, Basic auth, `/v2/token`).
     pub limits: Limits,
-}
-
-/// Redacts the build push secret (the registry settings redact their own).
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let build_auth = self
-            .build_registry_auth
-            .as_ref()
-            .map(|a| (a.username.as_deref(), a.server.as_deref(), "<redacted>"));
-        f.debug_struct("Settings")
-            .field("default_quota", &self.default_quota)
-            .field("login_ttl", &self.login_ttl)
-            .field("registry", &self.registry)
-            .field("build_registry_auth", &build_auth)
-            .field("limits", &self.limits)
-            .finish()
-    }
 }
 
 impl Default for Settings {
@@ -59,7 +41,7 @@ impl Default for Settings {
             },
             login_ttl: Duration::from_secs(24 * 3600),
             registry: None,
-            build_registry_auth: None,
+            builds: builds::BuildSettings::default(),
             limits: Limits::default(),
         }
     }
@@ -103,9 +85,10 @@ pub fn app(core: Core) -> Router {
 pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
     let etcd = core.db.etcd.clone();
     let keys = core.db.keys.clone();
-    let mut builds = builds::BuildsState::new(etcd.clone(), keys.clone());
-    if let Some(auth) = &core.settings.build_registry_auth {
-        builds = builds.with_registry_auth(auth.clone());
+    let mut builds =
+        builds::BuildsState::new(etcd.clone(), keys.clone(), core.settings.builds.clone());
+    if let Some(tokens) = &core.registry {
+        builds = builds.with_push_tokens(tokens.clone());
     }
     let own = Router::new()
         .merge(users::api::router())
@@ -133,31 +116,4 @@ async fn method_not_allowed() -> impl IntoResponse {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_the_build_push_secret() {
-        let s = Settings {
-            build_registry_auth: Some(RegistryAuth {
-                username: Some("ci".into()),
-                password: Some("hunter2-push".into()),
-                identity_token: Some("idtok-push".into()),
-                server: Some("127.0.0.1:5000".into()),
-            }),
-            ..Default::default()
-        };
-        let text = format!("{s:?}");
-        assert!(
-            text.contains("ci") && text.contains("127.0.0.1:5000"),
-            "{text}"
-        );
-        assert!(
-            !text.contains("hunter2") && !text.contains("idtok"),
-            "{text}"
-        );
-    }
 }

@@ -1,7 +1,8 @@
-//! Build configs through the whole core (`server::app`, real etcd): the
-//! operator's push credentials reach every task the core writes, never an
-//! API response or a log line; manual and webhook builds are counted in the
-//! admin statistics and recorded in the config's activity feed.
+//! Build configs through the whole core (`server::app`, real etcd): every
+//! task the core writes carries a push token scoped to the config's image
+//! (never a password), which reaches no API response or log line; manual and
+//! webhook builds are counted in the admin statistics and recorded in the
+//! config's activity feed.
 
 mod common;
 
@@ -10,13 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{Auth, Env};
-use leengine_build::{BuildTask, RegistryAuth};
+use common::{jwt_claims, token_keypair, Auth, Env};
+use leengine_build::validate::Policy;
+use leengine_build::BuildTask;
+use leengine_core::builds::BuildSettings;
+use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
-const SECRET: &str = "push-secret-7f3a9c";
+const REGISTRY: &str = "127.0.0.1:5000";
 
 /// Every log line of this test binary, as the operator would see them.
 #[derive(Clone, Default)]
@@ -72,21 +76,37 @@ async fn webhook(env: &Env, id: &str, token: &str, sha: &str) -> (StatusCode, Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_carry_push_credentials_and_builds_are_counted() {
+async fn tasks_carry_scoped_push_tokens_and_builds_are_counted() {
     let logs = capture_logs();
-    let auth = RegistryAuth {
-        username: Some("ci-pusher".into()),
-        password: Some(SECRET.into()),
-        identity_token: None,
-        server: Some("127.0.0.1:5000".into()),
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, _) = token_keypair(dir.path());
     let env = Env::start(Settings {
-        build_registry_auth: Some(auth.clone()),
+        registry: Some(RegistrySettings {
+            service: "leengine-registry".into(),
+            issuer: "leengine-core".into(),
+            key_pem: key,
+            cert_pem: Some(cert),
+            ttl: std::time::Duration::from_secs(300),
+            notify_secret: None,
+        }),
+        builds: BuildSettings {
+            policy: Policy::new(Some(REGISTRY.into()), &["http://gitlab.example"]).unwrap(),
+            push_token_ttl: std::time::Duration::from_secs(1800),
+        },
         ..Default::default()
     })
     .await;
     let alice = env.user("alice", false).await;
     let admin = env.user("root", true).await;
+    let (s, v) = env
+        .call(
+            &alice,
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "team"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     let keys = env.core.db.keys.clone();
     env.core
         .db
@@ -102,6 +122,7 @@ async fn tasks_carry_push_credentials_and_builds_are_counted() {
         .unwrap();
 
     let mut bodies = Vec::new();
+    let mut secrets = Vec::new();
     let (s, created) = env
         .call(
             &alice,
@@ -144,8 +165,26 @@ async fn tasks_carry_push_credentials_and_builds_are_counted() {
             .get(keys.builder_task("b1", run.as_str().unwrap()), None)
             .await
             .unwrap();
-        let task: BuildTask = serde_json::from_slice(resp.kvs()[0].value()).unwrap();
-        assert_eq!(task.registry_auth.as_ref(), Some(&auth), "task {run}");
+        let raw = String::from_utf8_lossy(resp.kvs()[0].value()).to_string();
+        assert!(!raw.contains("password"), "no password in a task: {raw}");
+        let task: BuildTask = serde_json::from_str(&raw).unwrap();
+        let auth = task.push_auth.expect("task carries a push token");
+        assert_eq!(auth.server, REGISTRY);
+        let claims = jwt_claims(&auth.token);
+        assert_eq!(
+            claims["access"],
+            json!([{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]),
+            "exactly one repository: {claims}"
+        );
+        // Manual builds push as the trigger, webhook builds as whoever set
+        // the image (alice here).
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["aud"], "leengine-registry");
+        let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert_eq!(lifetime, 1800, "the configured push token lifetime");
+        assert_eq!(auth.expires_at.timestamp(), claims["exp"].as_i64().unwrap());
+        assert!(task.config_incarnation > 0);
+        secrets.push(auth.token.split('.').nth(2).unwrap().to_string());
     }
     bodies.extend([manual.clone(), hooked]);
 
@@ -165,7 +204,9 @@ async fn tasks_carry_push_credentials_and_builds_are_counted() {
         bodies.push(v);
     }
     for b in &bodies {
-        assert!(!b.to_string().contains(SECRET), "secret in a response: {b}");
+        for sig in &secrets {
+            assert!(!b.to_string().contains(sig), "token in a response: {b}");
+        }
     }
 
     let (s, feed) = env
@@ -238,5 +279,7 @@ async fn tasks_carry_push_credentials_and_builds_are_counted() {
         text.contains("build dispatched"),
         "logs were captured: {text}"
     );
-    assert!(!text.contains(SECRET), "secret in the log:\n{text}");
+    for sig in &secrets {
+        assert!(!text.contains(sig), "token in the log:\n{text}");
+    }
 }

@@ -11,10 +11,13 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use etcd_client::{GetOptions, PutOptions};
 use futures::future::BoxFuture;
+use leengine_build::validate::Policy;
 use leengine_build::{BuildRun, BuildTask, RunStatus, Stage};
+use leengine_core::access::{self, Kind, Member, Role};
 use leengine_core::auth::{self, Authenticator, Caller};
-use leengine_core::builds::{router, BuildsState};
+use leengine_core::builds::{router, BuildSettings, BuildsState};
 use leengine_core::problem::ApiError;
+use leengine_core::store::Db;
 use leengine_store::Keys;
 use leengine_testenv as te;
 use serde_json::{json, Value};
@@ -61,10 +64,10 @@ async fn env() -> Env {
     let etcd = te::Etcd::start_with_prefix("/t");
     let client = etcd.client(&te::Component::Core).await;
     let keys = Keys::new("/t");
-    let state = BuildsState::new(client.clone(), keys.clone());
+    seed(&client, &keys).await;
     Env {
         _etcd: Some(etcd),
-        app: router(state).layer(auth::layer(Arc::new(Tokens))),
+        app: router(state(&client, &keys)).layer(auth::layer(Arc::new(Tokens))),
         etcd: client,
         keys,
     }
@@ -167,6 +170,59 @@ impl Env {
             .await
             .unwrap();
         r.count() as usize
+    }
+}
+
+const REGISTRY: &str = "127.0.0.1:5000";
+
+fn state(client: &etcd_client::Client, keys: &Keys) -> BuildsState {
+    let settings = BuildSettings {
+        policy: Policy::new(Some(REGISTRY.into()), &["http://gitlab.example"]).unwrap(),
+        ..Default::default()
+    };
+    BuildsState::new(client.clone(), keys.clone(), settings)
+}
+
+/// The users behind the test tokens; alice owns group `team`, the target
+/// of most configs here; bob has no role on it.
+async fn seed(client: &etcd_client::Client, keys: &Keys) {
+    let db = Db::new(client.clone(), keys.clone());
+    for user in ["alice", "bob", "root"] {
+        leengine_core::users::create_user(&db, user, "password-of-test", user == "root")
+            .await
+            .unwrap();
+    }
+    group(&db, "team", "alice", &[]).await;
+}
+
+/// Group `name` owned by `owner`, with `members`.
+async fn group(db: &Db, name: &str, owner: &str, members: &[(&str, Role)]) {
+    let caller = Caller {
+        user: owner.into(),
+        admin: false,
+    };
+    access::register(
+        db,
+        &caller,
+        Kind::Group,
+        name,
+        false,
+        String::new(),
+        (vec![], vec![]),
+    )
+    .await
+    .unwrap();
+    for (user, role) in members {
+        let m = Member {
+            user: user.to_string(),
+            role: *role,
+            added_by: owner.into(),
+            added: chrono::Utc::now(),
+        };
+        assert!(db
+            .commit(vec![], access::member_ops(db, Kind::Group, name, &m))
+            .await
+            .unwrap());
     }
 }
 
@@ -521,7 +577,9 @@ async fn gitlab_webhook_checks_token_repo_and_branch() {
         "tag defaults to the commit on the agent"
     );
 
-    let (s, _) = e
+    // An unknown id is answered exactly like a wrong secret: the hook does
+    // not tell which config ids exist.
+    let (s, unknown) = e
         .call_h(
             "POST",
             "/api/v1/builds/configs/nope/webhook",
@@ -530,7 +588,17 @@ async fn gitlab_webhook_checks_token_repo_and_branch() {
             &tok,
         )
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, wrong) = e
+        .call_h(
+            "POST",
+            hook,
+            None,
+            Some(json!({})),
+            &[("x-gitlab-token", "wrong")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{unknown}");
+    assert_eq!(unknown, wrong);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -621,9 +689,9 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
     let first = rt();
     let (run_id, dead) = first.block_on(async {
         let client = etcd.client(&te::Component::Core).await;
+        seed(&client, &keys).await;
         let e = Env {
-            app: router(BuildsState::new(client.clone(), keys.clone()))
-                .layer(auth::layer(Arc::new(Tokens))),
+            app: router(state(&client, &keys)).layer(auth::layer(Arc::new(Tokens))),
             etcd: client,
             keys: keys.clone(),
             _etcd: None,
@@ -662,7 +730,7 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
         e.builder("fresh", 60).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(e.tasks("gone").await.len(), 1, "nobody watching yet");
-        let _core = router(BuildsState::new(client, keys.clone()));
+        let _core = router(state(&client, &keys));
         wait_for("task on fresh", || async {
             e.tasks("fresh").await.len() == 1
         })
@@ -672,4 +740,140 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
         assert_eq!(run.redispatches.len(), 1);
         assert!(e.tasks("gone").await.is_empty());
     });
+}
+
+/// The issue's scenario: bob has no role on group `payments` and tries to
+/// make the farm push to payments/api by creating, updating or triggering
+/// a config; and nobody may point a config at another registry host.
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_need_push_rights_on_their_image_and_the_platform_registry() {
+    let e = env().await;
+    let db = Db::new(e.etcd.clone(), e.keys.clone());
+    group(&db, "payments", "alice", &[]).await;
+    e.builder("b1", 60).await;
+    let target = |img: &str| {
+        let mut c = config("bobs");
+        c["image"] = json!(format!("{REGISTRY}/{img}"));
+        c
+    };
+    let forbidden = |s: StatusCode, v: &Value| {
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("image_push_forbidden")),
+            "{v}"
+        );
+    };
+
+    // Create: refused, for a group bob cannot see and for one that does not exist alike.
+    for img in ["payments/api", "nosuchgroup/api"] {
+        let (s, v) = e
+            .call(
+                "POST",
+                "/api/v1/builds/configs",
+                Some("bob"),
+                Some(target(img)),
+            )
+            .await;
+        forbidden(s, &v);
+    }
+    // bob gets his own group and a config there ...
+    group(&db, "bobs", "bob", &[]).await;
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/builds/configs",
+            Some("bob"),
+            Some(target("bobs/api")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // ... but cannot retarget it at payments.
+    let mut upd = target("payments/api");
+    upd.as_object_mut().unwrap().remove("id");
+    let (s, v) = e
+        .call("PUT", "/api/v1/builds/configs/bobs", Some("bob"), Some(upd))
+        .await;
+    forbidden(s, &v);
+
+    // Trigger: alice's config pushes to payments/api; bob is a Developer
+    // of the config (may trigger it) but has no role on payments.
+    let mut c = config("pay");
+    c["image"] = json!(format!("{REGISTRY}/payments/api"));
+    let (s, v) = e
+        .call("POST", "/api/v1/builds/configs", Some("alice"), Some(c))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let dev = Member {
+        user: "bob".into(),
+        role: Role::Developer,
+        added_by: "alice".into(),
+        added: chrono::Utc::now(),
+    };
+    assert!(db
+        .commit(vec![], access::member_ops(&db, Kind::Build, "pay", &dev))
+        .await
+        .unwrap());
+    let (s, v) = e
+        .call("POST", "/api/v1/builds/configs/pay/runs", Some("bob"), None)
+        .await;
+    forbidden(s, &v);
+    assert_eq!(e.run_count().await, 0, "nothing dispatched");
+    // With Developer on the group it works.
+    assert!(db
+        .commit(
+            vec![],
+            access::member_ops(&db, Kind::Group, "payments", &dev)
+        )
+        .await
+        .unwrap());
+    let (s, v) = e
+        .call("POST", "/api/v1/builds/configs/pay/runs", Some("bob"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+
+    // Another registry host, or no registry host, is refused for everyone.
+    for img in [
+        "evil.example:5000/payments/api",
+        "127.0.0.1:5001/payments/api",
+        "payments/api",
+    ] {
+        let mut c = config("elsewhere");
+        c["image"] = json!(img);
+        let (s, v) = e
+            .call("POST", "/api/v1/builds/configs", Some("admin"), Some(c))
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_build_config")),
+            "{img}: {v}"
+        );
+        assert!(v["detail"].as_str().unwrap().contains(REGISTRY), "{v}");
+    }
+}
+
+/// Repositories must be URLs on the configured git hosts: no local paths,
+/// no file://, no other hosts, no credentials in the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn repos_are_limited_to_the_configured_git_hosts() {
+    let e = env().await;
+    for repo in [
+        "/srv/git/app.git",
+        "file:///srv/git/app.git",
+        "gitlab.example:team/app.git",
+        "https://gitlab.example/team/app.git",
+        "http://github.com/team/app.git",
+        "http://bob:hunter2@gitlab.example/team/app.git",
+    ] {
+        let mut c = config("r");
+        c["repo"] = json!(repo);
+        let (s, v) = e
+            .call("POST", "/api/v1/builds/configs", Some("alice"), Some(c))
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_build_config")),
+            "{repo}: {v}"
+        );
+        assert!(!v.to_string().contains("hunter2"), "secret echoed: {v}");
+    }
 }

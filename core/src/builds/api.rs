@@ -17,9 +17,9 @@ use leengine_build::validate;
 use leengine_build::{BuildConfig, BuildRun, BuildSpec, BuilderInfo, CompileSpec, Trigger};
 use serde::{Deserialize, Serialize};
 
-use super::dispatch::{config_gone, dispatch, DispatchRequest};
+use super::dispatch::{config_gone, dispatch, DispatchRequest, StoredConfig};
 use super::webhook::{self, GitlabPush, PushMatch};
-use super::BuildsState;
+use super::{push, BuildsState};
 use crate::access::{self, Action, Grant, Kind, Role};
 use crate::activity;
 use crate::auth::Caller;
@@ -50,6 +50,9 @@ pub(super) fn routes() -> Router<BuildsState> {
 struct CreateConfig {
     id: String,
     repo: String,
+    /// A credential name on the build hosts, never a secret.
+    #[serde(default)]
+    repo_credential: Option<String>,
     branch: String,
     #[serde(default)]
     dockerfile: Option<String>,
@@ -79,10 +82,13 @@ struct ConfigView {
 }
 
 fn view(c: BuildConfig, public: bool, role: Option<Role>) -> ConfigView {
+    let mut spec = c.spec;
+    // Configs are refused with credentials in the URL; older ones may hold some.
+    spec.repo = leengine_build::redact_credentials(&spec.repo).into_owned();
     ConfigView {
         webhook_path: format!("/api/v1/builds/configs/{}/webhook", c.id),
         id: c.id,
-        spec: c.spec,
+        spec,
         creator: c.creator,
         created_at: c.created_at,
         public,
@@ -103,6 +109,24 @@ fn invalid(e: validate::ValidationError) -> ApiError {
     ApiError::bad_request("invalid_build_config", e.to_string())
 }
 
+/// The spec's syntax, the farm's policy (allowed git host, the platform
+/// registry) and `user`'s push right on the target image: checked whenever
+/// a config is written or a build is started.
+async fn check_spec(
+    st: &BuildsState,
+    spec: &BuildSpec,
+    user: &str,
+    admin: bool,
+) -> Result<(), ApiError> {
+    spec.check(&st.settings.policy).map_err(invalid)?;
+    let repository = st
+        .settings
+        .policy
+        .repository(&spec.image)
+        .map_err(invalid)?;
+    push::check(st, user, admin, repository).await
+}
+
 async fn create_config(
     axum::extract::State(st): axum::extract::State<BuildsState>,
     caller: Caller,
@@ -118,6 +142,7 @@ async fn create_config(
     }
     let spec = BuildSpec {
         repo: body.repo,
+        repo_credential: body.repo_credential,
         branch: body.branch,
         dockerfile: body
             .dockerfile
@@ -126,7 +151,7 @@ async fn create_config(
         outputs: body.outputs,
         image: body.image,
     };
-    spec.validate().map_err(invalid)?;
+    check_spec(&st, &spec, &caller.user, caller.admin).await?;
     let token = webhook::new_token();
     let cfg = BuildConfig {
         id: body.id,
@@ -134,6 +159,7 @@ async fn create_config(
         creator: caller.user.clone(),
         webhook_token_sha256: webhook::token_hash(&token),
         created_at: Utc::now(),
+        push_as: Some(caller.user.clone()),
     };
     let key = st.keys.build_config(&cfg.id);
     access::register(
@@ -163,6 +189,9 @@ async fn create_config(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateConfig {
     repo: String,
+    /// A credential name on the build hosts, never a secret.
+    #[serde(default)]
+    repo_credential: Option<String>,
     branch: String,
     #[serde(default)]
     dockerfile: Option<String>,
@@ -185,9 +214,11 @@ async fn update_config(
     Path(id): Path<String>,
     Json(body): Json<UpdateConfig>,
 ) -> Result<Json<ConfigView>, ApiError> {
-    let (grant, mut cfg, rev) = authorized(&st, &caller, &id, Action::Update).await?;
+    let (grant, stored) = authorized(&st, &caller, &id, Action::Update).await?;
+    let (mut cfg, rev) = (stored.config, stored.rev);
     let spec = BuildSpec {
         repo: body.repo,
+        repo_credential: body.repo_credential,
         branch: body.branch,
         dockerfile: body
             .dockerfile
@@ -196,8 +227,9 @@ async fn update_config(
         outputs: body.outputs,
         image: body.image,
     };
-    spec.validate().map_err(invalid)?;
+    check_spec(&st, &spec, &caller.user, caller.admin).await?;
     cfg.spec = spec;
+    cfg.push_as = Some(caller.user.clone());
     let mut resource = grant.resource.value.clone();
     resource.public = body.public.unwrap_or(resource.public);
     let ev = activity::event(
@@ -234,32 +266,33 @@ async fn update_config(
     Ok(Json(view(cfg, resource.public, grant.role)))
 }
 
-/// Reads a config; `None` when absent. Returns the mod revision for CAS.
-async fn read_config(st: &BuildsState, id: &str) -> Result<Option<(BuildConfig, i64)>, ApiError> {
+/// Reads a config; `None` when absent.
+async fn read_config(st: &BuildsState, id: &str) -> Result<Option<StoredConfig>, ApiError> {
     if validate::name("id", id).is_err() {
         return Ok(None);
     }
     let resp = st.etcd.clone().get(st.keys.build_config(id), None).await?;
     match resp.kvs().first() {
         None => Ok(None),
-        Some(kv) => Ok(Some((
-            serde_json::from_slice(kv.value())?,
-            kv.mod_revision(),
-        ))),
+        Some(kv) => Ok(Some(StoredConfig {
+            config: serde_json::from_slice(kv.value())?,
+            rev: kv.mod_revision(),
+            incarnation: kv.create_revision(),
+        })),
     }
 }
 
 /// The config if the caller may do `action` on it (404 to non-members of a
-/// private config, 403 to members lacking the role), with its revision.
+/// private config, 403 to members lacking the role), with its revisions.
 async fn authorized(
     st: &BuildsState,
     caller: &Caller,
     id: &str,
     action: Action,
-) -> Result<(Grant, BuildConfig, i64), ApiError> {
+) -> Result<(Grant, StoredConfig), ApiError> {
     let grant = access::authorize(&st.db(), Some(caller), Kind::Build, id, action).await?;
-    let (cfg, rev) = read_config(st, id).await?.ok_or_else(|| config_gone(id))?;
-    Ok((grant, cfg, rev))
+    let stored = read_config(st, id).await?.ok_or_else(|| config_gone(id))?;
+    Ok((grant, stored))
 }
 
 /// Configs the caller created or is a member of (admins: all). Reads are
@@ -297,8 +330,12 @@ async fn get_config(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ConfigView>, ApiError> {
-    let (grant, cfg, _) = authorized(&st, &caller, &id, Action::View).await?;
-    Ok(Json(view(cfg, grant.resource.value.public, grant.role)))
+    let (grant, stored) = authorized(&st, &caller, &id, Action::View).await?;
+    Ok(Json(view(
+        stored.config,
+        grant.resource.value.public,
+        grant.role,
+    )))
 }
 
 /// Deletes the config, its run records, members and feed; tasks already on
@@ -309,7 +346,8 @@ async fn delete_config(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (grant, _, rev) = authorized(&st, &caller, &id, Action::Delete).await?;
+    let (grant, stored) = authorized(&st, &caller, &id, Action::Delete).await?;
+    let rev = stored.rev;
     let key = st.keys.build_config(&id);
     access::unregister(
         &st.db(),
@@ -342,7 +380,10 @@ async fn trigger(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<BuildRun>), ApiError> {
-    let (_, cfg, rev) = authorized(&st, &caller, &id, Action::Trigger).await?;
+    let (_, stored) = authorized(&st, &caller, &id, Action::Trigger).await?;
+    // The push right is the triggering user's, checked now: a role lost
+    // since the config was written stops their builds.
+    check_spec(&st, &stored.config.spec, &caller.user, caller.admin).await?;
     // An empty body is a plain "build the branch head".
     let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
@@ -357,11 +398,14 @@ async fn trigger(
         validate::commit(c).map_err(|e| ApiError::bad_request("invalid_commit", e.to_string()))?;
     }
     let req = DispatchRequest {
-        trigger: Trigger::Manual { user: caller.user },
+        trigger: Trigger::Manual {
+            user: caller.user.clone(),
+        },
+        pusher: caller.user,
         tag: body.tag,
         commit: body.commit,
     };
-    let run = dispatch(&st, &cfg, rev, req).await?;
+    let run = dispatch(&st, &stored, req).await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
@@ -428,21 +472,21 @@ async fn gitlab_webhook(
     headers: HeaderMap,
     Json(push): Json<GitlabPush>,
 ) -> Result<(StatusCode, Json<WebhookOutcome>), ApiError> {
-    let (cfg, rev) = read_config(&st, &id)
-        .await?
-        .ok_or_else(|| config_gone(&id))?;
     let presented = headers
         .get("x-gitlab-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !webhook::token_matches(&cfg, presented) {
+    // An unknown id and a wrong secret get the same answer (after the same
+    // hashing), so the hook does not tell which config ids exist.
+    let Some(stored) = webhook::authenticate(read_config(&st, &id).await?, presented) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "webhook_token_invalid",
-            format!("X-Gitlab-Token is missing or does not match build config {id}"),
+            "X-Gitlab-Token is missing or does not match this webhook",
         ));
-    }
-    match webhook::match_push(&cfg, &push) {
+    };
+    let cfg = &stored.config;
+    match webhook::match_push(cfg, &push) {
         PushMatch::RepoMismatch => Err(ApiError::bad_request(
             "webhook_repo_mismatch",
             format!(
@@ -461,14 +505,23 @@ async fn gitlab_webhook(
         PushMatch::Build { commit } => {
             validate::commit(&commit)
                 .map_err(|e| ApiError::bad_request("invalid_commit", e.to_string()))?;
+            // Nobody signed in: the build pushes as whoever last set the image.
+            cfg.spec.check(&st.settings.policy).map_err(invalid)?;
+            let repository = st
+                .settings
+                .policy
+                .repository(&cfg.spec.image)
+                .map_err(invalid)?;
+            push::check_user(&st, cfg.pusher(), repository).await?;
             let req = DispatchRequest {
                 trigger: Trigger::Webhook {
                     user: push.user_username.clone(),
                 },
+                pusher: cfg.pusher().to_string(),
                 tag: None,
                 commit: Some(commit),
             };
-            let run = dispatch(&st, &cfg, rev, req).await?;
+            let run = dispatch(&st, &stored, req).await?;
             Ok((
                 StatusCode::ACCEPTED,
                 Json(WebhookOutcome {

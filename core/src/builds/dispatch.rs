@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, Trigger};
+use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, PushAuth, Trigger};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
 
@@ -21,6 +21,8 @@ const ATTEMPTS: usize = 3;
 #[derive(Clone, Debug)]
 pub struct DispatchRequest {
     pub trigger: Trigger,
+    /// The user whose push right was checked: the push token's subject.
+    pub pusher: String,
     pub tag: Option<String>,
     pub commit: Option<String>,
 }
@@ -48,20 +50,49 @@ pub async fn live_builders(
     Ok(live)
 }
 
+/// A config as read from etcd.
+#[derive(Clone, Debug)]
+pub struct StoredConfig {
+    pub config: BuildConfig,
+    /// Mod revision: the dispatch commits only if the config is unchanged.
+    pub rev: i64,
+    /// Create revision: differs between a config and a re-created one of
+    /// the same id.
+    pub incarnation: i64,
+}
+
+/// A token for pushing to this config's image only, when the registry
+/// takes tokens from this core.
+fn push_auth(state: &BuildsState, config: &BuildConfig, pusher: &str) -> Option<PushAuth> {
+    let tokens = state.tokens.as_ref()?;
+    let policy = &state.settings.policy;
+    let server = policy.registry.clone()?;
+    let repository = policy.repository(&config.spec.image).ok()?;
+    let now = Utc::now();
+    let ttl = state.settings.push_token_ttl;
+    let t = tokens.scoped_push_token(pusher, repository, ttl, now);
+    Some(PushAuth {
+        server,
+        token: t.token,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+    })
+}
+
 /// Run ids sort by creation time and are safe key segments.
 fn new_run_id() -> String {
     let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
     format!("{}-{suffix:06x}", Utc::now().format("%Y%m%d%H%M%S%3f"))
 }
 
-/// Creates a run of `config` (read at `config_rev`) on the builder rendezvous
-/// hashing picks among the live ones.
+/// Creates a run of `stored` on the builder rendezvous hashing picks among
+/// the live ones. The caller has checked `req.pusher`'s push right.
 pub async fn dispatch(
     state: &BuildsState,
-    config: &BuildConfig,
-    config_rev: i64,
+    stored: &StoredConfig,
     req: DispatchRequest,
 ) -> Result<BuildRun, ApiError> {
+    let (config, config_rev) = (&stored.config, stored.rev);
+    let push_auth = push_auth(state, config, &req.pusher);
     let mut etcd = state.etcd.clone();
     let keys = &state.keys;
     for _ in 0..ATTEMPTS {
@@ -82,10 +113,11 @@ pub async fn dispatch(
         let task = BuildTask {
             run: run.id.clone(),
             config: config.id.clone(),
+            config_incarnation: stored.incarnation,
             spec: config.spec.clone(),
             commit: req.commit.clone(),
             tag: req.tag.clone(),
-            registry_auth: state.registry_auth.clone(),
+            push_auth: push_auth.clone(),
             attempt: 1,
         };
         let run_key = keys.build_run(&config.id, &run.id);

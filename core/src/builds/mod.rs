@@ -9,36 +9,65 @@
 
 mod api;
 mod dispatch;
+mod push;
 mod redispatch;
 mod webhook;
 
-use leengine_build::RegistryAuth;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leengine_build::validate::Policy;
 use leengine_store::Keys;
 
+use crate::registry::TokenServer;
 use crate::store::Db;
 
 pub use dispatch::{dispatch, live_builders, DispatchRequest};
 pub use redispatch::handle_lost_builder;
 
+/// How long a task's push token stays valid unless configured: it must
+/// outlive the queue and every stage before the push.
+pub const DEFAULT_PUSH_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The operator's choices for the build farm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// The platform registry and the allowed git hosts.
+    pub policy: Policy,
+    pub push_token_ttl: Duration,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            push_token_ttl: DEFAULT_PUSH_TOKEN_TTL,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct BuildsState {
     pub etcd: etcd_client::Client,
     pub keys: Keys,
-    /// Credentials put into every task for the push; `None` pushes anonymously.
-    pub registry_auth: Option<RegistryAuth>,
+    pub settings: Arc<BuildSettings>,
+    /// Signs each task's push token; `None` pushes anonymously (a registry
+    /// without auth).
+    pub tokens: Option<Arc<TokenServer>>,
 }
 
 impl BuildsState {
-    pub fn new(etcd: etcd_client::Client, keys: Keys) -> Self {
+    pub fn new(etcd: etcd_client::Client, keys: Keys, settings: BuildSettings) -> Self {
         Self {
             etcd,
             keys,
-            registry_auth: None,
+            settings: Arc::new(settings),
+            tokens: None,
         }
     }
 
-    pub fn with_registry_auth(mut self, auth: RegistryAuth) -> Self {
-        self.registry_auth = Some(auth);
+    pub fn with_push_tokens(mut self, tokens: Arc<TokenServer>) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 
 use leengine_build::BuildConfig;
 
+use super::dispatch::StoredConfig;
+
 /// The fields of GitLab's "Push Hook" payload we use.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -108,6 +110,19 @@ pub fn token_matches(cfg: &BuildConfig, presented: &str) -> bool {
     )
 }
 
+/// The config if `presented` is its secret. Hashes even when there is no
+/// config, so an unknown id costs what a wrong secret does.
+pub fn authenticate(found: Option<StoredConfig>, presented: &str) -> Option<StoredConfig> {
+    match found {
+        Some(s) if token_matches(&s.config, presented) => Some(s),
+        Some(_) => None,
+        None => {
+            std::hint::black_box(token_hash(presented));
+            None
+        }
+    }
+}
+
 pub fn new_token() -> String {
     rand::random::<[u8; 24]>()
         .iter()
@@ -125,6 +140,7 @@ mod tests {
             id: "app".into(),
             spec: BuildSpec {
                 repo: "http://gitlab.example/team/app.git".into(),
+                repo_credential: None,
                 branch: "main".into(),
                 dockerfile: "Dockerfile".into(),
                 compile: None,
@@ -134,6 +150,7 @@ mod tests {
             creator: "alice".into(),
             webhook_token_sha256: token_hash("s3cret"),
             created_at: chrono::Utc::now(),
+            push_as: None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod kid;
 pub mod scope;
+mod scoped;
 pub mod signer;
 
 use std::time::Duration;

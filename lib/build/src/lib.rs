@@ -9,7 +9,7 @@ pub mod model;
 pub mod placement;
 pub mod validate;
 
-pub use log::BoundedLog;
+pub use log::{redact_credentials, BoundedLog};
 pub use model::*;
 pub use placement::{rank, redispatch_target, score};
 pub use validate::ValidationError;

@@ -55,9 +55,52 @@ impl BoundedLog {
     }
 }
 
+/// Replaces the user-info of every `scheme://user:secret@host` in `text`
+/// with `***`: git prints remote URLs in its messages, and a URL someone
+/// wrote with a token in it must not reach a run log.
+pub fn redact_credentials(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_credentials(
+                "fatal: could not read from 'https://bob:glpat-x1@git.example/a.git'"
+            ),
+            "fatal: could not read from 'https://***@git.example/a.git'"
+        );
+        assert_eq!(
+            redact_credentials("a https://t@h/x and ssh://git@h:22/y b"),
+            "a https://***@h/x and ssh://***@h:22/y b"
+        );
+        assert_eq!(redact_credentials("https://h/x@y"), "https://h/x@y");
+        assert_eq!(redact_credentials("no urls"), "no urls");
+    }
 
     #[test]
     fn keeps_the_tail_within_the_cap() {

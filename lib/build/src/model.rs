@@ -22,8 +22,14 @@ pub const MAX_REDISPATCHES: usize = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuildSpec {
-    /// Git URL or local path `git clone` accepts.
+    /// Network git URL on one of the farm's allowed git hosts
+    /// ([`crate::validate::Policy`]).
     pub repo: String,
+    /// Name of the clone credential on the build hosts
+    /// (`{git-credentials-dir}/{name}.json`); the secret never enters etcd
+    /// or the API. `None`: the host's own git credentials, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_credential: Option<String>,
     pub branch: String,
     /// Dockerfile path inside the repository.
     #[serde(default = "default_dockerfile")]
@@ -35,7 +41,8 @@ pub struct BuildSpec {
     /// else does: sources stay on the builder.
     #[serde(default)]
     pub outputs: Vec<String>,
-    /// Target repository without tag, e.g. `registry.example:5000/team/app`.
+    /// Target repository without tag in the platform registry,
+    /// `REGISTRY/GROUP/NAME`, e.g. `registry.example:5000/team/app`.
     pub image: String,
 }
 
@@ -70,21 +77,38 @@ pub struct BuildConfig {
     /// once, at creation.
     pub webhook_token_sha256: String,
     pub created_at: DateTime<Utc>,
+    /// The user whose push rights on `spec.image` were checked when the
+    /// image was last set; webhook builds push as them. Configs written
+    /// before this field push as their creator.
+    #[serde(default)]
+    pub push_as: Option<String>,
 }
 
-/// Registry credentials handed to the agent for the push.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl BuildConfig {
+    pub fn pusher(&self) -> &str {
+        self.push_as.as_deref().unwrap_or(&self.creator)
+    }
+}
+
+/// What the agent pushes with: a registry bearer token the core signed for
+/// exactly one repository (pull and push on `spec.image`), expiring at
+/// `expires_at`. Never a password: task keys are readable by every agent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RegistryAuth {
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// A bearer token the registry accepts instead of a password.
-    #[serde(default)]
-    pub identity_token: Option<String>,
-    #[serde(default)]
-    pub server: Option<String>,
+pub struct PushAuth {
+    /// `host[:port]` of the registry.
+    pub server: String,
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for PushAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushAuth")
+            .field("server", &self.server)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The value of a builder's task key.
@@ -93,6 +117,10 @@ pub struct RegistryAuth {
 pub struct BuildTask {
     pub run: String,
     pub config: String,
+    /// The config key's etcd create revision: tells a re-created config
+    /// from the one it replaced (each incarnation has its own cache).
+    #[serde(default)]
+    pub config_incarnation: i64,
     pub spec: BuildSpec,
     /// Exact commit to build (webhook); `None` builds the branch head.
     #[serde(default)]
@@ -100,8 +128,9 @@ pub struct BuildTask {
     /// Requested tag; `None` tags with the commit id.
     #[serde(default)]
     pub tag: Option<String>,
+    /// `None`: the registry takes anonymous pushes (no token server).
     #[serde(default)]
-    pub registry_auth: Option<RegistryAuth>,
+    pub push_auth: Option<PushAuth>,
     /// 1 for the first placement, 2 after a re-dispatch.
     pub attempt: u32,
 }
