@@ -43,7 +43,9 @@ head -c 24 /dev/urandom | base64 >"$WORK/notify.secret"
 RUST_LOG=info,leengine_core=debug "$BIN" --listen "127.0.0.1:$CORE_PORT" --etcd "http://127.0.0.1:$ETCD_PORT" \
   --admin-user admin --admin-password-file "$WORK/admin.pw" \
   --token-service st-registry --token-key "$WORK/token.key" --token-cert "$WORK/token.crt" \
-  --notify-secret-file "$WORK/notify.secret" >"$WORK/core.log" 2>&1 &
+  --notify-secret-file "$WORK/notify.secret" \
+  --build-registry-server registry.st.local:5000 --build-git-host https://git.st.local \
+  >"$WORK/core.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$CORE_PORT/openapi.json" >/dev/null && break; sleep 0.2; done
 

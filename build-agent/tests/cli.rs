@@ -6,6 +6,12 @@ use std::process::Command;
 fn a_bad_etcd_tls_file_is_one_line_naming_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_leengine-build-agent"))
         .args(["--id", "b1", "--etcd", "https://127.0.0.1:1"])
+        .args([
+            "--registry",
+            "registry.local:5000",
+            "--git-host",
+            "https://git.local",
+        ])
         .args(["--etcd-ca", "/dev/null"])
         .env("RUST_LOG", "off")
         .output()

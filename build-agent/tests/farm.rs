@@ -1214,12 +1214,12 @@ async fn compile_containers_cannot_reach_etcd_or_core_and_are_limited() {
         format!("127.0.0.1:{core_port}"),
         format!("{host_ip}:{core_port}"),
     ];
-    // Reached = an HTTP answer of any status (etcd's /version is 200, the
-    // core answers 404); anything else is a failed connection. (busybox's
-    // static wget crashes resolving even an IP; nc does not resolve.)
+    // Reached = a TCP connection opened (etcd speaks TLS, the core HTTP);
+    // nc fails on refused or unreachable. (busybox's static wget crashes
+    // resolving even an IP; nc does not resolve.)
     let probe = format!(
         r#"for t in {}; do
-  if printf 'GET /version HTTP/1.0\r\n\r\n' | nc -w 3 "${{t%:*}}" "${{t#*:}}" 2>/tmp/err | grep -q "HTTP/"; then
+  if nc -w 3 "${{t%:*}}" "${{t#*:}}" </dev/null 2>/tmp/err >/dev/null; then
     echo "REACHED $t"
   else
     echo "unreachable $t: $(tail -n 1 /tmp/err)"

@@ -1,13 +1,10 @@
-//! The built `cnictl` binary against a real etcd (and, for `check`, a
-//! local HTTP server answering with real apiserver JSON).
+//! The built `cnictl` binary against a real etcd (and, for `check`, a real
+//! kube-apiserver: testenv's Cell, control plane only).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use axum::extract::Query;
-use axum::routing::get;
-use axum::Json;
 use leengine_ipam::{AssignRequest, Ipam, IpamOptions, LiveAttachment, NodeAttachmentsReport};
 use leengine_store::Keys;
 use leengine_testenv as te;
@@ -450,61 +447,77 @@ async fn blocks_and_ips() {
     );
 }
 
-/// Real apiserver JSON: a PodList in two pages and a NodeList.
-fn pod(name: &str, node: &str, ip: Option<Ipv4Addr>, phase: &str) -> Value {
-    let mut status =
-        json!({"phase": phase, "hostIP": "192.168.10.1", "startTime": "2026-01-01T00:00:00Z"});
+/// A pod as the kubelet would have reported it (status set through the
+/// status subresource, as kubelet does).
+fn pod(name: &str, node: &str, ip: Option<Ipv4Addr>, phase: &str) -> (Value, Value) {
+    let mut status = json!({"phase": phase, "hostIP": "192.168.10.1"});
     if let Some(ip) = ip {
         status["podIP"] = json!(ip.to_string());
         status["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
-    json!({
-        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-                     "resourceVersion": "1001", "creationTimestamp": "2026-01-01T00:00:00Z",
-                     "labels": {"app": "shop"}},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.local/shop:1"}],
-                 "restartPolicy": "Always"},
-        "status": status
-    })
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "shop"}},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "registry.local/shop:1"}]},
+    });
+    (obj, json!({ "status": status }))
 }
 
-async fn apiserver(pods: Vec<Value>, nodes: &[&str]) -> String {
-    let nodes: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            json!({"metadata": {"name": n, "uid": format!("uid-{n}"), "resourceVersion": "5"},
-                        "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-        })
-        .collect();
-    let half = pods.len() / 2;
-    let (first, second) = (pods[..half].to_vec(), pods[half..].to_vec());
-    let app = axum::Router::new()
-        .route(
-            "/api/v1/pods",
-            get(
-                move |Query(q): Query<std::collections::HashMap<String, String>>| async move {
-                    let (items, cont) = match q.get("continue").map(String::as_str) {
-                        None => (first.clone(), "page-2"),
-                        Some("page-2") => (second.clone(), ""),
-                        Some(other) => panic!("unexpected continue token {other}"),
-                    };
-                    Json(json!({"kind": "PodList", "apiVersion": "v1",
-                            "metadata": {"resourceVersion": "1234", "continue": cont},
-                            "items": items}))
-                },
-            ),
-        )
-        .route(
-            "/api/v1/nodes",
-            get(move || async move {
-                Json(json!({"kind": "NodeList", "apiVersion": "v1",
-                            "metadata": {"resourceVersion": "1234"}, "items": nodes}))
-            }),
+/// A real apiserver (no kubelets) holding `nodes` and `pods`; returns the
+/// Cell (keep it alive) — its admin kubeconfig is what cnictl reads.
+fn apiserver(pods: Vec<(Value, Value)>, nodes: &[&str]) -> te::Cell {
+    let cell = te::Cell::start(te::CellSpec {
+        nodes: 0,
+        pools: vec![],
+        cni_plugin: env!("CARGO_BIN_EXE_cnictl").into(),
+        node_agent: None,
+        reclaim: false,
+    });
+    let mut objects =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})];
+    objects.extend(
+        nodes
+            .iter()
+            .map(|n| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})),
+    );
+    cell.apply(&json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string());
+    // The namespace's default service account comes from the controller
+    // manager a moment later; pod admission waits for it.
+    let list = json!({"apiVersion": "v1", "kind": "List",
+                      "items": pods.iter().map(|p| p.0.clone()).collect::<Vec<_>>()});
+    let created = te::wait_until(std::time::Duration::from_secs(60), || {
+        cell.kubectl(&["apply", "-f", &write_temp(&list)])
+            .status
+            .success()
+    });
+    assert!(created, "pods not admitted");
+    for (obj, status) in &pods {
+        let name = obj["metadata"]["name"].as_str().unwrap();
+        let out = cell.kubectl(&[
+            "-n",
+            "shop",
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    }
+    cell
+}
+
+fn write_temp(v: &Value) -> String {
+    let path = te::run_dir().join(format!("{}.json", te::unique_name("objs")));
+    std::fs::write(&path, v.to_string()).unwrap();
+    path.display().to_string()
 }
 
 fn kubeconfig(dir: &Path, server: &str) -> String {
@@ -576,8 +589,8 @@ async fn check_and_release() {
         ),
         pod("pending", "n2", None, "Pending"),
     ];
-    let server = apiserver(pods, &["n1", "n2"]).await;
-    let kc = kubeconfig(env.dir.path(), &server);
+    let cell = apiserver(pods, &["n1", "n2"]);
+    let kc = cell.kubeconfig().display().to_string();
 
     // Default grace: only the gone node's allocation is a leak already.
     let r = env.json(4, &["check", "--kubeconfig", &kc]);

@@ -278,7 +278,7 @@ fn build_config(id: &str) -> serde_json::Value {
         "id": id,
         "repo": "https://git.example/team/app.git",
         "branch": "main",
-        "image": "127.0.0.1:5000/team/app",
+        "image": format!("127.0.0.1:5000/{id}-g/app"),
     })
 }
 
@@ -349,6 +349,16 @@ async fn create(w: &World, owner: &Auth, kind: Kind, name: &str, public: bool) {
                 )
                 .await
                 .unwrap();
+            // The creator needs push rights on the target image: its group.
+            let (st, v) = env
+                .call(
+                    owner,
+                    Method::POST,
+                    "/api/v1/groups",
+                    Some(json!({"name": format!("{name}-g")})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "group for {name}: {v}");
             let mut c = build_config(name);
             c["public"] = json!(public);
             env.call(owner, Method::POST, "/api/v1/builds/configs", Some(c))
@@ -367,6 +377,20 @@ async fn create(w: &World, owner: &Auth, kind: Kind, name: &str, public: bool) {
                 )
                 .await;
             assert_eq!(st, StatusCode::OK, "add {user} as {role:?}: {v}");
+            if kind == Kind::Build {
+                // Push rights on the target image are a separate rule
+                // (tests/builds_api.rs); here every member has them, so the
+                // matrix shows the build-config role table alone.
+                let (st, v) = env
+                    .call(
+                        owner,
+                        Method::PUT,
+                        &format!("/api/v1/groups/{name}-g/members/{user}"),
+                        Some(json!({"role": "Developer"})),
+                    )
+                    .await;
+                assert_eq!(st, StatusCode::OK, "{user} Developer of {name}-g: {v}");
+            }
         }
     }
     if kind == Kind::App {
@@ -395,6 +419,14 @@ async fn permission_matrix() {
             ttl: Duration::from_secs(300),
             notify_secret: None,
         }),
+        builds: leengine_core::builds::BuildSettings {
+            policy: leengine_build::validate::Policy::new(
+                Some("127.0.0.1:5000".into()),
+                &["https://git.example"],
+            )
+            .unwrap(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let env = Env::start(settings).await;

@@ -12,7 +12,10 @@ const COMMIT: &str = "^[0-9a-fA-F]{7,64}$";
 
 fn spec_properties() -> Map<String, Value> {
     json!({
-        "repo": { "type": "string", "description": "git URL or local path" },
+        "repo": { "type": "string",
+            "description": "`scheme://host[:port]/path` on one of the core's `--build-git-host` servers" },
+        "repoCredential": { "type": "string", "nullable": true,
+            "description": "name of a clone credential held by the build hosts (never the secret itself)" },
         "branch": { "type": "string" },
         "dockerfile": { "type": "string", "nullable": true, "description": "default `Dockerfile`" },
         "compile": { "allOf": [schema_ref("CompileSpec")], "nullable": true },

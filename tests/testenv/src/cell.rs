@@ -413,6 +413,13 @@ impl Cell {
             .arg("--leader-elect=false")
             .arg("--v=1");
         self.scheduler = Some(Daemon::spawn("kube-scheduler", &self.dir, &mut cmd));
+        // Pod admission needs the namespace's service account, which the
+        // controller manager makes: until then every pod is refused.
+        self.wait("the default service account", |c| {
+            c.kubectl(&["-n", "default", "get", "serviceaccount", "default"])
+                .status
+                .success()
+        });
     }
 
     /// A kubeconfig for a client certificate with `subject`; returns its path.
