@@ -76,68 +76,73 @@ pub fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records are plain data and always serialize")
 }
 
-pub fn put<T: Serialize>(key: impl Into<Vec<u8>>, value: &T) -> TxnOp {
-    TxnOp::put(key, json(value), None)
+pub fn put<T: Serialize>(key: impl AsRef<[u8]>, value: &T) -> TxnOp {
+    TxnOp::put(bytes(key), json(value), None)
 }
 
 /// A put bound to `lease`: the key goes when the lease does.
-pub fn put_leased<T: Serialize>(key: impl Into<Vec<u8>>, value: &T, lease: i64) -> TxnOp {
-    TxnOp::put(key, json(value), Some(PutOptions::new().with_lease(lease)))
+pub fn put_leased<T: Serialize>(key: impl AsRef<[u8]>, value: &T, lease: i64) -> TxnOp {
+    TxnOp::put(bytes(key), json(value), Some(PutOptions::new().with_lease(lease)))
 }
 
-pub fn delete(key: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::delete(key, None)
+pub fn delete(key: impl AsRef<[u8]>) -> TxnOp {
+    TxnOp::delete(bytes(key), None)
 }
 
-pub fn delete_prefix(prefix: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))
+pub fn delete_prefix(prefix: impl AsRef<[u8]>) -> TxnOp {
+    TxnOp::delete(bytes(prefix), Some(DeleteOptions::new().with_prefix()))
 }
 
-pub fn get(key: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::get(key, None)
+pub fn get(key: impl AsRef<[u8]>) -> TxnOp {
+    TxnOp::get(bytes(key), None)
 }
 
-pub fn get_prefix(prefix: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::get(prefix, Some(GetOptions::new().with_prefix()))
+pub fn get_prefix(prefix: impl AsRef<[u8]>) -> TxnOp {
+    TxnOp::get(bytes(prefix), Some(GetOptions::new().with_prefix()))
 }
 
-pub fn get_prefix_keys(prefix: impl Into<Vec<u8>>) -> TxnOp {
+pub fn get_prefix_keys(prefix: impl AsRef<[u8]>) -> TxnOp {
     TxnOp::get(
-        prefix,
+        bytes(prefix),
         Some(GetOptions::new().with_prefix().with_keys_only()),
     )
 }
 
 /// Compare: the key is as it was read — `Some(mod_revision)` — or, read as
 /// absent (`None`), still absent.
-pub fn unchanged(key: impl Into<Vec<u8>>, mod_revision: Option<i64>) -> Compare {
+pub fn unchanged(key: impl AsRef<[u8]>, mod_revision: Option<i64>) -> Compare {
     match mod_revision {
-        Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+        Some(rev) => Compare::mod_revision(bytes(key), CompareOp::Equal, rev),
         None => absent(key),
     }
 }
 
-pub fn absent(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Equal, 0)
+pub fn absent(key: impl AsRef<[u8]>) -> Compare {
+    Compare::create_revision(bytes(key), CompareOp::Equal, 0)
 }
 
-pub fn present(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Greater, 0)
+pub fn present(key: impl AsRef<[u8]>) -> Compare {
+    Compare::create_revision(bytes(key), CompareOp::Greater, 0)
 }
 
 /// Compare: nothing under `prefix` was created or changed after `revision`.
-pub fn prefix_unchanged_since(prefix: impl Into<Vec<u8>>, revision: i64) -> Compare {
-    Compare::mod_revision(prefix, CompareOp::Less, revision + 1).with_prefix()
+pub fn prefix_unchanged_since(prefix: impl AsRef<[u8]>, revision: i64) -> Compare {
+    Compare::mod_revision(bytes(prefix), CompareOp::Less, revision + 1).with_prefix()
 }
 
 /// Compare: no key exists under `prefix`.
-pub fn prefix_empty(prefix: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(prefix, CompareOp::Equal, 0).with_prefix()
+pub fn prefix_empty(prefix: impl AsRef<[u8]>) -> Compare {
+    Compare::create_revision(bytes(prefix), CompareOp::Equal, 0).with_prefix()
 }
 
 /// Compare: the key is bound to `lease` (a record this holder still owns).
-pub fn leased_by(key: impl Into<Vec<u8>>, lease: i64) -> Compare {
-    Compare::lease(key, CompareOp::Equal, lease)
+pub fn leased_by(key: impl AsRef<[u8]>, lease: i64) -> Compare {
+    Compare::lease(bytes(key), CompareOp::Equal, lease)
+}
+
+/// Keys are taken as anything byte-like (`&str`, `String`, `&String`).
+fn bytes(key: impl AsRef<[u8]>) -> Vec<u8> {
+    key.as_ref().to_vec()
 }
 
 /// One typed record, or `None` when the key is absent.
