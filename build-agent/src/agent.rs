@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use etcd_client::{Event, EventType};
-use leengine_store::follow::{follow, Follow, Follower, Snapshot};
 use leengine_build::validate::Policy;
 use leengine_build::{BuildTask, BuilderInfo};
+use leengine_store::follow::{follow, Follow, Follower, Snapshot};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
 use tokio::sync::{watch, Semaphore};
 
 use crate::registration::Running;
-use leengine_store::lease::Registration;
 use crate::Args;
+use leengine_store::lease::Registration;
 
 /// Everything a build needs from the host; shared by all runs.
 pub struct Agent {
@@ -154,7 +154,13 @@ impl Agent {
     async fn watch_tasks_forever(self: Arc<Self>) {
         let what = Follow::prefix(self.keys.builder_tasks_prefix(&self.id));
         let etcd = self.etcd.clone();
-        follow(&etcd, &what, &mut Tasks { agent: self }, std::future::pending()).await;
+        follow(
+            &etcd,
+            &what,
+            &mut Tasks { agent: self },
+            std::future::pending(),
+        )
+        .await;
     }
 
     fn on_task(self: Arc<Self>, key: &str, value: &[u8]) {

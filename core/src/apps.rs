@@ -237,8 +237,7 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let (core, caller, name) = (&core, &caller, name.as_str());
     store::optimistic(move || async move {
-        let g =
-            access::authorize(&core.db, Some(caller), Kind::App, name, Action::Delete).await?;
+        let g = access::authorize(&core.db, Some(caller), Kind::App, name, Action::Delete).await?;
         let r = &g.resource.value;
         let replicas = r.app.as_ref().map_or(0, |a| a.replicas);
         let (compares, mut ops) = quota::charge(

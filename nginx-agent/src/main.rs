@@ -254,9 +254,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let status = tokio::spawn(status::run(shared.clone(), client.clone(), args.status_ttl, async {
-        let _ = stopped.await;
-    }));
+    let status = tokio::spawn(status::run(
+        shared.clone(),
+        client.clone(),
+        args.status_ttl,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let r = tokio::select! {
         () = watch::run(shared, client) => Ok(()),
         r = tokio::signal::ctrl_c() => r.context("signal handler"),

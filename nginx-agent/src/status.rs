@@ -15,7 +15,12 @@ use crate::shared::Shared;
 const COALESCE: Duration = Duration::from_millis(200);
 
 /// Until `stop`, then the record is revoked.
-pub async fn run(shared: Arc<Shared>, client: Client, ttl: Duration, stop: impl Future<Output = ()>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    ttl: Duration,
+    stop: impl Future<Output = ()>,
+) {
     let key = slb_agent(&shared.group, &shared.host);
     Registration::new(client, key, ttl, Status { shared })
         .run(None, stop)

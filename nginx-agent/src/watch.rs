@@ -13,7 +13,13 @@ use crate::shared::Shared;
 
 pub async fn run(shared: Arc<Shared>, client: Client) {
     let what = Follow::prefix(slb_domains_prefix(&shared.group));
-    follow(&client, &what, &mut Folder { shared }, std::future::pending()).await;
+    follow(
+        &client,
+        &what,
+        &mut Folder { shared },
+        std::future::pending(),
+    )
+    .await;
 }
 
 struct Folder {

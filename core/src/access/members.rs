@@ -142,7 +142,10 @@ async fn change(
             ));
         }
         let mut compares = vec![grant.resource.unchanged()];
-        let mut ops = vec![store::put(grant.resource.key.as_str(), &grant.resource.value)];
+        let mut ops = vec![store::put(
+            grant.resource.key.as_str(),
+            &grant.resource.value,
+        )];
         let (member, action) = match new_role {
             Some(role) => {
                 if current.is_none() {

@@ -110,7 +110,11 @@ pub async fn load(
     if let Some(user) = user {
         reads.push(record::get(k.core_member(kind.as_str(), name, user)));
         if let (Kind::Image, Some(group)) = (kind, image_group(name)) {
-            reads.push(record::get(k.core_member(Kind::Group.as_str(), group, user)));
+            reads.push(record::get(k.core_member(
+                Kind::Group.as_str(),
+                group,
+                user,
+            )));
         }
     }
     let batch = record::read(&db.etcd, reads).await?;

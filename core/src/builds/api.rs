@@ -13,9 +13,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use etcd_client::GetOptions;
-use leengine_store::record;
 use leengine_build::validate;
 use leengine_build::{BuildConfig, BuildRun, BuildSpec, BuilderInfo, CompileSpec, Trigger};
+use leengine_store::record;
 use serde::{Deserialize, Serialize};
 
 use super::dispatch::{config_gone, dispatch, DispatchRequest, StoredConfig};

@@ -4,10 +4,10 @@
 
 use chrono::Utc;
 use etcd_client::GetOptions;
-use leengine_store::{record, retry};
 use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, PushAuth, Trigger};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
+use leengine_store::{record, retry};
 
 use super::BuildsState;
 use crate::access::Kind;
@@ -140,17 +140,17 @@ pub async fn dispatch(
             record::present(keys.builder(&builder)),
         ];
         let ops = vec![
-                record::put(run_key, &run),
-                record::put(keys.builder_task(&builder, &run.id), &task),
-                // Counted here, once per run: a re-dispatch is the same build.
-                stats::op(
-                    keys,
-                    Metric::Builds,
-                    run.created_at,
-                    &format!("{}:{}", config.id, run.id),
-                    &config.id,
-                ),
-                activity::op(keys, Kind::Build, &config.id, &ev),
+            record::put(run_key, &run),
+            record::put(keys.builder_task(&builder, &run.id), &task),
+            // Counted here, once per run: a re-dispatch is the same build.
+            stats::op(
+                keys,
+                Metric::Builds,
+                run.created_at,
+                &format!("{}:{}", config.id, run.id),
+                &config.id,
+            ),
+            activity::op(keys, Kind::Build, &config.id, &ev),
         ];
         if record::commit(&etcd, compares, ops).await?.applied() {
             tracing::info!(config = %config.id, run = %run.id, %builder, "build dispatched");
@@ -158,16 +158,14 @@ pub async fn dispatch(
         }
         let still = etcd.get(keys.build_config(&config.id), None).await?;
         match still.kvs().first() {
-            None => return Err(config_gone(&config.id)),
-            Some(kv) if kv.mod_revision() != config_rev => {
-                return Err(ApiError::conflict(
-                    "build_config_changed",
-                    format!(
-                        "build config {} changed while dispatching; retry",
-                        config.id
-                    ),
-                ))
-            }
+            None => Err(config_gone(&config.id)),
+            Some(kv) if kv.mod_revision() != config_rev => Err(ApiError::conflict(
+                "build_config_changed",
+                format!(
+                    "build config {} changed while dispatching; retry",
+                    config.id
+                ),
+            )),
             Some(_) => Ok(None),
         }
     })

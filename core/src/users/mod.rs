@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use leengine_store::record;
 use futures::future::BoxFuture;
+use leengine_store::record;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{constant_time_eq, credentials, Authenticator, Caller, Credentials, Proof};
@@ -56,9 +56,7 @@ pub async fn create_user(
 ) -> Result<User, ApiError> {
     try_create_user(db, name, password, admin)
         .await?
-        .ok_or_else(|| {
-            ApiError::conflict("user_exists", format!("user {name} already exists"))
-        })
+        .ok_or_else(|| ApiError::conflict("user_exists", format!("user {name} already exists")))
 }
 
 /// [`create_user`], answering `None` when the name is taken.

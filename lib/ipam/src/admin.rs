@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 use leengine_store::keys::NodeKey;
 
 use crate::assign::{owned_block, Owned};
-use leengine_store::retry;
 use crate::check::{classify, ApiView, CheckInput, CheckOptions, CheckReport};
 use crate::error::IpamError;
 use crate::model::{
@@ -15,6 +14,7 @@ use crate::model::{
 use crate::pool::parse_network;
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 /// Blocks deleted per transaction by `remove_pool` (etcd allows 128 operations).
 const BLOCKS_PER_TXN: usize = 40;
@@ -27,7 +27,7 @@ pub(crate) async fn list_pools(ipam: &Ipam) -> Result<Vec<Pool>, IpamError> {
 }
 
 async fn pool_rec(ipam: &Ipam, name: &str) -> Result<Rec<Pool>, IpamError> {
-    let batch = store::read(&ipam.client, vec![store::get(&ipam.keys.pool(name))]).await?;
+    let batch = store::read(&ipam.client, vec![store::get(ipam.keys.pool(name))]).await?;
     store::decode_one(&batch.responses[0])?.ok_or_else(|| IpamError::UnknownPool(name.into()))
 }
 
@@ -126,9 +126,9 @@ fn claim_key(ipam: &Ipam, b: &Block) -> String {
 fn give_back_ops(ipam: &Ipam, pool: &Rec<Pool>, b: &Rec<Block>) -> Vec<etcd_client::TxnOp> {
     vec![
         store::delete(&b.key),
-        store::delete(&claim_key(ipam, &b.value)),
+        store::delete(claim_key(ipam, &b.value)),
         store::put(&pool.key, &pool.value),
-        store::delete(&ipam.keys.pool_full(&pool.value.name)),
+        store::delete(ipam.keys.pool_full(&pool.value.name)),
     ]
 }
 
@@ -165,7 +165,7 @@ async fn remove_pool_once(ipam: &Ipam, name: &str) -> Result<Option<()>, IpamErr
             .flat_map(|b| {
                 [
                     store::delete(&b.key),
-                    store::delete(&claim_key(ipam, &b.value)),
+                    store::delete(claim_key(ipam, &b.value)),
                 ]
             })
             .collect();
@@ -177,11 +177,11 @@ async fn remove_pool_once(ipam: &Ipam, name: &str) -> Result<Option<()>, IpamErr
     }
     let compares = vec![
         store::unchanged(&pool.key, Some(pool.mod_revision)),
-        store::prefix_empty(&ipam.keys.pool_blocks_prefix(name)),
+        store::prefix_empty(ipam.keys.pool_blocks_prefix(name)),
     ];
     let ops = vec![
         store::delete(&pool.key),
-        store::delete(&ipam.keys.pool_full(name)),
+        store::delete(ipam.keys.pool_full(name)),
     ];
     if !store::commit(&ipam.client, compares, ops).await?.applied() {
         return Ok(None);

@@ -13,8 +13,8 @@ use crate::model::{
     StickyRecord,
 };
 use crate::store::{self, Rec};
-use leengine_store::retry;
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 /// `None` from a step: a compare failed (someone else wrote first); re-read and retry.
 type Step = Option<Attachment>;
@@ -66,9 +66,9 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
     let sticky_key = pod_identity(req).map(|(ns, name)| keys.sticky(ns, name));
     let mut reads = vec![
         store::get(&handle_key),
-        store::get_prefix(&keys.pools_prefix()),
-        store::get_prefix(&keys.node_blocks_prefix(&ipam.node)),
-        store::get_prefix(&keys.pool_full_prefix()),
+        store::get_prefix(keys.pools_prefix()),
+        store::get_prefix(keys.node_blocks_prefix(&ipam.node)),
+        store::get_prefix(keys.pool_full_prefix()),
     ];
     if let Some(k) = &sticky_key {
         reads.push(store::get(k));
@@ -232,7 +232,7 @@ impl Ctx<'_> {
     fn attachment_ops(&self, att: &Attachment) -> [etcd_client::TxnOp; 2] {
         [
             store::put(self.handle_key, att),
-            store::put(&self.ipam.keys.node_ip(&att.node, att.ip), att),
+            store::put(self.ipam.keys.node_ip(&att.node, att.ip), att),
         ]
     }
 
@@ -437,9 +437,9 @@ impl Ctx<'_> {
             .map(|p| keys.pool_blocks_prefix(&p.value.name))
             .collect();
         let mut reads = vec![store::get_prefix_keys(
-            &keys.node_blocks_prefix(&self.ipam.node),
+            keys.node_blocks_prefix(&self.ipam.node),
         )];
-        reads.extend(prefixes.iter().map(|p| store::get_prefix_keys(p)));
+        reads.extend(prefixes.iter().map(store::get_prefix_keys));
         let batch = store::read(&self.ipam.client, reads).await?;
         if batch.responses[0].kvs().len() != owned {
             return Ok(None);
@@ -518,7 +518,7 @@ impl Ctx<'_> {
     ) -> Result<(), IpamError> {
         let keys = &self.ipam.keys;
         let mut compares = vec![store::prefix_unchanged_since(
-            &keys.node_blocks_root(),
+            keys.node_blocks_root(),
             revision,
         )];
         let mut ops = Vec::new();
@@ -533,11 +533,14 @@ impl Ctx<'_> {
                 .min();
             compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
             ops.push(store::put(
-                &keys.pool_full(name),
+                keys.pool_full(name),
                 &FullMarker { revision, until },
             ));
         }
-        if store::commit(&self.ipam.client, compares, ops).await?.applied() {
+        if store::commit(&self.ipam.client, compares, ops)
+            .await?
+            .applied()
+        {
             tracing::warn!(pools = ?pools.iter().map(|p| &p.value.name).collect::<Vec<_>>(), "pools exhausted");
         }
         Ok(())
@@ -583,9 +586,7 @@ pub(crate) async fn owned_block(
         let seen = owner.lock().expect("owner lock").clone();
         let mut reads = vec![store::get(claim_key)];
         if let Some(node) = &seen {
-            reads.push(store::get(
-                &ipam.keys.node_block(node, &pool.name, net, len),
-            ));
+            reads.push(store::get(ipam.keys.node_block(node, &pool.name, net, len)));
         }
         let batch = store::read(&ipam.client, reads).await?;
         let Some(claim) = store::decode_one::<BlockClaim>(&batch.responses[0])? else {
@@ -643,7 +644,7 @@ mod tests {
         };
 
         // n1 reads: the pool, and the block unclaimed at that revision.
-        let batch = store::read(&n1.client, vec![store::get(&keys.pool("p"))])
+        let batch = store::read(&n1.client, vec![store::get(keys.pool("p"))])
             .await
             .unwrap();
         let pool_rec: Rec<Pool> = store::decode_one(&batch.responses[0]).unwrap().unwrap();

@@ -1,10 +1,10 @@
 //! CNI DEL and guarded releases: free the block entry, drop handle and index, in one transaction.
 
-use leengine_store::retry;
 use crate::error::IpamError;
 use crate::model::{Attachment, Block, BlockClaim, Reservation, StickyRecord};
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 pub(crate) async fn handle(
     ipam: &Ipam,
@@ -130,9 +130,9 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
     ];
     let mut ops = vec![
         store::delete(&handle.key),
-        store::delete(&keys.node_ip(&att.node, att.ip)),
+        store::delete(keys.node_ip(&att.node, att.ip)),
         // The pool has a free address again.
-        store::delete(&keys.pool_full(&att.pool)),
+        store::delete(keys.pool_full(&att.pool)),
     ];
     let sticky_secs = ipam.opts.sticky_for.as_secs();
     match block.rec {

@@ -98,30 +98,31 @@ pub async fn follow<F: Follower>(
     let mut last = what.resume_after;
     let mut pause = FIRST_PAUSE;
     loop {
+        // Whether etcd and the handler worked this time: a resync after
+        // progress is immediate, failures in a row back off.
+        let mut progressed = false;
         let end = tokio::select! {
-            end = session(client, what, follower, &mut last, &mut pause) => end,
+            end = session(client, what, follower, &mut last, &mut progressed) => end,
             () = &mut stop => End::Stopped,
         };
-        let wait = match end {
+        if progressed {
+            pause = FIRST_PAUSE;
+        }
+        match end {
             End::Stopped => return,
             End::Resync(why) => {
                 tracing::warn!(prefix = %what.prefix, reason = %why, "resyncing");
                 last = None;
-                if pause == FIRST_PAUSE {
-                    // A resync right after progress needs no pause; a
-                    // resync loop (a failing handler) backs off.
-                    pause = FIRST_PAUSE * 2;
+                if progressed {
                     continue;
                 }
-                pause
             }
             End::Broken(why) => {
                 tracing::warn!(prefix = %what.prefix, reason = %why, retry_in = ?pause, "etcd watch interrupted");
-                pause
             }
-        };
+        }
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(pause) => {}
             () = &mut stop => return,
         }
         pause = (pause * 2).min(LONGEST_PAUSE);
@@ -133,7 +134,7 @@ async fn session<F: Follower>(
     what: &Follow,
     follower: &mut F,
     last: &mut Option<i64>,
-    pause: &mut Duration,
+    progressed: &mut bool,
 ) -> End {
     let from = match *last {
         Some(rev) => rev,
@@ -149,7 +150,7 @@ async fn session<F: Follower>(
             }
             tracing::debug!(prefix = %what.prefix, revision, keys, "full read");
             *last = Some(revision);
-            *pause = FIRST_PAUSE;
+            *progressed = true;
             revision
         }
     };
@@ -178,7 +179,6 @@ async fn session<F: Follower>(
                 resp.cancel_reason()
             ));
         }
-        *pause = FIRST_PAUSE;
         if resp.events().is_empty() {
             // A progress notification vouches for every revision up to its
             // header's; a creation reply promises nothing.
@@ -188,6 +188,7 @@ async fn session<F: Follower>(
                     follower.progress(h.revision());
                 }
             }
+            *progressed = true;
             continue;
         }
         if let Err(e) = follower.apply(resp.events()).await {

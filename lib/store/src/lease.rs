@@ -95,13 +95,18 @@ impl Lease {
     }
 
     /// Stops the keep-alives and revokes the lease: every key under it is
-    /// deleted now. A failure is logged; the keys then expire with the TTL.
-    pub async fn revoke(self) {
+    /// deleted now (`true`). A failure is logged; the keys then expire with
+    /// the TTL.
+    pub async fn revoke(self) -> bool {
         self.keeper.abort();
         match self.client.lease_client().revoke(self.id).await {
-            Ok(_) => tracing::info!(lease = self.id, "lease revoked"),
+            Ok(_) => {
+                tracing::debug!(lease = self.id, "lease revoked");
+                true
+            }
             Err(e) => {
-                tracing::warn!(lease = self.id, error = %e, "cannot revoke lease; its keys expire with its TTL")
+                tracing::warn!(lease = self.id, error = %e, "cannot revoke lease; its keys expire with its TTL");
+                false
             }
         }
     }
@@ -215,14 +220,14 @@ impl LeasedRecord {
                 lease,
             })),
             Ok(Err(held)) => {
-                lease.revoke().await;
+                let _unused_lease_gone = lease.revoke().await;
                 Ok(Err(held
                     .first()
                     .and_then(|g| g.header())
                     .map_or(0, |h| h.revision())))
             }
             Err(e) => {
-                lease.revoke().await;
+                let _unused_lease_gone = lease.revoke().await;
                 Err(e)
             }
         }
@@ -262,8 +267,9 @@ impl LeasedRecord {
         self.lease.lost().await
     }
 
-    /// Revokes the lease: the key is deleted now (clean stop, resignation).
-    pub async fn release(self) {
+    /// Revokes the lease: the key is deleted now (clean stop, resignation);
+    /// `false` if etcd could not be told (the key then expires with the TTL).
+    pub async fn release(self) -> bool {
         self.lease.revoke().await
     }
 }
@@ -323,6 +329,15 @@ pub struct Registration<S> {
     source: S,
 }
 
+impl<S> std::fmt::Debug for Registration<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: Source> Registration<S> {
     pub fn new(client: Client, key: String, ttl: Duration, source: S) -> Self {
         Self {
@@ -369,7 +384,10 @@ impl<S: Source> Registration<S> {
                     }
                 }
                 () = &mut stop => {
-                    rec.release().await;
+                    let lease = rec.lease.id;
+                    if rec.release().await {
+                        tracing::info!(key = %self.key, lease, "registration revoked");
+                    }
                     return;
                 }
             }

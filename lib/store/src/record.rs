@@ -82,7 +82,11 @@ pub fn put<T: Serialize>(key: impl AsRef<[u8]>, value: &T) -> TxnOp {
 
 /// A put bound to `lease`: the key goes when the lease does.
 pub fn put_leased<T: Serialize>(key: impl AsRef<[u8]>, value: &T, lease: i64) -> TxnOp {
-    TxnOp::put(bytes(key), json(value), Some(PutOptions::new().with_lease(lease)))
+    TxnOp::put(
+        bytes(key),
+        json(value),
+        Some(PutOptions::new().with_lease(lease)),
+    )
 }
 
 pub fn delete(key: impl AsRef<[u8]>) -> TxnOp {

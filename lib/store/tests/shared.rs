@@ -253,14 +253,12 @@ async fn a_campaign_waits_for_the_holder_and_the_holder_learns_it_lost() {
     let b = tokio::spawn(async move { campaign(&c2, key, b"b".to_vec(), ttl).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!b.is_finished(), "b waits while a holds the key");
-    assert_eq!(
-        a.update(&c, b"a2".to_vec())
-            .await
-            .unwrap()
-            .revision()
-            .is_some(),
-        true
-    );
+    assert!(a
+        .update(&c, b"a2".to_vec())
+        .await
+        .unwrap()
+        .revision()
+        .is_some());
 
     // a's lease is lost: a is told, b takes over.
     c.lease_client().revoke(a.lease().id()).await.unwrap();
@@ -290,6 +288,9 @@ async fn a_campaign_waits_for_the_holder_and_the_holder_learns_it_lost() {
     b.release().await;
     assert_eq!(lease_of(&c, key).await, None);
 }
+
+/// What a [`Mirror`] reports after each step: resets so far, and what it holds.
+type Seen = mpsc::UnboundedReceiver<(u32, BTreeMap<String, String>)>;
 
 /// A follower that keeps a map of the prefix and reports what it did.
 struct Mirror {
@@ -331,10 +332,7 @@ impl Follower for Mirror {
     }
 }
 
-fn mirror() -> (
-    Mirror,
-    mpsc::UnboundedReceiver<(u32, BTreeMap<String, String>)>,
-) {
+fn mirror() -> (Mirror, Seen) {
     let (seen, rx) = mpsc::unbounded_channel();
     (
         Mirror {
@@ -347,7 +345,7 @@ fn mirror() -> (
 }
 
 async fn until(
-    rx: &mut mpsc::UnboundedReceiver<(u32, BTreeMap<String, String>)>,
+    rx: &mut Seen,
     pred: impl Fn(u32, &BTreeMap<String, String>) -> bool,
 ) -> (u32, BTreeMap<String, String>) {
     tokio::time::timeout(WAIT, async {
