@@ -128,16 +128,13 @@ async fn create(
             },
         )
         .await?;
-        let created = access::try_register(
-            &core.db,
-            caller,
-            Kind::App,
-            &body.name,
-            body.public,
-            body.description.clone(),
-            charge,
-        )
-        .await?;
+        let new = access::NewResource {
+            kind: Kind::App,
+            name: &body.name,
+            public: body.public,
+            description: body.description.clone(),
+        };
+        let created = access::try_register(&core.db, caller, new, charge).await?;
         match created {
             Some(r) => Ok(Some(r)),
             // The name is free but the usage record moved: charge again.

@@ -212,16 +212,13 @@ async fn create_image(
         store::present(core.db.keys.core_resource(Kind::Group.as_str(), group)),
         store::absent(core.db.keys.core_image_tombstone(&b.name)),
     ];
-    let created = access::try_register(
-        &core.db,
-        &caller,
-        Kind::Image,
-        &b.name,
-        b.public,
-        b.description,
-        (guards, vec![]),
-    )
-    .await?;
+    let new = access::NewResource {
+        kind: Kind::Image,
+        name: &b.name,
+        public: b.public,
+        description: b.description,
+    };
+    let created = access::try_register(&core.db, &caller, new, (guards, vec![])).await?;
     let r = match created {
         Some(r) => r,
         None if is_tombstoned(&core.db, &b.name).await? => return Err(deleted(&b.name)),

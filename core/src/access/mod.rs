@@ -186,7 +186,13 @@ pub async fn register(
     description: String,
     extra: (Vec<Compare>, Vec<TxnOp>),
 ) -> Result<Resource, ApiError> {
-    try_register(db, creator, kind, name, public, description, extra)
+    let new = NewResource {
+        kind,
+        name,
+        public,
+        description,
+    };
+    try_register(db, creator, new, extra)
         .await?
         .ok_or_else(|| exists(kind, name))
 }
@@ -198,17 +204,29 @@ pub fn exists(kind: Kind, name: &str) -> ApiError {
     )
 }
 
+/// What a caller asks [`try_register`] to create.
+#[derive(Clone, Debug)]
+pub struct NewResource<'a> {
+    pub kind: Kind,
+    pub name: &'a str,
+    pub public: bool,
+    pub description: String,
+}
+
 /// [`register`], answering `None` when a compare failed: the name is
 /// taken or one of the caller's `extra` compares did not hold.
 pub async fn try_register(
     db: &Db,
     creator: &Caller,
-    kind: Kind,
-    name: &str,
-    public: bool,
-    description: String,
+    new: NewResource<'_>,
     extra: (Vec<Compare>, Vec<TxnOp>),
 ) -> Result<Option<Resource>, ApiError> {
+    let NewResource {
+        kind,
+        name,
+        public,
+        description,
+    } = new;
     if !valid_resource_name(kind, name) {
         return Err(ApiError::bad_request(
             "invalid_name",
@@ -218,14 +236,13 @@ pub async fn try_register(
             ),
         ));
     }
-    let now = Utc::now();
     let resource = Resource {
         kind,
         name: name.to_string(),
         creator: creator.user.clone(),
         public,
         description,
-        created: now,
+        created: Utc::now(),
         app: None,
     };
     let (mut compares, mut ops) = extra;
