@@ -9,6 +9,7 @@ mod config;
 mod http;
 mod leak;
 mod metrics;
+mod podview;
 mod procfs;
 mod record;
 mod register;
@@ -85,12 +86,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let once = cfg.once;
     let listen = cfg.metrics_listen;
-    let sh = Shared::new(cfg, etcd, stop_rx)?;
+    let kube = match &cfg.kubeconfig {
+        Some(path) => Some(
+            leengine_apiserver::client(Some(path))
+                .await
+                .context("apiserver for reclaim")?,
+        ),
+        None => None,
+    };
+    let sh = Shared::new(cfg, etcd, kube, stop_rx)?;
     if once {
         return run_once(&sh).await;
     }
     tracing::info!(node = %sh.cfg.node, bridge = %sh.cfg.bridge, bond = %sh.cfg.bond,
         uplinks = ?sh.cfg.uplinks, reclaim = sh.cfg.reclaim, grace = ?sh.cfg.reclaim_grace,
+        apiserver = sh.kube.is_some(),
         swap_guard = sh.cfg.swap_guard, cgroups = ?sh.cgroups.layout(), "starting");
     // Handlers first: a signal that arrives once the agent looks up must
     // not hit the default action (SIGHUP would kill it, SIGTERM skip the revoke).
