@@ -7,11 +7,11 @@ use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, IFACE_EXISTS, NO_BRIDGE};
 use crate::garp_follow;
 use crate::result::{CniResult as Res, Interface, IpConfig, Route};
-use leengine_ipam::{AssignRequest, Assignment, Ipam};
 use leengine_attach::{teardown, Addresses, HostLinks, OvsPorts, Plan, PortScope, Release, Target};
+use leengine_ipam::{AssignRequest, Assignment, Ipam};
 use leengine_netdp::{
-    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, GarpSpec, NetdpError,
-    Netlink, NetnsFile, SandboxConfig, VethSpec,
+    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, GarpSpec,
+    NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
 };
 use leengine_ovsdb::Client as Ovs;
 use serde_json::Value;

@@ -9,10 +9,10 @@ use anyhow::{bail, Context};
 use leengine_ipam::{Attachment, CheckOptions, CheckReport, IpState, Ipam, Leak};
 use serde::Serialize;
 
-use leengine_apiserver::{self as apiserver, ApiError};
 use crate::cli::{Liveness, Output, ReleaseArgs};
 use crate::table::{age, now, opt, time, Table};
 use crate::{print_json, Done, Etcd};
+use leengine_apiserver::{self as apiserver, ApiError};
 
 pub async fn check(etcd: &Etcd, args: &Liveness, out: Output) -> anyhow::Result<Done> {
     let ipam = etcd.ipam().await?;

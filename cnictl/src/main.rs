@@ -95,11 +95,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             .is_some_and(leengine_apiserver::ApiError::is_unavailable)
             || c.downcast_ref::<IpamError>()
                 .is_some_and(IpamError::is_unavailable)
-                || matches!(
-                    c.downcast_ref::<StoreError>(),
-                    Some(StoreError::Unavailable { .. })
-                )
-        });
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::Unavailable { .. })
+            )
+    });
     if unavailable {
         EXIT_UNAVAILABLE
     } else {

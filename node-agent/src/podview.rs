@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn a_live_pods_ip_is_never_reclaimed() {
-        let (go, held) = split(&pods(&[(2, "shop/web-1")]), vec![att("dead", 2), att("gone", 3)]);
+        let (go, held) = split(
+            &pods(&[(2, "shop/web-1")]),
+            vec![att("dead", 2), att("gone", 3)],
+        );
         assert_eq!(go, vec![att("gone", 3)]);
         assert_eq!(held.len(), 1);
         assert_eq!(

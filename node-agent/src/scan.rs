@@ -306,7 +306,10 @@ async fn tear_down(sh: &Shared, a: &Attachment) -> Result<IpOutcome, String> {
     }
     let ovs = sh.ovs().await;
     let host = leengine_netdp::Netlink::host();
-    let ports = OvsPorts::new(ovs.as_ref().map_err(ToString::to_string), PortScope::Anywhere);
+    let ports = OvsPorts::new(
+        ovs.as_ref().map_err(ToString::to_string),
+        PortScope::Anywhere,
+    );
     let links = HostLinks::new(host.as_ref().map_err(ToString::to_string));
     let target = Target {
         container_id: &a.container_id,

@@ -37,10 +37,13 @@ impl<'a> OvsPorts<'a> {
     }
 
     fn client(&self) -> Result<&'a Ovs, Failure> {
-        self.ovs.as_ref().copied().map_err(|reason| Failure::Unavailable {
-            what: "OVSDB",
-            reason: reason.clone(),
-        })
+        self.ovs
+            .as_ref()
+            .copied()
+            .map_err(|reason| Failure::Unavailable {
+                what: "OVSDB",
+                reason: reason.clone(),
+            })
     }
 }
 
@@ -59,7 +62,7 @@ impl Ports for OvsPorts<'_> {
         let failed = |source| Failure::FindPorts {
             container_id: t.container_id.to_string(),
             ifname: t.ifname.to_string(),
-            source,
+            source: Box::new(source),
         };
         let mut found = bridge
             .find_ports_by_external_id(CONTAINER_ID, t.container_id)
@@ -89,7 +92,7 @@ impl Ports for OvsPorts<'_> {
             Ok(_) | Err(leengine_ovsdb::Error::NoBridge(_)) => Ok(()),
             Err(source) => Err(Failure::Port {
                 port: p.name.clone(),
-                source,
+                source: Box::new(source),
             }),
         }
     }

@@ -139,7 +139,8 @@ pub enum IpOutcome {
     Kept,
 }
 
-/// One failed step.
+/// One failed step. The sources are boxed: a list of these is what every
+/// teardown returns, and the rare failure need not make that big.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// OVSDB refused or did not answer.
@@ -147,7 +148,7 @@ pub enum Failure {
     Port {
         port: String,
         #[source]
-        source: leengine_ovsdb::Error,
+        source: Box<leengine_ovsdb::Error>,
     },
     /// Looking the attachment's ports up failed.
     #[error("OVS ports of {container_id}/{ifname}: {source}")]
@@ -155,17 +156,29 @@ pub enum Failure {
         container_id: String,
         ifname: String,
         #[source]
-        source: leengine_ovsdb::Error,
+        source: Box<leengine_ovsdb::Error>,
     },
     /// Netlink refused or the namespace could not be entered.
     #[error(transparent)]
-    Link(#[from] NetdpError),
+    Link(Box<NetdpError>),
     /// The IPAM could not release the address.
     #[error("IP: {0}")]
-    Ip(#[from] IpamError),
+    Ip(Box<IpamError>),
     /// A backend could not even be reached (connection, socket).
     #[error("{what} unavailable: {reason}")]
     Unavailable { what: &'static str, reason: String },
+}
+
+impl From<NetdpError> for Failure {
+    fn from(e: NetdpError) -> Self {
+        Failure::Link(Box::new(e))
+    }
+}
+
+impl From<IpamError> for Failure {
+    fn from(e: IpamError) -> Self {
+        Failure::Ip(Box::new(e))
+    }
 }
 
 /// Every failure of one or more teardowns, flat: a list pushed into another
@@ -198,7 +211,7 @@ impl Failures {
     /// The IPAM's own error when it is the only failure (its code matters to CNI).
     pub fn into_ip_error(self) -> Result<IpamError, Failures> {
         match <[Failure; 1]>::try_from(self.0) {
-            Ok([Failure::Ip(e)]) => Ok(e),
+            Ok([Failure::Ip(e)]) => Ok(*e),
             Ok([other]) => Err(Failures(vec![other])),
             Err(v) => Err(Failures(v)),
         }
@@ -392,11 +405,17 @@ mod tests {
         let plan = Plan::all(target(), Release::IfUnchanged(&f, &judged));
         let out = block_on(run(&f, &f, plan)).unwrap();
         assert_eq!(out, IpOutcome::Released(Box::new(judged.clone())));
-        assert_eq!(f.calls().last(), Some(&Call::ReleaseIfUnchanged("c1/7".into())));
+        assert_eq!(
+            f.calls().last(),
+            Some(&Call::ReleaseIfUnchanged("c1/7".into()))
+        );
 
         let moved = Recording::new().changed();
         let plan = Plan::all(target(), Release::IfUnchanged(&moved, &judged));
-        assert_eq!(block_on(run(&moved, &moved, plan)).unwrap(), IpOutcome::Changed);
+        assert_eq!(
+            block_on(run(&moved, &moved, plan)).unwrap(),
+            IpOutcome::Changed
+        );
         // Held never turns into a judged release, nor the other way round.
         assert!(!moved.calls().contains(&Call::Release("c1/eth0".into())));
     }

@@ -1,8 +1,8 @@
 //! Real network namespaces, real veths, observed with iproute2.
 
 use leengine_netdp::{
-    configure_sandbox, create_veth, format_mac, inspect, mac_from_ipv4, netns_has_ipv4, send_garp,
-    del_link_in, GarpSpec, NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
+    configure_sandbox, create_veth, del_link_in, format_mac, inspect, mac_from_ipv4,
+    netns_has_ipv4, send_garp, GarpSpec, NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
 };
 use leengine_testenv as te;
 use std::io::{BufRead, BufReader};

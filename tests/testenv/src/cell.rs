@@ -621,7 +621,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             &format!("server: {}", self.api_url()),
             &format!("server: https://127.0.0.1:{port}"),
         );
-        assert_ne!(text, admin, "admin kubeconfig names no server {}", self.api_url());
+        assert_ne!(
+            text,
+            admin,
+            "admin kubeconfig names no server {}",
+            self.api_url()
+        );
         let path = self.nodes[i].dir.join("node-agent.kubeconfig");
         fs::write(&path, text).expect("write node-agent kubeconfig");
         path
