@@ -84,10 +84,14 @@ fn dead_pod_is_reclaimed_after_grace_and_not_before_live_pod_kept() {
         node.ports()
     );
     assert!(live.netns.ping(&live.ip, 1));
-    let log = agent.log();
+    // The IP is the last step; its log line follows it.
     assert!(
-        log.contains("reclaimed leaked IP") && log.contains("c-doomed"),
-        "{log}"
+        te::wait_until(PATIENCE, || {
+            let log = agent.log();
+            log.contains("reclaimed leaked IP") && log.contains("c-doomed")
+        }),
+        "{}",
+        agent.log()
     );
     let m = agent.metrics();
     assert_eq!(
