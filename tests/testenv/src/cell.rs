@@ -627,7 +627,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "admin kubeconfig names no server {}",
             self.api_url()
         );
-        let path = self.nodes[i].dir.join("node-agent.kubeconfig");
+        // Outside the node's directory: a node crash kills every process
+        // naming that directory, and the node-agent is not the node's runtime.
+        let path = self
+            .dir
+            .join(format!("node-agent-of-{}.kubeconfig", self.nodes[i].name));
         fs::write(&path, text).expect("write node-agent kubeconfig");
         path
     }
