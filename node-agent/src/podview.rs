@@ -86,21 +86,8 @@ mod tests {
 
     fn att(cid: &str, last: u8) -> Attachment {
         Attachment {
-            container_id: cid.into(),
-            ifname: "eth0".into(),
-            netns: format!("/run/netns/{cid}"),
-            pod_namespace: Some("shop".into()),
-            pod_name: Some(cid.into()),
-            node: "n1".into(),
-            network: None,
             ip: Ipv4Addr::new(10, 0, 0, last),
-            prefix_len: 24,
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            vlan: 100,
-            pool: "p".into(),
-            block: "10.0.0.0/28".parse().unwrap(),
-            seq: 1,
-            since: 0,
+            ..leengine_attach::fake::attachment(cid, 1)
         }
     }
 

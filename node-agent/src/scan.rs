@@ -359,21 +359,8 @@ mod tests {
 
     fn att(netns: &str) -> Attachment {
         Attachment {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
             netns: netns.into(),
-            pod_namespace: None,
-            pod_name: None,
-            node: "n1".into(),
-            network: None,
-            ip: Ipv4Addr::new(10, 0, 0, 2),
-            prefix_len: 24,
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            vlan: 0,
-            pool: "p".into(),
-            block: "10.0.0.0/28".parse().unwrap(),
-            seq: 1,
-            since: 0,
+            ..leengine_attach::fake::attachment("c1", 1)
         }
     }
 
