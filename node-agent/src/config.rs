@@ -227,6 +227,9 @@ impl Config {
         };
         let cfg = Self::merge(args, file)?;
         cfg.etcd.check()?;
+        if let Some(path) = &cfg.kubeconfig {
+            leengine_apiserver::read_kubeconfig(path)?;
+        }
         Ok(cfg)
     }
 

@@ -184,4 +184,21 @@ fn bad_configuration_fails_with_one_line() {
         err.contains("etcd CA file /dev/null holds no PEM certificate"),
         "{err}"
     );
+
+    // So is a kubeconfig that is not YAML, on one line despite the parser's excerpt.
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, "clusters: [\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--node", "x", "--once", "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot read kubeconfig {}", kc.display())),
+        "{err}"
+    );
 }

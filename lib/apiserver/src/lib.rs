@@ -50,14 +50,20 @@ impl ApiError {
     }
 }
 
+/// Reads and parses a kubeconfig file (no network): for checking a
+/// configuration before anything starts.
+pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ApiError> {
+    Kubeconfig::read_from(path).map_err(|source| ApiError::ReadKubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Connects with `kubeconfig` if given, else in-cluster or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ApiError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|source| ApiError::ReadKubeconfig {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let kc = read_kubeconfig(path)?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|source| ApiError::InvalidKubeconfig {
