@@ -243,7 +243,7 @@ impl Ctx<'_> {
                     fresh = c;
                     Ok(&fresh)
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.msg),
             }
         } else {
             Ok(self.ovs)

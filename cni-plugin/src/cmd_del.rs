@@ -17,10 +17,10 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let (ovs, ipam) = tokio::join!(backend::ovs(conf), backend::ipam(conf));
     let host = backend::host_netlink(conf);
     let ports = OvsPorts::new(
-        ovs.as_ref().map_err(ToString::to_string),
+        ovs.as_ref().map_err(|e| e.msg.clone()),
         PortScope::Bridge(&conf.bridge),
     );
-    let links = HostLinks::new(host.as_ref().map_err(ToString::to_string));
+    let links = HostLinks::new(host.as_ref().map_err(|e| e.msg.clone()));
     let target = Target {
         container_id: cid,
         ifname,

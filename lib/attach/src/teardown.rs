@@ -164,8 +164,9 @@ pub enum Failure {
     /// The IPAM could not release the address.
     #[error("IP: {0}")]
     Ip(Box<IpamError>),
-    /// A backend could not even be reached (connection, socket).
-    #[error("{what} unavailable: {reason}")]
+    /// A backend could not even be reached (connection, socket); `reason`
+    /// is the connecting error's own text, which names the backend.
+    #[error("{reason}")]
     Unavailable { what: &'static str, reason: String },
 }
 

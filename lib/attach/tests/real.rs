@@ -74,9 +74,17 @@ async fn the_plugins_bridge_needs_no_lookup_and_a_gone_bridge_is_success() {
     );
     ports.remove(&found[0]).await.unwrap();
 
-    let down = OvsPorts::new(Err("connection refused".into()), PortScope::Anywhere);
+    let reason = "OVSDB unavailable: cannot connect to unix:/nowhere";
+    let down = OvsPorts::new(Err(reason.into()), PortScope::Anywhere);
     let e = down.find(&T).await.unwrap_err();
-    assert_eq!(e.to_string(), "OVSDB unavailable: connection refused");
+    assert!(
+        matches!(
+            &e,
+            leengine_attach::Failure::Unavailable { what: "OVSDB", .. }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
