@@ -395,8 +395,14 @@ mod tests {
         plugin["cniVersion"] = list["cniVersion"].clone();
         plugin["name"] = list["name"].clone();
         let c = parse(&serde_json::to_vec(&plugin).unwrap()).unwrap();
-        assert_eq!((c.bridge.as_str(), c.ovsdb.as_str()), ("br0", DEFAULT_OVSDB));
-        assert_eq!(c.etcd.cert.as_deref(), Some("/etc/leengine/pki/cni-plugin.pem"));
+        assert_eq!(
+            (c.bridge.as_str(), c.ovsdb.as_str()),
+            ("br0", DEFAULT_OVSDB)
+        );
+        assert_eq!(
+            c.etcd.cert.as_deref(),
+            Some("/etc/leengine/pki/cni-plugin.pem")
+        );
     }
 
     #[test]
