@@ -252,7 +252,7 @@ fn paths() -> Map<String, Value> {
 
     p.insert("/api/v1/permissions".into(), json!({ "get": op("permissions", "the permission table", false, &[], None, ok_json("200", array("PermissionRow"))) }));
     let day = json!({ "type": "string", "format": "date" });
-    p.insert("/api/v1/admin/stats".into(), json!({ "get": op("stats", "daily counts of deploys, builds, pushes, scalings (admin)", true,
+    p.insert("/api/v1/admin/stats".into(), json!({ "get": op("stats", "daily counts of deploys, builds, pushes, scalings, deletions (admin)", true,
         &[json!({ "name": "from", "in": "query", "required": false, "schema": day }),
           json!({ "name": "to", "in": "query", "required": false, "schema": day })],
         None, ok_json("200", schema_ref("Stats"))) }));
@@ -328,9 +328,9 @@ fn core_schemas() -> Value {
             "description": { "type": "string" }, "min_role": schema_ref("Role"), "roles": array("Role"),
             "public_non_member": { "type": "boolean" }, "public_anonymous": { "type": "boolean" } } },
         "Stats": { "type": "object", "required": ["days"], "properties": { "days": { "type": "array", "items": {
-            "type": "object", "required": ["day", "deploys", "builds", "pushes", "scalings"], "properties": {
+            "type": "object", "required": ["day", "deploys", "builds", "pushes", "scalings", "deletions"], "properties": {
                 "day": { "type": "string", "format": "date" }, "deploys": { "type": "integer" }, "builds": { "type": "integer" },
-                "pushes": { "type": "integer" }, "scalings": { "type": "integer" } } } } } },
+                "pushes": { "type": "integer" }, "scalings": { "type": "integer" }, "deletions": { "type": "integer" } } } } } },
         "RegistryToken": { "type": "object", "required": ["token", "access_token", "expires_in", "issued_at"], "properties": {
             "token": { "type": "string" }, "access_token": { "type": "string" }, "expires_in": { "type": "integer" }, "issued_at": ts } },
         "RegistryEvent": { "type": "object", "required": ["id", "action", "target"], "properties": {
