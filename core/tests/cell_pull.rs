@@ -4,47 +4,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;
-use common::{token_keypair, Auth, Env};
+use common::{registry_token, sibling, token_keypair, Auth, Env, ISSUER, SERVICE};
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use leengine_testenv as te;
 use serde_json::{json, Value};
 
-const SERVICE: &str = "leengine-registry";
-const ISSUER: &str = "leengine-core";
 /// Hang guard; not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(180);
-
-/// Another binary of the workspace, next to this crate's.
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_leengine-core")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-/// A registry token from the core for `scope`, as `user:secret`.
-fn registry_token(core: u16, scope: &str, user: &str, secret: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", "-u", &format!("{user}:{secret}")])
-        .arg(format!(
-            "http://127.0.0.1:{core}/v2/token?service={SERVICE}&scope={scope}"
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "token for {user}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
 
 fn pod(name: &str, image: &str, secret: Option<&str>) -> String {
     let secrets = secret

@@ -54,9 +54,11 @@ pub fn pick(pods: &[PodFacts], n: usize) -> Vec<String> {
     v.into_iter().take(n).map(|p| p.name.clone()).collect()
 }
 
-/// One drain at a time per version and Cell; the namespace holds the app's uid.
-pub fn drain_id(namespace: &str, cell: &str, version: u64) -> String {
-    format!("{namespace}.{cell}.v{version}")
+/// The id base of the drains of one version (or `all` of an app) in one
+/// Cell; the namespace holds the app's uid. Each drain appends its start
+/// time, so an ack left from an earlier drain never answers a later one.
+pub fn drain_base(namespace: &str, cell: &str, what: &str) -> String {
+    format!("{namespace}.{cell}.{what}.")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,48 +86,62 @@ pub fn progress(
     }
 }
 
-/// Writes the request (unless one is pending: its pods stand) and reports
-/// the progress. Returns the pods the pending request names.
+/// A drain under way: its id and the pods it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    pub pods: Vec<String>,
+    pub progress: Progress,
+}
+
+/// Writes a request for `want` (unless one under `base` is pending: its
+/// pods stand) and reports the progress.
 pub async fn step(
     db: &Db,
     lb: &Lb,
-    id: &str,
+    base: &str,
     want: DrainRequest,
     timeout: Duration,
-) -> Result<(Progress, Vec<String>), ApiError> {
-    let key = db.keys.drain_request(&lb.group, &lb.domain, id);
-    let req = match db.get::<DrainRequest>(&key).await? {
-        Some(r) => r.value,
+) -> Result<Pending, ApiError> {
+    let k = &db.keys;
+    let prefix = k.drain_request(&lb.group, &lb.domain, base);
+    let found = db.list::<DrainRequest>(&prefix).await?.into_iter().next();
+    let (id, req) = match found {
+        Some((key, r)) => (key[prefix.len() - base.len()..].to_string(), r),
         None => {
+            let id = format!("{base}{}", want.created.timestamp_millis());
+            let key = k.drain_request(&lb.group, &lb.domain, &id);
             let ok = db
                 .commit(
                     vec![store::absent(key.clone())],
-                    vec![store::put(key.clone(), &want)],
+                    vec![store::put(key, &want)],
                 )
                 .await?;
             if !ok {
-                return Ok((Progress::Waiting, want.pods));
+                return Err(store::contention());
             }
             tracing::info!(id, pods = ?want.pods, "drain requested");
-            want
+            (id, want)
         }
     };
     let acked = db
-        .get::<DrainAck>(&db.keys.drain_ack(&lb.group, &lb.domain, id))
+        .get::<DrainAck>(&k.drain_ack(&lb.group, &lb.domain, &id))
         .await?
         .is_some();
-    Ok((progress(req.created, acked, Utc::now(), timeout), req.pods))
+    Ok(Pending {
+        progress: progress(req.created, acked, Utc::now(), timeout),
+        pods: req.pods,
+        id,
+    })
 }
 
-/// The pods are gone: the request goes (discovery then drops its ack).
-pub async fn finish(db: &Db, lb: &Lb, id: &str) -> Result<(), ApiError> {
-    db.commit(
-        vec![],
-        vec![store::delete(
-            db.keys.drain_request(&lb.group, &lb.domain, id),
-        )],
-    )
-    .await?;
+/// The pods are gone: every request under `base` goes (discovery then
+/// drops their acks).
+pub async fn finish(db: &Db, lb: &Lb, base: &str) -> Result<(), ApiError> {
+    let prefix = db.keys.drain_request(&lb.group, &lb.domain, base);
+    if db.count(&prefix).await? > 0 {
+        db.commit(vec![], vec![store::delete_prefix(prefix)]).await?;
+    }
     Ok(())
 }
 

@@ -237,6 +237,10 @@ async fn write_status(core: &Core, app: &str, cell: &str, s: &CellStatus) {
     }
 }
 
+fn version_base(app: &AppSpec, cell: &str, version: u64) -> String {
+    drain::drain_base(&app.namespace, cell, &format!("v{version}"))
+}
+
 /// The pods of one version, as the picker sees them (terminating ones left out).
 fn pod_facts(pods: &[Pod]) -> Vec<PodFacts> {
     pods.iter()
@@ -379,12 +383,13 @@ impl CellRun<'_> {
         let mut draining = false;
         if let (Some(lb), Some(current)) = (&app.lb, current) {
             if current > desired {
-                let id = drain::drain_id(&app.namespace, self.cell, v.version);
+                let base = version_base(app, self.cell, v.version);
                 let pods = self.version_pods(app, v.version).await?;
                 let chosen = drain::pick(&pod_facts(&pods), (current - desired) as usize);
-                let (progress, named) = self.drain(app, lb, &id, chosen).await?;
+                let pending = self.drain(app, lb, &base, chosen).await?;
+                let named = pending.pods;
                 self.mark_for_deletion(app, &named).await;
-                match progress {
+                match pending.progress {
                     Progress::Waiting => {
                         replicas = current;
                         draining = true;
@@ -411,8 +416,7 @@ impl CellRun<'_> {
             .map_err(self.err())?;
         if !draining && current.is_some_and(|c| c > desired) {
             if let Some(lb) = &app.lb {
-                let id = drain::drain_id(&app.namespace, self.cell, v.version);
-                drain::finish(&self.core.db, lb, &id).await?;
+                drain::finish(&self.core.db, lb, &version_base(app, self.cell, v.version)).await?;
             }
         }
         let ready = applied
@@ -432,9 +436,9 @@ impl CellRun<'_> {
         &self,
         app: &AppSpec,
         lb: &Lb,
-        id: &str,
+        base: &str,
         pods: Vec<String>,
-    ) -> Result<(Progress, Vec<String>), ApiError> {
+    ) -> Result<drain::Pending, ApiError> {
         let want = DrainRequest {
             cell: self.cell.to_string(),
             namespace: app.namespace.clone(),
@@ -444,7 +448,7 @@ impl CellRun<'_> {
         drain::step(
             &self.core.db,
             lb,
-            id,
+            base,
             want,
             self.core.settings.deploy.drain_timeout,
         )
@@ -480,17 +484,17 @@ impl CellRun<'_> {
                 .into_iter()
                 .map(|p| p.name)
                 .collect();
-            let id = drain::drain_id(&app.namespace, self.cell, version);
+            let base = version_base(app, self.cell, version);
             if !pods.is_empty() {
-                let (progress, named) = self.drain(app, lb, &id, pods).await?;
-                match progress {
+                let pending = self.drain(app, lb, &base, pods).await?;
+                match pending.progress {
                     Progress::Waiting => return Ok(()),
-                    Progress::TimedOut => self.warn_timeout(app, name, &named).await,
+                    Progress::TimedOut => self.warn_timeout(app, name, &pending.pods).await,
                     Progress::Acked => {}
                 }
             }
             self.delete_deployment(app, name).await?;
-            return drain::finish(&self.core.db, lb, &id).await;
+            return drain::finish(&self.core.db, lb, &base).await;
         }
         self.delete_deployment(app, name).await
     }
@@ -605,9 +609,9 @@ impl CellRun<'_> {
         .into_iter()
         .map(|p| p.name)
         .collect();
-        let id = format!("{name}.{}.all", self.cell);
+        let base = drain::drain_base(name, self.cell, "all");
         if pods.is_empty() {
-            drain::finish(&self.core.db, &lb, &id).await?;
+            drain::finish(&self.core.db, &lb, &base).await?;
             return Ok(true);
         }
         let want = DrainRequest {
@@ -616,18 +620,18 @@ impl CellRun<'_> {
             pods,
             created: Utc::now(),
         };
-        let (progress, _) = drain::step(
+        let pending = drain::step(
             &self.core.db,
             &lb,
-            &id,
+            &base,
             want,
             self.core.settings.deploy.drain_timeout,
         )
         .await?;
-        if progress == Progress::Waiting {
+        if pending.progress == Progress::Waiting {
             return Ok(false);
         }
-        drain::finish(&self.core.db, &lb, &id).await?;
+        drain::finish(&self.core.db, &lb, &base).await?;
         Ok(true)
     }
 }

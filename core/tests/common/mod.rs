@@ -212,3 +212,32 @@ pub fn token_keypair(dir: &std::path::Path) -> (String, String, std::path::PathB
         cert,
     )
 }
+
+pub const SERVICE: &str = "leengine-registry";
+pub const ISSUER: &str = "leengine-core";
+
+/// Another binary of the workspace, next to this crate's.
+pub fn sibling(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_leengine-core")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A registry token from the core listening on `core` for `scope`, as
+/// `user:secret`.
+pub fn registry_token(core: u16, scope: &str, user: &str, secret: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-u", &format!("{user}:{secret}")])
+        .arg(format!(
+            "http://127.0.0.1:{core}/v2/token?service={SERVICE}&scope={scope}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token for {user}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
