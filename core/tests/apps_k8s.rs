@@ -40,7 +40,11 @@ fn start_cell(vlan: u16) -> te::Cell {
         .args(["--vlan", &vlan.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cell
 }
 
@@ -61,9 +65,10 @@ fn pods(cell: &te::Cell, ns: &str, version: u64) -> Vec<Value> {
 }
 
 fn ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 fn names(pods: &[Value]) -> Vec<String> {
@@ -87,10 +92,17 @@ fn wait_ready(cell: &te::Cell, ns: &str, version: u64, n: usize) {
             .collect();
         live.len() == n
             && live.iter().all(|p| {
-                ready(p) && p["status"]["podIP"].as_str().is_some_and(|ip| ip.starts_with(&net))
+                ready(p)
+                    && p["status"]["podIP"]
+                        .as_str()
+                        .is_some_and(|ip| ip.starts_with(&net))
             })
     });
-    assert!(ok, "{}: v{version} wants {n} Ready pods in {net}0/24: {seen:#?}", cell.name);
+    assert!(
+        ok,
+        "{}: v{version} wants {n} Ready pods in {net}0/24: {seen:#?}",
+        cell.name
+    );
 }
 
 fn wait_gone(cell: &te::Cell, ns: &str, version: u64) {
@@ -108,7 +120,9 @@ async fn drain_request(env: &Env, base: &str) -> Option<(String, DrainRequest)> 
     let prefix = env.core.db.keys.drain_request(GROUP, DOMAIN, base);
     let rows = env.core.db.list::<DrainRequest>(&prefix).await.unwrap();
     let strip = prefix.len() - base.len();
-    rows.into_iter().next().map(|(k, r)| (k[strip..].to_string(), r))
+    rows.into_iter()
+        .next()
+        .map(|(k, r)| (k[strip..].to_string(), r))
 }
 
 async fn wait_drain_request(env: &Env, base: &str) -> (String, DrainRequest) {
@@ -185,7 +199,12 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         let (st, v) = env.call(&olga, Method::POST, path, Some(body)).await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
     }
-    let push = registry_token(core_port, "repository:team/web:push,pull", "olga", &olga_token);
+    let push = registry_token(
+        core_port,
+        "repository:team/web:push,pull",
+        "olga",
+        &olga_token,
+    );
     for tag in ["v1", "v2", "v3"] {
         te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
     }
@@ -209,35 +228,62 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
                 &admin,
                 Method::POST,
                 "/api/v1/admin/cells",
-                Some(json!({"name": name, "kubeconfig": format!("{name}.kubeconfig"),
-                    "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]})),
+                Some(
+                    json!({"name": name, "kubeconfig": format!("{name}.kubeconfig"),
+                    "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]}),
+                ),
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         assert_eq!(v["api_url"], cell.api_url());
     }
     let (st, v) = env
-        .call(&admin, Method::POST, "/api/v1/admin/cells",
-            Some(json!({"name": "cellc", "kubeconfig": "../../etc/passwd"})))
+        .call(
+            &admin,
+            Method::POST,
+            "/api/v1/admin/cells",
+            Some(json!({"name": "cellc", "kubeconfig": "../../etc/passwd"})),
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_kubeconfig")));
-    let (st, cells) = env.call(&admin, Method::GET, "/api/v1/admin/cells", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_kubeconfig"))
+    );
+    let (st, cells) = env
+        .call(&admin, Method::GET, "/api/v1/admin/cells", None)
+        .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(cells.as_array().unwrap().len(), 2);
-    assert!(!cells.to_string().contains("BEGIN"), "credentials by reference only: {cells}");
-    let (st, _) = env.call(&olga, Method::GET, "/api/v1/admin/cells", None).await;
+    assert!(
+        !cells.to_string().contains("BEGIN"),
+        "credentials by reference only: {cells}"
+    );
+    let (st, _) = env
+        .call(&olga, Method::GET, "/api/v1/admin/cells", None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
     // ---- app create: both Cells, namespace, Service, pull secret ----
     let (st, v) = env
-        .call(&olga, Method::POST, "/api/v1/apps",
-            Some(json!({"name": "solo", "cells": ["cella"]})))
+        .call(
+            &olga,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"name": "solo", "cells": ["cella"]})),
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("too_few_cells")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("too_few_cells"))
+    );
     let (st, app) = env
-        .call(&olga, Method::POST, "/api/v1/apps",
+        .call(
+            &olga,
+            Method::POST,
+            "/api/v1/apps",
             Some(json!({"name": "web", "image": format!("{reg}/team/web"),
-                "lb": {"domain": DOMAIN, "group": GROUP}})))
+                "lb": {"domain": DOMAIN, "group": GROUP}})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{app}");
     assert_eq!(app["desired"]["cells"], json!(["cella", "cellb"]));
@@ -245,13 +291,23 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     let uid = app["desired"]["uid"].as_str().unwrap().to_string();
     for (user, role) in [("mary", "Master"), ("dan", "Developer"), ("pat", "Master")] {
         let (st, v) = env
-            .call(&olga, Method::PUT, &format!("/api/v1/apps/web/members/{user}"), Some(json!({"role": role})))
+            .call(
+                &olga,
+                Method::PUT,
+                &format!("/api/v1/apps/web/members/{user}"),
+                Some(json!({"role": role})),
+            )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
     for user in ["mary", "dan"] {
         let (st, v) = env
-            .call(&olga, Method::PUT, &format!("/api/v1/images/team/web/members/{user}"), Some(json!({"role": "Reporter"})))
+            .call(
+                &olga,
+                Method::PUT,
+                &format!("/api/v1/images/team/web/members/{user}"),
+                Some(json!({"role": "Reporter"})),
+            )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
@@ -262,9 +318,13 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
                 let svc = kjson(c, &["-n", &ns, "get", "service", "app"]);
                 let secret = kjson(c, &["-n", &ns, "get", "secret", "leengine-pull"]);
                 let sel_ok = svc["spec"]["selector"] == json!({"leengine.io/app-uid": uid});
-                let Some(raw) = secret["data"][".dockerconfigjson"].as_str() else { return false };
+                let Some(raw) = secret["data"][".dockerconfigjson"].as_str() else {
+                    return false;
+                };
                 let cfg: Value = serde_json::from_slice(
-                    &base64::engine::general_purpose::STANDARD.decode(raw).unwrap(),
+                    &base64::engine::general_purpose::STANDARD
+                        .decode(raw)
+                        .unwrap(),
                 )
                 .unwrap();
                 robot_password = cfg["auths"][&reg]["password"].as_str().unwrap_or("").into();
@@ -287,35 +347,81 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     // ---- roles and pull rights ----
     let v1 = json!({"tag": "v1", "replicas": 2,
         "health": {"path": "/healthz", "period_seconds": 2}, "env": {"VERSION": "one"}});
-    let (st, v) = env.call(&dan, Method::POST, "/api/v1/apps/web/versions", Some(v1.clone())).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{v}");
-    let (st, v) = env.call(&pat, Method::POST, "/api/v1/apps/web/versions", Some(v1.clone())).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("image_pull_forbidden")));
-    let (st, v) = env.call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v1)).await;
+    let (st, v) = env
+        .call(
+            &dan,
+            Method::POST,
+            "/api/v1/apps/web/versions",
+            Some(v1.clone()),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{v}"
+    );
+    let (st, v) = env
+        .call(
+            &pat,
+            Method::POST,
+            "/api/v1/apps/web/versions",
+            Some(v1.clone()),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("image_pull_forbidden"))
+    );
+    let (st, v) = env
+        .call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v1))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["version"], 1);
     let (_, me) = env.call(&olga, Method::GET, "/api/v1/user", None).await;
-    assert_eq!(me["usage"]["containers"], 4, "2 replicas × 2 Cells charged to the creator");
+    assert_eq!(
+        me["usage"]["containers"], 4,
+        "2 replicas × 2 Cells charged to the creator"
+    );
 
     sync(|| {
         wait_ready(&ca, &ns, 1, 2);
         wait_ready(&cb, &ns, 1, 2);
     });
-    let (st, versions) = env.call(&dan, Method::GET, "/api/v1/apps/web/versions", None).await;
+    let (st, versions) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/versions", None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{versions}");
     assert_eq!(
         versions[0]["placement"],
         json!([{"cell": "cella", "desired": 2, "ready": 2, "applied": true},
                {"cell": "cellb", "desired": 2, "ready": 2, "applied": true}])
     );
-    let (_, containers) = env.call(&dan, Method::GET, "/api/v1/apps/web/containers", None).await;
+    let (_, containers) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/containers", None)
+        .await;
     let list = containers.as_array().unwrap();
     assert_eq!(list.len(), 4, "{containers}");
-    assert!(list.iter().all(|c| c["ready"] == true && c["ip"].is_string()
-        && c["node"].is_string() && c["version"] == 1 && c["phase"] == "Running"), "{containers}");
-    let (st, tpl) = env.call(&dan, Method::GET, "/api/v1/apps/web/versions/template", None).await;
+    assert!(
+        list.iter().all(|c| c["ready"] == true
+            && c["ip"].is_string()
+            && c["node"].is_string()
+            && c["version"] == 1
+            && c["phase"] == "Running"),
+        "{containers}"
+    );
+    let (st, tpl) = env
+        .call(
+            &dan,
+            Method::GET,
+            "/api/v1/apps/web/versions/template",
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!((tpl["tag"].as_str(), tpl["replicas"].as_u64()), (Some("v1"), Some(2)));
+    assert_eq!(
+        (tpl["tag"].as_str(), tpl["replicas"].as_u64()),
+        (Some("v1"), Some(2))
+    );
     assert_eq!(tpl["health"]["path"], "/healthz");
     assert_eq!(tpl["env"], json!({"VERSION": "one"}));
 
@@ -323,14 +429,18 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     let mut v2 = tpl.clone();
     v2["tag"] = json!("v2");
     v2["replicas"] = json!(1);
-    let (st, v) = env.call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v2)).await;
+    let (st, v) = env
+        .call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v2))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     sync(|| {
         wait_ready(&ca, &ns, 2, 1);
         wait_ready(&cb, &ns, 2, 1);
     });
     assert_eq!(pods(&ca, &ns, 1).len(), 2, "v1 still serves beside v2");
-    let (st, _) = env.call(&mary, Method::DELETE, "/api/v1/apps/web/versions/1", None).await;
+    let (st, _) = env
+        .call(&mary, Method::DELETE, "/api/v1/apps/web/versions/1", None)
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let base_a = format!("{ns}.cella.v1.");
     let (id_a, req) = wait_drain_request(&env, &base_a).await;
@@ -341,38 +451,74 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         p.sort();
         p
     });
-    assert!(before.iter().all(|p| p["metadata"]["deletionTimestamp"].is_null()));
+    assert!(before
+        .iter()
+        .all(|p| p["metadata"]["deletionTimestamp"].is_null()));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pods(&ca, &ns, 1).len(), 2, "pods wait for the ack");
     ack(&env, &id_a).await;
     sync(|| wait_gone(&ca, &ns, 1));
-    assert!(drain_request(&env, &base_a).await.is_none(), "request removed after the pods");
+    assert!(
+        drain_request(&env, &base_a).await.is_none(),
+        "request removed after the pods"
+    );
     // cellb gets no ack: the timeout path deletes anyway, with a warning event.
     sync(|| wait_gone(&cb, &ns, 1));
-    let (st, evs) = env.call(&dan, Method::GET, "/api/v1/apps/web/events?limit=500", None).await;
+    let (st, evs) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/events?limit=500", None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{evs}");
     let events = evs["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["reason"] == "DrainTimeout" && e["cell"] == "cellb"
-        && e["type"] == "Warning"), "{evs}");
-    assert!(!events.iter().any(|e| e["reason"] == "DrainTimeout" && e["cell"] == "cella"));
-    let lasts: Vec<&str> = events.iter().filter_map(|e| e["last"].as_str()).collect();
-    assert!(lasts.windows(2).all(|w| w[0] >= w[1]), "newest first: {lasts:?}");
-    let (_, page) = env.call(&dan, Method::GET, "/api/v1/apps/web/events?limit=1", None).await;
+    assert!(
+        events.iter().any(|e| e["reason"] == "DrainTimeout"
+            && e["cell"] == "cellb"
+            && e["type"] == "Warning"),
+        "{evs}"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| e["reason"] == "DrainTimeout" && e["cell"] == "cella"));
+    let lasts: Vec<chrono::DateTime<chrono::Utc>> = events
+        .iter()
+        .filter_map(|e| e["last"].as_str()?.parse().ok())
+        .collect();
+    assert!(
+        lasts.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {lasts:?}"
+    );
+    let (_, page) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/events?limit=1", None)
+        .await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["next_offset"], 1);
 
     // ---- scale per Cell; scale-down drains exactly the pods that go ----
     let (st, _) = env
-        .call(&dan, Method::POST, "/api/v1/apps/web/versions/2/scale", Some(json!({"cells": {"cella": 2}})))
+        .call(
+            &dan,
+            Method::POST,
+            "/api/v1/apps/web/versions/2/scale",
+            Some(json!({"cells": {"cella": 2}})),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, v) = env
-        .call(&mary, Method::POST, "/api/v1/apps/web/versions/2/scale", Some(json!({"cells": {"cella": 3}})))
+        .call(
+            &mary,
+            Method::POST,
+            "/api/v1/apps/web/versions/2/scale",
+            Some(json!({"cells": {"cella": 3}})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     sync(|| wait_ready(&ca, &ns, 2, 3));
     let (st, _) = env
-        .call(&mary, Method::POST, "/api/v1/apps/web/versions/2/scale", Some(json!({"cells": {"cella": 2}})))
+        .call(
+            &mary,
+            Method::POST,
+            "/api/v1/apps/web/versions/2/scale",
+            Some(json!({"cells": {"cella": 2}})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
     let (id, req) = wait_drain_request(&env, &format!("{ns}.cella.v2.")).await;
@@ -380,8 +526,15 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     assert_eq!(pods(&ca, &ns, 2).len(), 3, "nothing deleted before the ack");
     ack(&env, &id).await;
     sync(|| wait_ready(&ca, &ns, 2, 2));
-    let left = names(&pods(&ca, &ns, 2));
-    assert!(!left.contains(&req.pods[0]), "the drained pod is the one deleted: {left:?} {req:?}");
+    let live: Vec<Value> = pods(&ca, &ns, 2)
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let left = names(&live);
+    assert!(
+        !left.contains(&req.pods[0]),
+        "the drained pod is the one deleted: {left:?} {req:?}"
+    );
 
     // ---- hand edits are put back ----
     let out = ca.kubectl(&["-n", &ns, "scale", "deployment", "v2", "--replicas=5"]);
@@ -399,44 +552,88 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
 
     // ---- a Cell down: reads 503 naming it, deploys land when it is back ----
     cb.stop_apiserver();
-    let (st, v) = env.call(&dan, Method::GET, "/api/v1/apps/web/versions", None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")), "{v}");
+    let (st, v) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/versions", None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
+        "{v}"
+    );
     assert!(v["detail"].as_str().unwrap().contains("cellb"), "{v}");
-    let (st, _) = env.call(&dan, Method::GET, "/api/v1/apps/web/containers", None).await;
+    let (st, _) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/containers", None)
+        .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
     let (st, v) = env
-        .call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(json!({"tag": "v3", "replicas": 1,
-            "health": {"path": "/healthz", "period_seconds": 2}})))
+        .call(
+            &mary,
+            Method::POST,
+            "/api/v1/apps/web/versions",
+            Some(json!({"tag": "v3", "replicas": 1,
+            "health": {"path": "/healthz", "period_seconds": 2}})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     sync(|| wait_ready(&ca, &ns, 3, 1));
     let mut status = Value::Null;
     for _ in 0..120 {
-        status = env.call(&dan, Method::GET, "/api/v1/apps/web/status", None).await.1;
+        status = env
+            .call(&dan, Method::GET, "/api/v1/apps/web/status", None)
+            .await
+            .1;
         if status[1]["error"].is_string() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(status[1]["error"].as_str().is_some_and(|e| e.contains("cellb")), "{status}");
+    assert!(
+        status[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cellb")),
+        "{status}"
+    );
     sync(|| cb.start_apiserver_again());
     sync(|| wait_ready(&cb, &ns, 3, 1));
 
     // ---- activity, stats ----
-    let (_, feed) = env.call(&dan, Method::GET, "/api/v1/apps/web/activity", None).await;
-    let actions: Vec<&str> = feed.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    let (_, feed) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/activity", None)
+        .await;
+    let actions: Vec<&str> = feed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
     for a in ["deployed", "scaled", "version_deleted"] {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
-    let (_, stats) = env.call(&admin, Method::GET, "/api/v1/admin/stats", None).await;
+    let (_, stats) = env
+        .call(&admin, Method::GET, "/api/v1/admin/stats", None)
+        .await;
     let today = stats["days"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((today["deploys"].as_u64(), today["scalings"].as_u64(), today["deletions"].as_u64()),
-        (Some(3), Some(2), Some(1)), "{stats}");
+    assert_eq!(
+        (
+            today["deploys"].as_u64(),
+            today["scalings"].as_u64(),
+            today["deletions"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{stats}"
+    );
 
     // ---- delete the app: nothing left in either Cell; then the Cells go ----
-    let (st, v) = env.call(&admin, Method::DELETE, "/api/v1/admin/cells/cella", None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("cell_not_empty")));
-    let (st, _) = env.call(&olga, Method::DELETE, "/api/v1/apps/web", None).await;
+    let (st, v) = env
+        .call(&admin, Method::DELETE, "/api/v1/admin/cells/cella", None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("cell_not_empty"))
+    );
+    let (st, _) = env
+        .call(&olga, Method::DELETE, "/api/v1/apps/web", None)
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     for c in [&ca, &cb] {
         let gone = sync(|| {
@@ -444,14 +641,40 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
                 !c.kubectl(&["get", "namespace", &ns]).status.success()
             })
         });
-        assert!(gone, "{}: namespace {ns} removed with everything in it", c.name);
-        let left = kjson(c, &["get", "deployments,pods,services,secrets", "-A", "-l", "leengine.io/managed-by=leengine-core"]);
+        assert!(
+            gone,
+            "{}: namespace {ns} removed with everything in it",
+            c.name
+        );
+        let left = kjson(
+            c,
+            &[
+                "get",
+                "deployments,pods,services,secrets",
+                "-A",
+                "-l",
+                "leengine.io/managed-by=leengine-core",
+            ],
+        );
         assert_eq!(left["items"], json!([]), "{}", c.name);
     }
     let (_, me) = env.call(&olga, Method::GET, "/api/v1/user", None).await;
-    assert_eq!((me["usage"]["apps"].as_u64(), me["usage"]["containers"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            me["usage"]["apps"].as_u64(),
+            me["usage"]["containers"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
     for name in ["cella", "cellb"] {
-        let (st, v) = env.call(&admin, Method::DELETE, &format!("/api/v1/admin/cells/{name}"), None).await;
+        let (st, v) = env
+            .call(
+                &admin,
+                Method::DELETE,
+                &format!("/api/v1/admin/cells/{name}"),
+                None,
+            )
+            .await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     }
 }

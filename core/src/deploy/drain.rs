@@ -140,7 +140,8 @@ pub async fn step(
 pub async fn finish(db: &Db, lb: &Lb, base: &str) -> Result<(), ApiError> {
     let prefix = db.keys.drain_request(&lb.group, &lb.domain, base);
     if db.count(&prefix).await? > 0 {
-        db.commit(vec![], vec![store::delete_prefix(prefix)]).await?;
+        db.commit(vec![], vec![store::delete_prefix(prefix)])
+            .await?;
     }
     Ok(())
 }
