@@ -226,19 +226,20 @@ pub fn check(f: &VersionFields, app_cells: &[String]) -> Result<(), ApiError> {
                 "the health check path is an absolute URL path",
             ));
         }
-        let positive = [
-            h.period_seconds,
-            h.timeout_seconds,
-            h.success_threshold,
-            h.failure_threshold,
-        ];
-        if positive.contains(&0) || h.port == Some(0) || h.initial_delay_seconds > 3600 {
+        let in_range = |n: u32, max: u32| (1..=max).contains(&n);
+        let ok = in_range(h.period_seconds, 3600)
+            && in_range(h.timeout_seconds, 3600)
+            && in_range(h.success_threshold, 1000)
+            && in_range(h.failure_threshold, 1000)
+            && h.port != Some(0)
+            && h.initial_delay_seconds <= 3600;
+        if !ok {
             return Err(bad(
                 "invalid_health",
-                "period, timeout and thresholds are at least 1, the port is not 0, the delay at most 3600 s",
+                "period and timeout 1 to 3600 s, thresholds 1 to 1000, the port not 0, the delay at most 3600 s",
             ));
         }
-        // Kubernetes requires it for readiness-only probes too.
+        // Kubernetes refuses a liveness probe with any other.
         if h.liveness && h.success_threshold != 1 {
             return Err(bad(
                 "invalid_health",
