@@ -36,7 +36,9 @@ async fn call(app: &axum::Router, token: &str, method: Method, path: &str, body:
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     assert!(status.is_success(), "{path}: {status} {v}");
     v
@@ -52,7 +54,8 @@ fn ready(cell: &te::Cell, ns: &str, selector: &str) -> usize {
             .filter(|p| {
                 p["metadata"]["deletionTimestamp"].is_null()
                     && p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
                     })
             })
             .count()
@@ -92,8 +95,12 @@ async fn main() {
     .unwrap();
     let app = server::app(core.clone());
     tokio::spawn(reconcile::run(core.clone()));
-    users::create_user(&core.db, "root", "password-of-bench", true).await.unwrap();
-    let (_, token) = users::issue_token(&core.db, "root", "bench", None).await.unwrap();
+    users::create_user(&core.db, "root", "password-of-bench", true)
+        .await
+        .unwrap();
+    let (_, token) = users::issue_token(&core.db, "root", "bench", None)
+        .await
+        .unwrap();
 
     let registry = te::Registry::start();
     let reg = registry.addr();
@@ -110,15 +117,47 @@ async fn main() {
     let pool = cell.pools()[0].clone();
     let out = std::process::Command::new(sibling("cnictl"))
         .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
-        .args(["--cidr", &pool.cidr, "--gateway", &pool.gateway, "--vlan", "130"])
+        .args([
+            "--cidr",
+            &pool.cidr,
+            "--gateway",
+            &pool.gateway,
+            "--vlan",
+            "130",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cell.trust_registry(&reg);
     std::fs::copy(cell.kubeconfig(), creds.join("c.kubeconfig")).unwrap();
-    call(&app, &token, Method::POST, "/api/v1/admin/cells", json!({"name": "c", "kubeconfig": "c.kubeconfig"})).await;
-    call(&app, &token, Method::POST, "/api/v1/groups", json!({"name": "team"})).await;
-    call(&app, &token, Method::POST, "/api/v1/images", json!({"name": "team/web", "public": true})).await;
+    call(
+        &app,
+        &token,
+        Method::POST,
+        "/api/v1/admin/cells",
+        json!({"name": "c", "kubeconfig": "c.kubeconfig"}),
+    )
+    .await;
+    call(
+        &app,
+        &token,
+        Method::POST,
+        "/api/v1/groups",
+        json!({"name": "team"}),
+    )
+    .await;
+    call(
+        &app,
+        &token,
+        Method::POST,
+        "/api/v1/images",
+        json!({"name": "team/web", "public": true}),
+    )
+    .await;
     let image = format!("{reg}/team/web");
     let health = json!({"path": "/healthz", "period_seconds": 1});
     // Warm the node's image cache so both sides measure scheduling and start.
@@ -137,8 +176,14 @@ async fn main() {
     println!("replicas  core_s  kubectl_s  ratio");
     for (i, n) in [1usize, 10, 50].into_iter().enumerate() {
         let name = format!("bench{i}");
-        let created = call(&app, &token, Method::POST, "/api/v1/apps",
-            json!({"name": name, "image": image})).await;
+        let created = call(
+            &app,
+            &token,
+            Method::POST,
+            "/api/v1/apps",
+            json!({"name": name, "image": image}),
+        )
+        .await;
         let spec: AppSpec = serde_json::from_value(created["desired"].clone()).unwrap();
         // Namespace, Service and pull secret first: the timing is the deploy.
         tokio::task::block_in_place(|| {
@@ -150,14 +195,37 @@ async fn main() {
         });
         let t0 = Instant::now();
         let v: VersionSpec = serde_json::from_value(
-            call(&app, &token, Method::POST, &format!("/api/v1/apps/{name}/versions"),
-                json!({"tag": "v1", "replicas": n, "health": health})).await,
+            call(
+                &app,
+                &token,
+                Method::POST,
+                &format!("/api/v1/apps/{name}/versions"),
+                json!({"tag": "v1", "replicas": n, "health": health}),
+            )
+            .await,
         )
         .unwrap();
         let sel = objects::version_selector(&spec, v.version);
         tokio::task::block_in_place(|| wait_ready(&cell, &spec.namespace, &sel, n));
         let core_s = t0.elapsed().as_secs_f64();
 
+        // Each side gets an empty node: the app goes before the reference.
+        call(
+            &app,
+            &token,
+            Method::DELETE,
+            &format!("/api/v1/apps/{name}"),
+            Value::Null,
+        )
+        .await;
+        tokio::task::block_in_place(|| {
+            te::wait_until(PATIENCE, || {
+                !cell
+                    .kubectl(&["get", "namespace", &spec.namespace])
+                    .status
+                    .success()
+            })
+        });
         // The same Deployment, applied by kubectl into its own namespace.
         let ref_ns = format!("ref{i}");
         let mut ref_app = spec.clone();
@@ -171,18 +239,19 @@ async fn main() {
         std::fs::write(&path, &manifest).unwrap();
         let t1 = Instant::now();
         let out = cell.kubectl(&["apply", "-f", &path.display().to_string()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ref_sel = objects::version_selector(&ref_app, v.version);
         tokio::task::block_in_place(|| wait_ready(&cell, &ref_ns, &ref_sel, n));
         let kubectl_s = t1.elapsed().as_secs_f64();
-        println!("{n:8}  {core_s:6.2}  {kubectl_s:9.2}  {:5.2}", core_s / kubectl_s);
+        println!(
+            "{n:8}  {core_s:6.2}  {kubectl_s:9.2}  {:5.2}",
+            core_s / kubectl_s
+        );
         // Free the node for the next size.
-        call(&app, &token, Method::DELETE, &format!("/api/v1/apps/{name}"), Value::Null).await;
         cell.kubectl(&["delete", "namespace", &ref_ns, "--wait=true"]);
-        tokio::task::block_in_place(|| {
-            te::wait_until(PATIENCE, || {
-                !cell.kubectl(&["get", "namespace", &spec.namespace]).status.success()
-            })
-        });
     }
 }
