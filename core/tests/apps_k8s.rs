@@ -6,16 +6,17 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine as _;
-use common::{jwt_claims, registry_token, sibling, token_keypair, Auth, Env, ISSUER, SERVICE};
+use common::{
+    jwt_claims, registry_settings, registry_token, start_cell_with_pool, token_keypair, Auth, Env,
+    ISSUER, SERVICE,
+};
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::drain::DrainRequest;
 use leengine_core::deploy::{reconcile, DeploySettings};
-use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use leengine_testenv as te;
 use serde_json::{json, Value};
@@ -24,29 +25,6 @@ use serde_json::{json, Value};
 const PATIENCE: Duration = Duration::from_secs(240);
 const GROUP: &str = "g1";
 const DOMAIN: &str = "web.example.com";
-
-fn start_cell(vlan: u16) -> te::Cell {
-    let cell = te::Cell::start(te::CellSpec {
-        nodes: 1,
-        pools: vec![("web".into(), vlan)],
-        cni_plugin: sibling("leengine-cni"),
-        node_agent: None,
-        reclaim: false,
-    });
-    let pool = cell.pools()[0].clone();
-    let out = Command::new(sibling("cnictl"))
-        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
-        .args(["--cidr", &pool.cidr, "--gateway", &pool.gateway])
-        .args(["--vlan", &vlan.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cell
-}
 
 fn kjson(cell: &te::Cell, args: &[&str]) -> Value {
     let mut a = args.to_vec();
@@ -150,14 +128,7 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     std::fs::create_dir(&creds).unwrap();
     let (key, cert, cert_path) = token_keypair(dir.path());
     let env = Env::start(Settings {
-        registry: Some(RegistrySettings {
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            key_pem: key,
-            cert_pem: Some(cert),
-            ttl: Duration::from_secs(300),
-            notify_secret: None,
-        }),
+        registry: Some(registry_settings(key, cert)),
         cells: CellSettings {
             credentials_dir: creds.clone(),
             min_app_cells: 2,
@@ -211,8 +182,8 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
 
     let (ca, mut cb) = sync(|| {
         std::thread::scope(|s| {
-            let a = s.spawn(|| start_cell(130));
-            let b = s.spawn(|| start_cell(131));
+            let a = s.spawn(|| start_cell_with_pool(130));
+            let b = s.spawn(|| start_cell_with_pool(131));
             (a.join().unwrap(), b.join().unwrap())
         })
     });

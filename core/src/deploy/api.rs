@@ -246,12 +246,15 @@ pub async fn deploy(
         })
     })
     .await?;
-    let v = ch
-        .put
+    Ok((r, g, the_version(ch)?))
+}
+
+/// The one version a deploy or a scaling wrote.
+fn the_version(ch: Change) -> Result<VersionSpec, ApiError> {
+    ch.put
         .into_iter()
         .next()
-        .ok_or_else(|| ApiError::internal("no version"))?;
-    Ok((r, g, v))
+        .ok_or_else(|| ApiError::internal("no version"))
 }
 
 fn resolve_image(app: &AppSpec, f: &VersionFields) -> Result<String, ApiError> {
@@ -303,12 +306,7 @@ pub async fn scale(
         })
     })
     .await?;
-    let v = ch
-        .put
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::internal("no version"))?;
-    Ok((r, g, v))
+    Ok((r, g, the_version(ch)?))
 }
 
 #[derive(Deserialize)]
