@@ -135,13 +135,17 @@ async fn lead(core: &Core) -> Result<(), ApiError> {
 async fn reconcile_forever(core: &Core) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let keys = &core.db.keys;
-    for prefix in [
-        keys.apps_prefix(),
-        keys.cells_prefix(),
-        keys.drain_acks_prefix(),
-    ] {
-        tokio::spawn(watch(core.db.etcd.clone(), prefix, wake.clone()));
-    }
+    // The watches end with the leadership (this future is dropped then).
+    let _watches = Watches(
+        [
+            keys.apps_prefix(),
+            keys.cells_prefix(),
+            keys.drain_acks_prefix(),
+        ]
+        .into_iter()
+        .map(|prefix| tokio::spawn(watch(core.db.etcd.clone(), prefix, wake.clone())))
+        .collect(),
+    );
     loop {
         if let Err(e) = pass(core).await {
             tracing::warn!(error = %e, "reconcile pass failed");
@@ -149,6 +153,16 @@ async fn reconcile_forever(core: &Core) {
         tokio::select! {
             _ = wake.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
             _ = tokio::time::sleep(core.settings.deploy.resync) => {}
+        }
+    }
+}
+
+struct Watches(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for w in &self.0 {
+            w.abort();
         }
     }
 }
