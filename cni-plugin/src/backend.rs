@@ -99,8 +99,3 @@ pub fn external_ids(ids: &PortIds<'_>) -> BTreeMap<String, String> {
     }
     m
 }
-
-/// OVS access tag for a pool VLAN; 0 means the pool is untagged.
-pub fn vlan_tag(vlan: u16) -> Option<u16> {
-    (vlan != 0).then_some(vlan)
-}

@@ -15,18 +15,6 @@ use leengine_ipam::{ApiView, PodInfo};
 /// Page size of list calls (the apiserver's own recommendation for big lists).
 const PAGE: u32 = 500;
 
-/// Raised when the apiserver cannot be reached; maps to the "retry later" exit code.
-#[derive(Debug)]
-pub struct Unavailable;
-
-impl std::fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Kubernetes apiserver unavailable")
-    }
-}
-
-impl std::error::Error for Unavailable {}
-
 /// Connects with `kubeconfig` if given, else in-cluster or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     let mut config = match kubeconfig {
@@ -47,7 +35,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 }
 
 /// Lists every pod and node (paged).
-pub async fn view(client: Client) -> anyhow::Result<ApiView> {
+pub async fn view(client: Client) -> crate::Result<ApiView> {
     let pods: Vec<Pod> = list_all(Api::all(client.clone())).await?;
     let nodes: Vec<Node> = list_all(Api::all(client)).await?;
     Ok(ApiView {
@@ -59,7 +47,7 @@ pub async fn view(client: Client) -> anyhow::Result<ApiView> {
     })
 }
 
-async fn list_all<K>(api: Api<K>) -> anyhow::Result<Vec<K>>
+async fn list_all<K>(api: Api<K>) -> crate::Result<Vec<K>>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -71,12 +59,12 @@ where
             lp = lp.continue_token(t);
         }
         let page: ObjectList<K> = api.list(&lp).await.map_err(|e| {
-            let unavailable = matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_));
-            let err = anyhow::Error::new(e).context("listing from the Kubernetes apiserver");
-            if unavailable {
-                err.context(Unavailable)
+            if matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_)) {
+                crate::CmdError::ApiserverUnavailable(e)
             } else {
-                err
+                anyhow::Error::new(e)
+                    .context("listing from the Kubernetes apiserver")
+                    .into()
             }
         })?;
         out.extend(page.items);

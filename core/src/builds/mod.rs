@@ -1,4 +1,4 @@
-//! Build dispatch (issue 7): build configs, manual and GitLab-webhook
+//! Build dispatch (docs/build-farm.md): build configs, manual and GitLab-webhook
 //! triggers, rendezvous placement on live builders, and re-dispatch of tasks
 //! whose builder's lease expired. The agents (`leengine-build-agent`) do the
 //! work; this module only writes configs, runs and task keys.

@@ -56,7 +56,7 @@ pub(crate) async fn add_pool(ipam: &Ipam, pool: &Pool) -> Result<(), IpamError> 
             store::prefix_unchanged_since(&prefix, rev),
         ];
         if store::commit(&ipam.client, compares, vec![store::put(&key, pool)]).await? {
-            tracing::info!(pool = %pool.name, cidr = %pool.cidr, vlan = pool.vlan, "pool added");
+            tracing::info!(pool = %pool.name, cidr = %pool.cidr, vlan = pool.vlan.id(), "pool added");
             return Ok(());
         }
         backoff(attempt).await;

@@ -28,6 +28,7 @@ mod store;
 mod admin;
 mod assign;
 mod release;
+mod vlan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -40,6 +41,7 @@ pub use model::{
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
 };
 pub use pool::Exclusion;
+pub use vlan::{InvalidVlan, Vlan};
 
 /// Tunables; the defaults suit a Cell.
 #[derive(Clone, Debug, PartialEq, Eq)]

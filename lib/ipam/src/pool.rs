@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::IpamError;
 use crate::model::Pool;
+use crate::Vlan;
 
 /// Widest and narrowest pool CIDRs accepted.
 pub const MIN_POOL_PREFIX: u8 = 16;
@@ -136,10 +137,7 @@ impl Pool {
         let invalid = IpamError::InvalidPool;
         let cidr = parse_network(cidr).map_err(invalid)?;
         let gateway = parse_ip(gateway).map_err(|e| invalid(format!("gateway: {e}")))?;
-        let vlan = u16::try_from(vlan)
-            .ok()
-            .filter(|v| (1..=4094).contains(v))
-            .ok_or_else(|| invalid(format!("VLAN {vlan} is out of range 1-4094")))?;
+        let vlan = Vlan::parse(vlan).map_err(|e| invalid(e.to_string()))?;
         let excludes = excludes
             .iter()
             .map(|e| e.parse::<Exclusion>())
@@ -173,9 +171,6 @@ impl Pool {
         }
         if self.cidr.addr() != self.cidr.network() {
             return Err(format!("CIDR {} has host bits set", self.cidr));
-        }
-        if !(1..=4094).contains(&self.vlan) {
-            return Err(format!("VLAN {} is out of range 1-4094", self.vlan));
         }
         if !self.cidr.contains(&self.gateway)
             || self.gateway == self.cidr.network()
@@ -425,7 +420,7 @@ mod tests {
             prop_assume!(u64::from(bs) <= 1u64 << (32 - len));
             let net = Ipv4Net::new(Ipv4Addr::from(base), len).unwrap().trunc();
             let gw = Ipv4Addr::from(u32::from(net.network()) + 1);
-            let p = Pool { name: "p".into(), cidr: net, gateway: gw, vlan: 1, block_size: bs, excludes: vec![] };
+            let p = Pool { name: "p".into(), cidr: net, gateway: gw, vlan: Vlan::new(1).unwrap(), block_size: bs, excludes: vec![] };
             prop_assert!(p.validate().is_ok());
             let blocks: Vec<_> = p.blocks().collect();
             prop_assert_eq!(blocks.len() as u64, p.block_count());

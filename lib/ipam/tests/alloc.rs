@@ -21,7 +21,7 @@ async fn add_and_del_are_idempotent() {
     let first = ipam.assign(&pod_req("c1", "ns", "a")).await.unwrap();
     assert!(first.created);
     assert_eq!(
-        (first.prefix_len, first.gateway, first.vlan),
+        (first.prefix_len, first.gateway, first.vlan.id()),
         (22, ip("10.1.0.1"), 100)
     );
     assert!(first.attachment.block.contains(&first.ip));
@@ -186,7 +186,10 @@ async fn requested_ip() {
     let mut r = req("c1");
     r.requested_ip = Some(ip("10.4.0.77"));
     let a = n1.assign(&r).await.unwrap();
-    assert_eq!((a.ip, a.pool.as_str(), a.vlan), (ip("10.4.0.77"), "p1", 10));
+    assert_eq!(
+        (a.ip, a.pool.as_str(), a.vlan.id()),
+        (ip("10.4.0.77"), "p1", 10)
+    );
     // Its block was claimed for n1.
     let blocks = n1.list_blocks(&Default::default()).await.unwrap();
     assert_eq!(
