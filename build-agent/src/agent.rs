@@ -65,6 +65,21 @@ pub struct Agent {
     inflight: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("id", &self.id)
+            .field("keys", &self.keys)
+            .field("work_dir", &self.work_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("compile_network", &self.compile_network)
+            .field("limits", &self.limits)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Agent {
     pub async fn start(s: Settings) -> anyhow::Result<Arc<Self>> {
         let etcd = leengine_store::connect(&s.etcd).await?;

@@ -133,6 +133,11 @@ impl Args {
             "--cpus must be a positive number"
         );
         anyhow::ensure!(self.pids_limit >= 16, "--pids-limit must be at least 16");
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "positive and finite (checked above); a float-to-int `as` saturates"
+        )]
+        let nano_cpus = (self.cpus * 1e9).round() as i64;
         let mut etcd = self.etcd_auth.config(self.etcd);
         etcd.prefix = Some(self.prefix);
         Ok(Settings {
@@ -147,7 +152,7 @@ impl Args {
             labels: self.labels.into_iter().collect(),
             compile_network: self.compile_network,
             limits: crate::docker::Limits {
-                nano_cpus: (self.cpus * 1e9) as i64,
+                nano_cpus,
                 memory: self.memory,
                 pids: self.pids_limit,
             },

@@ -17,6 +17,17 @@ pub struct Registration {
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("info", &self.info)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registration {
     pub fn new(etcd: etcd_client::Client, key: String, info: BuilderInfo, ttl: Duration) -> Self {
         Self {
@@ -32,7 +43,7 @@ impl Registration {
     pub async fn register(&self) -> Result<(), etcd_client::Error> {
         let mut etcd = self.etcd.clone();
         let lease = etcd
-            .lease_grant(self.ttl.as_secs() as i64, None)
+            .lease_grant(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX), None)
             .await?
             .id();
         self.lease.store(lease, std::sync::atomic::Ordering::SeqCst);

@@ -75,6 +75,7 @@ pub fn node_name(conf: &NetConf) -> CniResult<String> {
         })
 }
 
+#[derive(Debug)]
 pub struct PortIds<'a> {
     pub network: &'a str,
     pub container_id: &'a str,

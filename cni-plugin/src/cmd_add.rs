@@ -129,7 +129,7 @@ impl Ctx<'_> {
             .ovs
             .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
             .await;
-        if let Err(leengine_ovsdb::Error::PortExists(_)) = added {
+        if let Err(leengine_ovsdb::OvsdbError::PortExists(_)) = added {
             self.ovs.del_port(&self.conf.bridge, self.host_if).await?;
             self.ovs
                 .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)

@@ -19,7 +19,7 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let (ovs, ipam) = tokio::join!(backend::ovs(conf), backend::ipam(conf));
     match &ovs {
         Ok(ovs) => match ovs.del_port(&conf.bridge, &host_if).await {
-            Ok(_) | Err(leengine_ovsdb::Error::NoBridge(_)) => {}
+            Ok(_) | Err(leengine_ovsdb::OvsdbError::NoBridge(_)) => {}
             Err(e) => datapath.push(e.into()),
         },
         Err(e) => datapath.push(e.clone()),

@@ -86,9 +86,9 @@ impl From<leengine_ipam::IpamError> for CniError {
     }
 }
 
-impl From<leengine_ovsdb::Error> for CniError {
-    fn from(e: leengine_ovsdb::Error) -> Self {
-        use leengine_ovsdb::Error as E;
+impl From<leengine_ovsdb::OvsdbError> for CniError {
+    fn from(e: leengine_ovsdb::OvsdbError) -> Self {
+        use leengine_ovsdb::OvsdbError as E;
         let code = match &e {
             E::Unavailable(_) => TRY_AGAIN_LATER,
             E::NoBridge(_) => NO_BRIDGE,

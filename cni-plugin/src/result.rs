@@ -114,7 +114,10 @@ impl SuccessResult {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
+                mtu: i
+                    .get("mtu")
+                    .and_then(Value::as_u64)
+                    .and_then(|m| u32::try_from(m).ok()),
                 sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
             });
         }
@@ -139,7 +142,7 @@ impl SuccessResult {
                 interface: ip
                     .get("interface")
                     .and_then(Value::as_u64)
-                    .map(|i| i as usize),
+                    .and_then(|i| usize::try_from(i).ok()),
             });
         }
         for r in arr(o.get("routes"))? {

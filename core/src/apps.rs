@@ -43,7 +43,7 @@ pub struct Version {
 }
 
 /// An app as the API shows it.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct AppView {
     pub name: String,
     pub creator: String,
@@ -88,7 +88,7 @@ async fn list(State(core): State<Core>, caller: Caller) -> Result<Json<Vec<AppVi
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewApp {
     pub name: String,
@@ -171,7 +171,7 @@ async fn show(
     Ok(Json(view(g.resource.value, g.role)))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
     #[serde(default)]
@@ -268,7 +268,7 @@ async fn remove(
     Err(store::contention())
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
     pub image: String,
@@ -447,7 +447,7 @@ async fn deploy(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub replicas: u32,

@@ -14,6 +14,15 @@ pub struct Db {
     pub keys: Keys,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A decoded record and the revision to compare against when updating it.
 #[derive(Clone, Debug)]
 pub struct Versioned<T> {

@@ -23,6 +23,7 @@ use crate::nginx::Nginx;
 use crate::shared::{now, Shared};
 use crate::state::domain_error;
 
+#[derive(Debug)]
 pub struct Reconciler {
     pub shared: Arc<Shared>,
     pub layout: Layout,

@@ -35,7 +35,9 @@ pub async fn record(sh: &Shared) -> NodeRecord {
     }
 }
 
-pub async fn bond_status(sh: &Shared) -> Result<leengine_ovsdb::BondStatus, leengine_ovsdb::Error> {
+pub async fn bond_status(
+    sh: &Shared,
+) -> Result<leengine_ovsdb::BondStatus, leengine_ovsdb::OvsdbError> {
     sh.ovs().await?.bond_status(&sh.cfg.bond).await
 }
 
@@ -65,7 +67,7 @@ pub async fn run(sh: Arc<Shared>) {
         let lease = match sh
             .etcd
             .lease_client()
-            .grant(ttl.as_secs() as i64, None)
+            .grant(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX), None)
             .await
         {
             Ok(l) => l.id(),

@@ -56,6 +56,17 @@ pub struct BuildsState {
     pub tokens: Option<Arc<TokenServer>>,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for BuildsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildsState")
+            .field("keys", &self.keys)
+            .field("settings", &self.settings)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BuildsState {
     pub fn new(etcd: etcd_client::Client, keys: Keys, settings: BuildSettings) -> Self {
         Self {

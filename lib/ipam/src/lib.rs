@@ -74,6 +74,17 @@ pub struct Ipam {
     opts: IpamOptions,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("keys", &self.keys)
+            .field("node", &self.node)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ipam {
     pub fn new(
         client: etcd_client::Client,

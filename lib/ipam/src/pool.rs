@@ -209,7 +209,8 @@ impl Pool {
     }
 
     pub fn block_prefix_len(&self) -> u8 {
-        32 - self.block_size.trailing_zeros() as u8
+        // A u32 has at most 32 trailing zeros.
+        32 - u8::try_from(self.block_size.trailing_zeros()).expect("at most 32")
     }
 
     pub fn block_count(&self) -> u64 {
@@ -257,7 +258,7 @@ impl Pool {
         let base = u32::from(self.cidr.network());
         let bs = self.block_size;
         let len = self.block_prefix_len();
-        (0..self.block_count() as u32).map(move |i| {
+        (0..u32::try_from(self.block_count()).expect("a /16 or smaller pool")).map(move |i| {
             Ipv4Net::new(Ipv4Addr::from(base + i * bs), len).expect("prefix length <= 32")
         })
     }
@@ -424,15 +425,15 @@ mod tests {
             prop_assert!(p.validate().is_ok());
             let blocks: Vec<_> = p.blocks().collect();
             prop_assert_eq!(blocks.len() as u64, p.block_count());
-            let mut next = u32::from(net.network()) as u64;
+            let mut next = u64::from(u32::from(net.network()));
             for b in &blocks {
-                prop_assert_eq!(u32::from(b.network()) as u64, next);
+                prop_assert_eq!(u64::from(u32::from(b.network())), next);
                 prop_assert_eq!(b.prefix_len(), p.block_prefix_len());
                 prop_assert_eq!(p.block_of(b.network()), Some(*b));
                 prop_assert_eq!(p.block_of(b.broadcast()), Some(*b));
                 next += u64::from(bs);
             }
-            prop_assert_eq!(next, u32::from(net.broadcast()) as u64 + 1);
+            prop_assert_eq!(next, u64::from(u32::from(net.broadcast())) + 1);
         }
 
         /// An exclusion parsed from its display form is the same exclusion,

@@ -346,7 +346,7 @@ fn etcd_requests(etcd: &leengine_testenv::Etcd, method: &str) -> u64 {
         .lines()
         .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+        .map(|v| v.to_string().parse::<u64>().expect("a whole count"))
         .collect();
     assert!(!counts.is_empty(), "etcd reports no {method} requests");
     counts.iter().sum()
