@@ -17,8 +17,8 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return leengine_cli::finish(BIN, Err(WithExit(Exit::Usage, e))),
     };
-    let outcome = leengine_cli::runtime(None)
-        .and_then(|rt| rt.block_on(leengine_build_agent::run(settings)))
+    let outcome = leengine_cli::block_on(None, leengine_build_agent::run(settings))
+        .and_then(|r| r)
         .map(|()| Exit::Ok);
     leengine_cli::finish(BIN, outcome)
 }

@@ -157,8 +157,8 @@ fn main() -> std::process::ExitCode {
         Err(code) => return code,
     };
     leengine_cli::Logs::default().init();
-    let outcome = leengine_cli::runtime(None)
-        .and_then(|rt| rt.block_on(run(args)))
+    let outcome = leengine_cli::block_on(None, run(args))
+        .and_then(|r| r)
         .map(|()| leengine_cli::Exit::Ok);
     leengine_cli::finish(BIN, outcome)
 }

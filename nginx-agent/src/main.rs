@@ -16,8 +16,8 @@ fn main() -> ExitCode {
     if let Err(e) = args.validate() {
         return leengine_cli::finish(BIN, Err(WithExit(Exit::Usage, e)));
     }
-    let outcome = leengine_cli::runtime(None)
-        .and_then(|rt| rt.block_on(leengine_nginx_agent::run(args)))
+    let outcome = leengine_cli::block_on(None, leengine_nginx_agent::run(args))
+        .and_then(|r| r)
         .map(|()| Exit::Ok);
     leengine_cli::finish(BIN, outcome)
 }

@@ -60,3 +60,33 @@ fn bad_flags_fail_with_one_line() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// SIGTERM (systemd's stop) ends the agent cleanly, also while it is still
+/// waiting for an unreachable etcd.
+#[test]
+fn sigterm_stops_the_agent_while_etcd_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_leengine-nginx-agent"))
+        .args(["--group", "g", "--etcd", "http://127.0.0.1:1"])
+        .arg("--conf-dir")
+        .arg(dir.path().join("c"))
+        .arg("--state-dir")
+        .arg(dir.path().join("s"))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    // Up once it has said it is starting (etcd is dialled after that).
+    let mut err = std::io::BufReader::new(agent.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("starting") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("read log");
+        assert!(n > 0, "agent ended before starting");
+    }
+    let pid = libc::pid_t::try_from(agent.id()).expect("pid");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = agent.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}

@@ -21,8 +21,8 @@ fn main() -> ExitCode {
         ..Logs::default()
     }
     .init();
-    let outcome = leengine_cli::runtime(Some(2))
-        .and_then(|rt| rt.block_on(leengine_node_agent::run(cfg)))
+    let outcome = leengine_cli::block_on(Some(2), leengine_node_agent::run(cfg))
+        .and_then(|r| r)
         .map(|()| Exit::Ok);
     if let Err(e) = &outcome {
         tracing::error!(error = %leengine_cli::one_line(e.as_ref()), "agent failed");

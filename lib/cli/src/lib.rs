@@ -104,6 +104,22 @@ pub fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
+/// Runs `fut` on a fresh runtime; once it is done, tasks still running
+/// (a blocking call in flight, a background loop) get `SHUTDOWN_GRACE`
+/// and are then abandoned, so a stop signal ends the process promptly.
+pub fn block_on<F: std::future::Future>(
+    worker_threads: Option<usize>,
+    fut: F,
+) -> anyhow::Result<F::Output> {
+    let rt = runtime(worker_threads)?;
+    let out = rt.block_on(fut);
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    Ok(out)
+}
+
+/// See [`block_on`].
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[cfg(test)]
 mod tests {
     use super::*;
