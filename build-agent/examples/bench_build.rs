@@ -155,7 +155,7 @@ async fn cache_bench() {
         let p = mirror_dir.join(&rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         let bytes: Vec<u8> = (0..size_kib * 1024)
-            .map(|j| ((i * 31 + j) % 251) as u8)
+            .map(|j| u8::try_from((i * 31 + j) % 251).expect("< 251"))
             .collect();
         std::fs::write(&p, bytes).unwrap();
         deps.push_str(&rel);
@@ -389,6 +389,11 @@ async fn dispatch_bench() {
     }
     let total = start.elapsed();
     lat.sort();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a percentile index: a fraction in [0, 1] of a length"
+    )]
     let pct =
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     println!("dispatch: {configs} configs x 1 trigger over {builders} builders (sequential, in-process API, real etcd)");
@@ -401,13 +406,13 @@ async fn dispatch_bench() {
         pct(1.0)
     );
     let counts: Vec<usize> = per.values().copied().collect();
-    let mean = configs as f64 / builders as f64;
+    let mean = configs as f64 / f64::from(builders);
     let sd = (counts
         .iter()
         .map(|c| (*c as f64 - mean).powi(2))
         .sum::<f64>()
-        / builders as f64)
-        .sqrt();
+        / f64::from(builders))
+    .sqrt();
     println!(
         "  spread: {}  (min {}, max {}, stddev {:.1}, ideal {mean:.0})",
         per.iter()

@@ -15,8 +15,29 @@ use leengine_store::Keys;
 use tokio::sync::{watch, Semaphore};
 
 use crate::registration::Running;
-use crate::Args;
 use leengine_store::lease::Registration;
+
+/// What the agent is started with (from the flags: `crate::cli::Args`).
+#[derive(Debug)]
+pub struct Settings {
+    pub id: String,
+    pub etcd: leengine_store::EtcdConfig,
+    /// Docker Engine API address.
+    pub docker: String,
+    pub work_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Builds run at once.
+    pub capacity: u32,
+    /// Registration lease TTL.
+    pub ttl: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub policy: Policy,
+    pub compile_network: String,
+    pub limits: crate::docker::Limits,
+    pub git_credentials_dir: PathBuf,
+    pub stage_timeout: Duration,
+    pub log_retention: Duration,
+}
 
 /// Everything a build needs from the host; shared by all runs.
 pub struct Agent {
@@ -46,44 +67,52 @@ pub struct Agent {
     inflight: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("id", &self.id)
+            .field("keys", &self.keys)
+            .field("work_dir", &self.work_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("compile_network", &self.compile_network)
+            .field("limits", &self.limits)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Agent {
-    pub async fn start(args: &Args) -> anyhow::Result<Arc<Self>> {
-        let policy = Policy::new(Some(args.registry.clone()), &args.git_hosts)?;
-        let mut cfg = args.etcd_auth.config(args.etcd.clone());
-        cfg.prefix = Some(args.prefix.clone());
-        let etcd = leengine_store::connect(&cfg).await?;
-        let docker = crate::docker::connect(&args.docker).await?;
-        for dir in [&args.work_dir, &args.cache_dir] {
+    pub async fn start(s: Settings) -> anyhow::Result<Arc<Self>> {
+        let etcd = leengine_store::connect(&s.etcd).await?;
+        let docker = crate::docker::connect(&s.docker).await?;
+        for dir in [&s.work_dir, &s.cache_dir] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let info = BuilderInfo {
-            id: args.id.clone(),
-            capacity: args.capacity,
+            id: s.id.clone(),
+            capacity: s.capacity,
             running: 0,
-            labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            labels: s.labels,
             started_at: chrono::Utc::now(),
         };
         let agent = Arc::new(Self {
-            id: args.id.clone(),
+            id: s.id,
             etcd,
-            keys: cfg.keys(),
+            keys: s.etcd.keys(),
             docker,
-            work_dir: args.work_dir.clone(),
-            cache_dir: args.cache_dir.clone(),
-            compile_network: args.compile_network.clone(),
-            limits: crate::docker::Limits {
-                nano_cpus: (args.cpus * 1e9) as i64,
-                memory: args.memory,
-                pids: args.pids_limit,
-            },
-            policy,
-            git_credentials_dir: args.git_credentials_dir.clone(),
-            stage_timeout: args.stage_timeout,
-            log_retention: args.log_retention,
-            ttl: args.ttl,
+            work_dir: s.work_dir,
+            cache_dir: s.cache_dir,
+            compile_network: s.compile_network,
+            limits: s.limits,
+            policy: s.policy,
+            git_credentials_dir: s.git_credentials_dir,
+            stage_timeout: s.stage_timeout,
+            log_retention: s.log_retention,
+            ttl: s.ttl,
             info,
-            slots: Arc::new(Semaphore::new(args.capacity as usize)),
+            slots: Arc::new(Semaphore::new(s.capacity as usize)),
             running: watch::channel(0).0,
             cache_locks: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -122,6 +151,7 @@ impl Agent {
     }
 
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut shutdown = leengine_cli::Shutdown::install()?;
         let mut reg = Registration::new(
             self.etcd.clone(),
             self.keys.builder(&self.id),
@@ -139,7 +169,7 @@ impl Agent {
             self.log_retention,
         ));
         let tasks = tokio::spawn(self.clone().watch_tasks_forever());
-        shutdown_signal().await;
+        shutdown.recv().await;
         tracing::info!(builder = %self.id, "stopping; running builds move to other hosts");
         tasks.abort();
         retention.abort();
@@ -241,14 +271,5 @@ impl Follower for Tasks {
             }
         }
         Ok(())
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -70,6 +70,7 @@ pub struct Limits {
     pub pids: i64,
 }
 
+#[derive(Debug)]
 pub struct CompileJob<'a> {
     pub name: String,
     pub image: &'a str,
@@ -200,6 +201,7 @@ pub struct BuildTrace {
 /// Builds `reference` from the context tar. The classic builder prints
 /// ` ---> <id>` for every step; those ids let a failed build's untagged
 /// layers be removed afterwards.
+#[derive(Debug)]
 pub struct BuildJob<'a> {
     pub context: &'a Path,
     pub dockerfile: &'a str,

@@ -45,6 +45,16 @@ pub struct Remote<'a> {
     env: Vec<(String, String)>,
 }
 
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for Remote<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("repo", &self.repo)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> Remote<'a> {
     /// `credential`: the config's credential name, checked against
     /// `image_group` (the group of the config's target image).

@@ -8,6 +8,7 @@ use leengine_store::lease::Source;
 use tokio::sync::watch;
 
 /// The builder record, republished whenever the running count changes.
+#[derive(Debug)]
 pub struct Running {
     info: BuilderInfo,
     running: watch::Receiver<u32>,

@@ -31,7 +31,7 @@ pub enum ReportError {
 }
 
 /// Full log on disk, bounded tail for etcd. Cloned into every stage.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LogSink {
     inner: Arc<Mutex<(Option<std::fs::File>, BoundedLog)>>,
     lines: Arc<std::sync::atomic::AtomicU64>,
@@ -105,6 +105,18 @@ pub struct Reporter {
     attempt: u32,
     pub log: LogSink,
     seeded: std::sync::atomic::AtomicBool,
+}
+
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("run_key", &self.run_key)
+            .field("task_key", &self.task_key)
+            .field("builder", &self.builder)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reporter {

@@ -84,6 +84,11 @@ fn ours_bin() -> PathBuf {
     bin
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a percentile index: a fraction in [0, 1] of a length"
+)]
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1000.0

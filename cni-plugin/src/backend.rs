@@ -75,6 +75,7 @@ pub fn node_name(conf: &NetConf) -> CniResult<String> {
         })
 }
 
+#[derive(Debug)]
 pub struct PortIds<'a> {
     pub network: &'a str,
     pub container_id: &'a str,
@@ -98,9 +99,4 @@ pub fn external_ids(ids: &PortIds<'_>) -> BTreeMap<String, String> {
         m.insert(EXT_POD_NAME.into(), n.into());
     }
     m
-}
-
-/// OVS access tag for a pool VLAN; 0 means the pool is untagged.
-pub fn vlan_tag(vlan: u16) -> Option<u16> {
-    (vlan != 0).then_some(vlan)
 }

@@ -6,7 +6,7 @@ use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, IFACE_EXISTS, NO_BRIDGE};
 use crate::garp_follow;
-use crate::result::{CniResult as Res, Interface, IpConfig, Route};
+use crate::result::{Interface, IpConfig, Route, SuccessResult};
 use leengine_attach::{teardown, Addresses, HostLinks, OvsPorts, Plan, PortScope, Release, Target};
 use leengine_ipam::{AssignRequest, Assignment, Ipam};
 use leengine_netdp::{
@@ -98,7 +98,7 @@ impl Ctx<'_> {
         // A replayed ADD found the handle of an earlier call: that IP is not
         // ours to give back if this call fails.
         undo.ip = a.created;
-        tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan, "assigned");
+        tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
 
         let mac = self.conf.runtime_mac.unwrap_or_else(|| mac_from_ipv4(a.ip));
         // Same name = same attachment (and we hold its lock): anything left by
@@ -122,7 +122,7 @@ impl Ctx<'_> {
             pod_name: self.env.args.pod_name.as_deref(),
             ip: a.ip,
         });
-        let tag = backend::vlan_tag(a.vlan);
+        let tag = Some(a.vlan.id());
         // Set before the call: when its reply is lost the transaction may
         // still have committed, and only a delete by name can tell.
         undo.port = true;
@@ -130,7 +130,7 @@ impl Ctx<'_> {
             .ovs
             .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
             .await;
-        if let Err(leengine_ovsdb::Error::PortExists(_)) = added {
+        if let Err(leengine_ovsdb::OvsdbError::PortExists(_)) = added {
             self.ovs.del_port(&self.conf.bridge, self.host_if).await?;
             self.ovs
                 .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
@@ -188,21 +188,26 @@ impl Ctx<'_> {
             }
         }
         tracing::info!(
-            network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan,
+            network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan.id(),
             port = self.host_if, "attached"
         );
         let res = self.result(&a, &host_link, sandbox_link.mac.unwrap_or(mac))?;
         Ok(res.to_json(&self.conf.cni_version))
     }
 
-    fn result(&self, a: &Assignment, host: &leengine_netdp::Link, mac: [u8; 6]) -> CniResult<Res> {
+    fn result(
+        &self,
+        a: &Assignment,
+        host: &leengine_netdp::Link,
+        mac: [u8; 6],
+    ) -> CniResult<SuccessResult> {
         let address = ipnet::Ipv4Net::new(a.ip, a.prefix_len).map_err(|_| {
             CniError::new(
                 crate::error::IPAM,
                 format!("pool {} has prefix length {}", a.pool, a.prefix_len),
             )
         })?;
-        Ok(Res {
+        Ok(SuccessResult {
             interfaces: vec![
                 Interface {
                     name: self.host_if.to_string(),

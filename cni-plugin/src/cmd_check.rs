@@ -5,7 +5,7 @@ use crate::backend::{self, EXT_CONTAINER};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, CHECK_MISMATCH, INVALID_CONFIG};
-use crate::result::CniResult as Res;
+use crate::result::SuccessResult;
 use leengine_netdp::{format_mac, host_veth_name, inspect, Netlink, NetnsFile};
 
 pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
@@ -16,7 +16,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(INVALID_CONFIG, "CHECK needs prevResult"))?;
-    let prev = Res::from_json(prev).map_err(|e| CniError::new(INVALID_CONFIG, e))?;
+    let prev = SuccessResult::from_json(prev).map_err(|e| CniError::new(INVALID_CONFIG, e))?;
     let want = Expected::from_prev(&prev, ifname)?;
 
     let ns = NetnsFile::open(ns_path)?;
@@ -88,7 +88,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
                 ));
             }
             if let Some(h) = &handle {
-                if p.tag != backend::vlan_tag(h.vlan) {
+                if p.tag != Some(h.vlan.id()) {
                     diffs.push(format!(
                         "OVS port {host_if} has VLAN tag {:?}, pool {} has VLAN {}",
                         p.tag, h.pool, h.vlan
@@ -117,7 +117,7 @@ struct Expected {
 
 impl Expected {
     /// The sandbox interface named `ifname` in prevResult and its address.
-    fn from_prev(prev: &Res, ifname: &str) -> CniResult<Self> {
+    fn from_prev(prev: &SuccessResult, ifname: &str) -> CniResult<Self> {
         let idx = prev
             .interfaces
             .iter()

@@ -152,7 +152,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 0, 0, 1),
-            vlan: 0,
+            vlan: leengine_ipam::Vlan::new(1).unwrap(),
             pool: "p".into(),
             block: "10.0.0.0/28".parse().unwrap(),
             seq: 1,

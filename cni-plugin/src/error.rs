@@ -1,7 +1,6 @@
 //! CNI error codes (spec section "Error") and the plugin's own codes (≥ 100).
 
 use serde_json::json;
-use std::fmt;
 
 pub const INCOMPATIBLE_VERSION: u32 = 1;
 pub const UNSUPPORTED_FIELD: u32 = 2;
@@ -31,7 +30,8 @@ pub const IPAM: u32 = 106;
 pub const CHECK_MISMATCH: u32 = 107;
 
 /// A CNI error as printed on stdout: `{"cniVersion","code","msg","details"}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[{code}] {msg}{}", suffix(.details))]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
@@ -61,17 +61,13 @@ impl CniError {
     }
 }
 
-impl fmt::Display for CniError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {}", self.code, self.msg)?;
-        if !self.details.is_empty() {
-            write!(f, ": {}", self.details)?;
-        }
-        Ok(())
+fn suffix(details: &str) -> String {
+    if details.is_empty() {
+        String::new()
+    } else {
+        format!(": {details}")
     }
 }
-
-impl std::error::Error for CniError {}
 
 pub type CniResult<T> = Result<T, CniError>;
 
@@ -90,9 +86,9 @@ impl From<leengine_ipam::IpamError> for CniError {
     }
 }
 
-impl From<leengine_ovsdb::Error> for CniError {
-    fn from(e: leengine_ovsdb::Error) -> Self {
-        use leengine_ovsdb::Error as E;
+impl From<leengine_ovsdb::OvsdbError> for CniError {
+    fn from(e: leengine_ovsdb::OvsdbError) -> Self {
+        use leengine_ovsdb::OvsdbError as E;
         let code = match &e {
             E::Unavailable(_) => TRY_AGAIN_LATER,
             E::NoBridge(_) => NO_BRIDGE,

@@ -29,15 +29,17 @@ pub struct Route {
     pub gw: Option<Ipv4Addr>,
 }
 
+/// The success result of ADD (and the `prevResult` CHECK compares with);
+/// not to be confused with [`crate::error::CniResult`], a `Result` alias.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct CniResult {
+pub struct SuccessResult {
     pub interfaces: Vec<Interface>,
     pub ips: Vec<IpConfig>,
     pub routes: Vec<Route>,
     pub dns: Option<Value>,
 }
 
-impl CniResult {
+impl SuccessResult {
     /// JSON for spec version `v` (0.3.0 … 1.1.0).
     pub fn to_json(&self, v: &str) -> Value {
         let with_mtu = version::at_least(v, "1.1.0");
@@ -103,7 +105,7 @@ impl CniResult {
                 .map(str::to_string)
                 .ok_or_else(|| format!("prevResult: {what} is not a string"))
         };
-        let mut out = CniResult::default();
+        let mut out = SuccessResult::default();
         for i in arr(o.get("interfaces"))? {
             out.interfaces.push(Interface {
                 name: str_of(i.get("name").unwrap_or(&Value::Null), "interface name")?,
@@ -112,7 +114,10 @@ impl CniResult {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
+                mtu: i
+                    .get("mtu")
+                    .and_then(Value::as_u64)
+                    .and_then(|m| u32::try_from(m).ok()),
                 sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
             });
         }
@@ -137,7 +142,7 @@ impl CniResult {
                 interface: ip
                     .get("interface")
                     .and_then(Value::as_u64)
-                    .map(|i| i as usize),
+                    .and_then(|i| usize::try_from(i).ok()),
             });
         }
         for r in arr(o.get("routes"))? {
@@ -172,8 +177,8 @@ fn arr(v: Option<&Value>) -> Result<&[Value], String> {
 mod tests {
     use super::*;
 
-    fn sample() -> CniResult {
-        CniResult {
+    fn sample() -> SuccessResult {
+        SuccessResult {
             interfaces: vec![
                 Interface {
                     name: "le0123".into(),
@@ -227,7 +232,7 @@ mod tests {
                 }
             }
             assert_eq!(
-                CniResult::from_json(&sample().to_json(v)).unwrap(),
+                SuccessResult::from_json(&sample().to_json(v)).unwrap(),
                 want,
                 "{v}"
             );

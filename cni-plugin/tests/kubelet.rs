@@ -310,7 +310,7 @@ fn deployment_on_two_nodes_gets_pool_ips_vlan_and_l2_reach_then_scales_to_zero()
         assert_eq!(a.pod_namespace.as_deref(), Some("default"));
         assert_eq!(a.node, node(p), "allocated by its own node");
         assert!(pool_net.contains(&a.ip));
-        assert_eq!(a.vlan, VLAN);
+        assert_eq!(a.vlan.id(), VLAN);
         let block = blocks
             .iter()
             .find(|b| b.cidr == a.block)

@@ -49,8 +49,8 @@ fn podman_container_gets_a_pool_ip_and_reaches_the_data_centre() {
     te::require_bin("podman", "podman");
     // The external host sits at the top of the /22, away from the blocks nodes claim first.
     let c = Cluster::new("10.95.0.0/22", "10.95.0.1", VLAN);
-    let dc = te::DataCentre::new(&c.ovs, 2, &[VLAN as u16]);
-    let external = dc.add_external_host(VLAN as u16, "10.95.3.250/22");
+    let dc = te::DataCentre::new(&c.ovs, 2, &[u16::try_from(VLAN).unwrap()]);
+    let external = dc.add_external_host(u16::try_from(VLAN).unwrap(), "10.95.3.250/22");
 
     // A pod on node 1, attached by the plugin directly.
     let mut conf_b = c.conf("1.0.0");

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// 2 command-line usage error; 3 etcd or apiserver unreachable (retry later);
 /// 4 `check` found leaks / `release` left some addresses alone.
 #[derive(Debug, Parser)]
-#[command(name = "cnictl", version)]
+#[command(name = "cnictl", version = leengine_cli::version!())]
 pub struct Cli {
     /// etcd client URLs, comma separated.
     #[arg(

@@ -6,7 +6,7 @@ use crate::cli::{BlockCmd, FilterArgs, IpCmd, Output, PoolCmd};
 use crate::table::{now, opt, time, Table};
 use crate::{print_json, Done, Etcd};
 
-pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> anyhow::Result<Done> {
+pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done> {
     match cmd {
         PoolCmd::Add {
             name,
@@ -79,7 +79,7 @@ fn filter(f: FilterArgs) -> Filter {
     }
 }
 
-pub async fn block(etcd: &Etcd, cmd: BlockCmd, out: Output) -> anyhow::Result<Done> {
+pub async fn block(etcd: &Etcd, cmd: BlockCmd, out: Output) -> crate::Result<Done> {
     match cmd {
         BlockCmd::List(f) => {
             let ipam = etcd.ipam().await?;
@@ -112,7 +112,7 @@ pub async fn block(etcd: &Etcd, cmd: BlockCmd, out: Output) -> anyhow::Result<Do
     Ok(Done::Ok)
 }
 
-pub async fn ip(etcd: &Etcd, cmd: IpCmd, out: Output) -> anyhow::Result<Done> {
+pub async fn ip(etcd: &Etcd, cmd: IpCmd, out: Output) -> crate::Result<Done> {
     match cmd {
         IpCmd::List(f) => {
             let ips = etcd.ipam().await?.list_ips(&filter(f)).await?;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 use leengine_ipam::{Attachment, CheckOptions, CheckReport, IpState, Ipam, Leak};
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use crate::table::{age, now, opt, time, Table};
 use crate::{print_json, Done, Etcd};
 use leengine_apiserver::{self as apiserver, ApiError};
 
-pub async fn check(etcd: &Etcd, args: &Liveness, out: Output) -> anyhow::Result<Done> {
+pub async fn check(etcd: &Etcd, args: &Liveness, out: Output) -> crate::Result<Done> {
     let ipam = etcd.ipam().await?;
     let report = run_check(&ipam, args).await?;
     match out {
@@ -28,7 +28,7 @@ pub async fn check(etcd: &Etcd, args: &Liveness, out: Output) -> anyhow::Result<
     })
 }
 
-async fn run_check(ipam: &Ipam, args: &Liveness) -> anyhow::Result<CheckReport> {
+async fn run_check(ipam: &Ipam, args: &Liveness) -> crate::Result<CheckReport> {
     let api = if args.no_apiserver {
         None
     } else {
@@ -114,13 +114,13 @@ struct Outcome {
     detail: String,
 }
 
-pub async fn release(etcd: &Etcd, args: &ReleaseArgs, out: Output) -> anyhow::Result<Done> {
+pub async fn release(etcd: &Etcd, args: &ReleaseArgs, out: Output) -> crate::Result<Done> {
     let targets = targets(etcd, args)?;
     let ipam = etcd.ipam().await?;
     let pools = ipam.list_pools().await?;
     for t in &targets {
         if !pools.iter().any(|p| p.cidr.contains(&t.ip())) {
-            bail!("IP {} is not in any pool", t.ip());
+            return Err(anyhow!("IP {} is not in any pool", t.ip()).into());
         }
     }
     let fresh = run_check(&ipam, &args.liveness).await?;
@@ -156,7 +156,7 @@ pub async fn release(etcd: &Etcd, args: &ReleaseArgs, out: Output) -> anyhow::Re
 }
 
 /// Reads and vets the targets before anything touches etcd.
-fn targets(etcd: &Etcd, args: &ReleaseArgs) -> anyhow::Result<Vec<Target>> {
+fn targets(etcd: &Etcd, args: &ReleaseArgs) -> crate::Result<Vec<Target>> {
     let Some(path) = &args.from_report else {
         let unique: BTreeSet<Ipv4Addr> = args.ips.iter().copied().collect();
         return Ok(unique.into_iter().map(Target::Ip).collect());
@@ -167,11 +167,12 @@ fn targets(etcd: &Etcd, args: &ReleaseArgs) -> anyhow::Result<Vec<Target>> {
         .with_context(|| format!("{} is not a `cnictl check -o json` report", path.display()))?;
     let prefix = etcd.prefix();
     if report.prefix != prefix {
-        bail!(
+        return Err(anyhow!(
             "report {} was made for prefix {} but this is prefix {prefix}",
             path.display(),
             report.prefix
-        );
+        )
+        .into());
     }
     Ok(report
         .leaked
@@ -184,7 +185,7 @@ fn same(a: &Attachment, b: &Attachment) -> bool {
     a.ip == b.ip && a.seq == b.seq && a.container_id == b.container_id && a.ifname == b.ifname
 }
 
-async fn free(ipam: &Ipam, a: &Attachment) -> anyhow::Result<Outcome> {
+async fn free(ipam: &Ipam, a: &Attachment) -> crate::Result<Outcome> {
     Ok(if ipam.release_if_unchanged(a).await? {
         Outcome {
             ip: a.ip,
@@ -210,7 +211,7 @@ fn skip(ip: Ipv4Addr, why: &str) -> Outcome {
     }
 }
 
-async fn why_not_leaked(ipam: &Ipam, fresh: &CheckReport, ip: Ipv4Addr) -> anyhow::Result<String> {
+async fn why_not_leaked(ipam: &Ipam, fresh: &CheckReport, ip: Ipv4Addr) -> crate::Result<String> {
     if fresh.unknown.iter().any(|a| a.ip == ip) {
         return Ok("liveness unknown (no apiserver, no fresh node report)".into());
     }

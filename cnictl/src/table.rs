@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
+#[derive(Debug)]
 pub struct Table {
     header: Vec<&'static str>,
     rows: Vec<Vec<String>>,

@@ -233,7 +233,12 @@ async fn main() {
         ref_app.uid = format!("ref{i}");
         cell.kubectl(&["create", "namespace", &ref_ns]);
         let secret = serde_json::to_string(&objects::pull_secret(&ref_app, &[], "x", "y")).unwrap();
-        let manifest = serde_json::to_string(&objects::deployment(&ref_app, &v, n as u32)).unwrap();
+        let manifest = serde_json::to_string(&objects::deployment(
+            &ref_app,
+            &v,
+            u32::try_from(n).expect("replicas"),
+        ))
+        .unwrap();
         cell.apply(&secret);
         let path = dir.path().join(format!("ref{i}.json"));
         std::fs::write(&path, &manifest).unwrap();

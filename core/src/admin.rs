@@ -22,7 +22,7 @@ async fn permissions() -> Json<Vec<TableRow>> {
     Json(table::table())
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Range {
     /// First day, `YYYY-MM-DD` (UTC); default: six days before `to`.
@@ -33,7 +33,7 @@ pub struct Range {
     pub to: Option<NaiveDate>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct StatsView {
     pub days: Vec<DayStats>,
 }

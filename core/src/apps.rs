@@ -36,7 +36,7 @@ pub struct AppState {
 }
 
 /// An app as the API shows it.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct AppView {
     pub name: String,
     pub creator: String,
@@ -84,7 +84,7 @@ async fn list(State(core): State<Core>, caller: Caller) -> Result<Json<Vec<AppVi
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewApp {
     pub name: String,
@@ -256,7 +256,7 @@ async fn show(
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
     #[serde(default)]
@@ -360,7 +360,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
     pub image: String,
@@ -448,7 +448,7 @@ async fn deploy(
     Ok(Json(view(r, g.role)))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub replicas: u32,

@@ -227,6 +227,15 @@ pub struct StaticAdminToken {
     pub token: String,
 }
 
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for StaticAdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticAdminToken")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StaticAdminToken {
     pub fn new(user: impl Into<String>, token: impl Into<String>) -> Self {
         Self {

@@ -25,7 +25,7 @@ use crate::problem::{ApiError, Json, Path};
 use crate::server::Core;
 use crate::store::{self, Commit, Db};
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ResourceView {
     pub name: String,
     pub creator: String,
@@ -61,7 +61,7 @@ pub fn router() -> Router<Core> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewResource {
     pub name: String,
@@ -174,7 +174,7 @@ pub async fn check_may_create_image(
 }
 
 /// A tombstone: who deleted the image, and when.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Tombstone {
     pub by: String,
     pub at: DateTime<Utc>,

@@ -1,4 +1,4 @@
-//! LeEngine core: the central REST API (ARCHITECTURE.md §2).
+//! LeEngine core: the central REST API (docs/core-api.md).
 //!
 //! Shared contract for every module in this crate:
 //! - errors: [`problem::ApiError`] (problem JSON); extract bodies, queries and

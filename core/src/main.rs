@@ -18,7 +18,11 @@ use leengine_core::users;
 use leengine_core::users::throttle::Limits;
 
 #[derive(Parser, Debug)]
-#[command(name = "leengine-core", about = "LeEngine central API")]
+#[command(
+    name = "leengine-core",
+    version = leengine_cli::version!(),
+    about = "LeEngine central API"
+)]
 struct Args {
     /// Address to serve on.
     #[arg(long, env = "LEENGINE_CORE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -178,17 +182,18 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     })
 }
 
-#[tokio::main]
-async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    if let Err(e) = run(Args::parse()).await {
-        eprintln!("leengine-core: {e:#}");
-        std::process::exit(1);
-    }
+const BIN: &str = "leengine-core";
+
+fn main() -> std::process::ExitCode {
+    let args: Args = match leengine_cli::parse(BIN) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    leengine_cli::Logs::default().init();
+    let outcome = leengine_cli::block_on(None, run(args))
+        .and_then(|r| r)
+        .map(|()| leengine_cli::Exit::Ok);
+    leengine_cli::finish(BIN, outcome)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -211,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !args.no_reconciler {
         tokio::spawn(reconcile::run(core.clone()));
     }
+    let mut shutdown = leengine_cli::Shutdown::install().context("signal handlers")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -218,8 +224,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Connect info gives the throttle of password checks the peer address.
     let app = server::app(core).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            let stop = shutdown.recv().await;
+            tracing::info!(signal = ?stop, "stopping");
         })
         .await?;
     Ok(())

@@ -51,8 +51,8 @@ pub fn apply(quota: Quota, usage: Usage, delta: Delta) -> Result<Usage, ApiError
         ));
     }
     Ok(Usage {
-        apps: apps.clamp(0, u32::MAX.into()) as u32,
-        containers: containers.clamp(0, u32::MAX.into()) as u32,
+        apps: u32::try_from(apps.max(0)).unwrap_or(u32::MAX),
+        containers: u32::try_from(containers.max(0)).unwrap_or(u32::MAX),
     })
 }
 

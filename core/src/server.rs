@@ -56,7 +56,7 @@ impl Default for Settings {
 }
 
 /// State shared by the core's own handlers.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Core {
     pub db: Db,
     pub settings: Arc<Settings>,

@@ -85,8 +85,8 @@ pub async fn range(db: &Db, from: NaiveDate, to: NaiveDate) -> Result<Vec<DaySta
         ));
     }
     let mut out = Vec::new();
-    for offset in 0..=(to - from).num_days() {
-        let name = (from + chrono::Days::new(offset as u64))
+    for offset in 0..=(to - from).num_days().unsigned_abs() {
+        let name = (from + chrono::Days::new(offset))
             .format("%Y-%m-%d")
             .to_string();
         let mut s = DayStats {

@@ -20,6 +20,15 @@ pub struct Db {
     pub keys: Keys,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Db {
     pub fn new(etcd: Client, keys: Keys) -> Self {
         Self { etcd, keys }

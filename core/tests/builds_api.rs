@@ -169,7 +169,7 @@ impl Env {
             )
             .await
             .unwrap();
-        r.count() as usize
+        usize::try_from(r.count()).unwrap()
     }
 }
 

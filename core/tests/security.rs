@@ -1,4 +1,4 @@
-//! The holes of issue 11 in the core API: deploys without pull rights,
+//! Security holes closed in the core API (docs/security.md): deploys without pull rights,
 //! deleted image names handed to the next owner, unthrottled password
 //! checks, tokens that outlive their minter, tokens that survive a password
 //! change and expired login tokens that are never cleaned up.

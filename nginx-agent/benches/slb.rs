@@ -19,7 +19,7 @@ use support::{get, upstream_of, Backend, Host};
 
 const DOMAIN: &str = "bench.example.com";
 const SWAPS: usize = 100;
-const SEGMENTS: u64 = 6;
+const SEGMENTS: usize = 6;
 
 fn main() {
     let secs: u64 = std::env::var("SLB_BENCH_SECS")
@@ -61,7 +61,7 @@ fn main() {
     let agent_key = leengine_store::keys::slb_domain_upstream(support::GROUP, DOMAIN);
     // The machine is shared with other work whose load drifts: no-change
     // and swap segments alternate, so both see the same background.
-    let seg = (secs / SEGMENTS).max(1);
+    let seg = (secs / SEGMENTS as u64).max(1);
 
     println!(
         "# SLB benchmark: wrk -t2 -c50, {SEGMENTS} x {seg}s without changes alternating with \
@@ -82,10 +82,10 @@ fn main() {
         };
         let agent_cpu = cpu_ticks(h.agent.as_ref().map(std::process::Child::id));
         let mut done = 0;
-        for k in 0..SEGMENTS as usize {
+        for k in 0..SEGMENTS {
             let b = wrk(port, seg, || {});
-            let n = SWAPS / SEGMENTS as usize + usize::from(k < SWAPS % SEGMENTS as usize);
-            let period = Duration::from_secs(seg) / (n as u32 + 1);
+            let n = SWAPS / SEGMENTS + usize::from(k < SWAPS % SEGMENTS);
+            let period = Duration::from_secs(seg) / (u32::try_from(n).expect("at most SWAPS") + 1);
             let w = wrk(port, seg, || {
                 for _ in 0..n {
                     std::thread::sleep(period);
@@ -105,7 +105,7 @@ fn main() {
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .trim(),
-            2 * seg * SEGMENTS,
+            2 * seg * SEGMENTS as u64,
             agent_cpu
         );
         h.put(key, &upstream_of(&sets[0]));
@@ -165,6 +165,11 @@ fn wrk(port: u16, secs: u64, during: impl FnOnce()) -> WrkResult {
             .ok()
     };
     let rps = num_after("Requests/sec:").unwrap_or(0.0);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a count wrk printed as a number"
+    )]
     let non2xx = num_after("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
     let socket: u64 = ["connect ", "read ", "write ", "timeout "]
         .iter()
@@ -235,6 +240,11 @@ fn latencies(h: &Host, port: u16, key: &str, backends: &[Backend]) -> (f64, f64,
         std::thread::sleep(Duration::from_millis(20));
     }
     samples.sort_by(f64::total_cmp);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a percentile index: a fraction in [0, 1] of a length"
+    )]
     let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).saturating_sub(1)];
     (pct(0.50), pct(0.99), samples[samples.len() - 1])
 }
@@ -325,7 +335,7 @@ impl Confd {
 impl Drop for Confd {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child; SIGQUIT = graceful shutdown of master and workers.
-        unsafe { libc::kill(self.nginx.id() as i32, libc::SIGQUIT) };
+        unsafe { libc::kill(support::pid_t(self.nginx.id()), libc::SIGQUIT) };
         let _ = self.nginx.wait();
     }
 }

@@ -12,11 +12,20 @@ use leengine_slb::render::{ADMIN_PATH, ADMIN_SECRET_HEADER};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// No `Debug`: it holds the secret, which must not reach a log.
+/// `Debug` by hand: it holds the secret, which must not reach a log.
 #[derive(Clone)]
 pub struct Admin {
     pub port: u16,
     pub secret: String,
+}
+
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -23,6 +23,7 @@ use crate::nginx::Nginx;
 use crate::shared::{now, Shared};
 use crate::state::domain_error;
 
+#[derive(Debug)]
 pub struct Reconciler {
     pub shared: Arc<Shared>,
     pub layout: Layout,
@@ -45,6 +46,25 @@ pub struct Reconciler {
     pub token: String,
 }
 
+/// What is live on disk at start (`Layout::prepare`, `Layout::read_live`).
+#[derive(Debug)]
+pub struct Live {
+    /// Domain files by name.
+    pub applied: BTreeMap<String, String>,
+    pub gen: u64,
+}
+
+/// How the reconciler paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Quiet time that gathers a burst of changes into one reload.
+    pub debounce: Duration,
+    /// When refused files are tried again without an etcd change.
+    pub retry_refused: Duration,
+    /// How long new workers get to serve a new generation's marker.
+    pub reload_timeout: Duration,
+}
+
 /// Why an install did not go live.
 enum InstallError {
     /// nginx refused the new generation at reload; the files are rolled back.
@@ -54,6 +74,36 @@ enum InstallError {
 }
 
 impl Reconciler {
+    pub fn new(
+        shared: Arc<Shared>,
+        layout: Layout,
+        nginx: Nginx,
+        params: MainParams,
+        admin: Admin,
+        live: Live,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            shared,
+            layout,
+            nginx,
+            params,
+            debounce: timing.debounce,
+            applied: live.applied,
+            gen: live.gen,
+            failed: BTreeMap::new(),
+            stuck: false,
+            retry_refused: timing.retry_refused,
+            admin,
+            reload_timeout: timing.reload_timeout,
+            token: format!(
+                "{}-{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_millis()
+            ),
+        }
+    }
+
     pub async fn run(mut self) {
         loop {
             // Refused files and a broken live config are retried now and

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use crate::state::Desired;
 
+#[derive(Debug)]
 pub struct Shared {
     pub group: String,
     pub host: String,

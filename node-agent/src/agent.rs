@@ -21,6 +21,7 @@ pub struct Live {
     pub ns_id: Option<(u64, u64)>,
 }
 
+#[derive(Debug)]
 pub struct ScanState {
     pub tracker: LeakTracker,
     pub counters: Counters,
@@ -43,6 +44,17 @@ pub struct Shared {
     started: Instant,
     pub started_wall: u64,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("cfg", &self.cfg)
+            .field("keys", &self.keys)
+            .field("started_wall", &self.started_wall)
+            .finish_non_exhaustive()
+    }
 }
 
 /// OVSDB requests must not hang a loop when ovsdb-server stalls.
@@ -80,7 +92,7 @@ impl Shared {
     }
 
     /// The OVSDB connection, (re)connected when missing or closed.
-    pub async fn ovs(&self) -> Result<leengine_ovsdb::Client, leengine_ovsdb::Error> {
+    pub async fn ovs(&self) -> Result<leengine_ovsdb::Client, leengine_ovsdb::OvsdbError> {
         let mut slot = self.ovs.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());

@@ -13,10 +13,10 @@ use tokio::sync::Notify;
 
 use crate::agent::{stopped, Shared};
 
-/// VLANs the bond must carry: every pool's VLAN; 0 (untagged) included
-/// when a pool is untagged so its frames are admitted too.
+/// VLANs the bond must carry: every pool's VLAN (pools are always tagged,
+/// docs/ipam.md "VLANs").
 pub fn trunks(pools: &[leengine_ipam::Pool]) -> Vec<u16> {
-    let mut v: Vec<u16> = pools.iter().map(|p| p.vlan).collect();
+    let mut v: Vec<u16> = pools.iter().map(|p| p.vlan.id()).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -117,19 +117,19 @@ mod tests {
             name: name.into(),
             cidr: "10.0.0.0/22".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
-            vlan,
+            vlan: leengine_ipam::Vlan::new(vlan).unwrap(),
             block_size: 16,
             excludes: vec![],
         }
     }
 
     #[test]
-    fn trunks_are_sorted_unique_and_keep_untagged() {
+    fn trunks_are_sorted_unique() {
         assert_eq!(
             trunks(&[pool("a", 300), pool("b", 100), pool("c", 300)]),
             [100, 300]
         );
-        assert_eq!(trunks(&[pool("a", 0), pool("b", 7)]), [0, 7]);
+        assert_eq!(trunks(&[pool("a", 4094), pool("b", 1)]), [1, 4094]);
         assert!(trunks(&[]).is_empty());
     }
 }

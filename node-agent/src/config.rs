@@ -14,7 +14,7 @@ use serde::Deserialize;
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "leengine-node-agent",
-    version,
+    version = leengine_cli::version!(),
     about = "LeEngine compute-node agent",
     args_override_self = true
 )]
@@ -94,13 +94,7 @@ pub enum OnOff {
     Off,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use leengine_cli::LogFormat;
 
 /// The file's shape; every field optional so a file may set only what differs.
 #[derive(Debug, Default, Deserialize)]

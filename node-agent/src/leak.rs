@@ -167,7 +167,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 0, 0, 1),
-            vlan: 100,
+            vlan: leengine_ipam::Vlan::new(100).unwrap(),
             pool: "p".into(),
             block: "10.0.0.0/28".parse().unwrap(),
             seq,

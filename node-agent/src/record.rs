@@ -95,6 +95,7 @@ impl BondRecord {
 
 /// Host figures from sysinfo; one instance is kept so CPU usage is a delta
 /// between two refreshes.
+#[derive(Debug)]
 pub struct Host {
     sys: sysinfo::System,
     disks: sysinfo::Disks,

@@ -34,7 +34,9 @@ pub async fn record(sh: &Shared) -> NodeRecord {
     }
 }
 
-pub async fn bond_status(sh: &Shared) -> Result<leengine_ovsdb::BondStatus, leengine_ovsdb::Error> {
+pub async fn bond_status(
+    sh: &Shared,
+) -> Result<leengine_ovsdb::BondStatus, leengine_ovsdb::OvsdbError> {
     sh.ovs().await?.bond_status(&sh.cfg.bond).await
 }
 

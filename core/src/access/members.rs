@@ -78,7 +78,7 @@ async fn list(
     Ok(Json(members.into_iter().map(|(_, m)| m).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetMember {
     pub role: Role,
@@ -227,7 +227,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct FeedQuery {
     #[serde(default = "default_limit")]
     pub limit: usize,

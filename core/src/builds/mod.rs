@@ -1,4 +1,4 @@
-//! Build dispatch (issue 7): build configs, manual and GitLab-webhook
+//! Build dispatch (docs/build-farm.md): build configs, manual and GitLab-webhook
 //! triggers, rendezvous placement on live builders, and re-dispatch of tasks
 //! whose builder's lease expired. The agents (`leengine-build-agent`) do the
 //! work; this module only writes configs, runs and task keys.
@@ -54,6 +54,17 @@ pub struct BuildsState {
     /// Signs each task's push token; `None` pushes anonymously (a registry
     /// without auth).
     pub tokens: Option<Arc<TokenServer>>,
+}
+
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for BuildsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildsState")
+            .field("keys", &self.keys)
+            .field("settings", &self.settings)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BuildsState {

@@ -26,7 +26,7 @@ pub fn router() -> Router<Core> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewCell {
     pub name: String,
@@ -116,7 +116,7 @@ async fn show(
     Ok(Json(c.value))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellPatch {
     #[serde(default)]

@@ -50,6 +50,7 @@ pub fn router() -> Router<Core> {
 
 /// The app as stored: its resource record (with the summary), its spec and
 /// its versions, oldest first.
+#[derive(Debug)]
 pub struct Current {
     pub grant: Grant,
     pub spec: AppSpec,
@@ -109,6 +110,7 @@ pub async fn load(
 }
 
 /// One change of an app's versions, decided on a fresh read.
+#[derive(Debug)]
 pub struct Change {
     pub put: Vec<VersionSpec>,
     pub delete: Vec<u64>,
@@ -308,7 +310,7 @@ pub async fn scale(
     Ok((r, g, the_version(ch)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleBody {
     #[serde(default)]
@@ -372,14 +374,14 @@ async fn template(
 }
 
 /// A version with what each Cell runs of it.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct VersionView {
     #[serde(flatten)]
     pub spec: VersionSpec,
     pub placement: Vec<Placement>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Placement {
     pub cell: String,
     pub desired: u32,
@@ -472,7 +474,7 @@ async fn show_version(
     Ok(Json(v))
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ContainerView {
     pub pod: String,
     pub version: Option<u64>,
@@ -539,7 +541,7 @@ async fn containers(
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// At most this many events (default 50, at most 500).
@@ -550,7 +552,7 @@ pub struct Page {
     pub offset: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct EventView {
     pub cell: String,
     #[serde(rename = "type")]
@@ -562,7 +564,7 @@ pub struct EventView {
     pub last: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct EventPage {
     pub events: Vec<EventView>,
     /// The offset of the next page; absent on the last.
@@ -632,7 +634,7 @@ async fn events(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct CellStatusView {
     pub cell: String,
     #[serde(flatten)]

@@ -54,7 +54,7 @@ pub struct CellStatus {
 }
 
 /// The desired state, read in one range.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Desired {
     pub apps: BTreeMap<String, AppSpec>,
     pub versions: BTreeMap<String, Vec<VersionSpec>>,

@@ -134,6 +134,7 @@ pub fn repositories(app: &AppSpec, versions: &[VersionSpec]) -> BTreeSet<String>
 }
 
 /// Who asks the token server: an app's robot or a user (or nobody).
+#[derive(Debug)]
 pub enum TokenSubject {
     Robot(String),
     User(Option<Caller>),

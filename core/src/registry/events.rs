@@ -18,12 +18,12 @@ use crate::server::Core;
 use crate::stats::{self, Metric};
 use crate::store;
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Envelope {
     pub events: Vec<RegistryEvent>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct RegistryEvent {
     pub id: String,
     #[serde(default)]
@@ -34,7 +34,7 @@ pub struct RegistryEvent {
     pub actor: Actor,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct Target {
     pub tag: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Actor {
     #[serde(default)]
     pub name: String,

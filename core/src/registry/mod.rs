@@ -63,6 +63,17 @@ pub struct TokenServer {
     notify_secret: Option<String>,
 }
 
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for TokenServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServer")
+            .field("service", &self.service)
+            .field("issuer", &self.issuer)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The token endpoint's answer (both field names, as clients differ).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct TokenResponse {

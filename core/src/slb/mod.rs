@@ -16,6 +16,13 @@ pub struct SlbState {
     pub etcd: etcd_client::Client,
 }
 
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for SlbState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlbState").finish_non_exhaustive()
+    }
+}
+
 impl SlbState {
     /// The SLB keys keep the original prefix-less layout (`/slb/...`), so the
     /// key prefix is not needed here.

@@ -27,7 +27,7 @@ pub fn router() -> Router<Core> {
 }
 
 /// A user as the API shows it (never the hash).
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct UserView {
     pub name: String,
     pub admin: bool,
@@ -57,12 +57,32 @@ pub struct Login {
     pub password: String,
 }
 
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Serialize)]
 pub struct NewToken {
     pub id: String,
     pub name: String,
     pub token: String,
     pub expires: Option<DateTime<Utc>>,
+}
+
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 async fn login(
@@ -105,6 +125,13 @@ async fn me(State(core): State<Core>, caller: Caller) -> Result<Json<UserView>, 
 pub struct ChangePassword {
     pub current: String,
     pub new: String,
+}
+
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangePassword").finish_non_exhaustive()
+    }
 }
 
 /// Most deletes in one etcd transaction (etcd's default limit is 128 ops).
@@ -172,7 +199,7 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -208,7 +235,7 @@ async fn list_tokens(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
@@ -333,6 +360,16 @@ pub struct NewUser {
     pub password: String,
     #[serde(default)]
     pub admin: bool,
+}
+
+/// Written by hand: the secret it holds must not reach a log.
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
 }
 
 async fn add_user(

@@ -240,7 +240,7 @@ pub async fn check_password(
 
 /// Authenticates against the accounts and tokens in etcd:
 /// `Bearer TOKEN`, `Basic user:TOKEN` or `Basic user:PASSWORD`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EtcdAuthenticator {
     pub db: Db,
     pub throttle: Arc<Throttle>,

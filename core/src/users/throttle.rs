@@ -170,6 +170,7 @@ pub struct Throttle {
 /// A password check that was let through; report how it went with
 /// [`Throttle::settle`].
 #[must_use]
+#[derive(Debug)]
 pub struct Admission {
     user: String,
 }
@@ -306,7 +307,7 @@ mod tests {
             burst: 2,
             per_minute: 60,
         });
-        for i in 0..PRUNE_ABOVE as u32 {
+        for i in 0..u32::try_from(PRUNE_ABOVE).unwrap() {
             b.take(&i, t0).unwrap();
         }
         b.take(&0, t0).unwrap(); // key 0 is now empty

@@ -171,7 +171,7 @@ pub fn attachment(container_id: &str, seq: u64) -> Attachment {
         ip: Ipv4Addr::new(10, 0, 0, 2),
         prefix_len: 24,
         gateway: Ipv4Addr::new(10, 0, 0, 1),
-        vlan: 0,
+        vlan: leengine_ipam::Vlan::new(1).expect("vlan"),
         pool: "p".into(),
         block: "10.0.0.0/28".parse().expect("block"),
         seq,

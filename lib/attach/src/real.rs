@@ -25,6 +25,7 @@ pub enum PortScope<'a> {
     Anywhere,
 }
 
+#[derive(Debug)]
 pub struct OvsPorts<'a> {
     ovs: Result<&'a Ovs, String>,
     scope: PortScope<'a>,
@@ -89,7 +90,7 @@ impl Ports for OvsPorts<'_> {
     async fn remove(&self, p: &Port) -> Result<(), Failure> {
         match self.client()?.del_port(&p.bridge, &p.name).await {
             // The bridge itself is gone: so is every port it had.
-            Ok(_) | Err(leengine_ovsdb::Error::NoBridge(_)) => Ok(()),
+            Ok(_) | Err(leengine_ovsdb::OvsdbError::NoBridge(_)) => Ok(()),
             Err(source) => Err(Failure::Port {
                 port: p.name.clone(),
                 source: Box::new(source),
@@ -99,6 +100,7 @@ impl Ports for OvsPorts<'_> {
 }
 
 /// Netlink in the namespace of the host veth ends.
+#[derive(Debug)]
 pub struct HostLinks<'a> {
     host: Result<&'a Netlink, String>,
 }

@@ -148,7 +148,7 @@ pub enum Failure {
     Port {
         port: String,
         #[source]
-        source: Box<leengine_ovsdb::Error>,
+        source: Box<leengine_ovsdb::OvsdbError>,
     },
     /// Looking the attachment's ports up failed.
     #[error("OVS ports of {container_id}/{ifname}: {source}")]
@@ -156,7 +156,7 @@ pub enum Failure {
         container_id: String,
         ifname: String,
         #[source]
-        source: Box<leengine_ovsdb::Error>,
+        source: Box<leengine_ovsdb::OvsdbError>,
     },
     /// Netlink refused or the namespace could not be entered.
     #[error(transparent)]

@@ -111,7 +111,10 @@ mod tests {
         assert!(log.text.len() <= 20, "{:?}", log.text);
         assert!(log.text.ends_with("line 9\n"));
         assert!(log.text.starts_with("line "), "cut at a line start");
-        assert_eq!(log.truncated as usize + log.text.len(), 10 * 7);
+        assert_eq!(
+            usize::try_from(log.truncated).unwrap() + log.text.len(),
+            10 * 7
+        );
     }
 
     #[test]

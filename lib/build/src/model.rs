@@ -320,7 +320,8 @@ impl BuildRun {
     pub fn close_stage(&mut self, ok: bool, now: DateTime<Utc>) {
         if let Some(t) = self.stages.last_mut().filter(|t| t.ended_at.is_none()) {
             t.ended_at = Some(now);
-            t.duration_ms = Some((now - t.started_at).num_milliseconds().max(0) as u64);
+            t.duration_ms =
+                Some(u64::try_from((now - t.started_at).num_milliseconds()).unwrap_or(0));
             t.ok = Some(ok);
         }
     }

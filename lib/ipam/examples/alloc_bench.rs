@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &format!("vlan{}", 100 + p),
             &format!("10.{a}.{b}.0/22"),
             &format!("10.{a}.{b}.1"),
-            (100 + p) as u32,
+            u32::try_from(100 + p).expect("a few pools"),
             16,
             &[],
         )?;
@@ -105,6 +105,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     lat.sort();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a percentile index: a fraction in [0, 1] of a length"
+    )]
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
         "allocations: {} ok, {} failed in {:.2}s = {:.0} allocations/s",

@@ -59,7 +59,7 @@ pub(crate) async fn add_pool(ipam: &Ipam, pool: &Pool) -> Result<(), IpamError> 
         ];
         let done = store::commit(&ipam.client, compares, vec![store::put(key, pool)]).await?;
         if done.applied() {
-            tracing::info!(pool = %pool.name, cidr = %pool.cidr, vlan = pool.vlan, "pool added");
+            tracing::info!(pool = %pool.name, cidr = %pool.cidr, vlan = pool.vlan.id(), "pool added");
         }
         Ok(done.applied().then_some(()))
     })

@@ -243,7 +243,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 1, 0, n),
             prefix_len: 22,
             gateway: Ipv4Addr::new(10, 1, 0, 1),
-            vlan: 100,
+            vlan: crate::Vlan::new(100).unwrap(),
             pool: "p".into(),
             block: "10.1.0.0/28".parse().unwrap(),
             seq: u64::from(n),

@@ -231,7 +231,7 @@ mod tests {
             let p = pool(&[]);
             let mut b = block("10.1.0.16/28");
             for (i, t) in freed.iter().enumerate() {
-                b.freed_at.insert(Ipv4Addr::new(10, 1, 0, 16 + i as u8), *t);
+                b.freed_at.insert(Ipv4Addr::new(10, 1, 0, 16 + u8::try_from(i).unwrap()), *t);
             }
             let now = 1000;
             if let Some(a) = choose_address(&p, &b, now, 100, false) {

@@ -29,6 +29,7 @@ use leengine_store::record as store;
 mod admin;
 mod assign;
 mod release;
+mod vlan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -41,6 +42,7 @@ pub use model::{
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
 };
 pub use pool::Exclusion;
+pub use vlan::{InvalidVlan, Vlan};
 
 /// Tunables; the defaults suit a Cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +73,17 @@ pub struct Ipam {
     keys: leengine_store::Keys,
     node: String,
     opts: IpamOptions,
+}
+
+/// By hand: the etcd client has no `Debug`.
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("keys", &self.keys)
+            .field("node", &self.node)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ipam {

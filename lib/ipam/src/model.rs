@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::Exclusion;
+use crate::Vlan;
 
 /// `{prefix}/ipam/pools/{name}`: an IP range planned with the network team.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +16,7 @@ pub struct Pool {
     pub name: String,
     pub cidr: Ipv4Net,
     pub gateway: Ipv4Addr,
-    pub vlan: u16,
+    pub vlan: Vlan,
     pub block_size: u32,
     #[serde(default)]
     pub excludes: Vec<Exclusion>,
@@ -121,7 +122,7 @@ pub struct Attachment {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
-    pub vlan: u16,
+    pub vlan: Vlan,
     pub pool: String,
     pub block: Ipv4Net,
     /// The allocation's sequence number in its block (see [`Block::next_seq`]).
@@ -163,7 +164,7 @@ pub struct Assignment {
     /// The pool's prefix length (a block is an allocation unit, not a subnet).
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
-    pub vlan: u16,
+    pub vlan: Vlan,
     pub pool: String,
     pub seq: u64,
     /// False when the handle already existed and ADD was replayed.

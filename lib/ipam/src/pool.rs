@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::IpamError;
 use crate::model::Pool;
+use crate::Vlan;
 
 /// Widest and narrowest pool CIDRs accepted.
 pub const MIN_POOL_PREFIX: u8 = 16;
@@ -136,10 +137,7 @@ impl Pool {
         let invalid = IpamError::InvalidPool;
         let cidr = parse_network(cidr).map_err(invalid)?;
         let gateway = parse_ip(gateway).map_err(|e| invalid(format!("gateway: {e}")))?;
-        let vlan = u16::try_from(vlan)
-            .ok()
-            .filter(|v| (1..=4094).contains(v))
-            .ok_or_else(|| invalid(format!("VLAN {vlan} is out of range 1-4094")))?;
+        let vlan = Vlan::parse(vlan).map_err(|e| invalid(e.to_string()))?;
         let excludes = excludes
             .iter()
             .map(|e| e.parse::<Exclusion>())
@@ -173,9 +171,6 @@ impl Pool {
         }
         if self.cidr.addr() != self.cidr.network() {
             return Err(format!("CIDR {} has host bits set", self.cidr));
-        }
-        if !(1..=4094).contains(&self.vlan) {
-            return Err(format!("VLAN {} is out of range 1-4094", self.vlan));
         }
         if !self.cidr.contains(&self.gateway)
             || self.gateway == self.cidr.network()
@@ -214,7 +209,8 @@ impl Pool {
     }
 
     pub fn block_prefix_len(&self) -> u8 {
-        32 - self.block_size.trailing_zeros() as u8
+        // A u32 has at most 32 trailing zeros.
+        32 - u8::try_from(self.block_size.trailing_zeros()).expect("at most 32")
     }
 
     pub fn block_count(&self) -> u64 {
@@ -262,7 +258,7 @@ impl Pool {
         let base = u32::from(self.cidr.network());
         let bs = self.block_size;
         let len = self.block_prefix_len();
-        (0..self.block_count() as u32).map(move |i| {
+        (0..u32::try_from(self.block_count()).expect("a /16 or smaller pool")).map(move |i| {
             Ipv4Net::new(Ipv4Addr::from(base + i * bs), len).expect("prefix length <= 32")
         })
     }
@@ -425,19 +421,19 @@ mod tests {
             prop_assume!(u64::from(bs) <= 1u64 << (32 - len));
             let net = Ipv4Net::new(Ipv4Addr::from(base), len).unwrap().trunc();
             let gw = Ipv4Addr::from(u32::from(net.network()) + 1);
-            let p = Pool { name: "p".into(), cidr: net, gateway: gw, vlan: 1, block_size: bs, excludes: vec![] };
+            let p = Pool { name: "p".into(), cidr: net, gateway: gw, vlan: Vlan::new(1).unwrap(), block_size: bs, excludes: vec![] };
             prop_assert!(p.validate().is_ok());
             let blocks: Vec<_> = p.blocks().collect();
             prop_assert_eq!(blocks.len() as u64, p.block_count());
-            let mut next = u32::from(net.network()) as u64;
+            let mut next = u64::from(u32::from(net.network()));
             for b in &blocks {
-                prop_assert_eq!(u32::from(b.network()) as u64, next);
+                prop_assert_eq!(u64::from(u32::from(b.network())), next);
                 prop_assert_eq!(b.prefix_len(), p.block_prefix_len());
                 prop_assert_eq!(p.block_of(b.network()), Some(*b));
                 prop_assert_eq!(p.block_of(b.broadcast()), Some(*b));
                 next += u64::from(bs);
             }
-            prop_assert_eq!(next, u32::from(net.broadcast()) as u64 + 1);
+            prop_assert_eq!(next, u64::from(u32::from(net.broadcast())) + 1);
         }
 
         /// An exclusion parsed from its display form is the same exclusion,

@@ -147,7 +147,7 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
                 let lease = ipam
                     .client
                     .lease_client()
-                    .grant(sticky_secs as i64, None)
+                    .grant(i64::try_from(sticky_secs).unwrap_or(i64::MAX), None)
                     .await?;
                 let sticky = StickyRecord {
                     ip: att.ip,

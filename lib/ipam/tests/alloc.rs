@@ -21,7 +21,7 @@ async fn add_and_del_are_idempotent() {
     let first = ipam.assign(&pod_req("c1", "ns", "a")).await.unwrap();
     assert!(first.created);
     assert_eq!(
-        (first.prefix_len, first.gateway, first.vlan),
+        (first.prefix_len, first.gateway, first.vlan.id()),
         (22, ip("10.1.0.1"), 100)
     );
     assert!(first.attachment.block.contains(&first.ip));
@@ -186,7 +186,10 @@ async fn requested_ip() {
     let mut r = req("c1");
     r.requested_ip = Some(ip("10.4.0.77"));
     let a = n1.assign(&r).await.unwrap();
-    assert_eq!((a.ip, a.pool.as_str(), a.vlan), (ip("10.4.0.77"), "p1", 10));
+    assert_eq!(
+        (a.ip, a.pool.as_str(), a.vlan.id()),
+        (ip("10.4.0.77"), "p1", 10)
+    );
     // Its block was claimed for n1.
     let blocks = n1.list_blocks(&Default::default()).await.unwrap();
     assert_eq!(
@@ -343,7 +346,7 @@ fn etcd_requests(etcd: &leengine_testenv::Etcd, method: &str) -> u64 {
         .lines()
         .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+        .map(|v| v.to_string().parse::<u64>().expect("a whole count"))
         .collect();
     assert!(!counts.is_empty(), "etcd reports no {method} requests");
     counts.iter().sum()

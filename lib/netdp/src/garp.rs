@@ -66,9 +66,10 @@ impl GarpSocket {
     pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
         addr.sll_protocol = ETH_P_ARP.to_be();
-        addr.sll_ifindex = ifindex as i32;
+        addr.sll_ifindex = i32::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&BROADCAST);
         let frame = garp_frame(mac, ip);
@@ -80,7 +81,7 @@ impl GarpSocket {
                 frame.len(),
                 0,
                 std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                socklen_of::<libc::sockaddr_ll>(),
             )
         };
         if n < 0 {
@@ -110,6 +111,11 @@ pub async fn send_garp(ns: &NetnsFile, spec: GarpSpec) -> Result<()> {
         sock.send(ifindex, spec.mac, spec.ip).map_err(err)?;
     }
     Ok(())
+}
+
+/// `size_of::<T>()` as a socket address length; every sockaddr fits.
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("a sockaddr is small")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ const ESRCH: i32 = libc::ESRCH;
 const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
 
 /// A route-netlink connection bound to one network namespace for its life.
+#[derive(Debug)]
 pub struct Netlink {
     handle: Handle,
     conn: tokio::task::JoinHandle<()>,

@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use leengine_ovsdb::Client;
 
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a percentile index: a fraction in [0, 1] of a length"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::codec::{self, Framer, Incoming};
 use crate::endpoint::Endpoint;
-use crate::error::{Error, Result, Unavailable};
+use crate::error::{OvsdbError, Result, Unavailable};
 use crate::monitor::{Monitor, MonitorRequest, TableUpdates};
 use crate::op::{self, Op, OpResult};
 
@@ -67,7 +67,7 @@ impl Shared {
         st.monitors.clear();
     }
 
-    fn closed_error(&self) -> Error {
+    fn closed_error(&self) -> OvsdbError {
         let reason = self
             .lock()
             .closed
@@ -196,7 +196,7 @@ impl Client {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A raw JSON-RPC call with the default timeout; an `error` reply becomes `Error::Rpc`.
+    /// A raw JSON-RPC call with the default timeout; an `error` reply becomes `OvsdbError::Rpc`.
     pub async fn call(&self, method: &'static str, params: Value) -> Result<Value> {
         self.call_timeout(method, params, self.inner.options.request_timeout)
             .await
@@ -232,7 +232,7 @@ impl Client {
             Err(_) => Err(Unavailable::Timeout { method, timeout }.into()),
             Ok(Err(_)) => Err(shared.closed_error()),
             Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(error))) => Err(Error::rpc(method, &error)),
+            Ok(Ok(Err(error))) => Err(OvsdbError::rpc(method, &error)),
         }
     }
 
@@ -241,7 +241,7 @@ impl Client {
         let payload = json!(["leengine"]);
         let reply = self.call("echo", payload.clone()).await?;
         if reply != payload {
-            return Err(Error::protocol(format!("echo returned {reply}")));
+            return Err(OvsdbError::protocol(format!("echo returned {reply}")));
         }
         Ok(())
     }
@@ -250,11 +250,11 @@ impl Client {
     pub async fn list_dbs(&self) -> Result<Vec<String>> {
         let reply = self.call("list_dbs", json!([])).await?;
         serde_json::from_value(reply.clone())
-            .map_err(|_| Error::protocol(format!("list_dbs returned {reply}")))
+            .map_err(|_| OvsdbError::protocol(format!("list_dbs returned {reply}")))
     }
 
     /// Runs `ops` as one atomic transaction on `db` with the default timeout.
-    /// The first failed operation (or commit) becomes `Error::Operation`.
+    /// The first failed operation (or commit) becomes `OvsdbError::Operation`.
     pub async fn transact(&self, db: &str, ops: Vec<Op>) -> Result<Vec<OpResult>> {
         self.transact_timeout(db, ops, self.inner.options.request_timeout)
             .await
@@ -315,7 +315,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn closed_error(&self) -> Error {
+    pub(crate) fn closed_error(&self) -> OvsdbError {
         self.inner.shared.closed_error()
     }
 }

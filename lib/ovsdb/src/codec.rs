@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 
 /// Accumulates stream bytes and yields complete JSON values.
 #[derive(Debug, Default)]
@@ -31,7 +31,7 @@ impl Framer {
                 Some(Ok(v))
             }
             Some(Err(e)) if e.is_eof() => None,
-            Some(Err(e)) => Some(Err(Error::protocol(format!(
+            Some(Err(e)) => Some(Err(OvsdbError::protocol(format!(
                 "invalid JSON from server: {e}"
             )))),
         }
@@ -58,13 +58,15 @@ pub(crate) enum Incoming {
 
 pub(crate) fn classify(msg: Value) -> Result<Incoming> {
     let Value::Object(mut obj) = msg else {
-        return Err(Error::protocol(format!("message is not an object: {msg}")));
+        return Err(OvsdbError::protocol(format!(
+            "message is not an object: {msg}"
+        )));
     };
     let id = obj.remove("id").unwrap_or(Value::Null);
     if let Some(method) = obj.remove("method") {
         let method = method
             .as_str()
-            .ok_or_else(|| Error::protocol(format!("method is not a string: {method}")))?
+            .ok_or_else(|| OvsdbError::protocol(format!("method is not a string: {method}")))?
             .to_string();
         let params = obj.remove("params").unwrap_or(Value::Null);
         return Ok(if id.is_null() {
@@ -75,7 +77,7 @@ pub(crate) fn classify(msg: Value) -> Result<Incoming> {
     }
     let id = id
         .as_u64()
-        .ok_or_else(|| Error::protocol(format!("response with foreign id {id}")))?;
+        .ok_or_else(|| OvsdbError::protocol(format!("response with foreign id {id}")))?;
     let error = obj.remove("error").unwrap_or(Value::Null);
     let result = if error.is_null() {
         Ok(obj.remove("result").unwrap_or(Value::Null))
@@ -144,7 +146,7 @@ mod tests {
     fn garbage_is_a_protocol_error() {
         let mut f = Framer::default();
         f.push(b"HTTP/1.1 400 Bad Request\r\n");
-        assert!(matches!(f.next_value(), Some(Err(Error::Protocol(_)))));
+        assert!(matches!(f.next_value(), Some(Err(OvsdbError::Protocol(_)))));
     }
 
     #[test]

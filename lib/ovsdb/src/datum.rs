@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 
 /// `["uuid", id]`: a reference to an existing row.
 pub fn uuid(id: &str) -> Value {
@@ -67,9 +67,9 @@ fn tagged<'a>(v: &'a Value, tag: &str) -> Option<&'a Value> {
 pub fn set_items(v: &Value) -> Result<Vec<&Value>> {
     match tagged(v, "set") {
         Some(Value::Array(items)) => Ok(items.iter().collect()),
-        Some(other) => Err(Error::protocol(format!("set without array: {other}"))),
+        Some(other) => Err(OvsdbError::protocol(format!("set without array: {other}"))),
         None if tagged(v, "map").is_some() => {
-            Err(Error::protocol(format!("map where set expected: {v}")))
+            Err(OvsdbError::protocol(format!("map where set expected: {v}")))
         }
         None => Ok(vec![v]),
     }
@@ -77,7 +77,7 @@ pub fn set_items(v: &Value) -> Result<Vec<&Value>> {
 
 /// The pairs of a map-valued datum.
 pub fn map_pairs(v: &Value) -> Result<Vec<(&Value, &Value)>> {
-    let bad = || Error::protocol(format!("not a map: {v}"));
+    let bad = || OvsdbError::protocol(format!("not a map: {v}"));
     let items = tagged(v, "map").and_then(Value::as_array).ok_or_else(bad)?;
     items
         .iter()
@@ -92,7 +92,7 @@ pub fn map_pairs(v: &Value) -> Result<Vec<(&Value, &Value)>> {
 pub fn as_uuid(v: &Value) -> Result<&str> {
     tagged(v, "uuid")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::protocol(format!("not a uuid: {v}")))
+        .ok_or_else(|| OvsdbError::protocol(format!("not a uuid: {v}")))
 }
 
 /// A string→string map column (external_ids, other_config, status...).
@@ -101,7 +101,9 @@ pub fn string_map(v: &Value) -> Result<BTreeMap<String, String>> {
         .into_iter()
         .map(|(k, v)| match (k.as_str(), v.as_str()) {
             (Some(k), Some(v)) => Ok((k.to_string(), v.to_string())),
-            _ => Err(Error::protocol(format!("non-string map entry {k}: {v}"))),
+            _ => Err(OvsdbError::protocol(format!(
+                "non-string map entry {k}: {v}"
+            ))),
         })
         .collect()
 }
@@ -120,7 +122,7 @@ pub fn int_set(v: &Value) -> Result<Vec<i64>> {
         .into_iter()
         .map(|i| {
             i.as_i64()
-                .ok_or_else(|| Error::protocol(format!("not an integer: {i}")))
+                .ok_or_else(|| OvsdbError::protocol(format!("not an integer: {i}")))
         })
         .collect()
 }
@@ -136,7 +138,7 @@ pub fn optional_string(v: &Value) -> Result<Option<String>> {
     match items.first() {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::protocol(format!("not a string: {other}"))),
+        Some(other) => Err(OvsdbError::protocol(format!("not a string: {other}"))),
     }
 }
 

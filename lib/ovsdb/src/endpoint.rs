@@ -2,7 +2,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::Error;
+use crate::error::OvsdbError;
 
 /// Where the OVSDB server listens: `unix:/var/run/openvswitch/db.sock` or `tcp:127.0.0.1:6640`
 /// (the same spelling as `ovs-vsctl --db`).
@@ -14,10 +14,10 @@ pub enum Endpoint {
 }
 
 impl FromStr for Endpoint {
-    type Err = Error;
+    type Err = OvsdbError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::BadAddress(s.to_string());
+    fn from_str(s: &str) -> Result<Self, OvsdbError> {
+        let bad = || OvsdbError::BadAddress(s.to_string());
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(bad());
@@ -85,7 +85,10 @@ mod tests {
             "ssl:h:1",
         ] {
             let err = bad.parse::<Endpoint>().unwrap_err();
-            assert!(matches!(err, Error::BadAddress(ref s) if s == bad), "{bad}");
+            assert!(
+                matches!(err, OvsdbError::BadAddress(ref s) if s == bad),
+                "{bad}"
+            );
         }
     }
 }

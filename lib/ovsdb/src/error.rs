@@ -3,50 +3,42 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// Result alias of this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = OvsdbError> = std::result::Result<T, E>;
 
 /// Why the OVSDB server could not be reached. Callers map every variant to
 /// "try again later" (CNI code 11, STATUS code 50).
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
-    /// cannot connect to {url}: {source}
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
         #[source]
         source: std::io::Error,
     },
-    /// no connection established to {url} within {timeout:?}
     #[error("no connection established to {url} within {timeout:?}")]
     ConnectTimeout { url: String, timeout: Duration },
-    /// no reply to {method} within {timeout:?}
     #[error("no reply to {method} within {timeout:?}")]
     Timeout {
         method: &'static str,
         timeout: Duration,
     },
-    /// not connected: the connection to the server is closed ({reason})
     #[error("not connected: the connection to the server is closed ({reason})")]
     Closed { reason: String },
 }
 
 /// Errors of the OVSDB client and of the Open_vSwitch operations.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// OVSDB unavailable: {0}
+pub enum OvsdbError {
     #[error("OVSDB unavailable: {0}")]
     Unavailable(#[from] Unavailable),
-    /// invalid OVSDB address {0:?}: expected unix:PATH or tcp:HOST:PORT
     #[error("invalid OVSDB address {0:?}: expected unix:PATH or tcp:HOST:PORT")]
     BadAddress(String),
-    /// OVSDB server rejected {method}: {error}
     #[error("OVSDB server rejected {method}: {error}")]
     Rpc {
         method: String,
         /// The JSON-RPC `error`, as "error: details" when the server sent both.
         error: String,
     },
-    /// OVSDB transaction failed at {op}: {error}{}
     #[error("OVSDB transaction failed at {op}: {error}{}", details.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Operation {
         /// Index of the failed operation; `None` when the commit itself failed
@@ -58,52 +50,42 @@ pub enum Error {
         error: String,
         details: Option<String>,
     },
-    /// malformed OVSDB message: {0}
     #[error("malformed OVSDB message: {0}")]
     Protocol(String),
-    /// invalid argument: {0}
     #[error("invalid argument: {0}")]
     Invalid(String),
-    /// bridge {0} does not exist
     #[error("bridge {0} does not exist")]
     NoBridge(String),
-    /// port {0} already exists
     #[error("port {0} already exists")]
     PortExists(String),
-    /// port {port} is not on bridge {bridge}
     #[error("port {port} is not on bridge {bridge}")]
     PortNotOnBridge { port: String, bridge: String },
-    /// port {0} does not exist
     #[error("port {0} does not exist")]
     NoPort(String),
-    /// interface {0} does not exist
     #[error("interface {0} does not exist")]
     NoInterface(String),
-    /// interface {iface} failed: {error}
     #[error("interface {iface} failed: {error}")]
     InterfaceFailed { iface: String, error: String },
-    /// interface {iface} got no OpenFlow port within {timeout:?}
     #[error("interface {iface} got no OpenFlow port within {timeout:?}")]
     OfportTimeout { iface: String, timeout: Duration },
-    /// the Open_vSwitch table has no row (database not initialised)
     #[error("the Open_vSwitch table has no row (database not initialised)")]
     NotInitialised,
 }
 
-impl Error {
+impl OvsdbError {
     /// True when the server could not be reached (socket missing, connection refused,
     /// connection lost, request timeout): the caller should try again later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, OvsdbError::Unavailable(_))
     }
 
     /// True when a transaction failed a schema constraint (unique index, type, size).
     pub fn is_constraint_violation(&self) -> bool {
-        matches!(self, Error::Operation { error, .. } if error == "constraint violation")
+        matches!(self, OvsdbError::Operation { error, .. } if error == "constraint violation")
     }
 
     pub(crate) fn protocol(msg: impl Into<String>) -> Self {
-        Error::Protocol(msg.into())
+        OvsdbError::Protocol(msg.into())
     }
 
     pub(crate) fn rpc(method: &str, error: &Value) -> Self {
@@ -115,7 +97,7 @@ impl Error {
                 .as_str()
                 .map_or_else(|| error.to_string(), str::to_string),
         };
-        Error::Rpc {
+        OvsdbError::Rpc {
             method: method.to_string(),
             error,
         }
@@ -129,7 +111,7 @@ mod tests {
 
     #[test]
     fn rpc_errors_read_well() {
-        let e = Error::rpc(
+        let e = OvsdbError::rpc(
             "transact",
             &json!({"error": "unknown database", "details": "x is not a database"}),
         );
@@ -137,18 +119,18 @@ mod tests {
             e.to_string(),
             "OVSDB server rejected transact: unknown database: x is not a database"
         );
-        let e = Error::rpc("monitor_cancel", &json!("unknown monitor"));
+        let e = OvsdbError::rpc("monitor_cancel", &json!("unknown monitor"));
         assert_eq!(
             e.to_string(),
             "OVSDB server rejected monitor_cancel: unknown monitor"
         );
-        let e = Error::rpc("echo", &json!({"weird": 1}));
+        let e = OvsdbError::rpc("echo", &json!({"weird": 1}));
         assert_eq!(e.to_string(), r#"OVSDB server rejected echo: {"weird":1}"#);
     }
 
     #[test]
     fn classification() {
-        let closed: Error = Unavailable::Closed {
+        let closed: OvsdbError = Unavailable::Closed {
             reason: "server closed the connection".into(),
         }
         .into();
@@ -156,7 +138,7 @@ mod tests {
         assert!(closed
             .to_string()
             .starts_with("OVSDB unavailable: not connected"));
-        let cv = Error::Operation {
+        let cv = OvsdbError::Operation {
             index: None,
             op: "commit".into(),
             error: "constraint violation".into(),

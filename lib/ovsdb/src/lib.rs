@@ -22,7 +22,7 @@ pub mod vswitch;
 
 pub use client::{Client, Options};
 pub use endpoint::Endpoint;
-pub use error::{Error, Result, Unavailable};
+pub use error::{OvsdbError, Result, Unavailable};
 pub use monitor::{Monitor, MonitorRequest, RowUpdate, TableUpdates};
 pub use op::{Cond, Mutation, Op, OpResult, Until};
 pub use vswitch::{BondMode, BondStatus, Converge, InterfaceInfo, MemberStatus, PortInfo, DB};

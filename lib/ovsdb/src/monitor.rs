@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 
 /// What to monitor in one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct RowUpdate<'a> {
 
 impl TableUpdates {
     pub fn rows(&self) -> Result<Vec<RowUpdate<'_>>> {
-        let bad = || Error::protocol(format!("malformed table-updates: {}", self.0));
+        let bad = || OvsdbError::protocol(format!("malformed table-updates: {}", self.0));
         let tables = self.0.as_object().ok_or_else(bad)?;
         let mut out = Vec::new();
         for (table, rows) in tables {

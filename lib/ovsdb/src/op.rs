@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 
 /// One operation of a `transact` request.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,14 +200,14 @@ impl OpResult {
             .get("rows")
             .and_then(Value::as_array)
             .map(Vec::as_slice)
-            .ok_or_else(|| Error::protocol(format!("result without rows: {}", self.0)))
+            .ok_or_else(|| OvsdbError::protocol(format!("result without rows: {}", self.0)))
     }
 
     /// The new row's uuid of an `insert`.
     pub fn uuid(&self) -> Result<&str> {
         self.0
             .get("uuid")
-            .ok_or_else(|| Error::protocol(format!("result without uuid: {}", self.0)))
+            .ok_or_else(|| OvsdbError::protocol(format!("result without uuid: {}", self.0)))
             .and_then(crate::datum::as_uuid)
     }
 
@@ -216,15 +216,15 @@ impl OpResult {
         self.0
             .get("count")
             .and_then(Value::as_u64)
-            .ok_or_else(|| Error::protocol(format!("result without count: {}", self.0)))
+            .ok_or_else(|| OvsdbError::protocol(format!("result without count: {}", self.0)))
     }
 }
 
 /// Turns a `transact` reply into per-operation results, mapping the first failure
-/// (an operation error, or the extra trailing commit error) to `Error::Operation`.
+/// (an operation error, or the extra trailing commit error) to `OvsdbError::Operation`.
 pub(crate) fn parse_results(labels: &[String], reply: Value) -> Result<Vec<OpResult>> {
     let Value::Array(items) = reply else {
-        return Err(Error::protocol(format!(
+        return Err(OvsdbError::protocol(format!(
             "transact result is not an array: {reply}"
         )));
     };
@@ -239,7 +239,7 @@ pub(crate) fn parse_results(labels: &[String], reply: Value) -> Result<Vec<OpRes
             Some(label) => (Some(index), format!("op {index} ({label})")),
             None => (None, "commit".to_string()),
         };
-        return Err(Error::Operation {
+        return Err(OvsdbError::Operation {
             index,
             op,
             error: err.as_str().unwrap_or("unknown").to_string(),
@@ -250,7 +250,7 @@ pub(crate) fn parse_results(labels: &[String], reply: Value) -> Result<Vec<OpRes
         });
     }
     if items.len() < labels.len() {
-        return Err(Error::protocol(format!(
+        return Err(OvsdbError::protocol(format!(
             "transact returned {} results for {} operations",
             items.len(),
             labels.len()
@@ -336,7 +336,7 @@ mod tests {
         )
         .unwrap_err();
         match err {
-            Error::Operation {
+            OvsdbError::Operation {
                 index,
                 ref op,
                 ref error,
@@ -359,7 +359,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.is_constraint_violation());
-        assert!(matches!(err, Error::Operation { index: None, .. }));
+        assert!(matches!(err, OvsdbError::Operation { index: None, .. }));
         assert!(
             err.to_string()
                 .contains("commit: constraint violation: duplicate name"),
@@ -371,11 +371,11 @@ mod tests {
     fn rejects_short_or_odd_replies() {
         assert!(matches!(
             parse_results(&labels(2), json!([{}])),
-            Err(Error::Protocol(_))
+            Err(OvsdbError::Protocol(_))
         ));
         assert!(matches!(
             parse_results(&labels(1), json!({})),
-            Err(Error::Protocol(_))
+            Err(OvsdbError::Protocol(_))
         ));
     }
 }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use leengine_ovsdb::{
-    datum, Client, Cond, Error, MonitorRequest, Mutation, Op, Options, Unavailable, Until, DB,
+    datum, Client, Cond, MonitorRequest, Mutation, Op, Options, OvsdbError, Unavailable, Until, DB,
 };
 use leengine_testenv as te;
 use serde_json::json;
@@ -43,7 +43,7 @@ async fn rpc_and_operation_errors_are_distinguished() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Rpc { ref method, .. } if method == "transact"),
+        matches!(err, OvsdbError::Rpc { ref method, .. } if method == "transact"),
         "{err:?}"
     );
     assert!(!err.is_unavailable());
@@ -61,7 +61,7 @@ async fn rpc_and_operation_errors_are_distinguished() {
         .await
         .unwrap_err();
     match &err {
-        Error::Operation {
+        OvsdbError::Operation {
             index, op, error, ..
         } => {
             assert_eq!(*index, Some(1));
@@ -109,7 +109,7 @@ async fn rpc_and_operation_errors_are_distinguished() {
         "{err}"
     );
     assert!(
-        matches!(err, Error::Operation { index: None, .. }),
+        matches!(err, OvsdbError::Operation { index: None, .. }),
         "{err:?}"
     );
     assert_eq!(
@@ -170,7 +170,7 @@ async fn wait_operation_blocks_until_the_condition_holds() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Operation { index: Some(0), ref error, .. } if error == "timed out"),
+        matches!(err, OvsdbError::Operation { index: Some(0), ref error, .. } if error == "timed out"),
         "{err:?}"
     );
 }
@@ -209,7 +209,7 @@ async fn monitor_delivers_updates_until_cancelled() {
                 mon.cancel().await.unwrap();
                 // The server no longer knows the monitor.
                 let err = c.call("monitor_cancel", json!([id])).await.unwrap_err();
-                assert!(matches!(err, Error::Rpc { .. }), "{err:?}");
+                assert!(matches!(err, OvsdbError::Rpc { .. }), "{err:?}");
                 return;
             }
         }
@@ -338,7 +338,7 @@ async fn unreachable_server_is_unavailable() {
     let missing = format!("unix:{}/nope.sock", ovs.dir().display());
     let err = Client::connect(&missing).await.unwrap_err();
     assert!(
-        matches!(err, Error::Unavailable(Unavailable::Connect { .. })),
+        matches!(err, OvsdbError::Unavailable(Unavailable::Connect { .. })),
         "{err:?}"
     );
 
@@ -349,7 +349,7 @@ async fn unreachable_server_is_unavailable() {
     assert!(err.is_unavailable(), "refused: {err:?}");
 
     let err = Client::connect("http://x").await.unwrap_err();
-    assert!(matches!(err, Error::BadAddress(_)) && !err.is_unavailable());
+    assert!(matches!(err, OvsdbError::BadAddress(_)) && !err.is_unavailable());
 
     // A request the server does not answer in time.
     let c = Client::connect_with(
@@ -376,7 +376,7 @@ async fn unreachable_server_is_unavailable() {
     assert!(
         matches!(
             err,
-            Error::Unavailable(Unavailable::Timeout {
+            OvsdbError::Unavailable(Unavailable::Timeout {
                 method: "transact",
                 ..
             })
@@ -413,7 +413,7 @@ async fn unreachable_server_is_unavailable() {
     ovs.stop_db();
     let err = parked.await.unwrap().unwrap_err();
     assert!(
-        matches!(err, Error::Unavailable(Unavailable::Closed { .. })),
+        matches!(err, OvsdbError::Unavailable(Unavailable::Closed { .. })),
         "{err:?}"
     );
     let err = c.echo().await.unwrap_err();

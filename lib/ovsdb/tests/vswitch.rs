@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use leengine_ovsdb::{BondMode, Client, Converge, Error};
+use leengine_ovsdb::{BondMode, Client, Converge, OvsdbError};
 use leengine_testenv as te;
 
 fn ids(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -58,7 +58,7 @@ async fn ensure_bridge_creates_once_and_converges_datapath() {
         ofport.to_string()
     );
     let err = c.ensure_bridge("", "netdev").await.unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(matches!(err, OvsdbError::Invalid(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn add_port_refuses_missing_bridge_and_duplicates_leaving_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::NoBridge(ref b) if *b == missing),
+        matches!(err, OvsdbError::NoBridge(ref b) if *b == missing),
         "{err:?}"
     );
     assert!(!err.is_unavailable());
@@ -156,7 +156,7 @@ async fn add_port_refuses_missing_bridge_and_duplicates_leaving_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::PortExists(ref p) if *p == veth),
+        matches!(err, OvsdbError::PortExists(ref p) if *p == veth),
         "{err:?}"
     );
     assert_eq!(
@@ -169,7 +169,7 @@ async fn add_port_refuses_missing_bridge_and_duplicates_leaving_nothing() {
         .add_access_port(&br, "x", Some(4096), &BTreeMap::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(matches!(err, OvsdbError::Invalid(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -187,7 +187,7 @@ async fn wait_ofport_reports_interface_errors() {
         .await
         .unwrap_err();
     match &err {
-        Error::InterfaceFailed { iface, error } => {
+        OvsdbError::InterfaceFailed { iface, error } => {
             assert_eq!(iface, &ghost);
             assert!(error.contains("No such device"), "{error}");
         }
@@ -197,7 +197,7 @@ async fn wait_ofport_reports_interface_errors() {
         .wait_ofport("not-a-row", Duration::from_secs(1))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::NoInterface(_)), "{err:?}");
+    assert!(matches!(err, OvsdbError::NoInterface(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn del_port_is_idempotent_and_bridge_scoped() {
         .unwrap();
 
     let err = c.del_port(&other, &veth).await.unwrap_err();
-    assert!(matches!(err, Error::PortNotOnBridge { .. }), "{err:?}");
+    assert!(matches!(err, OvsdbError::PortNotOnBridge { .. }), "{err:?}");
     assert_eq!(ovs.vsctl(&["port-to-br", &veth]), br);
 
     assert!(c.del_port(&br, &veth).await.unwrap());
@@ -244,7 +244,7 @@ async fn twenty_concurrent_port_adds_on_one_connection() {
             let c = c.clone();
             let (br, v) = (br.clone(), v.clone());
             tokio::spawn(async move {
-                let vlan = 100 + i as u16;
+                let vlan = 100 + u16::try_from(i).unwrap();
                 c.add_access_port(&br, &v, Some(vlan), &ids(&[("idx", &i.to_string())]))
                     .await?;
                 c.wait_ofport(&v, Duration::from_secs(20)).await
@@ -280,7 +280,7 @@ async fn bond_converges_and_reports_health() {
         .ensure_bond(&missing, &bond, &members, BondMode::ActiveBackup, &[100])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::NoBridge(_)), "{err:?}");
+    assert!(matches!(err, OvsdbError::NoBridge(_)), "{err:?}");
 
     let r = c
         .ensure_bond(&br, &bond, &members, BondMode::ActiveBackup, &[200, 100])
@@ -386,7 +386,7 @@ async fn bond_converges_and_reports_health() {
     assert_eq!(common::get(&ovs, "Interface", &m1, "link_state"), "down");
 
     let err = c.bond_status("no-such-bond").await.unwrap_err();
-    assert!(matches!(err, Error::NoPort(_)), "{err:?}");
+    assert!(matches!(err, OvsdbError::NoPort(_)), "{err:?}");
 }
 
 /// Polls an observation for up to 20 s (ovs-vswitchd updates status columns asynchronously).
@@ -475,7 +475,7 @@ async fn wait_ofport_times_out_when_vswitchd_never_handles_the_port() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::OfportTimeout { ref iface, .. } if *iface == veth),
+        matches!(err, OvsdbError::OfportTimeout { ref iface, .. } if *iface == veth),
         "{err:?}"
     );
     assert_eq!(common::get(&ovs, "Interface", &veth, "ofport"), "[]");
@@ -493,7 +493,7 @@ async fn ensure_bridge_on_an_uninitialised_database_fails_cleanly() {
     .unwrap();
     let br = te::unique_name("br");
     let err = c.ensure_bridge(&br, "netdev").await.unwrap_err();
-    assert!(matches!(err, Error::NotInitialised), "{err:?}");
+    assert!(matches!(err, OvsdbError::NotInitialised), "{err:?}");
     assert!(
         !c.bridge_exists(&br).await.unwrap(),
         "the orphan bridge was collected"

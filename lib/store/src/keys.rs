@@ -1,4 +1,4 @@
-//! Every etcd key LeEngine reads or writes (ARCHITECTURE.md §3).
+//! Every etcd key LeEngine reads or writes (docs/architecture.md, "One owner for every etcd key").
 //!
 //! Functions ending in `_prefix` return a prefix with a trailing `/`, ready
 //! for a range read or a watch. Names that go into a key segment must not
@@ -162,9 +162,6 @@ impl Keys {
     }
     pub fn build_run(&self, config: &str, run: &str) -> String {
         format!("{}{run}", self.build_runs_prefix(config))
-    }
-    pub fn build_log(&self, run: &str) -> String {
-        format!("{}logs/{run}", self.builds_prefix())
     }
     /// Classifies a key read under [`Self::builders_prefix`].
     pub fn parse_builder_key<'a>(&self, key: &'a str) -> Option<BuilderKey<'a>> {

@@ -161,6 +161,7 @@ pub async fn get_json<T: DeserializeOwned>(
 /// Several reads answered in one round trip (a read-only transaction), all
 /// at the same revision. One RPC instead of several parallel ones: etcd's
 /// cost per request is dominated by request handling, not by the reads' size.
+#[derive(Debug)]
 pub struct Batch {
     /// One response per read, in the order the reads were given.
     pub responses: Vec<GetResponse>,

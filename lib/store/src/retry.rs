@@ -64,9 +64,16 @@ pub async fn backoff(n: u32) {
 }
 
 /// `unit` in [0, 1) picks the pause within the attempt's window.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "unit is in [0, 1): the product is below the 64 ms window and not negative"
+)]
 fn pause(n: u32, unit: f64) -> Duration {
     let window = (1u64 << n.min(6)).min(MAX_BACKOFF_MS);
-    Duration::from_micros((window as f64 * 1000.0 * unit) as u64)
+    Duration::from_micros(
+        (f64::from(u32::try_from(window).unwrap_or(u32::MAX)) * 1000.0 * unit) as u64,
+    )
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ impl Host {
     pub fn signal_agent(&self, sig: i32) {
         let pid = self.agent.as_ref().expect("agent running").id();
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, sig) };
+        unsafe { libc::kill(pid_t(pid), sig) };
     }
 
     /// SIGKILL: no cleanup, like a crash.
@@ -165,7 +165,7 @@ impl Host {
         if let Some(mut c) = self.nginx.take() {
             let workers = self.worker_pids();
             // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid_t(c.id()), libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(10));
@@ -174,7 +174,7 @@ impl Host {
             let _ = c.wait();
             for w in workers {
                 // SAFETY: workers of the master we started.
-                unsafe { libc::kill(w as i32, libc::SIGKILL) };
+                unsafe { libc::kill(pid_t(w), libc::SIGKILL) };
             }
         }
     }
@@ -439,4 +439,9 @@ pub fn upstream_of(backends: &[&Backend]) -> String {
         .map(|b| format!(r#"{{"address":"{}"}}"#, b.addr))
         .collect();
     format!(r#"{{"servers":[{}]}}"#, servers.join(","))
+}
+
+/// A child's pid as kill(2) takes it.
+pub fn pid_t(pid: u32) -> libc::pid_t {
+    libc::pid_t::try_from(pid).expect("a pid fits pid_t")
 }

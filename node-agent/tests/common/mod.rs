@@ -258,7 +258,7 @@ impl Agent {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
+        i32::try_from(self.child.as_ref().unwrap().id()).unwrap()
     }
 
     fn curl(&self, method: &str, path: &str) -> Option<String> {

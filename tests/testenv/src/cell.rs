@@ -66,6 +66,7 @@ pub struct CellPool {
 }
 
 /// One compute node: its containerd and kubelet.
+#[derive(Debug)]
 pub struct KubeNode {
     pub name: String,
     /// The node's management address (kubelet's `--node-ip`).
@@ -113,6 +114,7 @@ fn k8s_bin(tool: &str) -> PathBuf {
 
 /// The test Cell. Fields drop in order: nodes, then the control plane, then
 /// the network.
+#[derive(Debug)]
 pub struct Cell {
     pub name: String,
     nodes: Vec<KubeNode>,
@@ -970,6 +972,7 @@ impl Drop for Cell {
 
 /// One of 200 Cell slots, held by a lock file naming this run; a slot whose
 /// run is gone is taken over.
+#[derive(Debug)]
 struct Slot(u8);
 
 const SLOTS: &str = "/tmp/leengine-testenv/cell-slots";

@@ -8,6 +8,7 @@ use crate::run::{must, unique_name};
 /// each with a 2-member bond of veths up to a shared top-of-rack bridge,
 /// VLAN trunks on both ends, plus hosts (pods, an external database host)
 /// attached as access ports.
+#[derive(Debug)]
 pub struct DataCentre<'a> {
     ovs: &'a Ovs,
     tor: String,
@@ -17,6 +18,7 @@ pub struct DataCentre<'a> {
 
 /// One node's uplink: the veth ends on the node side and whether they are
 /// bonded on a node bridge yet.
+#[derive(Debug)]
 pub struct Uplink {
     pub bridge: Option<String>,
     pub bond: Option<String>,
@@ -24,6 +26,7 @@ pub struct Uplink {
 }
 
 /// A host attached to an access port: its namespace, the port and its IP.
+#[derive(Debug)]
 pub struct Pod {
     pub netns: Netns,
     pub port: String,

@@ -10,6 +10,7 @@ use crate::run::{free_port, must, new_dir, require_bin, tail, wait_until, Daemon
 
 /// A real dockerd with its own socket, data-root and exec-root (and its own
 /// managed containerd), no bridge networking and no iptables changes.
+#[derive(Debug)]
 pub struct Dockerd {
     daemon: Option<Daemon>,
     dir: PathBuf,
@@ -79,6 +80,7 @@ impl Drop for Dockerd {
 }
 
 /// A real Docker Distribution registry on a free loopback port.
+#[derive(Debug)]
 pub struct Registry {
     _daemon: Daemon,
     dir: PathBuf,

@@ -24,6 +24,7 @@ const ROOT: &str = "root";
 /// own CA, an etcd user and a role holding exactly
 /// [`Keys::grants`](leengine_store::Keys::grants)) is made the first time a
 /// test asks for it, under the prefix the `Etcd` was started with.
+#[derive(Debug)]
 pub struct Etcd {
     dir: PathBuf,
     pki: PathBuf,

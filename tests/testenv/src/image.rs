@@ -17,6 +17,7 @@ use crate::docker::busybox_rootfs;
 use crate::run::new_dir;
 
 /// An image: one uncompressed layer plus its config.
+#[derive(Debug)]
 pub struct Image {
     layer: Vec<u8>,
     config: Vec<u8>,

@@ -7,6 +7,7 @@ use crate::run::{must, record, require_bin, run_dir, unique_name};
 /// A network namespace made the way container runtimes make them: a new
 /// namespace bind-mounted at `/run/netns/{name}`, loopback up (what the CNI
 /// `loopback` plugin does). Deleted on drop.
+#[derive(Debug)]
 pub struct Netns {
     name: String,
     path: PathBuf,

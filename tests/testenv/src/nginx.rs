@@ -8,6 +8,7 @@ use crate::run::{free_port, must, new_dir, require_bin, signal, tail, wait_until
 
 /// What a config renderer gets: the prefix dir, a free port for the test's
 /// `listen`, and the lines every LeEngine nginx config needs.
+#[derive(Debug)]
 pub struct NginxCtx {
     pub prefix: PathBuf,
     pub port: u16,
@@ -40,6 +41,7 @@ impl NginxCtx {
 /// A real nginx (with the lua module available) running a config the test
 /// renders. The config must not set `daemon` or `pid`: those are given on
 /// the command line so the process stays ours.
+#[derive(Debug)]
 pub struct Nginx {
     daemon: Option<Daemon>,
     ctx: NginxCtx,

@@ -7,6 +7,7 @@ use crate::run::{must, new_dir, require_bin, tail, unique_name, wait_until, Daem
 
 /// ovsdb-server + ovs-vswitchd (userspace datapath) with a private database,
 /// `ovs-vswitchd` running inside its own host namespace (see the crate doc).
+#[derive(Debug)]
 pub struct Ovs {
     // Declared first: daemons stop before the namespace and dir go.
     vswitchd: Option<Daemon>,

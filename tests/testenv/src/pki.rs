@@ -8,6 +8,7 @@ use std::process::Command;
 use crate::run::{must, require_bin};
 
 /// A CA whose key and certificate live in `dir`.
+#[derive(Debug)]
 pub struct Ca {
     dir: PathBuf,
 }

@@ -125,6 +125,7 @@ pub(crate) fn record(file: &str, line: &str) {
 }
 
 /// A service process we started; killed (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
 pub(crate) struct Daemon {
     pub child: Child,
     pub name: String,
@@ -203,7 +204,7 @@ pub(crate) fn tail(path: &Path) -> String {
 pub(crate) fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a PID we spawned; no memory is shared.
     unsafe {
-        libc::kill(pid as i32, sig);
+        libc::kill(i32::try_from(pid).expect("a pid fits pid_t"), sig);
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::model::{BondMode, Converge, PortInfo};
 use crate::datum::{self, map, named_uuid, set, uuid};
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 use crate::op::{Cond, Mutation, Op, Until};
 
 /// Without a LACP partner a balance-tcp bond would carry nothing; falling back to
@@ -28,28 +28,28 @@ impl BondSpec {
         trunks: &[u16],
     ) -> Result<Self> {
         if name.is_empty() {
-            return Err(Error::Invalid("bond name is empty".into()));
+            return Err(OvsdbError::Invalid("bond name is empty".into()));
         }
         if members.is_empty() {
-            return Err(Error::Invalid(format!(
+            return Err(OvsdbError::Invalid(format!(
                 "bond {name} needs at least one member"
             )));
         }
         let mut m: Vec<String> = members.to_vec();
         m.sort();
         if let Some(w) = m.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::Invalid(format!(
+            return Err(OvsdbError::Invalid(format!(
                 "bond {name}: member {} given twice",
                 w[0]
             )));
         }
         if m.iter().any(|x| x.is_empty() || x == name) {
-            return Err(Error::Invalid(format!(
+            return Err(OvsdbError::Invalid(format!(
                 "bond {name}: member names must be non-empty and differ from the bond's"
             )));
         }
         if let Some(v) = trunks.iter().find(|v| **v > 4095) {
-            return Err(Error::Invalid(format!(
+            return Err(OvsdbError::Invalid(format!(
                 "bond {name}: VLAN {v} out of range 0-4095"
             )));
         }
@@ -232,7 +232,7 @@ mod tests {
             assert!(
                 matches!(
                     BondSpec::new(name, &members, BondMode::ActiveBackup, &trunks),
-                    Err(Error::Invalid(_))
+                    Err(OvsdbError::Invalid(_))
                 ),
                 "{name} {members:?} {trunks:?}"
             );

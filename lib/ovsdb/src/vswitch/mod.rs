@@ -14,7 +14,7 @@ pub use model::{BondMode, BondStatus, Converge, InterfaceInfo, MemberStatus, Por
 
 use crate::client::Client;
 use crate::datum::{self, map, named_uuid, set, uuid};
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 use crate::op::{Cond, Mutation, Op, OpResult, Until};
 use model::{assemble_ports, parse_bridges, BRIDGE_COLUMNS, INTERFACE_COLUMNS, PORT_COLUMNS};
 
@@ -24,13 +24,13 @@ pub const DB: &str = "Open_vSwitch";
 /// Extra time on top of a `wait` operation's own timeout for the reply to arrive.
 const WAIT_REPLY_SLACK: Duration = Duration::from_secs(2);
 
-fn failed_at(err: &Error, at: usize, what: &str) -> bool {
-    matches!(err, Error::Operation { index: Some(i), error, .. } if *i == at && error == what)
+fn failed_at(err: &OvsdbError, at: usize, what: &str) -> bool {
+    matches!(err, OvsdbError::Operation { index: Some(i), error, .. } if *i == at && error == what)
 }
 
 fn validate_vlan(tag: u16) -> Result<()> {
     if tag > 4095 {
-        return Err(Error::Invalid(format!(
+        return Err(OvsdbError::Invalid(format!(
             "VLAN tag {tag} out of range 0-4095"
         )));
     }
@@ -59,7 +59,7 @@ impl Client {
     /// Open_vSwitch row, or sets `datapath_type` ("netdev", "system") on an existing one.
     pub async fn ensure_bridge(&self, name: &str, datapath_type: &str) -> Result<Converge> {
         if name.is_empty() {
-            return Err(Error::Invalid("bridge name is empty".into()));
+            return Err(OvsdbError::Invalid("bridge name is empty".into()));
         }
         let by_name = || vec![Cond::eq("name", name)];
         let created = self
@@ -88,7 +88,7 @@ impl Client {
                 // Without an Open_vSwitch row nothing refers to the new bridge and the
                 // server garbage-collects it in the same commit.
                 if r[4].count()? == 0 {
-                    return Err(Error::NotInitialised);
+                    return Err(OvsdbError::NotInitialised);
                 }
                 tracing::info!(bridge = name, datapath_type, "created OVS bridge");
                 Ok(Converge::Created)
@@ -158,7 +158,7 @@ impl Client {
         external_ids: &BTreeMap<String, String>,
     ) -> Result<String> {
         if port.is_empty() {
-            return Err(Error::Invalid("port name is empty".into()));
+            return Err(OvsdbError::Invalid("port name is empty".into()));
         }
         if let Some(tag) = vlan_tag {
             validate_vlan(tag)?;
@@ -184,9 +184,9 @@ impl Client {
             .await
             .map_err(|e| {
                 if failed_at(&e, 0, "timed out") {
-                    Error::NoBridge(bridge.to_string())
+                    OvsdbError::NoBridge(bridge.to_string())
                 } else if failed_at(&e, 1, "timed out") {
-                    Error::PortExists(port.to_string())
+                    OvsdbError::PortExists(port.to_string())
                 } else {
                     e
                 }
@@ -229,15 +229,15 @@ impl Client {
                     .transpose()?
                     .flatten()
                 {
-                    return Err(Error::InterfaceFailed {
+                    return Err(OvsdbError::InterfaceFailed {
                         iface: iface.to_string(),
                         error,
                     });
                 }
                 if rows.is_empty() {
-                    return Err(Error::NoInterface(iface.to_string()));
+                    return Err(OvsdbError::NoInterface(iface.to_string()));
                 }
-                return Err(Error::OfportTimeout {
+                return Err(OvsdbError::OfportTimeout {
                     iface: iface.to_string(),
                     timeout,
                 });
@@ -245,19 +245,19 @@ impl Client {
             Err(e) => return Err(e),
         };
         let Some(row) = rows.first() else {
-            return Err(Error::NoInterface(iface.to_string()));
+            return Err(OvsdbError::NoInterface(iface.to_string()));
         };
         let ofport = datum::optional_int(&row["ofport"])?;
         let error = datum::optional_string(&row["error"])?;
         match (ofport, error) {
             (Some(p), None) if p > 0 => {
-                u32::try_from(p).map_err(|_| Error::protocol(format!("ofport {p}")))
+                u32::try_from(p).map_err(|_| OvsdbError::protocol(format!("ofport {p}")))
             }
-            (_, Some(error)) => Err(Error::InterfaceFailed {
+            (_, Some(error)) => Err(OvsdbError::InterfaceFailed {
                 iface: iface.to_string(),
                 error,
             }),
-            (p, None) => Err(Error::InterfaceFailed {
+            (p, None) => Err(OvsdbError::InterfaceFailed {
                 iface: iface.to_string(),
                 error: format!("ofport {p:?}"),
             }),
@@ -278,10 +278,10 @@ impl Client {
         };
         let port_uuid = datum::as_uuid(&port_row["_uuid"])?.to_string();
         let Some((_, ports)) = parse_bridges(r[1].rows()?)?.into_iter().next() else {
-            return Err(Error::NoBridge(bridge.to_string()));
+            return Err(OvsdbError::NoBridge(bridge.to_string()));
         };
         if !ports.contains(&port_uuid) {
-            return Err(Error::PortNotOnBridge {
+            return Err(OvsdbError::PortNotOnBridge {
                 port: port.to_string(),
                 bridge: bridge.to_string(),
             });
@@ -315,7 +315,7 @@ impl Client {
             ])
             .await?;
         if r[0].rows()?.is_empty() {
-            return Err(Error::NoBridge(bridge.to_string()));
+            return Err(OvsdbError::NoBridge(bridge.to_string()));
         }
         let ports = assemble_ports(r[1].rows()?, r[2].rows()?, r[3].rows()?)?;
         Ok(ports
@@ -350,12 +350,12 @@ impl Client {
         loop {
             attempts += 1;
             if !self.bridge_exists(bridge).await? {
-                return Err(Error::NoBridge(bridge.to_string()));
+                return Err(OvsdbError::NoBridge(bridge.to_string()));
             }
             let current = self.port_info(bond).await?;
             if let Some(p) = &current {
                 if p.bridge.as_deref() != Some(bridge) {
-                    return Err(Error::PortNotOnBridge {
+                    return Err(OvsdbError::PortNotOnBridge {
                         port: bond.to_string(),
                         bridge: bridge.to_string(),
                     });
@@ -381,7 +381,7 @@ impl Client {
         let port = self
             .port_info(bond)
             .await?
-            .ok_or_else(|| Error::NoPort(bond.to_string()))?;
+            .ok_or_else(|| OvsdbError::NoPort(bond.to_string()))?;
         Ok(BondStatus::from_port(&port))
     }
 }

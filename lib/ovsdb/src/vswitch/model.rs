@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde_json::Value;
 
 use crate::datum;
-use crate::error::{Error, Result};
+use crate::error::{OvsdbError, Result};
 
 /// How a bond spreads traffic over its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl fmt::Display for BondMode {
 }
 
 impl FromStr for BondMode {
-    type Err = Error;
+    type Err = OvsdbError;
 
     /// Accepts `active-backup`, `balance-slb`, and `balance-tcp`, `balance-tcp+lacp` or `lacp`.
     fn from_str(s: &str) -> Result<Self> {
@@ -57,7 +57,7 @@ impl FromStr for BondMode {
             "active-backup" => Ok(BondMode::ActiveBackup),
             "balance-slb" => Ok(BondMode::BalanceSlb),
             "balance-tcp" | "balance-tcp+lacp" | "lacp" => Ok(BondMode::BalanceTcpLacp),
-            _ => Err(Error::Invalid(format!(
+            _ => Err(OvsdbError::Invalid(format!(
                 "bond mode {s:?}: expected active-backup, balance-slb or balance-tcp+lacp"
             ))),
         }
@@ -223,14 +223,14 @@ pub(crate) const INTERFACE_COLUMNS: &[&str] = &[
 
 fn col<'a>(row: &'a Value, name: &str) -> Result<&'a Value> {
     row.get(name)
-        .ok_or_else(|| Error::protocol(format!("row without column {name}: {row}")))
+        .ok_or_else(|| OvsdbError::protocol(format!("row without column {name}: {row}")))
 }
 
 fn string_col(row: &Value, name: &str) -> Result<String> {
     col(row, name)?
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| Error::protocol(format!("column {name} is not a string: {row}")))
+        .ok_or_else(|| OvsdbError::protocol(format!("column {name} is not a string: {row}")))
 }
 
 fn uuid_col(row: &Value) -> Result<String> {
@@ -240,7 +240,9 @@ fn uuid_col(row: &Value) -> Result<String> {
 fn vlans(v: &Value) -> Result<Vec<u16>> {
     datum::int_set(v)?
         .into_iter()
-        .map(|i| u16::try_from(i).map_err(|_| Error::protocol(format!("VLAN out of range: {i}"))))
+        .map(|i| {
+            u16::try_from(i).map_err(|_| OvsdbError::protocol(format!("VLAN out of range: {i}")))
+        })
         .collect()
 }
 
@@ -401,7 +403,7 @@ mod tests {
         }
         assert!(matches!(
             "roundrobin".parse::<BondMode>(),
-            Err(Error::Invalid(_))
+            Err(OvsdbError::Invalid(_))
         ));
     }
 
@@ -410,7 +412,7 @@ mod tests {
         let bad_port = [json!({"_uuid": ["uuid", "p"], "name": "x"})];
         assert!(matches!(
             assemble_ports(&[], &bad_port, &[]),
-            Err(Error::Protocol(_))
+            Err(OvsdbError::Protocol(_))
         ));
         let bad_vlan = [
             json!({"_uuid": ["uuid", "p"], "name": "x", "interfaces": ["set", []], "tag": 70000,
@@ -419,7 +421,7 @@ mod tests {
         ];
         assert!(matches!(
             assemble_ports(&[], &bad_vlan, &[]),
-            Err(Error::Protocol(_))
+            Err(OvsdbError::Protocol(_))
         ));
     }
 }
