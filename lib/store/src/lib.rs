@@ -8,6 +8,7 @@
 //! unreachable, try later" apart from "the settings or data are wrong".
 
 pub mod keys;
+pub mod region;
 
 pub use keys::Keys;
 
