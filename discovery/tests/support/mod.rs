@@ -401,11 +401,20 @@ impl Agent {
         let mut buf = String::new();
         let _ = s.read_to_string(&mut buf);
         let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        leengine_slb::wire::decode_all(body)
-            .ok()
-            .and_then(|m| m.get(domain).cloned())
-            .map(|u| u.servers.iter().map(|s| s.address).collect())
-            .unwrap_or_default()
+        // `@domain method key` starts a section; each server line starts
+        // with its address (other lines, e.g. `#down` notes, are skipped).
+        let mut out = BTreeSet::new();
+        let mut inside = false;
+        for l in body.lines() {
+            if let Some(head) = l.strip_prefix('@') {
+                inside = head.split(' ').next() == Some(domain);
+            } else if inside {
+                if let Some(a) = l.split(' ').next().and_then(|a| a.parse().ok()) {
+                    out.insert(a);
+                }
+            }
+        }
+        out
     }
 
     pub fn signal(&self, sig: i32) {
