@@ -22,7 +22,10 @@ fn deployment(name: &str, replicas: u32, probe_path: &str) -> String {
 }
 
 /// `pod name → (ip, container started at)` of the Deployment's pods.
-fn pods(cell: &te::Cell, variant: &str) -> BTreeMap<String, (String, Option<SystemTime>)> {
+type Pods = BTreeMap<String, (String, Option<SystemTime>)>;
+
+/// The live (not deleted) pods of `variant`, and whether all are Ready.
+fn pods(cell: &te::Cell, variant: &str) -> (Pods, bool) {
     let out = cell.kubectl(&[
         "-n",
         NS,
@@ -34,11 +37,21 @@ fn pods(cell: &te::Cell, variant: &str) -> BTreeMap<String, (String, Option<Syst
         "json",
     ]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["items"]
+    let items: Vec<&Value> = v["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let ready = items.iter().all(|p| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    let pods = items
+        .into_iter()
         .filter_map(|p| {
             let name = p["metadata"]["name"].as_str()?.to_string();
             let ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
@@ -48,7 +61,8 @@ fn pods(cell: &te::Cell, variant: &str) -> BTreeMap<String, (String, Option<Syst
                 .map(SystemTime::from);
             Some((name, (ip, started)))
         })
-        .collect()
+        .collect();
+    (pods, ready)
 }
 
 /// Every upstream value written for `D`, with when this test saw it.
@@ -123,12 +137,12 @@ fn pods_enter_only_after_readiness_and_leave_when_terminating() {
         let mut last = None;
         let ok = te::wait_until(Duration::from_secs(120), || {
             last = r.upstream(D);
-            let good = pods(&cell, "good");
+            let (good, ready) = pods(&cell, "good");
             let ips: BTreeSet<SocketAddr> = good
                 .values()
                 .filter_map(|(ip, _)| format!("{ip}:8080").parse().ok())
                 .collect();
-            good.len() == n && last.as_ref().is_some_and(|(s, _)| *s == ips)
+            ready && good.len() == n && ips.len() == n && last.as_ref().is_some_and(|(s, _)| *s == ips)
         });
         assert!(
             ok,
@@ -141,7 +155,7 @@ fn pods_enter_only_after_readiness_and_leave_when_terminating() {
     cell.kubectl(&["-n", NS, "scale", "deployment/good", "--replicas=3"]);
     serving(3);
     // Every good pod answers through nginx.
-    let good = pods(&cell, "good");
+    let (good, _) = pods(&cell, "good");
     let mut answered = BTreeSet::new();
     te::wait_until(Duration::from_secs(30), || {
         if let Some((200, body)) = http_get_host(port, D, "/cgi-bin/whoami") {
@@ -158,7 +172,7 @@ fn pods_enter_only_after_readiness_and_leave_when_terminating() {
 
     // What was ever written: never the broken pod, and no good pod before
     // its probe could first pass (2 s after its container started).
-    let broken = pods(&cell, "broken");
+    let (broken, _) = pods(&cell, "broken");
     let broken_ip: SocketAddr = format!("{}:8080", broken.values().next().unwrap().0)
         .parse()
         .unwrap();
