@@ -142,7 +142,10 @@ fn pods_enter_only_after_readiness_and_leave_when_terminating() {
                 .values()
                 .filter_map(|(ip, _)| format!("{ip}:8080").parse().ok())
                 .collect();
-            ready && good.len() == n && ips.len() == n && last.as_ref().is_some_and(|(s, _)| *s == ips)
+            ready
+                && good.len() == n
+                && ips.len() == n
+                && last.as_ref().is_some_and(|(s, _)| *s == ips)
         });
         assert!(
             ok,
