@@ -10,4 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build -q -p leengine-nginx-agent -p leengine-cni -p cnictl
-exec cargo bench -p leengine-discovery --bench discovery
+# The dev profile: the sibling binaries and the one under test come from target/debug
+# (unoptimised, so the figures are an upper bound for a release build).
+exec cargo bench --profile dev -p leengine-discovery --bench discovery
