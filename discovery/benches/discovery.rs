@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,32 +37,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
     let r = Region::start();
-    let cell = te::Cell::start(te::CellSpec {
-        nodes: 1,
-        pools: vec![("web".into(), 150)],
-        cni_plugin: sibling("leengine-cni"),
-        node_agent: None,
-        reclaim: false,
-    });
-    let pool = cell.pools()[0].clone();
-    let out = Command::new(sibling("cnictl"))
-        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
-        .args([
-            "--cidr",
-            &pool.cidr,
-            "--gateway",
-            &pool.gateway,
-            "--vlan",
-            "150",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cell.import_image(0, &te::Image::web(8080).save("leengine.local/web:1"));
+    let cell = web_cell(150);
     let port = te::free_port();
     r.publish_domain(D, port);
     let _agent = r.agent("h1");
@@ -182,17 +156,35 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-async fn watch_pods(client: kube::Client, seen: Shared) {
-    let api: Api<Pod> = Api::namespaced(client, NS);
-    let mut s = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .expect("watch pods")
-        .boxed();
-    while let Ok(Some(ev)) = s.try_next().await {
-        let (WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev else {
+/// Calls `seen_obj` on every added or modified object, re-watching from the
+/// last resourceVersion when the server ends a stream.
+async fn follow<K>(api: Api<K>, mut seen_obj: impl FnMut(K))
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut rv = "0".to_string();
+    loop {
+        let Ok(s) = api.watch(&WatchParams::default(), &rv).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let mut s = s.boxed();
+        while let Ok(Some(ev)) = s.try_next().await {
+            match ev {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    rv = o.meta().resource_version.clone().unwrap_or(rv);
+                    seen_obj(o);
+                }
+                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                WatchEvent::Deleted(_) => {}
+                WatchEvent::Error(_) => rv = "0".into(),
+            }
+        }
+    }
+}
+
+async fn watch_pods(client: kube::Client, seen: Shared) {
+    follow(Api::<Pod>::namespaced(client, NS), |p| {
         let ready = p
             .status
             .as_ref()
@@ -205,20 +197,12 @@ async fn watch_pods(client: kube::Client, seen: Shared) {
                 .entry(name)
                 .or_insert_with(Instant::now);
         }
-    }
+    })
+    .await;
 }
 
 async fn watch_slices(client: kube::Client, seen: Shared) {
-    let api: Api<EndpointSlice> = Api::namespaced(client, NS);
-    let mut s = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .expect("watch slices")
-        .boxed();
-    while let Ok(Some(ev)) = s.try_next().await {
-        let (WatchEvent::Added(es) | WatchEvent::Modified(es)) = ev else {
-            continue;
-        };
+    follow(Api::<EndpointSlice>::namespaced(client, NS), |es| {
         let now = Instant::now();
         for e in &es.endpoints {
             if e.conditions.as_ref().and_then(|c| c.ready) == Some(true) {
@@ -227,7 +211,8 @@ async fn watch_slices(client: kube::Client, seen: Shared) {
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 async fn watch_upstream(mut c: etcd_client::Client, seen: Shared) {

@@ -107,9 +107,11 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::
                 if keeper.keep_alive().await.is_err() {
                     break true;
                 }
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
-                    Ok(Some(_)) => break false,
+                // An answer must come within the interval (etcd gone
+                // silent is a failed renewal, not a wait).
+                match tokio::time::timeout(every, stream.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = Instant::now(),
+                    Ok(Ok(Some(_))) => break false,
                     _ => break true,
                 }
                 tokio::time::sleep(every).await;

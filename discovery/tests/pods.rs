@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -90,32 +89,7 @@ fn record_upstreams(r: &Region) -> Seen {
 #[test]
 fn pods_enter_only_after_readiness_and_leave_when_terminating() {
     let r = Region::start();
-    let cell = te::Cell::start(te::CellSpec {
-        nodes: 1,
-        pools: vec![("web".into(), 140)],
-        cni_plugin: sibling("leengine-cni"),
-        node_agent: None,
-        reclaim: false,
-    });
-    let pool = cell.pools()[0].clone();
-    let out = Command::new(sibling("cnictl"))
-        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
-        .args([
-            "--cidr",
-            &pool.cidr,
-            "--gateway",
-            &pool.gateway,
-            "--vlan",
-            "140",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cell.import_image(0, &te::Image::web(8080).save("leengine.local/web:1"));
+    let cell = web_cell(140);
 
     let port = te::free_port();
     r.publish_domain(D, port);

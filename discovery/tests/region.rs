@@ -243,6 +243,13 @@ fn standby_takes_over_after_kill_9_no_change_is_lost_and_churn_coalesces() {
         "{n} writes for 50 changes in {burst:?} (bound {bound})"
     );
     println!("churn: 50 changes in {burst:?} -> {n} upstream writes");
+
+    // The registry is followed: a Cell removed takes its endpoints along,
+    // registered again it is watched again, without a restart.
+    r.delete(&r.keys().cell("c1"));
+    r.wait_upstream(D, &[], "a Cell removed from the registry");
+    r.register_cell("c1", &cell, &cell.api_url());
+    r.wait_upstream(D, &["10.8.1.49:8080"], "the Cell registered again");
 }
 
 fn te_wait(f: impl FnMut() -> bool) -> bool {

@@ -466,6 +466,32 @@ pub fn bare_cell() -> te::Cell {
     })
 }
 
+/// A Cell with one node, pool `web` on `vlan` (in the Cell's etcd) and the
+/// test web image (`leengine.local/web:1`, busybox httpd on 8080) imported.
+pub fn web_cell(vlan: u16) -> te::Cell {
+    let cell = te::Cell::start(te::CellSpec {
+        nodes: 1,
+        pools: vec![("web".into(), vlan)],
+        cni_plugin: sibling("leengine-cni"),
+        node_agent: None,
+        reclaim: false,
+    });
+    let pool = cell.pools()[0].clone();
+    let out = Command::new(sibling("cnictl"))
+        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
+        .args(["--cidr", &pool.cidr, "--gateway", &pool.gateway])
+        .args(["--vlan", &vlan.to_string()])
+        .output()
+        .expect("run cnictl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cell.import_image(0, &te::Image::web(8080).save("leengine.local/web:1"));
+    cell
+}
+
 /// A kube client acting as the Cell's admin.
 pub fn kube(rt: &tokio::runtime::Runtime, cell: &te::Cell) -> kube::Client {
     rt.block_on(async {
