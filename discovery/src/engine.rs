@@ -1,7 +1,7 @@
 //! The active replica's term: follow the registry, the bindings, the
 //! drains and every Cell; write upstreams that changed; ack drains.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub enum TermEnd {
 
 /// Poll interval of agents' status while a drain waits for them.
 const ACK_POLL: Duration = Duration::from_millis(50);
+/// How often a bound domain without a config is read again.
+const NO_CONFIG_RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run_term(
     client: Client,
@@ -79,6 +81,7 @@ pub async fn run_term(
         hub,
         pacer: Pacer::new(settings.min_write_interval),
         cache: HashMap::new(),
+        no_config: HashSet::new(),
         pending_since: HashMap::new(),
         effective: BTreeMap::new(),
         waiting: BTreeMap::new(),
@@ -108,8 +111,10 @@ struct Engine {
     keys: Keys,
     hub: Arc<Hub>,
     pacer: Pacer<DomainRef>,
-    /// What etcd holds, as last read or written.
+    /// What etcd holds, as last read or written (domains with a config).
     cache: HashMap<DomainRef, Current>,
+    /// Bound domains found without a config (warned about once).
+    no_config: HashSet<DomainRef>,
     /// When a domain's pending change arrived (for the lag metric).
     pending_since: HashMap<DomainRef, Instant>,
     /// Revision of each domain's upstream while etcd holds the computed one.
@@ -126,9 +131,13 @@ impl Engine {
         }
         let c = writer::read(&mut self.client, d).await?;
         if !c.config {
-            tracing::warn!(domain = %d, "domain has no config in slb-core; its upstream is not written");
+            if self.no_config.insert(d.clone()) {
+                tracing::warn!(domain = %d, "domain has no config in slb-core; its upstream is written once it has");
+            }
+        } else {
+            self.no_config.remove(d);
+            self.cache.insert(d.clone(), c.clone());
         }
-        self.cache.insert(d.clone(), c.clone());
         Ok(c)
     }
 
@@ -146,7 +155,10 @@ impl Engine {
         for (d, servers) in &desired {
             let cur = self.current(d).await?;
             if !cur.config {
+                // Not cached: looked at again every NO_CONFIG_RETRY.
                 self.effective.remove(d);
+                let again = Instant::now() + NO_CONFIG_RETRY;
+                next = Some(next.map_or(again, |n| n.min(again)));
                 continue;
             }
             if cur.servers().as_ref() == Some(servers) {

@@ -250,6 +250,23 @@ fn standby_takes_over_after_kill_9_no_change_is_lost_and_churn_coalesces() {
     r.wait_upstream(D, &[], "a Cell removed from the registry");
     r.register_cell("c1", &cell, &cell.api_url());
     r.wait_upstream(D, &["10.8.1.49:8080"], "the Cell registered again");
+
+    // A bound domain slb-core has not published yet gets no orphan
+    // upstream; once its config exists, its upstream follows.
+    selectorless_service(&cell, "api");
+    set_slice(&r.rt, &k, "api", "api-1", &[up("10.8.2.1", "q1")]);
+    r.bind("c1", "api", "b.example.com");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        r.upstream("b.example.com").is_none(),
+        "no upstream without a config"
+    );
+    r.publish_domain("b.example.com", 80);
+    r.wait_upstream(
+        "b.example.com",
+        &["10.8.2.1:8080"],
+        "written once the config exists",
+    );
 }
 
 fn te_wait(f: impl FnMut() -> bool) -> bool {
