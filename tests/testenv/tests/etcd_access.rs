@@ -109,7 +109,11 @@ async fn each_component_reaches_only_its_key_ranges() {
     let discovery = Probe::new(&etcd, &Component::Discovery).await;
     assert!(discovery.put(&k.drain_ack("g", "a.com", "r1")).await);
     assert!(discovery.put(&k.discovery_leader()).await);
-    assert!(discovery.put(&keys::slb_domain_upstream("g", "a.com")).await);
+    assert!(
+        discovery
+            .put(&keys::slb_domain_upstream("g", "a.com"))
+            .await
+    );
     assert!(discovery.read(&k.drain_requests_prefix()).await);
     assert!(discovery.read(&k.cells_prefix()).await);
     assert!(discovery.read(&k.discovery_services_prefix()).await);
