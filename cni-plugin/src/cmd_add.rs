@@ -7,9 +7,10 @@ use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, IFACE_EXISTS, NO_BRIDGE};
 use crate::garp_follow;
 use crate::result::{CniResult as Res, Interface, IpConfig, Route};
+use leengine_attach::{teardown, Addresses, HostLinks, OvsPorts, Plan, PortScope, Release, Target};
 use leengine_ipam::{AssignRequest, Assignment, Ipam};
 use leengine_netdp::{
-    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, teardown, GarpSpec,
+    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, GarpSpec,
     NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
 };
 use leengine_ovsdb::Client as Ovs;
@@ -229,61 +230,126 @@ impl Ctx<'_> {
         })
     }
 
-    /// Reverse order; every step is tried, failures are logged. The IP is
-    /// given back only when port and veth are gone (the rule DEL follows);
-    /// otherwise the handle stays for the runtime's DEL to finish.
+    /// Undoes what was done through the one attachment teardown: every step
+    /// is tried, failures are logged, and the IP is given back only when
+    /// port and veth are gone (otherwise the handle stays for the runtime's
+    /// DEL to finish).
     async fn rollback(&self, undo: &Undo) {
-        let port_gone = !undo.port || self.rollback_port().await;
-        let mut veth_gone = true;
-        if undo.veth {
-            if let Err(e) =
-                teardown(self.host, self.host_if, Some((self.ns.path(), self.ifname))).await
-            {
-                tracing::error!(error = %e, "rollback: cannot remove veth");
-                veth_gone = false;
-            }
-        }
-        if !undo.ip {
-            return;
-        }
-        if !(port_gone && veth_gone) {
-            tracing::warn!(
-                container = self.cid,
-                ifname = self.ifname,
-                "rollback: IP kept until DEL removes the datapath"
-            );
-            return;
-        }
-        if let Err(e) = self.ipam.release(self.cid, self.ifname).await {
-            tracing::error!(container = self.cid, error = %e, "rollback: cannot release IP");
-        }
-    }
-
-    /// Removes the port by name (the name is this attachment's, and we hold
-    /// its lock); true when it is gone. A lost reply may have closed the
-    /// connection: then a fresh one does it.
-    async fn rollback_port(&self) -> bool {
         let fresh;
-        let ovs = if self.ovs.is_closed() {
+        let ovs = if undo.port && self.ovs.is_closed() {
+            // A lost reply may have closed the connection: a fresh one removes the port.
             match backend::ovs(self.conf).await {
                 Ok(c) => {
                     fresh = c;
-                    &fresh
+                    Ok(&fresh)
                 }
-                Err(e) => {
-                    tracing::error!(port = self.host_if, error = %e, "rollback: cannot reach OVSDB to remove the port");
-                    return false;
-                }
+                Err(e) => Err(e.msg),
             }
         } else {
-            self.ovs
+            Ok(self.ovs)
         };
-        match ovs.del_port(&self.conf.bridge, self.host_if).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(port = self.host_if, error = %e, "rollback: cannot remove OVS port");
-                false
+        let ports = OvsPorts::new(ovs, PortScope::Bridge(&self.conf.bridge));
+        let links = HostLinks::new(Ok(self.host));
+        let target = Target {
+            container_id: self.cid,
+            ifname: self.ifname,
+            netns: Some(self.ns.path()),
+        };
+        if let Err(f) = teardown::run(&links, &ports, rollback_plan(undo, target, self.ipam)).await
+        {
+            if f.datapath_gone() {
+                tracing::error!(container = self.cid, error = %f, "rollback: cannot release IP");
+            } else {
+                tracing::warn!(
+                    container = self.cid,
+                    ifname = self.ifname,
+                    error = %f,
+                    "rollback: IP kept until DEL removes the datapath"
+                );
             }
         }
+    }
+}
+
+/// Only what this call made is undone: the port once it was asked for (its
+/// reply may have been lost), the veth once its creation began, the IP only
+/// when this call assigned it (a replayed ADD found an earlier call's).
+fn rollback_plan<'a, A: Addresses>(undo: &Undo, target: Target<'a>, ipam: &'a A) -> Plan<'a, A> {
+    Plan {
+        target,
+        ports: undo.port,
+        links: undo.veth,
+        ip: if undo.ip {
+            Release::Held(ipam)
+        } else {
+            Release::Keep
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leengine_attach::fake::{Call, Recording, Step};
+    use leengine_attach::IpOutcome;
+
+    fn target() -> Target<'static> {
+        Target {
+            container_id: "c1",
+            ifname: "eth0",
+            netns: Some(std::path::Path::new("/run/netns/pod")),
+        }
+    }
+
+    fn rollback(undo: &Undo, f: &Recording) -> Result<IpOutcome, leengine_attach::Failures> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(teardown::run(f, f, rollback_plan(undo, target(), f)))
+    }
+
+    #[test]
+    fn rollback_after_the_ip_only_gives_the_ip_back() {
+        let f = Recording::new().holding();
+        let undo = Undo {
+            ip: true,
+            ..Undo::default()
+        };
+        assert!(matches!(rollback(&undo, &f), Ok(IpOutcome::Released(_))));
+        assert_eq!(f.calls(), vec![Call::Release("c1/eth0".into())]);
+    }
+
+    #[test]
+    fn rollback_of_a_replayed_add_keeps_the_earlier_calls_ip() {
+        let f = Recording::new().with_ports(&["br0"]).holding();
+        let undo = Undo {
+            ip: false,
+            veth: true,
+            port: true,
+        };
+        assert_eq!(rollback(&undo, &f).unwrap(), IpOutcome::Kept);
+        assert!(!f.calls().iter().any(Call::is_release), "{:?}", f.calls());
+        assert!(f.calls().contains(&Call::FindPorts));
+    }
+
+    #[test]
+    fn rollback_whose_port_removal_failed_keeps_the_ip_for_del() {
+        let f = Recording::new()
+            .with_ports(&["br0"])
+            .failing(Step::RemovePort)
+            .holding();
+        let undo = Undo {
+            ip: true,
+            veth: true,
+            port: true,
+        };
+        let err = rollback(&undo, &f).unwrap_err();
+        assert!(!err.datapath_gone(), "{err}");
+        assert!(!f.calls().iter().any(Call::is_release), "{:?}", f.calls());
+        // The veth was still removed: every step is tried.
+        assert!(f
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::RemoveHostLink(_))));
     }
 }

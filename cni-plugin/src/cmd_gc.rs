@@ -13,9 +13,10 @@
 use crate::backend::{self, EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK, EXT_OWNER, OWNER};
 use crate::config::NetConf;
 use crate::error::{CniError, CniResult, DATAPATH, INVALID_CONFIG};
-use crate::lock;
+use leengine_attach::{
+    lock, teardown, Failures, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release, Target,
+};
 use leengine_ipam::Attachment;
-use leengine_netdp::{host_veth_name, teardown};
 use std::collections::{BTreeMap, BTreeSet};
 
 type Key = (String, String);
@@ -93,7 +94,9 @@ pub async fn gc(conf: &NetConf) -> CniResult<()> {
         candidates.extend(scope.port(&p.external_ids));
     }
 
-    let mut errors = Vec::new();
+    let ports = OvsPorts::new(Ok(&ovs), PortScope::Bridge(&conf.bridge));
+    let links = HostLinks::new(Ok(&host));
+    let mut failures = Failures::default();
     for (cid, ifname) in &candidates {
         let _guard = lock::attachment(cid, ifname)?;
         let handle = ipam.handle(cid, ifname).await?;
@@ -105,31 +108,28 @@ pub async fn gc(conf: &NetConf) -> CniResult<()> {
         {
             continue;
         }
-        let host_if = host_veth_name(cid, ifname);
-        let mut datapath_gone = true;
-        if let Err(e) = ovs.del_port(&conf.bridge, &host_if).await {
-            errors.push(CniError::from(e).to_string());
-            datapath_gone = false;
-        }
-        if let Err(e) = teardown(&host, &host_if, None).await {
-            errors.push(CniError::from(e).to_string());
-            datapath_gone = false;
-        }
-        // As in DEL: the IP only once its datapath is gone.
-        let Some(att) = handle.filter(|_| datapath_gone) else {
-            continue;
+        let target = Target {
+            container_id: cid,
+            ifname,
+            netns: None,
         };
         // Compare-and-release: an attachment re-made meanwhile stays.
-        match ipam.release_if_unchanged(&att).await {
-            Ok(true) => tracing::info!(container = %cid, ip = %att.ip, "GC released"),
-            Ok(false) => {}
-            Err(e) => errors.push(CniError::from(e).to_string()),
+        let ip = match &handle {
+            Some(att) => Release::IfUnchanged(&ipam, att),
+            None => Release::Keep,
+        };
+        match teardown::run(&links, &ports, Plan::all(target, ip)).await {
+            Ok(IpOutcome::Released(att)) => {
+                tracing::info!(container = %cid, ip = %att.ip, "GC released")
+            }
+            Ok(_) => {}
+            Err(f) => failures.extend(f),
         }
     }
-    if errors.is_empty() {
+    if failures.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(DATAPATH, "GC incomplete").with_details(errors.join("; ")))
+        Err(CniError::new(DATAPATH, "GC incomplete").with_details(failures.to_string()))
     }
 }
 

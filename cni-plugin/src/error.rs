@@ -113,3 +113,10 @@ impl From<leengine_netdp::NetdpError> for CniError {
         CniError::new(code, format!("datapath: {e}"))
     }
 }
+
+impl From<leengine_attach::lock::LockError> for CniError {
+    fn from(e: leengine_attach::lock::LockError) -> Self {
+        CniError::new(IO_FAILURE, format!("lock {}", e.path.display()))
+            .with_details(e.source.to_string())
+    }
+}

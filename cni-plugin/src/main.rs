@@ -14,7 +14,6 @@ mod config;
 mod env;
 mod error;
 mod garp_follow;
-mod lock;
 mod result;
 mod version;
 
@@ -87,7 +86,9 @@ fn run(stdin: &[u8]) -> Result<Value, CniError> {
     // One attachment at a time: ADD/DEL/CHECK of the same (container, ifname)
     // never interleave, whatever order the runtime fires them in.
     let _guard = match (&env.container_id, &env.ifname) {
-        (Some(c), Some(i)) if env.command != env::Command::Gc => Some(lock::attachment(c, i)?),
+        (Some(c), Some(i)) if env.command != env::Command::Gc => {
+            Some(leengine_attach::lock::attachment(c, i)?)
+        }
         _ => None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -496,6 +496,63 @@ fn runtime_crash_leaks_are_found_by_cnictl_against_the_apiserver_and_reclaimed_b
     let still = w.wait_ready("app=web", 4);
     assert_eq!(ips(&still), live, "no live pod lost its address");
     assert!(cnictl_check(&w.cell).is_empty());
+    assert!(
+        w.cell.node_agent_log(1).contains("apiserver=true"),
+        "the node-agent did not run with the apiserver:\n{}",
+        w.cell.node_agent_log(1)
+    );
+
+    // A live pod whose allocation looks dead to the netns check (its record
+    // names a namespace that is gone): the apiserver's view keeps its IP.
+    let alive = still
+        .iter()
+        .find(|p| node(p) == victim)
+        .expect("a live pod on the node");
+    let (key, original) = rt().block_on(fake_dead_netns(&w.cell, &victim, ip(alive)));
+    let held = format!("ip={}", ip(alive));
+    let vetoed = te::wait_until(PATIENCE, || {
+        let log = w.cell.node_agent_log(1);
+        log.lines()
+            .any(|l| l.contains("a live pod holds its IP") && l.contains(&held))
+    });
+    assert!(vetoed, "no veto seen:\n{}", w.cell.node_agent_log(1));
+    assert!(
+        allocated(&w.cell).contains(&ip(alive)),
+        "a live pod's IP was reclaimed"
+    );
+    assert!(
+        ovs_ports(&w.cell).contains_key(&ip(alive)),
+        "a live pod's OVS port was removed"
+    );
+    rt().block_on(async {
+        let mut etcd = etcd(&w.cell).await;
+        etcd.put(key, original, None).await.unwrap();
+    });
+    let after = w.wait_ready("app=web", 4);
+    assert_eq!(ips(&after), live, "no live pod lost its address");
     let audit = rt().block_on(async { ipam(&w.cell).await.audit().await.unwrap() });
     assert!(audit.is_empty(), "IPAM audit: {audit:?}");
+}
+
+async fn etcd(cell: &te::Cell) -> etcd_client::Client {
+    let cfg = leengine_store::EtcdConfig::new(vec![cell.etcd_endpoint()]);
+    leengine_store::connect(&cfg).await.unwrap()
+}
+
+/// Rewrites the node's index record of `ip` so that its netns is a path
+/// that does not exist (in a directory that does): dead, to the netns check.
+/// Returns the key and the original value.
+async fn fake_dead_netns(cell: &te::Cell, node: &str, ip: Ipv4Addr) -> (String, Vec<u8>) {
+    let keys = leengine_store::EtcdConfig::new(vec![cell.etcd_endpoint()]).keys();
+    let key = keys.node_ip(node, ip);
+    let mut etcd = etcd(cell).await;
+    let resp = etcd.get(key.as_str(), None).await.unwrap();
+    let original = resp.kvs()[0].value().to_vec();
+    let mut rec: Value = serde_json::from_slice(&original).unwrap();
+    let netns = rec["netns"].as_str().unwrap().to_string();
+    rec["netns"] = format!("{netns}-gone").into();
+    etcd.put(key.as_str(), serde_json::to_vec(&rec).unwrap(), None)
+        .await
+        .unwrap();
+    (key, original)
 }

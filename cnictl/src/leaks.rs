@@ -9,10 +9,10 @@ use anyhow::{bail, Context};
 use leengine_ipam::{Attachment, CheckOptions, CheckReport, IpState, Ipam, Leak};
 use serde::Serialize;
 
-use crate::apiserver;
 use crate::cli::{Liveness, Output, ReleaseArgs};
 use crate::table::{age, now, opt, time, Table};
 use crate::{print_json, Done, Etcd};
+use leengine_apiserver::{self as apiserver, ApiError};
 
 pub async fn check(etcd: &Etcd, args: &Liveness, out: Output) -> anyhow::Result<Done> {
     let ipam = etcd.ipam().await?;
@@ -32,7 +32,17 @@ async fn run_check(ipam: &Ipam, args: &Liveness) -> anyhow::Result<CheckReport> 
     let api = if args.no_apiserver {
         None
     } else {
-        let client = apiserver::client(args.kubeconfig.as_deref()).await?;
+        let client = apiserver::client(args.kubeconfig.as_deref())
+            .await
+            .map_err(|e| {
+                let hint = matches!(e, ApiError::NoConfig(_));
+                let e = anyhow::Error::new(e);
+                if hint {
+                    e.context("cannot ask the apiserver (use --kubeconfig or --no-apiserver)")
+                } else {
+                    e
+                }
+            })?;
         Some(apiserver::view(client).await?)
     };
     let opts = CheckOptions {

@@ -1,7 +1,6 @@
 //! `cnictl`: pools, blocks, IPs, leak check and safe release for LeEngine's
 //! etcd IPAM. Errors are one line on stderr; see [`cli::Cli`] for exit codes.
 
-mod apiserver;
 mod cli;
 mod commands;
 mod leaks;
@@ -91,15 +90,16 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    let unavailable = e.downcast_ref::<apiserver::Unavailable>().is_some()
-        || e.chain().any(|c| {
-            c.downcast_ref::<IpamError>()
+    let unavailable = e.chain().any(|c| {
+        c.downcast_ref::<leengine_apiserver::ApiError>()
+            .is_some_and(leengine_apiserver::ApiError::is_unavailable)
+            || c.downcast_ref::<IpamError>()
                 .is_some_and(IpamError::is_unavailable)
-                || matches!(
-                    c.downcast_ref::<StoreError>(),
-                    Some(StoreError::Unavailable { .. })
-                )
-        });
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::Unavailable { .. })
+            )
+    });
     if unavailable {
         EXIT_UNAVAILABLE
     } else {

@@ -34,6 +34,8 @@ pub struct Shared {
     pub keys: Keys,
     pub etcd: etcd_client::Client,
     pub ipam: Ipam,
+    /// The apiserver reclaim asks (`--kubeconfig`), if any.
+    pub kube: Option<leengine_apiserver::Client>,
     pub cgroups: Cgroups,
     pub host: Mutex<Host>,
     pub state: Mutex<ScanState>,
@@ -50,6 +52,7 @@ impl Shared {
     pub fn new(
         cfg: Config,
         etcd: etcd_client::Client,
+        kube: Option<leengine_apiserver::Client>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
         let keys = cfg.etcd.keys();
@@ -57,6 +60,7 @@ impl Shared {
         Ok(Arc::new(Self {
             keys,
             ipam,
+            kube,
             cgroups: Cgroups::new(&cfg.cgroup_root),
             host: Mutex::new(Host::new()?),
             state: Mutex::new(ScanState {

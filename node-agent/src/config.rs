@@ -63,6 +63,10 @@ pub struct Args {
     /// How long an attachment must be seen dead before it is reclaimed.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub reclaim_grace: Option<Duration>,
+    /// kubeconfig of the Cell's apiserver: reclaim then also asks it, and
+    /// never takes an IP a live pod of this node holds.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Keep containers from using swap.
     #[arg(long)]
     pub swap_guard: Option<OnOff>,
@@ -168,6 +172,7 @@ struct FileReclaim {
     enabled: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     grace: Option<Duration>,
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +207,8 @@ pub struct Config {
     pub scan_concurrency: usize,
     pub reclaim: bool,
     pub reclaim_grace: Duration,
+    /// The apiserver reclaim consults; `None`: the netns verdict alone.
+    pub kubeconfig: Option<PathBuf>,
     pub swap_guard: bool,
     pub cgroup_root: PathBuf,
     pub container_roots: Vec<String>,
@@ -220,6 +227,9 @@ impl Config {
         };
         let cfg = Self::merge(args, file)?;
         cfg.etcd.check()?;
+        if let Some(path) = &cfg.kubeconfig {
+            leengine_apiserver::read_kubeconfig(path)?;
+        }
         Ok(cfg)
     }
 
@@ -315,6 +325,7 @@ impl Config {
             scan_concurrency: f.scan.concurrency.unwrap_or(32).max(1),
             reclaim: on(a.reclaim).or(f.reclaim.enabled).unwrap_or(true),
             reclaim_grace: a.reclaim_grace.or(f.reclaim.grace).unwrap_or(DEFAULT_GRACE),
+            kubeconfig: a.kubeconfig.or(f.reclaim.kubeconfig),
             swap_guard: on(a.swap_guard).or(f.swap_guard.enabled).unwrap_or(false),
             cgroup_root: a
                 .cgroup_root
@@ -375,7 +386,7 @@ mod tests {
     #[test]
     fn flags_override_file() {
         let file: File = toml::from_str(
-            "node = \"a\"\n[reclaim]\nenabled = true\ngrace = \"10m\"\n[ovs]\nbond_mode = \"balance-slb\"\n",
+            "node = \"a\"\n[reclaim]\nenabled = true\ngrace = \"10m\"\nkubeconfig = \"/etc/a\"\n[ovs]\nbond_mode = \"balance-slb\"\n",
         )
         .unwrap();
         let args = Args {
@@ -389,6 +400,7 @@ mod tests {
         assert!(!c.reclaim);
         assert_eq!(c.reclaim_grace, Duration::from_secs(3));
         assert_eq!(c.bond_mode, BondMode::BalanceSlb);
+        assert_eq!(c.kubeconfig.as_deref(), Some(Path::new("/etc/a")));
     }
 
     #[test]

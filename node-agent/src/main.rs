@@ -9,6 +9,7 @@ mod config;
 mod http;
 mod leak;
 mod metrics;
+mod podview;
 mod procfs;
 mod record;
 mod register;
@@ -53,14 +54,16 @@ fn main() {
 pub fn chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
+        // Some causes (YAML parse errors) draw a multi-line excerpt: its first line says it.
+        let full = cause.to_string();
+        let text = full.lines().next().unwrap_or_default();
+        if out.contains(text) {
             continue;
         }
         if !out.is_empty() {
             out.push_str(": ");
         }
-        out.push_str(&text);
+        out.push_str(text);
     }
     out
 }
@@ -79,18 +82,28 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Before etcd: a kubeconfig that cannot be read fails the start at once.
+    let kube = match &cfg.kubeconfig {
+        Some(path) => Some(
+            leengine_apiserver::client(Some(path))
+                .await
+                .context("apiserver for reclaim")?,
+        ),
+        None => None,
+    };
     let etcd = leengine_store::connect(&cfg.etcd)
         .await
         .context("cannot connect to etcd")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let once = cfg.once;
     let listen = cfg.metrics_listen;
-    let sh = Shared::new(cfg, etcd, stop_rx)?;
+    let sh = Shared::new(cfg, etcd, kube, stop_rx)?;
     if once {
         return run_once(&sh).await;
     }
     tracing::info!(node = %sh.cfg.node, bridge = %sh.cfg.bridge, bond = %sh.cfg.bond,
         uplinks = ?sh.cfg.uplinks, reclaim = sh.cfg.reclaim, grace = ?sh.cfg.reclaim_grace,
+        apiserver = sh.kube.is_some(),
         swap_guard = sh.cfg.swap_guard, cgroups = ?sh.cgroups.layout(), "starting");
     // Handlers first: a signal that arrives once the agent looks up must
     // not hit the default action (SIGHUP would kill it, SIGTERM skip the revoke).

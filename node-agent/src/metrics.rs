@@ -85,6 +85,10 @@ pub struct Counters {
     pub released: u64,
     pub release_stale: u64,
     pub release_errors: u64,
+    /// Withheld: a live pod of the apiserver holds the IP.
+    pub reclaim_held: u64,
+    /// Withheld: the apiserver could not be asked.
+    pub reclaim_no_apiserver: u64,
     pub swap_constrained: u64,
     pub swap_unconstrained: u64,
 }
@@ -495,6 +499,8 @@ fn render_agent(o: &mut Out, s: &Snapshot) {
         ("released", c.released),
         ("stale", c.release_stale),
         ("error", c.release_errors),
+        ("held_by_pod", c.reclaim_held),
+        ("no_apiserver", c.reclaim_no_apiserver),
     ] {
         o.sample(
             "leengine_node_reclaim_total",

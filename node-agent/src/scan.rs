@@ -10,13 +10,15 @@ use futures::StreamExt;
 use leengine_ipam::{Attachment, Filter, LiveAttachment, NodeAttachmentsReport};
 use serde::Serialize;
 
+use leengine_attach::{
+    lock, teardown, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release, Target,
+};
+
 use crate::agent::{now_secs, Live, Shared};
 use crate::leak::{Observation, SuspectView};
 use crate::metrics::BlockUse;
+use crate::podview::{self, View, Withheld};
 use crate::procfs::ns_id;
-
-/// OVS external_ids the CNI plugin puts on every attachment's port.
-use leengine_ovsdb::vswitch::ext_ids::{CONTAINER_ID as EXT_CONTAINER, IFNAME as EXT_IFNAME};
 
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,6 +32,8 @@ pub struct ScanSummary {
     pub report_published: bool,
     pub suspects: Vec<SuspectView>,
     pub released: Vec<Released>,
+    /// Ready for reclaim, but the apiserver did not allow it (this scan).
+    pub withheld: Vec<Withheld>,
     pub swap_unconstrained: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -182,6 +186,8 @@ pub async fn run(sh: &Shared) -> ScanSummary {
             Vec::new()
         }
     };
+    let (to_release, withheld) = apiserver_check(sh, to_release).await;
+    sum.withheld = withheld;
     for a in to_release {
         if let Some(r) = reclaim(sh, &a).await {
             sum.released.push(r);
@@ -209,8 +215,42 @@ pub async fn run(sh: &Shared) -> ScanSummary {
     sum
 }
 
-/// Releases one leaked allocation through the stale-safe IPAM call, then
-/// removes what is left of its datapath.
+/// Lets the apiserver (when configured) veto reclaims: see `podview`.
+async fn apiserver_check(
+    sh: &Shared,
+    candidates: Vec<Attachment>,
+) -> (Vec<Attachment>, Vec<Withheld>) {
+    if candidates.is_empty() {
+        return (candidates, Vec::new());
+    }
+    let view = match &sh.kube {
+        None => View::Unconfigured,
+        Some(client) => match leengine_apiserver::node_pods(client.clone(), &sh.cfg.node).await {
+            Ok(pods) => View::Pods(leengine_apiserver::live_pod_ips(&pods)),
+            Err(e) => View::Unavailable(e.to_string()),
+        },
+    };
+    let (go, withheld) = podview::split(&view, candidates);
+    let mut st = sh.state.lock().await;
+    for w in &withheld {
+        match &w.why {
+            podview::Why::HeldBy { pod } => {
+                st.counters.reclaim_held += 1;
+                tracing::warn!(container_id = %w.container_id, ip = %w.ip, pod = %pod,
+                    "looks dead but a live pod holds its IP (apiserver); not reclaimed");
+            }
+            podview::Why::NoApiserver { .. } => st.counters.reclaim_no_apiserver += 1,
+        }
+    }
+    if let View::Unavailable(e) = &view {
+        tracing::warn!(error = %e, withheld = withheld.len(),
+            "apiserver unavailable: nothing reclaimed this scan");
+    }
+    (go, withheld)
+}
+
+/// Reclaims one leaked allocation: port and veth first, the IP only once
+/// they are gone (the shared attachment teardown).
 async fn reclaim(sh: &Shared, a: &Attachment) -> Option<Released> {
     let dead_for_ms = {
         let st = sh.state.lock().await;
@@ -220,10 +260,10 @@ async fn reclaim(sh: &Shared, a: &Attachment) -> Option<Released> {
             .find(|s| s.container_id == a.container_id && s.ifname == a.ifname && s.seq == a.seq)
             .map(|s| s.dead_for_ms)
     };
-    let result = sh.ipam.release_if_unchanged(a).await;
+    let result = tear_down(sh, a).await;
     let mut st = sh.state.lock().await;
     match result {
-        Ok(true) => {
+        Ok(IpOutcome::Released(_)) => {
             st.counters.released += 1;
             st.tracker.forget(a);
             drop(st);
@@ -232,14 +272,13 @@ async fn reclaim(sh: &Shared, a: &Attachment) -> Option<Released> {
                 seq = a.seq, pod = a.pod().unwrap_or_default(), netns = %a.netns, dead_for_ms,
                 "reclaimed leaked IP"
             );
-            remove_ports(sh, a).await;
             Some(Released {
                 container_id: a.container_id.clone(),
                 ifname: a.ifname.clone(),
                 ip: a.ip,
             })
         }
-        Ok(false) => {
+        Ok(_) => {
             st.counters.release_stale += 1;
             st.tracker.forget(a);
             tracing::info!(container_id = %a.container_id, ip = %a.ip, seq = a.seq, "allocation changed since the scan; not released");
@@ -247,54 +286,40 @@ async fn reclaim(sh: &Shared, a: &Attachment) -> Option<Released> {
         }
         Err(e) => {
             st.counters.release_errors += 1;
-            tracing::warn!(container_id = %a.container_id, ip = %a.ip, error = %e, "reclaim failed; will retry");
+            tracing::warn!(container_id = %a.container_id, ip = %a.ip, error = %e, "reclaim incomplete, IP kept; will retry");
             None
         }
     }
 }
 
-async fn remove_ports(sh: &Shared, a: &Attachment) {
-    let host_if = leengine_netdp::host_veth_name(&a.container_id, &a.ifname);
-    match leengine_netdp::Netlink::host() {
-        Ok(nl) => {
-            if let Err(e) = nl.del_link(&host_if).await {
-                tracing::warn!(ifname = %host_if, error = %e, "cannot delete host veth");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot open netlink"),
-    }
-    let ovs = match sh.ovs().await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(error = %e, port = %host_if, "OVSDB unavailable; port left for the next start");
-            return;
-        }
-    };
-    let mut ports = ovs
-        .find_ports_by_external_id(EXT_CONTAINER, &a.container_id)
+/// Under the lock the CNI plugin takes for this attachment, so a DEL or
+/// ADD of it never interleaves; the allocation is re-read under it, since
+/// the datapath goes before the IP's compare-and-release can tell.
+async fn tear_down(sh: &Shared, a: &Attachment) -> Result<IpOutcome, String> {
+    let _guard = lock::attachment_async(&a.container_id, &a.ifname)
         .await
-        .unwrap_or_default();
-    ports.retain(|p| {
-        p.external_ids
-            .get(EXT_IFNAME)
-            .is_none_or(|i| *i == a.ifname)
-    });
-    if let Ok(Some(p)) = ovs.port_info(&host_if).await {
-        if !ports.iter().any(|x| x.uuid == p.uuid) {
-            ports.push(p);
-        }
+        .map_err(|e| e.to_string())?;
+    match sh.ipam.handle(&a.container_id, &a.ifname).await {
+        Ok(Some(now)) if now.seq == a.seq => {}
+        Ok(_) => return Ok(IpOutcome::Changed),
+        Err(e) => return Err(e.to_string()),
     }
-    for p in ports {
-        let Some(bridge) = p.bridge.as_deref() else {
-            continue;
-        };
-        match ovs.del_port(bridge, &p.name).await {
-            Ok(_) => {
-                tracing::info!(port = %p.name, bridge, "removed OVS port of reclaimed attachment")
-            }
-            Err(e) => tracing::warn!(port = %p.name, bridge, error = %e, "cannot remove OVS port"),
-        }
-    }
+    let ovs = sh.ovs().await;
+    let host = leengine_netdp::Netlink::host();
+    let ports = OvsPorts::new(
+        ovs.as_ref().map_err(ToString::to_string),
+        PortScope::Anywhere,
+    );
+    let links = HostLinks::new(host.as_ref().map_err(ToString::to_string));
+    let target = Target {
+        container_id: &a.container_id,
+        ifname: &a.ifname,
+        netns: None,
+    };
+    let plan = Plan::all(target, Release::IfUnchanged(&sh.ipam, a));
+    teardown::run(&links, &ports, plan)
+        .await
+        .map_err(|f| f.to_string())
 }
 
 /// Applies the swap guard to every container; returns those left unconstrained.
@@ -334,21 +359,8 @@ mod tests {
 
     fn att(netns: &str) -> Attachment {
         Attachment {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
             netns: netns.into(),
-            pod_namespace: None,
-            pod_name: None,
-            node: "n1".into(),
-            network: None,
-            ip: Ipv4Addr::new(10, 0, 0, 2),
-            prefix_len: 24,
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            vlan: 0,
-            pool: "p".into(),
-            block: "10.0.0.0/28".parse().unwrap(),
-            seq: 1,
-            since: 0,
+            ..leengine_attach::fake::attachment("c1", 1)
         }
     }
 

@@ -160,28 +160,43 @@ fn once_converges_and_prints_a_summary() {
         .is_some());
 }
 
+/// Runs the agent with `args`; asserts exit 2 and one line on stderr, returns it.
+fn refused(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
 #[test]
 fn bad_configuration_fails_with_one_line() {
-    let out = std::process::Command::new(BIN)
-        .args(["--node", "x", "--bond-mode", "round-robin", "--once"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["--node", "x", "--bond-mode", "round-robin", "--once"]);
     assert!(err.contains("bond_mode"), "{err}");
 
     // A TLS file that is not there is named before anything is touched.
-    let out = std::process::Command::new(BIN)
-        .args(["--node", "x", "--etcd-endpoints", "https://127.0.0.1:1"])
-        .args(["--etcd-ca", "/dev/null", "--once"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&[
+        "--node",
+        "x",
+        "--etcd-endpoints",
+        "https://127.0.0.1:1",
+        "--etcd-ca",
+        "/dev/null",
+        "--once",
+    ]);
     assert!(
         err.contains("etcd CA file /dev/null holds no PEM certificate"),
+        "{err}"
+    );
+
+    // So is a kubeconfig that is not YAML, on one line despite the parser's excerpt.
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, "clusters: [\n").unwrap();
+    let kc = kc.to_str().unwrap();
+    let err = refused(&["--node", "x", "--once", "--kubeconfig", kc]);
+    assert!(
+        err.contains(&format!("cannot read kubeconfig {kc}")),
         "{err}"
     );
 }

@@ -77,16 +77,21 @@ fn dead_pod_is_reclaimed_after_grace_and_not_before_live_pod_kept() {
     assert!(node.handle("c-live").is_some());
     let ports = node.ports();
     assert!(ports.contains(&live.port), "{ports:?}");
+    // The port went before the IP did: already gone when the IP is.
     assert!(
-        te::wait_until(PATIENCE, || !node.ports().contains(&doomed.port)),
+        !node.ports().contains(&doomed.port),
         "OVS port of the reclaimed pod left: {:?}",
         node.ports()
     );
     assert!(live.netns.ping(&live.ip, 1));
-    let log = agent.log();
+    // The IP is the last step; its log line follows it.
     assert!(
-        log.contains("reclaimed leaked IP") && log.contains("c-doomed"),
-        "{log}"
+        te::wait_until(PATIENCE, || {
+            let log = agent.log();
+            log.contains("reclaimed leaked IP") && log.contains("c-doomed")
+        }),
+        "{}",
+        agent.log()
     );
     let m = agent.metrics();
     assert_eq!(
@@ -180,4 +185,64 @@ fn live_pod_survives_etcd_flapping_and_the_agent_recovers() {
         agent.log()
     );
     assert!(node.handle("c-flap").is_some());
+}
+
+#[test]
+fn an_unreachable_apiserver_reclaims_nothing_and_says_so() {
+    let node = Node::new(true);
+    add_pool(&node.etcd, "p1", "10.1.0.0/22", "10.1.0.1", 100);
+    let mut pod = node.pod("c-noapi", "shop");
+    // A kubeconfig naming a port nothing listens on: a real refused connection.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\n\
+             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            te::free_port()
+        ),
+    )
+    .unwrap();
+    let agent = node.spawn(&[
+        "--reclaim-grace",
+        "1s",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    pod.netns.delete();
+    let t0 = Instant::now();
+    let mut last = serde_json::Value::Null;
+    // Many scans, long past the grace period and the two-scan streak.
+    let mut scans = 0;
+    while scans < 4 || t0.elapsed() < Duration::from_secs(3) {
+        last = agent.scan();
+        assert_eq!(last["dead"], 1, "{last}");
+        assert!(last["released"].as_array().unwrap().is_empty(), "{last}");
+        scans += 1;
+    }
+    assert_eq!(last["withheld"][0]["containerId"], "c-noapi", "{last}");
+    assert_eq!(last["withheld"][0]["reason"], "noApiserver", "{last}");
+    assert!(
+        node.handle("c-noapi").is_some(),
+        "released without the apiserver:\n{}",
+        agent.log()
+    );
+    assert!(node.ports().contains(&pod.port), "its port was removed");
+    let m = agent.metrics();
+    assert!(
+        sample(
+            &m,
+            "leengine_node_reclaim_total",
+            &[("outcome", "no_apiserver")]
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        agent.log().contains("apiserver unavailable"),
+        "{}",
+        agent.log()
+    );
 }

@@ -52,9 +52,6 @@ pub enum NetdpError {
     /// The helper thread that entered the namespace died.
     #[error("netns helper thread panicked")]
     ThreadPanicked,
-    /// Teardown went on past these failures.
-    #[error("teardown: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    Teardown(Vec<NetdpError>),
 }
 
 impl NetdpError {

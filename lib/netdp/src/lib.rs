@@ -22,7 +22,7 @@ pub use names::{host_veth_name, mac_from_ipv4, parse_mac, MAC_PREFIX};
 pub use netlink::{Link, Netlink, Route};
 pub use netns::{in_netns, in_netns_async, NetnsFile};
 pub use pod::{
-    configure_sandbox, create_veth, inspect, netns_has_ipv4, teardown, Configured, IfaceState,
+    configure_sandbox, create_veth, del_link_in, inspect, netns_has_ipv4, Configured, IfaceState,
     SandboxConfig, VethSpec,
 };
 

@@ -168,36 +168,14 @@ pub async fn netns_has_ipv4(path: &Path, ifname: &str, ip: Ipv4Addr) -> Result<b
         .any(|(a, _)| *a == ip))
 }
 
-/// Removes an attachment's veth: the host end by name (which takes the peer
-/// with it) and, if the namespace is still there, the sandbox end by name in
-/// case the pair was split. Missing pieces are fine; every failure is
-/// collected and the remaining steps still run.
-pub async fn teardown(
-    host: &Netlink,
-    host_ifname: &str,
-    sandbox: Option<(&Path, &str)>,
-) -> Result<()> {
-    let mut errors = Vec::new();
-    if let Err(e) = host.del_link(host_ifname).await {
-        errors.push(e);
-    }
-    if let Some((path, ifname)) = sandbox {
-        match NetnsFile::open(path) {
-            Ok(ns) => match Netlink::in_netns(&ns) {
-                Ok(nl) => {
-                    if let Err(e) = nl.del_link(ifname).await {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(e),
-            },
-            Err(NetdpError::NetnsMissing(_)) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(NetdpError::Teardown(errors))
-    }
+/// Deletes `ifname` inside the namespace at `path`; a namespace or an
+/// interface already gone is `Ok(false)`. The attachment teardown
+/// (`leengine-attach`) uses it for a sandbox end left without its peer.
+pub async fn del_link_in(path: &Path, ifname: &str) -> Result<bool> {
+    let ns = match NetnsFile::open(path) {
+        Ok(ns) => ns,
+        Err(NetdpError::NetnsMissing(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Netlink::in_netns(&ns)?.del_link(ifname).await
 }

@@ -1,8 +1,8 @@
 //! Real network namespaces, real veths, observed with iproute2.
 
 use leengine_netdp::{
-    configure_sandbox, create_veth, format_mac, inspect, mac_from_ipv4, netns_has_ipv4, send_garp,
-    teardown, GarpSpec, NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
+    configure_sandbox, create_veth, del_link_in, format_mac, inspect, mac_from_ipv4,
+    netns_has_ipv4, send_garp, GarpSpec, NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
 };
 use leengine_testenv as te;
 use std::io::{BufRead, BufReader};
@@ -146,15 +146,13 @@ async fn veth_into_netns_with_address_route_mac_mtu_and_arp_notify() {
             .unwrap()
     );
 
-    teardown(&host, &host_if, Some((&ns.path(), "eth0")))
-        .await
-        .unwrap();
+    assert!(host.del_link(&host_if).await.unwrap());
     assert!(!host_has_link(&hns, &host_if));
+    // The peer went with the host end.
     assert!(!ns.ip(&["link"]).contains("eth0"));
-    // Everything already gone: still fine.
-    teardown(&host, &host_if, Some((&ns.path(), "eth0")))
-        .await
-        .unwrap();
+    // Everything already gone: still fine, and says so.
+    assert!(!host.del_link(&host_if).await.unwrap());
+    assert!(!del_link_in(&ns.path(), "eth0").await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,16 +177,13 @@ async fn existing_sandbox_name_is_refused_before_anything_is_created() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_netns_is_reported_as_missing_and_teardown_tolerates_it() {
+async fn missing_netns_is_reported_as_missing_and_deleting_in_it_tolerates_it() {
     let p = PathBuf::from("/run/netns/ndp-missing-xyz");
     assert!(matches!(
         NetnsFile::open(&p),
         Err(NetdpError::NetnsMissing(_))
     ));
-    let (_hns, host) = host_ns();
-    teardown(&host, "tnotthere0", Some((&p, "eth0")))
-        .await
-        .unwrap();
+    assert!(!del_link_in(&p, "eth0").await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +265,7 @@ async fn gratuitous_arp_leaves_the_sandbox() {
         .filter(|l| l.contains(&format_mac(&mac)) && l.contains("who-has 10.98.0.7 tell 10.98.0.7"))
         .count();
     assert_eq!(hits, 3, "{text}");
-    teardown(&host, &host_if, None).await.unwrap();
+    host.del_link(&host_if).await.unwrap();
 }
 
 /// `ethtool -k IFNAME` inside `ns`: is transmit checksumming on?

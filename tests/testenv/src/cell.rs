@@ -48,7 +48,8 @@ pub struct CellSpec {
     /// The `leengine-cni` binary (installed as CNI type `leengine`).
     pub cni_plugin: PathBuf,
     /// The `leengine-node-agent` binary, run on every node (in the node's
-    /// host namespace, reclaim grace 3 s, scans every second) when given.
+    /// host namespace, reclaim grace 3 s, scans every second, asking the
+    /// Cell's apiserver with the admin kubeconfig before a reclaim) when given.
     pub node_agent: Option<PathBuf>,
     /// Whether the node-agents start with leak reclaim on
     /// ([`Cell::set_reclaim`] changes it per node).
@@ -576,9 +577,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             return;
         };
         let etcd = self.ovs.netns().forward_tcp(self.etcd_port);
+        let kubeconfig = self.node_agent_kubeconfig(i);
         let n = &self.nodes[i];
         let args = [
-            "--node".to_string(),
+            "--kubeconfig".to_string(),
+            kubeconfig.display().to_string(),
+            "--node".into(),
             n.name.clone(),
             "--etcd-endpoints".into(),
             format!("http://127.0.0.1:{etcd}"),
@@ -606,6 +610,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         cmd.env("RUST_LOG", "info");
         let d = Daemon::spawn("node-agent", &n.dir, &mut cmd);
         self.nodes[i].node_agent = Some(d);
+    }
+
+    /// The Cell's admin kubeconfig, pointed at a forward of the apiserver
+    /// into the node namespace the node-agent runs in.
+    fn node_agent_kubeconfig(&self, i: usize) -> PathBuf {
+        let port = self.ovs.netns().forward_tcp(self.api_port);
+        let admin = fs::read_to_string(self.kubeconfig()).expect("read admin kubeconfig");
+        let text = admin.replace(
+            &format!("server: {}", self.api_url()),
+            &format!("server: https://127.0.0.1:{port}"),
+        );
+        assert_ne!(
+            text,
+            admin,
+            "admin kubeconfig names no server {}",
+            self.api_url()
+        );
+        // Outside the node's directory: a node crash kills every process
+        // naming that directory, and the node-agent is not the node's runtime.
+        let path = self
+            .dir
+            .join(format!("node-agent-of-{}.kubeconfig", self.nodes[i].name));
+        fs::write(&path, text).expect("write node-agent kubeconfig");
+        path
     }
 
     fn start_containerd(&mut self, i: usize, pause: &Path) {

@@ -1,0 +1,221 @@
+//! The apiserver's view of liveness: pods (with their IPs and phase) and
+//! nodes. `cnictl check` reads the whole cluster; the node-agent reads the
+//! pods bound to its node before it reclaims anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, ObjectList};
+use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::Config;
+use leengine_ipam::{ApiView, PodInfo};
+
+pub use kube::Client;
+
+/// Page size of list calls (the apiserver's own recommendation for big lists).
+const PAGE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot read kubeconfig {}: {source}", path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("invalid kubeconfig {}: {source}", path.display())]
+    InvalidKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("no kubeconfig given and not in a cluster: {0}")]
+    NoConfig(#[source] InferConfigError),
+    #[error("cannot build Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The apiserver could not be reached: retry later.
+    #[error("Kubernetes apiserver unavailable: {0}")]
+    Unavailable(#[source] kube::Error),
+    /// The apiserver answered with an error (RBAC, bad request, ...).
+    #[error("listing from the Kubernetes apiserver: {0}")]
+    List(#[source] kube::Error),
+}
+
+impl ApiError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ApiError::Unavailable(_))
+    }
+}
+
+/// Reads and parses a kubeconfig file (no network): for checking a
+/// configuration before anything starts.
+pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ApiError> {
+    Kubeconfig::read_from(path).map_err(|source| ApiError::ReadKubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Connects with `kubeconfig` if given, else in-cluster or `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ApiError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = read_kubeconfig(path)?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| ApiError::InvalidKubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(ApiError::NoConfig)?,
+    };
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(30));
+    Client::try_from(config).map_err(ApiError::Client)
+}
+
+/// Every pod and node of the cluster (paged).
+pub async fn view(client: Client) -> Result<ApiView, ApiError> {
+    let pods: Vec<Pod> = list_all(Api::all(client.clone()), ListParams::default()).await?;
+    let nodes: Vec<Node> = list_all(Api::all(client), ListParams::default()).await?;
+    Ok(ApiView {
+        pods: pods.iter().filter_map(pod_info).collect(),
+        nodes: nodes
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect::<BTreeSet<_>>(),
+    })
+}
+
+/// The pods bound to `node` (paged, filtered by the apiserver).
+pub async fn node_pods(client: Client, node: &str) -> Result<Vec<Pod>, ApiError> {
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    list_all(Api::all(client), lp).await
+}
+
+async fn list_all<K>(api: Api<K>, base: ListParams) -> Result<Vec<K>, ApiError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = base.clone().limit(PAGE);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page: ObjectList<K> = api.list(&lp).await.map_err(|e| {
+            if matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_)) {
+                ApiError::Unavailable(e)
+            } else {
+                ApiError::List(e)
+            }
+        })?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Pure mapping of a pod to what the leak check needs.
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let status = pod.status.as_ref();
+    let mut ips: Vec<Ipv4Addr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status
+        .and_then(|s| s.pod_ip.as_ref())
+        .and_then(|ip| ip.parse().ok())
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let phase = status.and_then(|s| s.phase.as_deref());
+    Some(PodInfo {
+        namespace: pod.metadata.namespace.clone()?,
+        name: pod.metadata.name.clone()?,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ips,
+        terminal: matches!(phase, Some("Succeeded" | "Failed")),
+    })
+}
+
+/// The IPv4 addresses live pods hold, each with its `namespace/name`. Live
+/// means neither terminated (Succeeded, Failed) nor being deleted: those
+/// are the only pods whose address a reclaim must never take.
+pub fn live_pod_ips(pods: &[Pod]) -> BTreeMap<Ipv4Addr, String> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(pod_info)
+        .filter(|p| !p.terminal)
+        .flat_map(|p| {
+            let who = format!("{}/{}", p.namespace, p.name);
+            p.ips.into_iter().map(move |ip| (ip, who.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pod_json_maps_to_pod_info() {
+        let p = pod(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.1.0.5",
+                       "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}]}
+        }));
+        let info = pod_info(&p).unwrap();
+        assert_eq!(info.ips, vec!["10.1.0.5".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            (info.namespace.as_str(), info.node.as_deref(), info.terminal),
+            ("shop", Some("n1"), false)
+        );
+        let done = pod(serde_json::json!({
+            "metadata": {"name": "job", "namespace": "x"},
+            "status": {"phase": "Succeeded"}
+        }));
+        let info = pod_info(&done).unwrap();
+        assert!(info.terminal && info.ips.is_empty() && info.node.is_none());
+    }
+
+    #[test]
+    fn only_pods_neither_terminated_nor_deleted_hold_their_ip() {
+        let with = |name: &str, ip: &str, phase: &str, deleting: bool| {
+            let mut meta = serde_json::json!({"name": name, "namespace": "shop"});
+            if deleting {
+                meta["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+            }
+            pod(serde_json::json!({
+                "metadata": meta,
+                "status": {"phase": phase, "podIP": ip}
+            }))
+        };
+        let ips = live_pod_ips(&[
+            with("running", "10.1.0.2", "Running", false),
+            with("pending", "10.1.0.3", "Pending", false),
+            with("failed", "10.1.0.4", "Failed", false),
+            with("succeeded", "10.1.0.5", "Succeeded", false),
+            with("deleting", "10.1.0.6", "Running", true),
+        ]);
+        let held: Vec<String> = ips.iter().map(|(ip, who)| format!("{ip}={who}")).collect();
+        assert_eq!(held, ["10.1.0.2=shop/running", "10.1.0.3=shop/pending"]);
+    }
+}
