@@ -986,10 +986,14 @@ impl Slot {
                 }
                 let _ = fs::remove_file(&f);
             }
-            let created = fs::OpenOptions::new().write(true).create_new(true).open(&f);
-            if let Ok(mut file) = created {
-                use std::io::Write;
-                file.write_all(me.as_bytes()).expect("write slot");
+            // The owner is written before the slot file appears (a hard link
+            // fails if it exists): a half-written, empty slot file would read
+            // as "run gone" and be taken by a concurrent claimer.
+            let tmp = Path::new(SLOTS).join(format!(".{n}.{}", unique_name("slot")));
+            fs::write(&tmp, me.as_bytes()).expect("write slot");
+            let taken = fs::hard_link(&tmp, &f).is_ok();
+            let _ = fs::remove_file(&tmp);
+            if taken {
                 return Slot(n);
             }
         }
