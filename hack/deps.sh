@@ -10,6 +10,7 @@ PKGS=(
   docker.io docker-registry podman containernetworking-plugins protobuf-compiler libprotobuf-dev
   iproute2 iputils-ping tcpdump busybox-static git wrk jq procps psmisc curl ca-certificates
   prometheus hyperfine containerd runc openssl time ethtool
+  debootstrap systemd man-db
 )
 
 missing=()
@@ -55,6 +56,18 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
   done
+fi
+
+# cargo-deb for hack/package.sh, pinned; built once from crates.io (~2 min).
+CARGO_DEB_VERSION=3.8.0
+if command -v cargo >/dev/null 2>&1 &&
+   ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  echo "hack/deps.sh: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install --locked "cargo-deb@$CARGO_DEB_VERSION" >/tmp/leengine-cargo-deb.log 2>&1 || {
+    echo "hack/deps.sh: cargo install cargo-deb failed; see /tmp/leengine-cargo-deb.log" >&2
+    tail -20 /tmp/leengine-cargo-deb.log >&2
+    exit 1
+  }
 fi
 
 # Real Kubernetes (apiserver, controller-manager, scheduler, kubelet, kubectl)

@@ -33,6 +33,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (whole workspace, real etcd / OVS / nginx / dockerd / registry / podman)"
 cargo test --workspace --locked --no-fail-fast
 
+step "Debian packages: build, install into a fresh root, verify (hack/package-test.sh)"
+bash hack/package-test.sh
+
 for extra in hack/schemathesis.sh; do
   if [ -f "$extra" ]; then
     step "$extra"

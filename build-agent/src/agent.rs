@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use etcd_client::{EventType, GetOptions};
+use etcd_client::{Event, EventType};
 use leengine_build::validate::Policy;
 use leengine_build::{BuildTask, BuilderInfo};
+use leengine_store::follow::{follow, Follow, Follower, Snapshot};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
 use tokio::sync::{watch, Semaphore};
 
-use crate::registration::Registration;
+use crate::registration::Running;
 use crate::Args;
+use leengine_store::lease::Registration;
 
 /// Everything a build needs from the host; shared by all runs.
 pub struct Agent {
@@ -120,15 +122,18 @@ impl Agent {
     }
 
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
-        let reg = Registration::new(
+        let mut reg = Registration::new(
             self.etcd.clone(),
             self.keys.builder(&self.id),
-            self.info.clone(),
             self.ttl,
+            Running::new(self.info.clone(), self.running.subscribe()),
         );
-        reg.register().await.context("cannot register")?;
+        let held = reg.register().await.context("cannot register")?;
         tracing::info!(builder = %self.id, capacity = self.info.capacity, "registered");
-        let keepalive = tokio::spawn(reg.clone().keep(self.running.subscribe()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let keepalive = tokio::spawn(reg.run(Some(held), async {
+            let _ = stopped.await;
+        }));
         let retention = tokio::spawn(crate::retention::sweep_forever(
             self.logs_dir(),
             self.log_retention,
@@ -137,47 +142,25 @@ impl Agent {
         shutdown_signal().await;
         tracing::info!(builder = %self.id, "stopping; running builds move to other hosts");
         tasks.abort();
-        keepalive.abort();
         retention.abort();
-        reg.revoke().await;
+        // Revokes the registration: the key goes now, not a TTL later.
+        let _ = stop.send(());
+        let _ = keepalive.await;
         Ok(())
     }
 
+    /// Every task of this host, through the shared snapshot-then-watch: a
+    /// full read, then each change; no task is missed between the two.
     async fn watch_tasks_forever(self: Arc<Self>) {
-        loop {
-            if let Err(e) = self.clone().watch_tasks().await {
-                tracing::warn!(error = %e, "task watch failed; re-reading tasks");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// Full read, then watch from the revision after it: no task is missed
-    /// between the two.
-    async fn watch_tasks(self: Arc<Self>) -> Result<(), etcd_client::Error> {
-        let mut etcd = self.etcd.clone();
-        let prefix = self.keys.builder_tasks_prefix(&self.id);
-        let resp = etcd
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        for kv in resp.kvs() {
-            self.clone().on_task(kv.key_str()?, kv.value());
-        }
-        let mut stream = leengine_store::watch_prefix_from(&mut etcd, &prefix, rev + 1).await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Ok(());
-            }
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                match ev.event_type() {
-                    EventType::Put => self.clone().on_task(kv.key_str()?, kv.value()),
-                    EventType::Delete => self.cancel(kv.key_str()?),
-                }
-            }
-        }
-        Ok(())
+        let what = Follow::prefix(self.keys.builder_tasks_prefix(&self.id));
+        let etcd = self.etcd.clone();
+        follow(
+            &etcd,
+            &what,
+            &mut Tasks { agent: self },
+            std::future::pending(),
+        )
+        .await;
     }
 
     fn on_task(self: Arc<Self>, key: &str, value: &[u8]) {
@@ -229,6 +212,35 @@ impl Agent {
         {
             let _ = tx.send(true);
         }
+    }
+}
+
+struct Tasks {
+    agent: Arc<Agent>,
+}
+
+impl Follower for Tasks {
+    type Error = etcd_client::Error;
+
+    /// A task already running is left alone (`on_task` skips it). A full
+    /// read only adds: a task deleted while its delete event was compacted
+    /// away keeps running until its run's compare refuses its next report.
+    async fn reset(&mut self, snapshot: Snapshot) -> Result<(), Self::Error> {
+        for kv in &snapshot.kvs {
+            self.agent.clone().on_task(kv.key_str()?, kv.value());
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, events: &[Event]) -> Result<(), Self::Error> {
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => self.agent.clone().on_task(kv.key_str()?, kv.value()),
+                EventType::Delete => self.agent.cancel(kv.key_str()?),
+            }
+        }
+        Ok(())
     }
 }
 

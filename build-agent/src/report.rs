@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use leengine_build::{BoundedLog, BuildRun, BuildTask};
+use leengine_store::record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -178,22 +178,18 @@ impl Reporter {
         let (tail, truncated) = self.log.tail();
         run.log = tail;
         run.log_truncated_bytes = truncated;
-        let mut ops = vec![TxnOp::put(
-            self.run_key.as_str(),
-            serde_json::to_vec(&run).expect("run serialises"),
-            None,
-        )];
+        let mut ops = vec![record::put(self.run_key.as_str(), &run)];
         if finish {
-            ops.push(TxnOp::delete(self.task_key.as_str(), None));
+            ops.push(record::delete(self.task_key.as_str()));
         }
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.run_key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision(),
-            )])
-            .and_then(ops);
-        let ok = etcd.txn(txn).await.map_err(etcd_err)?.succeeded();
+        let compares = vec![record::unchanged(
+            self.run_key.as_str(),
+            Some(kv.mod_revision()),
+        )];
+        let ok = record::commit(&etcd, compares, ops)
+            .await
+            .map_err(etcd_err)?
+            .applied();
         Ok(ok.then_some(run))
     }
 

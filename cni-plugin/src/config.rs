@@ -385,6 +385,26 @@ mod tests {
         serde_json::to_vec(&b).unwrap()
     }
 
+    /// The conflist the Debian package installs as /etc/leengine/cni/,
+    /// as libcni hands its first plugin to us.
+    #[test]
+    fn packaged_conflist_parses() {
+        let list: Value =
+            serde_json::from_str(include_str!("../debian/10-leengine.conflist")).unwrap();
+        let mut plugin = list["plugins"][0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let c = parse(&serde_json::to_vec(&plugin).unwrap()).unwrap();
+        assert_eq!(
+            (c.bridge.as_str(), c.ovsdb.as_str()),
+            ("br0", DEFAULT_OVSDB)
+        );
+        assert_eq!(
+            c.etcd.cert.as_deref(),
+            Some("/etc/leengine/pki/cni-plugin.pem")
+        );
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(&serde_json::to_vec(&base()).unwrap()).unwrap();

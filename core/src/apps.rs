@@ -116,7 +116,8 @@ async fn create(
     Json(body): Json<NewApp>,
 ) -> Result<(StatusCode, Json<AppView>), ApiError> {
     check_description(&body.description)?;
-    for _ in 0..store::MAX_ATTEMPTS {
+    let (core, caller, body) = (&core, &caller, &body);
+    let r = store::optimistic(move || async move {
         let charge = quota::charge(
             &core.db,
             core.settings.default_quota,
@@ -127,31 +128,27 @@ async fn create(
             },
         )
         .await?;
-        match access::register(
-            &core.db,
-            &caller,
-            Kind::App,
-            &body.name,
-            body.public,
-            body.description.clone(),
-            charge,
-        )
-        .await
-        {
-            Ok(r) => {
-                tracing::info!(user = %caller.user, app = %r.name, "app created");
-                let r = Resource {
-                    app: Some(AppState::default()),
-                    ..r
-                };
-                return Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))));
-            }
+        let new = access::NewResource {
+            kind: Kind::App,
+            name: &body.name,
+            public: body.public,
+            description: body.description.clone(),
+        };
+        let created = access::try_register(&core.db, caller, new, charge).await?;
+        match created {
+            Some(r) => Ok(Some(r)),
             // The name is free but the usage record moved: charge again.
-            Err(e) if e.code == "app_exists" && !exists(&core, &body.name).await? => continue,
-            Err(e) => return Err(e),
+            None if !exists(core, &body.name).await? => Ok(None),
+            None => Err(access::exists(Kind::App, &body.name)),
         }
-    }
-    Err(store::contention())
+    })
+    .await?;
+    tracing::info!(user = %caller.user, app = %r.name, "app created");
+    let r = Resource {
+        app: Some(AppState::default()),
+        ..r
+    };
+    Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))
 }
 
 async fn exists(core: &Core, name: &str) -> Result<bool, ApiError> {
@@ -191,7 +188,7 @@ pub async fn patch_resource(
     if let Some(d) = &p.description {
         check_description(d)?;
     }
-    for _ in 0..store::MAX_ATTEMPTS {
+    store::optimistic(move || async move {
         let mut g = access::authorize(&core.db, Some(caller), kind, name, Action::Update).await?;
         let r = &mut g.resource.value;
         if let Some(d) = &p.description {
@@ -205,22 +202,19 @@ pub async fn patch_resource(
             "updated",
             serde_json::json!({ "description": p.description, "public": p.public }),
         );
-        let key = core.db.keys.core_resource(kind.as_str(), name);
-        let ok = core
+        let done = core
             .db
             .commit(
-                vec![store::unchanged(key.clone(), g.resource.mod_revision)],
+                vec![g.resource.unchanged()],
                 vec![
-                    store::put(key, &g.resource.value),
+                    store::put(g.resource.key.as_str(), &g.resource.value),
                     activity::op(&core.db.keys, kind, name, &ev),
                 ],
             )
             .await?;
-        if ok {
-            return Ok(g);
-        }
-    }
-    Err(store::contention())
+        Ok(done.applied().then_some(g))
+    })
+    .await
 }
 
 async fn update(
@@ -238,9 +232,9 @@ async fn remove(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    for _ in 0..store::MAX_ATTEMPTS {
-        let g =
-            access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::Delete).await?;
+    let (core, caller, name) = (&core, &caller, name.as_str());
+    store::optimistic(move || async move {
+        let g = access::authorize(&core.db, Some(caller), Kind::App, name, Action::Delete).await?;
         let r = &g.resource.value;
         let replicas = r.app.as_ref().map_or(0, |a| a.replicas);
         let (compares, mut ops) = quota::charge(
@@ -254,18 +248,14 @@ async fn remove(
         )
         .await?;
         ops.push(store::delete_prefix(
-            core.db.keys.core_app_versions_prefix(&name),
+            core.db.keys.core_app_versions_prefix(name),
         ));
-        match access::unregister(&core.db, &g, (compares, ops)).await {
-            Ok(()) => {
-                tracing::info!(user = %caller.user, app = %name, "app deleted");
-                return Ok(StatusCode::NO_CONTENT);
-            }
-            Err(e) if e.code == "contention" => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(store::contention())
+        let done = access::try_unregister(&core.db, &g, (compares, ops)).await?;
+        Ok(done.applied().then_some(()))
+    })
+    .await?;
+    tracing::info!(user = %caller.user, app = %name, "app deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -366,7 +356,8 @@ async fn transition(
     next: impl Fn(&AppState) -> Result<(AppState, Option<Version>), ApiError>,
 ) -> Result<AppView, ApiError> {
     let db = &core.db;
-    for _ in 0..store::MAX_ATTEMPTS {
+    let next = &next;
+    store::optimistic(move || async move {
         let g = access::authorize(db, Some(caller), Kind::App, name, action).await?;
         let mut r = g.resource.value.clone();
         let cur = r.app.clone().unwrap_or_default();
@@ -390,23 +381,23 @@ async fn transition(
             ),
         };
         let ev = activity::event(&caller.user, verb, detail);
-        let key = db.keys.core_resource(Kind::App.as_str(), name);
-        compares.push(store::unchanged(key.clone(), g.resource.mod_revision));
+        compares.push(g.resource.unchanged());
         if let Some(v) = &version {
             let vkey = db.keys.core_app_version(name, v.version);
             compares.push(store::absent(vkey.clone()));
             ops.push(store::put(vkey, v));
         }
         r.app = Some(state);
-        ops.push(store::put(key, &r));
+        ops.push(store::put(g.resource.key.as_str(), &r));
         ops.push(activity::op(&db.keys, Kind::App, name, &ev));
         ops.push(stats::op(&db.keys, metric, ev.at, &ev.id, name));
-        if db.commit(compares, ops).await? {
-            tracing::info!(user = %caller.user, app = %name, action = verb, "app changed");
-            return Ok(view(r, g.role));
+        if !db.commit(compares, ops).await?.applied() {
+            return Ok(None);
         }
-    }
-    Err(store::contention())
+        tracing::info!(user = %caller.user, app = %name, action = verb, "app changed");
+        Ok(Some(view(r, g.role)))
+    })
+    .await
 }
 
 async fn deploy(

@@ -23,7 +23,7 @@ use crate::apps::{check_description, patch_resource, Patch};
 use crate::auth::{Caller, MaybeCaller};
 use crate::problem::{ApiError, Json, Path};
 use crate::server::Core;
-use crate::store::{self, Db};
+use crate::store::{self, Commit, Db};
 
 #[derive(Serialize)]
 pub struct ResourceView {
@@ -130,21 +130,17 @@ async fn delete_group(
     let g = access::authorize(&core.db, Some(&caller), Kind::Group, &name, Action::Delete).await?;
     let images = core.db.keys.core_resources_prefix(Kind::Image.as_str()) + &name + "/";
     // The group must stay empty until the delete commits.
-    let empty =
-        etcd_client::Compare::create_revision(images.clone(), etcd_client::CompareOp::Equal, 0)
-            .with_prefix();
-    match access::unregister(&core.db, &g, (vec![empty], vec![])).await {
-        Ok(()) => {
+    let empty = leengine_store::record::prefix_empty(images.clone());
+    match access::try_unregister(&core.db, &g, (vec![empty], vec![])).await? {
+        Commit::Applied { .. } => {
             tracing::info!(user = %caller.user, group = %name, "group deleted");
             Ok(StatusCode::NO_CONTENT)
         }
-        Err(e) if e.code == "contention" && core.db.count(&images).await? > 0 => {
-            Err(ApiError::conflict(
-                "group_not_empty",
-                format!("group {name} still has images; delete them first"),
-            ))
-        }
-        Err(e) => Err(e),
+        Commit::Conflict if core.db.count(&images).await? > 0 => Err(ApiError::conflict(
+            "group_not_empty",
+            format!("group {name} still has images; delete them first"),
+        )),
+        Commit::Conflict => Err(store::contention()),
     }
 }
 
@@ -216,21 +212,17 @@ async fn create_image(
         store::present(core.db.keys.core_resource(Kind::Group.as_str(), group)),
         store::absent(core.db.keys.core_image_tombstone(&b.name)),
     ];
-    let r = match access::register(
-        &core.db,
-        &caller,
-        Kind::Image,
-        &b.name,
-        b.public,
-        b.description,
-        (guards, vec![]),
-    )
-    .await
-    {
-        Err(e) if e.code == "image_exists" && is_tombstoned(&core.db, &b.name).await? => {
-            return Err(deleted(&b.name))
-        }
-        r => r?,
+    let new = access::NewResource {
+        kind: Kind::Image,
+        name: &b.name,
+        public: b.public,
+        description: b.description,
+    };
+    let created = access::try_register(&core.db, &caller, new, (guards, vec![])).await?;
+    let r = match created {
+        Some(r) => r,
+        None if is_tombstoned(&core.db, &b.name).await? => return Err(deleted(&b.name)),
+        None => return Err(access::exists(Kind::Image, &b.name)),
     };
     tracing::info!(user = %caller.user, image = %r.name, "image created");
     Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))

@@ -146,6 +146,21 @@ impl From<serde_json::Error> for ApiError {
     }
 }
 
+impl From<leengine_store::record::Corrupt> for ApiError {
+    fn from(err: leengine_store::record::Corrupt) -> Self {
+        Self::internal(format!("stored record does not decode: {err}"))
+    }
+}
+
+impl From<leengine_store::record::ReadError> for ApiError {
+    fn from(err: leengine_store::record::ReadError) -> Self {
+        match err {
+            leengine_store::record::ReadError::Etcd(e) => e.into(),
+            leengine_store::record::ReadError::Corrupt(e) => e.into(),
+        }
+    }
+}
+
 /// JSON body extractor and response type whose rejections are problem JSON.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json<T>(pub T);

@@ -71,7 +71,9 @@ pub async fn charge(
         .unwrap_or(default);
     let key = db.keys.core_usage(user);
     let current = db.get::<Usage>(&key).await?;
-    let (usage, rev) = current.map_or((Usage::default(), 0), |v| (v.value, v.mod_revision));
+    let (usage, rev) = current.map_or((Usage::default(), None), |v| {
+        (v.value, Some(v.mod_revision))
+    });
     let next = apply(quota, usage, delta)?;
     Ok((
         vec![store::unchanged(key.clone(), rev)],

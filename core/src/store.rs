@@ -1,11 +1,17 @@
-//! Thin typed access to etcd for the core's records (JSON values).
+//! The core's view of etcd: the client and the key layout every handler
+//! needs ([`Db`]), over the shared typed-record layer
+//! (`leengine_store::record`) and retry loop (`leengine_store::retry`).
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, GetOptions, TxnOp};
+use leengine_store::retry;
 use leengine_store::Keys;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::problem::ApiError;
+
+pub use leengine_store::record::{
+    absent, delete, delete_prefix, present, put, unchanged, Commit, Rec,
+};
 
 /// What every handler of the core needs: the etcd client and the key layout.
 #[derive(Clone)]
@@ -14,30 +20,13 @@ pub struct Db {
     pub keys: Keys,
 }
 
-/// A decoded record and the revision to compare against when updating it.
-#[derive(Clone, Debug)]
-pub struct Versioned<T> {
-    pub value: T,
-    pub mod_revision: i64,
-}
-
 impl Db {
     pub fn new(etcd: Client, keys: Keys) -> Self {
         Self { etcd, keys }
     }
 
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<Versioned<T>>, ApiError> {
-        let resp = self.etcd.kv_client().get(key, None).await?;
-        match resp.kvs().first() {
-            None => Ok(None),
-            Some(kv) => Ok(Some(Versioned {
-                value: serde_json::from_slice(kv.value())?,
-                mod_revision: kv.mod_revision(),
-            })),
-        }
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Rec<T>>, ApiError> {
+        Ok(leengine_store::record::get_json(&self.etcd, key).await?)
     }
 
     /// Every record under `prefix`, in key order, with its key.
@@ -50,13 +39,8 @@ impl Db {
             .kv_client()
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                Ok((key, serde_json::from_slice(kv.value())?))
-            })
-            .collect()
+        let recs = leengine_store::record::decode_all::<T>(resp.kvs())?;
+        Ok(recs.into_iter().map(|r| (r.key, r.value)).collect())
     }
 
     /// Keys only, for lists where the key says everything.
@@ -88,44 +72,28 @@ impl Db {
         Ok(u64::try_from(resp.count()).unwrap_or(0))
     }
 
-    /// Runs `ops` if every compare holds; `false` when a compare failed
-    /// (someone else changed the data: re-read and decide again).
-    pub async fn commit(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, ApiError> {
-        let txn = Txn::new().when(compares).and_then(ops);
-        Ok(self.etcd.kv_client().txn(txn).await?.succeeded())
+    /// Runs `ops` if every compare holds.
+    pub async fn commit(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Commit, ApiError> {
+        Ok(leengine_store::record::commit(&self.etcd, compares, ops).await?)
     }
 }
 
-pub fn put<T: Serialize>(key: impl Into<Vec<u8>>, value: &T) -> TxnOp {
-    TxnOp::put(key, serde_json::to_vec(value).unwrap_or_default(), None)
+/// Runs one read-decide-commit `attempt` (`Ok(None)`: a compare failed)
+/// until it is done, within the request budget; 409 `contention` when
+/// every attempt lost its race.
+pub async fn optimistic<T, F, Fut>(attempt: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
+{
+    retry::optimistic(retry::REQUEST, attempt)
+        .await?
+        .ok_or_else(|_| contention())
 }
-
-pub fn delete(key: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::delete(key, None)
-}
-
-pub fn delete_prefix(prefix: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::delete(
-        prefix,
-        Some(etcd_client::DeleteOptions::new().with_prefix()),
-    )
-}
-
-pub fn absent(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Equal, 0)
-}
-
-pub fn present(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Greater, 0)
-}
-
-/// The key still has the revision we read (0 = still absent).
-pub fn unchanged(key: impl Into<Vec<u8>>, mod_revision: i64) -> Compare {
-    Compare::mod_revision(key, CompareOp::Equal, mod_revision)
-}
-
-/// Optimistic transactions retry this often before answering 409.
-pub const MAX_ATTEMPTS: usize = 16;
 
 pub fn contention() -> ApiError {
     ApiError::conflict("contention", "too many concurrent changes; retry")

@@ -222,7 +222,8 @@ async fn group(db: &Db, name: &str, owner: &str, members: &[(&str, Role)]) {
         assert!(db
             .commit(vec![], access::member_ops(db, Kind::Group, name, &m))
             .await
-            .unwrap());
+            .unwrap()
+            .applied());
     }
 }
 
@@ -812,7 +813,8 @@ async fn configs_need_push_rights_on_their_image_and_the_platform_registry() {
     assert!(db
         .commit(vec![], access::member_ops(&db, Kind::Build, "pay", &dev))
         .await
-        .unwrap());
+        .unwrap()
+        .applied());
     let (s, v) = e
         .call("POST", "/api/v1/builds/configs/pay/runs", Some("bob"), None)
         .await;
@@ -825,7 +827,8 @@ async fn configs_need_push_rights_on_their_image_and_the_platform_registry() {
             access::member_ops(&db, Kind::Group, "payments", &dev)
         )
         .await
-        .unwrap());
+        .unwrap()
+        .applied());
     let (s, v) = e
         .call("POST", "/api/v1/builds/configs/pay/runs", Some("bob"), None)
         .await;

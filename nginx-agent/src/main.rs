@@ -253,11 +253,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    tokio::spawn(status::run(shared.clone(), client.clone(), args.status_ttl));
-    tokio::select! {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let status = tokio::spawn(status::run(
+        shared.clone(),
+        client.clone(),
+        args.status_ttl,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let r = tokio::select! {
         () = watch::run(shared, client) => Ok(()),
         r = tokio::signal::ctrl_c() => r.context("signal handler"),
-    }
+    };
+    // The status record goes at once rather than a TTL later.
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
+    r
 }
 
 /// The last pushed peers; a corrupt dump is ignored (etcd refills it).

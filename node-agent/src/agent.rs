@@ -98,10 +98,6 @@ impl Shared {
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
-
-    pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
-    }
 }
 
 pub fn now_secs() -> u64 {

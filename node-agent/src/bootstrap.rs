@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use etcd_client::{WatchOptions, WatchStream};
+use etcd_client::Event;
 use leengine_ovsdb::Converge;
+use leengine_store::follow::{follow, Follow, Follower, Snapshot};
+use tokio::sync::Notify;
 
 use crate::agent::{stopped, Shared};
 
@@ -50,55 +52,59 @@ pub async fn converge(sh: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn next(
-    w: &mut Option<WatchStream>,
-) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
-    match w {
-        Some(w) => w.message().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Converges now, then on every pools change and every reconcile interval.
+/// Converges now, then on every pools change and every reconcile interval
+/// (2 s after a failed pass).
 pub async fn run(sh: Arc<Shared>) {
-    let prefix = sh.keys.pools_prefix();
-    let mut watch: Option<WatchStream> = None;
-    let mut etcd = sh.etcd.clone();
+    let changed = Arc::new(Notify::new());
+    let pools = Follow::prefix(sh.keys.pools_prefix()).keys_only();
+    let mut follower = PoolsChanged {
+        changed: changed.clone(),
+        first: true,
+    };
+    let etcd = sh.etcd.clone();
+    let stop = stopped(sh.shutdown.clone());
+    let watcher = tokio::spawn(async move { follow(&etcd, &pools, &mut follower, stop).await });
     loop {
-        if let Err(e) = converge(&sh).await {
-            tracing::warn!(
-                error = %crate::chain(&e),
-                "bootstrap did not converge; retrying"
-            );
-        }
-        if watch.is_none() {
-            match etcd
-                .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
-                .await
-            {
-                Ok(w) => watch = Some(w),
-                Err(e) => tracing::warn!(error = %e, "cannot watch pools; polling"),
+        let retry = match converge(&sh).await {
+            Ok(()) => sh.cfg.reconcile_interval,
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::chain(&e),
+                    "bootstrap did not converge; retrying"
+                );
+                Duration::from_secs(2)
             }
-        }
-        let retry = if watch.is_some() {
-            sh.cfg.reconcile_interval
-        } else {
-            Duration::from_secs(2)
         };
         tokio::select! {
-            msg = next(&mut watch) => match msg {
-                Ok(Some(r)) if !r.events().is_empty() => {
-                    tracing::info!(events = r.events().len(), "IP pools changed");
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    watch = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            _ = tokio::time::sleep(retry) => {}
-            _ = stopped(sh.shutdown.clone()) => return,
+            () = changed.notified() => {}
+            () = tokio::time::sleep(retry) => {}
+            () = stopped(sh.shutdown.clone()) => break,
         }
+    }
+    watcher.abort();
+}
+
+/// Wakes the convergence loop when the pools change (and after a resync,
+/// which may hide changes; the first full read is the start-up pass's).
+struct PoolsChanged {
+    changed: Arc<Notify>,
+    first: bool,
+}
+
+impl Follower for PoolsChanged {
+    type Error = std::convert::Infallible;
+
+    async fn reset(&mut self, _: Snapshot) -> Result<(), Self::Error> {
+        if !std::mem::take(&mut self.first) {
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, events: &[Event]) -> Result<(), Self::Error> {
+        tracing::info!(events = events.len(), "IP pools changed");
+        self.changed.notify_one();
+        Ok(())
     }
 }
 

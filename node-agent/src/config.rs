@@ -383,6 +383,18 @@ mod tests {
         );
     }
 
+    /// The conffile the Debian package installs as /etc/leengine/node-agent.toml.
+    #[test]
+    fn packaged_file_parses_with_tls_and_the_host_name() {
+        let c = Config::from_toml(include_str!("../debian/node-agent.toml")).unwrap();
+        assert_eq!(c.node, hostname().unwrap());
+        assert_eq!(
+            c.etcd.cert.as_deref(),
+            Some("/etc/leengine/pki/node-agent.pem")
+        );
+        assert!(c.reclaim && c.swap_guard);
+    }
+
     #[test]
     fn flags_override_file() {
         let file: File = toml::from_str(

@@ -3,9 +3,8 @@
 //! revoked at once on a clean stop.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use etcd_client::PutOptions;
+use leengine_store::lease::{Registration, Source};
 
 use crate::agent::{now_secs, stopped, Shared};
 use crate::record::{capacity_usage, BondRecord, NodeRecord};
@@ -39,114 +38,35 @@ pub async fn bond_status(sh: &Shared) -> Result<leengine_ovsdb::BondStatus, leen
     sh.ovs().await?.bond_status(&sh.cfg.bond).await
 }
 
-async fn put(sh: &Shared, lease: i64) -> Result<(), etcd_client::Error> {
-    let rec = record(sh).await;
-    let value = serde_json::to_vec(&rec).expect("record serialises");
-    sh.etcd
-        .kv_client()
-        .put(
-            sh.keys.node(&sh.cfg.node),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
-    Ok(())
-}
-
-enum End {
-    Stop,
-    Lost,
-}
-
-/// Keeps the registration alive until shutdown, then revokes the lease.
+/// Keeps the registration alive until shutdown, then revokes the lease
+/// (the shared leased-record rules: `leengine_store::lease`).
 pub async fn run(sh: Arc<Shared>) {
-    let ttl = sh.cfg.lease_ttl;
-    loop {
-        let lease = match sh
-            .etcd
-            .lease_client()
-            .grant(ttl.as_secs() as i64, None)
-            .await
-        {
-            Ok(l) => l.id(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot grant registration lease; retrying");
-                if wait_or_stop(&sh, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        match hold(&sh, lease, ttl).await {
-            End::Stop => {
-                match sh.etcd.lease_client().revoke(lease).await {
-                    Ok(_) => tracing::info!(lease, "registration revoked"),
-                    Err(e) => {
-                        tracing::warn!(lease, error = %e, "cannot revoke lease; it expires with its TTL")
-                    }
-                }
-                return;
-            }
-            End::Lost => {
-                tracing::warn!(lease, "registration lease lost; registering again");
-                if wait_or_stop(&sh, Duration::from_millis(500)).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// True when shutdown came first.
-async fn wait_or_stop(sh: &Shared, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => sh.stopping(),
-        _ = stopped(sh.shutdown.clone()) => true,
-    }
-}
-
-async fn hold(sh: &Shared, lease: i64, ttl: Duration) -> End {
-    if let Err(e) = put(sh, lease).await {
-        tracing::warn!(error = %e, "cannot write registration");
-        return if sh.stopping() { End::Stop } else { End::Lost };
-    }
-    tracing::info!(node = %sh.cfg.node, lease, ttl = ?ttl, "registered");
-    let (mut keeper, mut stream) = match sh.etcd.lease_client().keep_alive(lease).await {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open lease keep-alive");
-            return End::Lost;
-        }
+    let key = sh.keys.node(&sh.cfg.node);
+    let refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + sh.cfg.refresh_interval,
+        sh.cfg.refresh_interval,
+    );
+    let source = Refreshed {
+        sh: sh.clone(),
+        refresh,
     };
-    let mut keep = tokio::time::interval(ttl / 3);
-    let mut refresh = tokio::time::interval(sh.cfg.refresh_interval);
-    refresh.tick().await;
-    loop {
-        tokio::select! {
-            _ = keep.tick() => {
-                let alive = async {
-                    keeper.keep_alive().await?;
-                    stream.message().await
-                };
-                match tokio::time::timeout(ttl / 3, alive).await {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                    Ok(Ok(_)) => return End::Lost,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "lease keep-alive failed");
-                        return End::Lost;
-                    }
-                    Err(_) => {
-                        tracing::warn!("lease keep-alive timed out");
-                        return End::Lost;
-                    }
-                }
-            }
-            _ = refresh.tick() => {
-                if let Err(e) = put(sh, lease).await {
-                    tracing::warn!(error = %e, "cannot refresh registration");
-                }
-            }
-            _ = stopped(sh.shutdown.clone()) => return End::Stop,
-        }
+    Registration::new(sh.etcd.clone(), key, sh.cfg.lease_ttl, source)
+        .run(None, stopped(sh.shutdown.clone()))
+        .await;
+}
+
+/// The node record, rewritten every refresh interval (usage, bond state).
+struct Refreshed {
+    sh: Arc<Shared>,
+    refresh: tokio::time::Interval,
+}
+
+impl Source for Refreshed {
+    async fn value(&mut self) -> Vec<u8> {
+        leengine_store::record::json(&record(&self.sh).await)
+    }
+
+    async fn changed(&mut self) {
+        self.refresh.tick().await;
     }
 }

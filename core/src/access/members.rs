@@ -117,7 +117,7 @@ async fn change(
     new_role: Option<Role>,
 ) -> Result<Option<Member>, ApiError> {
     let db = &core.db;
-    for _ in 0..store::MAX_ATTEMPTS {
+    store::optimistic(move || async move {
         let grant = authorize(db, Some(caller), kind, name, Action::ManageMembers).await?;
         let prefix = db.keys.core_members_prefix(kind.as_str(), name);
         let members: Vec<Member> = db
@@ -141,12 +141,11 @@ async fn change(
                 format!("{user} is the last Owner of {} {name}", kind.as_str()),
             ));
         }
-        let res_key = db.keys.core_resource(kind.as_str(), name);
-        let mut compares = vec![store::unchanged(
-            res_key.clone(),
-            grant.resource.mod_revision,
+        let mut compares = vec![grant.resource.unchanged()];
+        let mut ops = vec![store::put(
+            grant.resource.key.as_str(),
+            &grant.resource.value,
         )];
-        let mut ops = vec![store::put(res_key, &grant.resource.value)];
         let (member, action) = match new_role {
             Some(role) => {
                 if current.is_none() {
@@ -196,11 +195,9 @@ async fn change(
             serde_json::json!({ "user": user, "role": new_role, "previous": current }),
         );
         ops.push(activity::op(&db.keys, kind, name, &ev));
-        if db.commit(compares, ops).await? {
-            return Ok(member);
-        }
-    }
-    Err(store::contention())
+        Ok(db.commit(compares, ops).await?.applied().then_some(member))
+    })
+    .await
 }
 
 async fn set(

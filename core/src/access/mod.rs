@@ -23,13 +23,14 @@ pub use table::{Action, Decision, Kind, Role};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Compare, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, TxnOp};
+use leengine_store::record;
 use serde::{Deserialize, Serialize};
 
 use crate::activity;
 use crate::auth::Caller;
 use crate::problem::ApiError;
-use crate::store::{self, Db, Versioned};
+use crate::store::{self, Commit, Db, Rec};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Resource {
@@ -56,7 +57,7 @@ pub struct Member {
 /// The outcome of a successful [`authorize`].
 #[derive(Clone, Debug)]
 pub struct Grant {
-    pub resource: Versioned<Resource>,
+    pub resource: Rec<Resource>,
     /// Effective role; `None` for a non-member allowed by the public flag.
     pub role: Option<Role>,
 }
@@ -103,34 +104,25 @@ pub async fn load(
     kind: Kind,
     name: &str,
     user: Option<&str>,
-) -> Result<(Option<Versioned<Resource>>, Option<Role>), ApiError> {
+) -> Result<(Option<Rec<Resource>>, Option<Role>), ApiError> {
     let k = &db.keys;
-    let mut ops = vec![TxnOp::get(k.core_resource(kind.as_str(), name), None)];
+    let mut reads = vec![record::get(k.core_resource(kind.as_str(), name))];
     if let Some(user) = user {
-        ops.push(TxnOp::get(k.core_member(kind.as_str(), name, user), None));
+        reads.push(record::get(k.core_member(kind.as_str(), name, user)));
         if let (Kind::Image, Some(group)) = (kind, image_group(name)) {
-            ops.push(TxnOp::get(
-                k.core_member(Kind::Group.as_str(), group, user),
-                None,
-            ));
+            reads.push(record::get(k.core_member(
+                Kind::Group.as_str(),
+                group,
+                user,
+            )));
         }
     }
-    let resp = db.etcd.kv_client().txn(Txn::new().and_then(ops)).await?;
-    let mut resource = None;
+    let batch = record::read(&db.etcd, reads).await?;
+    let resource = record::decode_one::<Resource>(&batch.responses[0])?;
     let mut role = None;
-    for (i, r) in resp.op_responses().into_iter().enumerate() {
-        let TxnOpResponse::Get(get) = r else { continue };
-        let Some(kv) = get.kvs().first() else {
-            continue;
-        };
-        if i == 0 {
-            resource = Some(Versioned {
-                value: serde_json::from_slice::<Resource>(kv.value())?,
-                mod_revision: kv.mod_revision(),
-            });
-        } else {
-            let m: Member = serde_json::from_slice(kv.value())?;
-            role = role.max(Some(m.role));
+    for get in &batch.responses[1..] {
+        if let Some(m) = record::decode_one::<Member>(get)? {
+            role = role.max(Some(m.value.role));
         }
     }
     Ok((resource, role))
@@ -174,16 +166,17 @@ pub fn member_ops(db: &Db, kind: Kind, name: &str, member: &Member) -> Vec<TxnOp
     let k = &db.keys;
     vec![
         store::put(k.core_member(kind.as_str(), name, &member.user), member),
-        TxnOp::put(
+        store::put(
             k.core_membership(&member.user, kind.as_str(), name),
-            serde_json::to_vec(&member.role).unwrap_or_default(),
-            None,
+            &member.role,
         ),
     ]
 }
 
 /// Creates a resource with `creator` as its Owner, plus `extra` ops of the
-/// calling module, atomically. 409 `{kind}_exists` if the name is taken.
+/// calling module, atomically. 409 `{kind}_exists` if the name is taken (or
+/// an `extra` compare failed; callers that must tell the two apart use
+/// [`try_register`]).
 pub async fn register(
     db: &Db,
     creator: &Caller,
@@ -193,6 +186,47 @@ pub async fn register(
     description: String,
     extra: (Vec<Compare>, Vec<TxnOp>),
 ) -> Result<Resource, ApiError> {
+    let new = NewResource {
+        kind,
+        name,
+        public,
+        description,
+    };
+    try_register(db, creator, new, extra)
+        .await?
+        .ok_or_else(|| exists(kind, name))
+}
+
+pub fn exists(kind: Kind, name: &str) -> ApiError {
+    ApiError::conflict(
+        exists_code(kind),
+        format!("{} {name} already exists", kind.as_str()),
+    )
+}
+
+/// What a caller asks [`try_register`] to create.
+#[derive(Clone, Debug)]
+pub struct NewResource<'a> {
+    pub kind: Kind,
+    pub name: &'a str,
+    pub public: bool,
+    pub description: String,
+}
+
+/// [`register`], answering `None` when a compare failed: the name is
+/// taken or one of the caller's `extra` compares did not hold.
+pub async fn try_register(
+    db: &Db,
+    creator: &Caller,
+    new: NewResource<'_>,
+    extra: (Vec<Compare>, Vec<TxnOp>),
+) -> Result<Option<Resource>, ApiError> {
+    let NewResource {
+        kind,
+        name,
+        public,
+        description,
+    } = new;
     if !valid_resource_name(kind, name) {
         return Err(ApiError::bad_request(
             "invalid_name",
@@ -202,27 +236,24 @@ pub async fn register(
             ),
         ));
     }
-    let now = Utc::now();
     let resource = Resource {
         kind,
         name: name.to_string(),
         creator: creator.user.clone(),
         public,
         description,
-        created: now,
+        created: Utc::now(),
         app: None,
     };
     let (mut compares, mut ops) = extra;
     let (c, o) = creation_ops(db, &resource);
     compares.extend(c);
     ops.extend(o);
-    if !db.commit(compares, ops).await? {
-        return Err(ApiError::conflict(
-            exists_code(kind),
-            format!("{} {name} already exists", kind.as_str()),
-        ));
-    }
-    Ok(resource)
+    Ok(db
+        .commit(compares, ops)
+        .await?
+        .applied()
+        .then_some(resource))
 }
 
 /// The compares and ops that create `resource` (absent before) with its
@@ -258,21 +289,32 @@ pub fn exists_code(kind: Kind) -> &'static str {
 }
 
 /// Deletes a resource, its members (both directions) and its feed, plus
-/// `extra` ops, if nobody changed the resource or its members since `grant`.
+/// `extra` ops, if nobody changed the resource since `grant`; 409
+/// `contention` if someone did (or an `extra` compare failed: callers that
+/// must tell why use [`try_unregister`]).
 pub async fn unregister(
     db: &Db,
     grant: &Grant,
     extra: (Vec<Compare>, Vec<TxnOp>),
 ) -> Result<(), ApiError> {
+    match try_unregister(db, grant, extra).await? {
+        Commit::Applied { .. } => Ok(()),
+        Commit::Conflict => Err(store::contention()),
+    }
+}
+
+/// [`unregister`] with the commit's outcome.
+pub async fn try_unregister(
+    db: &Db,
+    grant: &Grant,
+    extra: (Vec<Compare>, Vec<TxnOp>),
+) -> Result<Commit, ApiError> {
     let r = &grant.resource.value;
     let k = &db.keys;
     let kind = r.kind.as_str();
     let members = db.list_keys(&k.core_members_prefix(kind, &r.name)).await?;
     let (mut compares, mut ops) = extra;
-    compares.push(store::unchanged(
-        k.core_resource(kind, &r.name),
-        grant.resource.mod_revision,
-    ));
+    compares.push(grant.resource.unchanged());
     ops.push(store::delete(k.core_resource(kind, &r.name)));
     ops.push(store::delete_prefix(k.core_members_prefix(kind, &r.name)));
     ops.push(store::delete_prefix(k.core_activity_prefix(kind, &r.name)));
@@ -282,10 +324,7 @@ pub async fn unregister(
             ops.push(store::delete(k.core_membership(user, kind, &r.name)));
         }
     }
-    if !db.commit(compares, ops).await? {
-        return Err(store::contention());
-    }
-    Ok(())
+    db.commit(compares, ops).await
 }
 
 /// Names of `kind` resources `user` is a direct member of.
@@ -326,19 +365,18 @@ pub async fn visible(
     }
     let direct = memberships(db, &caller.user, kind).await?;
     for chunk in direct.chunks(64) {
-        let ops: Vec<TxnOp> = chunk
+        let reads = chunk
             .iter()
-            .map(|(name, _)| TxnOp::get(k.core_resource(kind.as_str(), name), None))
+            .map(|(name, _)| record::get(k.core_resource(kind.as_str(), name)))
             .collect();
-        let resp = db.etcd.kv_client().txn(Txn::new().and_then(ops)).await?;
-        for ((name, role), r) in chunk.iter().zip(resp.op_responses()) {
-            let TxnOpResponse::Get(get) = r else { continue };
-            let Some(kv) = get.kvs().first() else {
+        let batch = record::read(&db.etcd, reads).await?;
+        for ((name, role), get) in chunk.iter().zip(&batch.responses) {
+            let Some(r) = record::decode_one::<Resource>(get)? else {
                 continue;
             };
             let slot = roles.entry(name.clone()).or_insert(*role);
             *slot = (*slot).max(*role);
-            found.insert(name.clone(), serde_json::from_slice(kv.value())?);
+            found.insert(name.clone(), r.value);
         }
     }
     Ok(found

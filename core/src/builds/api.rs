@@ -12,9 +12,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::GetOptions;
 use leengine_build::validate;
 use leengine_build::{BuildConfig, BuildRun, BuildSpec, BuilderInfo, CompileSpec, Trigger};
+use leengine_store::record;
 use serde::{Deserialize, Serialize};
 
 use super::dispatch::{config_gone, dispatch, DispatchRequest, StoredConfig};
@@ -246,8 +247,8 @@ async fn update_config(
         .db()
         .commit(
             vec![
-                store::unchanged(key.clone(), rev),
-                store::unchanged(res_key.clone(), grant.resource.mod_revision),
+                store::unchanged(key.clone(), Some(rev)),
+                grant.resource.unchanged(),
             ],
             vec![
                 store::put(key, &cfg),
@@ -256,7 +257,7 @@ async fn update_config(
             ],
         )
         .await?;
-    if !committed {
+    if !committed.applied() {
         return Err(ApiError::conflict(
             "build_config_changed",
             format!("build config {id} changed meanwhile; retry"),
@@ -304,21 +305,14 @@ async fn list_configs(
     let visible = access::visible(&st.db(), &caller, Kind::Build).await?;
     let mut out = Vec::new();
     for chunk in visible.chunks(64) {
-        let ops: Vec<TxnOp> = chunk
+        let reads = chunk
             .iter()
-            .map(|(r, _)| TxnOp::get(st.keys.build_config(&r.name), None))
+            .map(|(r, _)| record::get(st.keys.build_config(&r.name)))
             .collect();
-        let resp = st.etcd.clone().txn(Txn::new().and_then(ops)).await?;
-        for ((r, role), got) in chunk.iter().zip(resp.op_responses()) {
-            let TxnOpResponse::Get(get) = got else {
-                continue;
-            };
-            if let Some(kv) = get.kvs().first() {
-                out.push(view(
-                    serde_json::from_slice(kv.value())?,
-                    r.public,
-                    Some(*role),
-                ));
+        let batch = record::read(&st.etcd, reads).await?;
+        for ((r, role), get) in chunk.iter().zip(&batch.responses) {
+            if let Some(cfg) = record::decode_one(get)? {
+                out.push(view(cfg.value, r.public, Some(*role)));
             }
         }
     }
@@ -353,7 +347,7 @@ async fn delete_config(
         &st.db(),
         &grant,
         (
-            vec![store::unchanged(key.clone(), rev)],
+            vec![store::unchanged(key.clone(), Some(rev))],
             vec![
                 store::delete(key),
                 store::delete_prefix(st.keys.build_runs_prefix(&id)),

@@ -3,20 +3,17 @@
 //! unchanged and the chosen builder is still registered.
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::GetOptions;
 use leengine_build::{rank, BuildConfig, BuildRun, BuildTask, PushAuth, Trigger};
 use leengine_store::keys::BuilderKey;
 use leengine_store::Keys;
+use leengine_store::{record, retry};
 
 use super::BuildsState;
 use crate::access::Kind;
 use crate::activity;
 use crate::problem::ApiError;
 use crate::stats::{self, Metric};
-
-/// A placement can lose its race (a builder left, the config changed);
-/// each retry re-reads the live builders.
-const ATTEMPTS: usize = 3;
 
 #[derive(Clone, Debug)]
 pub struct DispatchRequest {
@@ -93,9 +90,10 @@ pub async fn dispatch(
 ) -> Result<BuildRun, ApiError> {
     let (config, config_rev) = (&stored.config, stored.rev);
     let push_auth = push_auth(state, config, &req.pusher);
-    let mut etcd = state.etcd.clone();
     let keys = &state.keys;
-    for _ in 0..ATTEMPTS {
+    let (req, push_auth) = (&req, &push_auth);
+    retry::optimistic(retry::BACKGROUND, move || async move {
+        let mut etcd = state.etcd.clone();
         let live = live_builders(&mut etcd, keys).await?;
         let Some(builder) = rank(&config.id, &live).first().map(|b| b.to_string()) else {
             return Err(ApiError::unavailable(
@@ -136,51 +134,43 @@ pub async fn dispatch(
                 "tag": run.requested_tag, "commit": run.commit,
             }),
         );
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(run_key.as_str(), CompareOp::Equal, 0),
-                Compare::mod_revision(keys.build_config(&config.id), CompareOp::Equal, config_rev),
-                Compare::version(keys.builder(&builder), CompareOp::Greater, 0),
-            ])
-            .and_then([
-                TxnOp::put(run_key, serde_json::to_vec(&run)?, None),
-                TxnOp::put(
-                    keys.builder_task(&builder, &run.id),
-                    serde_json::to_vec(&task)?,
-                    None,
-                ),
-                // Counted here, once per run: a re-dispatch is the same build.
-                stats::op(
-                    keys,
-                    Metric::Builds,
-                    run.created_at,
-                    &format!("{}:{}", config.id, run.id),
-                    &config.id,
-                ),
-                activity::op(keys, Kind::Build, &config.id, &ev),
-            ]);
-        if etcd.txn(txn).await?.succeeded() {
+        let compares = vec![
+            record::absent(run_key.as_str()),
+            record::unchanged(keys.build_config(&config.id), Some(config_rev)),
+            record::present(keys.builder(&builder)),
+        ];
+        let ops = vec![
+            record::put(run_key, &run),
+            record::put(keys.builder_task(&builder, &run.id), &task),
+            // Counted here, once per run: a re-dispatch is the same build.
+            stats::op(
+                keys,
+                Metric::Builds,
+                run.created_at,
+                &format!("{}:{}", config.id, run.id),
+                &config.id,
+            ),
+            activity::op(keys, Kind::Build, &config.id, &ev),
+        ];
+        if record::commit(&etcd, compares, ops).await?.applied() {
             tracing::info!(config = %config.id, run = %run.id, %builder, "build dispatched");
-            return Ok(run);
+            return Ok(Some(run));
         }
         let still = etcd.get(keys.build_config(&config.id), None).await?;
         match still.kvs().first() {
-            None => return Err(config_gone(&config.id)),
-            Some(kv) if kv.mod_revision() != config_rev => {
-                return Err(ApiError::conflict(
-                    "build_config_changed",
-                    format!(
-                        "build config {} changed while dispatching; retry",
-                        config.id
-                    ),
-                ))
-            }
-            Some(_) => {}
+            None => Err(config_gone(&config.id)),
+            Some(kv) if kv.mod_revision() != config_rev => Err(ApiError::conflict(
+                "build_config_changed",
+                format!(
+                    "build config {} changed while dispatching; retry",
+                    config.id
+                ),
+            )),
+            Some(_) => Ok(None),
         }
-    }
-    Err(ApiError::unavailable(
-        "build hosts kept leaving while dispatching; retry",
-    ))
+    })
+    .await?
+    .ok_or_else(|_| ApiError::unavailable("build hosts kept leaving while dispatching; retry"))
 }
 
 pub(super) fn config_gone(id: &str) -> ApiError {

@@ -6,87 +6,74 @@
 //! The watcher also sweeps at start (and after every watch error): tasks of a
 //! builder that vanished while no core was watching are handled the same way.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp};
+use etcd_client::{Event, EventType, GetOptions};
 use leengine_build::{BuildRun, BuildTask, LostDecision, Redispatch, RunStatus, Stage};
+use leengine_store::follow::{follow, Follow, Follower, Snapshot};
 use leengine_store::keys::BuilderKey;
+use leengine_store::record;
+use leengine_store::retry;
 
 use super::dispatch::live_builders;
 use super::BuildsState;
 
-/// A move can lose its compare to the agent's own update; re-read and retry.
-const ATTEMPTS: usize = 5;
+/// Besides every builder deletion, a sweep this often (and after every
+/// resync) catches tasks whose builder vanished while no core was watching.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 pub(super) async fn watch_builders(state: BuildsState) {
-    loop {
-        if let Err(e) = watch_once(&state).await {
-            tracing::warn!(error = %e, "builder watch failed; retrying");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let what = Follow::prefix(state.keys.builders_prefix())
+        .keys_only()
+        .resync_every(SWEEP_EVERY);
+    let etcd = state.etcd.clone();
+    follow(&etcd, &what, &mut Watcher { state }, std::future::pending()).await;
 }
 
-async fn watch_once(state: &BuildsState) -> Result<(), etcd_client::Error> {
-    let mut etcd = state.etcd.clone();
-    let prefix = state.keys.builders_prefix();
-    let rev = sweep(state).await?;
-    let mut stream = leengine_store::watch_prefix_from(&mut etcd, &prefix, rev + 1).await?;
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.message() => {
-                let Some(resp) = msg? else { return Ok(()) };
-                if resp.canceled() {
-                    return Ok(()); // compacted past our revision: sweep again
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    if ev.event_type() != EventType::Delete {
-                        continue;
-                    }
-                    if let Some(BuilderKey::Builder(b)) = state.keys.parse_builder_key(kv.key_str()?) {
-                        tracing::warn!(builder = b, "build host left");
-                        handle_lost_builder(state, b).await?;
-                    }
-                }
-            }
-            _ = tick.tick() => { sweep(state).await?; }
-        }
-    }
+struct Watcher {
+    state: BuildsState,
 }
 
-/// Handles every builder that holds tasks but has no registration; returns
-/// the revision the read was made at.
-async fn sweep(state: &BuildsState) -> Result<i64, etcd_client::Error> {
-    let mut etcd = state.etcd.clone();
-    let resp = etcd
-        .get(
-            state.keys.builders_prefix(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await?;
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut live = std::collections::BTreeSet::new();
-    let mut holding = std::collections::BTreeSet::new();
-    for kv in resp.kvs() {
-        match state.keys.parse_builder_key(kv.key_str()?) {
-            Some(BuilderKey::Builder(b)) => {
-                live.insert(b.to_string());
+impl Follower for Watcher {
+    type Error = etcd_client::Error;
+
+    /// A sweep: handles every builder that holds tasks but has no registration.
+    async fn reset(&mut self, snapshot: Snapshot) -> Result<(), etcd_client::Error> {
+        let keys = &self.state.keys;
+        let mut live = BTreeSet::new();
+        let mut holding = BTreeSet::new();
+        for kv in &snapshot.kvs {
+            match keys.parse_builder_key(kv.key_str()?) {
+                Some(BuilderKey::Builder(b)) => {
+                    live.insert(b.to_string());
+                }
+                Some(BuilderKey::Task { builder, .. }) => {
+                    holding.insert(builder.to_string());
+                }
+                None => {}
             }
-            Some(BuilderKey::Task { builder, .. }) => {
-                holding.insert(builder.to_string());
-            }
-            None => {}
         }
+        for b in holding.difference(&live) {
+            handle_lost_builder(&self.state, b).await?;
+        }
+        Ok(())
     }
-    for b in holding.difference(&live) {
-        handle_lost_builder(state, b).await?;
+
+    async fn apply(&mut self, events: &[Event]) -> Result<(), etcd_client::Error> {
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            if ev.event_type() != EventType::Delete {
+                continue;
+            }
+            if let Some(BuilderKey::Builder(b)) = self.state.keys.parse_builder_key(kv.key_str()?) {
+                tracing::warn!(builder = b, "build host left");
+                handle_lost_builder(&self.state, b).await?;
+            }
+        }
+        Ok(())
     }
-    Ok(rev)
 }
 
 /// Moves or fails every unfinished task of `lost`, unless it registered again.
@@ -110,10 +97,14 @@ pub async fn handle_lost_builder(
                 continue;
             }
         };
-        for _ in 0..ATTEMPTS {
-            if move_task(state, lost, &task_key, &task).await? {
-                break;
-            }
+        let (task_key, task) = (task_key.as_str(), &task);
+        let moved = retry::optimistic(retry::BACKGROUND, move || async move {
+            Ok::<_, etcd_client::Error>(move_task(state, lost, task_key, task).await?.then_some(()))
+        })
+        .await?;
+        if let retry::Retried::Exhausted { attempts } = moved {
+            // The next sweep tries again.
+            tracing::warn!(key = %task_key, attempts, "task of a lost builder not moved: every attempt lost its race");
         }
     }
     Ok(())
@@ -153,10 +144,10 @@ async fn move_task(
     let run_rev = run_kv.mod_revision();
     let now = Utc::now();
     let decision = run.on_builder_lost(lost, &live);
-    let mut ops = vec![TxnOp::delete(task_key, None)];
+    let mut ops = vec![record::delete(task_key)];
     let mut when = vec![
-        Compare::mod_revision(task_key, CompareOp::Equal, task_rev),
-        Compare::mod_revision(run_key.as_str(), CompareOp::Equal, run_rev),
+        record::unchanged(task_key, Some(task_rev)),
+        record::unchanged(run_key.as_str(), Some(run_rev)),
     ];
     match &decision {
         LostDecision::Ignore => {
@@ -177,12 +168,8 @@ async fn move_task(
             ));
             let mut moved = task.clone();
             moved.attempt = run.attempt;
-            when.push(Compare::version(keys.builder(to), CompareOp::Greater, 0));
-            ops.push(TxnOp::put(
-                keys.builder_task(to, &task.run),
-                serde_json::to_vec(&moved).map_err(json_err)?,
-                None,
-            ));
+            when.push(record::present(keys.builder(to)));
+            ops.push(record::put(keys.builder_task(to, &task.run), &moved));
         }
         LostDecision::Fail(reason) => {
             let stage = run.status.stage().unwrap_or(Stage::Dispatch);
@@ -195,15 +182,8 @@ async fn move_task(
             run.fail(stage, reason.clone(), now);
         }
     }
-    ops.push(TxnOp::put(
-        run_key.as_str(),
-        serde_json::to_vec(&run).map_err(json_err)?,
-        None,
-    ));
-    let ok = etcd
-        .txn(Txn::new().when(when).and_then(ops))
-        .await?
-        .succeeded();
+    ops.push(record::put(run_key.as_str(), &run));
+    let ok = record::commit(&etcd, when, ops).await?.applied();
     if ok {
         tracing::warn!(run = %task.run, config = %task.config, builder = lost, ?decision, "task of lost builder handled");
     }
@@ -215,12 +195,11 @@ async fn delete_if_unchanged(
     key: &str,
     rev: i64,
 ) -> Result<bool, etcd_client::Error> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
-        .and_then([TxnOp::delete(key, None)]);
-    Ok(etcd.txn(txn).await?.succeeded())
-}
-
-fn json_err(e: serde_json::Error) -> etcd_client::Error {
-    etcd_client::Error::InvalidArgs(e.to_string())
+    let done = record::commit(
+        etcd,
+        vec![record::unchanged(key, Some(rev))],
+        vec![record::delete(key)],
+    )
+    .await?;
+    Ok(done.applied())
 }

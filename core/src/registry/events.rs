@@ -104,18 +104,19 @@ async fn record(core: &Core, e: &RegistryEvent) -> Result<(), ApiError> {
         detail: serde_json::json!({ "tag": e.target.tag, "digest": e.target.digest }),
     };
     let key = db.keys.core_resource(Kind::Image.as_str(), name);
-    for _ in 0..store::MAX_ATTEMPTS {
-        let existing = db.get::<Resource>(&key).await?;
+    let (key, ev) = (key.as_str(), &ev);
+    store::optimistic(move || async move {
+        let existing = db.get::<Resource>(key).await?;
         let (mut compares, mut ops) = match existing {
-            Some(r) => (vec![store::unchanged(key.clone(), r.mod_revision)], vec![]),
+            Some(r) => (vec![r.unchanged()], vec![]),
             None if e.actor.name.is_empty() => {
                 tracing::warn!(repository = %name, "push to an unknown image without an actor: not recorded");
-                return Ok(());
+                return Ok(Some(()));
             }
             None if crate::images::is_tombstoned(db, name).await? => {
                 // A token issued before the delete; the name stays dead.
                 tracing::warn!(repository = %name, actor = %e.actor.name, "push to a deleted image: not recorded");
-                return Ok(());
+                return Ok(Some(()));
             }
             None => access::creation_ops(
                 db,
@@ -131,12 +132,13 @@ async fn record(core: &Core, e: &RegistryEvent) -> Result<(), ApiError> {
             ),
         };
         compares.push(store::absent(db.keys.core_image_tombstone(name)));
-        ops.push(activity::op(&db.keys, Kind::Image, name, &ev));
+        ops.push(activity::op(&db.keys, Kind::Image, name, ev));
         ops.push(stats::op(&db.keys, Metric::Pushes, at, &e.id, name));
-        if db.commit(compares, ops).await? {
-            tracing::info!(image = %name, tag = ?e.target.tag, actor = %e.actor.name, "push recorded");
-            return Ok(());
+        if !db.commit(compares, ops).await?.applied() {
+            return Ok(None);
         }
-    }
-    Err(store::contention())
+        tracing::info!(image = %name, tag = ?e.target.tag, actor = %e.actor.name, "push recorded");
+        Ok(Some(()))
+    })
+    .await
 }

@@ -4,11 +4,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::GetOptions;
 use leengine_slb::model::validate_domain;
 use leengine_slb::render::render_domain;
 use leengine_slb::{AgentStatus, DomainConfig, Upstream};
 use leengine_store::keys;
+use leengine_store::record;
 use serde::Deserialize;
 
 use super::view::{agent_domain_status, DomainStatus, DomainView};
@@ -206,20 +207,21 @@ async fn create(
     body.upstream.validate().map_err(invalid_upstream)?;
     let ck = keys::slb_domain_config(&group, &body.domain);
     let uk = keys::slb_domain_upstream(&group, &body.domain);
-    let txn = Txn::new()
-        .when([Compare::create_revision(ck.as_str(), CompareOp::Equal, 0)])
-        .and_then([
-            TxnOp::put(ck.as_str(), serde_json::to_vec(&body.config)?, None),
-            TxnOp::put(uk.as_str(), serde_json::to_vec(&body.upstream)?, None),
-        ]);
-    let resp = st.etcd.clone().txn(txn).await?;
-    if !resp.succeeded() {
+    let created = record::commit(
+        &st.etcd,
+        vec![record::absent(&ck)],
+        vec![
+            record::put(&ck, &body.config),
+            record::put(&uk, &body.upstream),
+        ],
+    )
+    .await?;
+    let Some(rev) = created.revision() else {
         return Err(ApiError::conflict(
             "domain_exists",
             format!("domain {} already exists in group {group}", body.domain),
         ));
-    }
-    let rev = resp.header().map_or(0, |h| h.revision());
+    };
     tracing::info!(user = %caller.user, group = %group, domain = %body.domain, revision = rev, "slb domain created");
     let view = DomainView {
         group,
@@ -257,16 +259,11 @@ async fn update(
     let expected = if_match(&headers)?;
     let ck = keys::slb_domain_config(&group, &domain);
     let guard = match expected {
-        Some(rev) => Compare::mod_revision(ck.as_str(), CompareOp::Equal, rev),
-        None => Compare::create_revision(ck.as_str(), CompareOp::Greater, 0),
+        Some(rev) => record::unchanged(&ck, Some(rev)),
+        None => record::present(&ck),
     };
-    let txn = Txn::new().when([guard]).and_then([TxnOp::put(
-        ck.as_str(),
-        serde_json::to_vec(&config)?,
-        None,
-    )]);
-    let resp = st.etcd.clone().txn(txn).await?;
-    if !resp.succeeded() {
+    let done = record::commit(&st.etcd, vec![guard], vec![record::put(&ck, &config)]).await?;
+    if !done.applied() {
         // Tell "gone" from "changed meanwhile".
         let view = read_domain(&st, &group, &domain).await?;
         return Err(ApiError::new(
@@ -294,13 +291,15 @@ async fn remove(
     require_admin(&caller)?;
     check_domain(&group, &domain)?;
     let ck = keys::slb_domain_config(&group, &domain);
-    let txn = Txn::new()
-        .when([Compare::create_revision(ck.as_str(), CompareOp::Greater, 0)])
-        .and_then([TxnOp::delete(
-            keys::slb_domain_prefix(&group, &domain),
-            Some(DeleteOptions::new().with_prefix()),
-        )]);
-    if !st.etcd.clone().txn(txn).await?.succeeded() {
+    let done = record::commit(
+        &st.etcd,
+        vec![record::present(&ck)],
+        vec![record::delete_prefix(keys::slb_domain_prefix(
+            &group, &domain,
+        ))],
+    )
+    .await?;
+    if !done.applied() {
         return Err(domain_missing(&group, &domain));
     }
     tracing::info!(user = %caller.user, group = %group, domain = %domain, "slb domain deleted");
@@ -318,14 +317,16 @@ async fn replace_upstream(
     check_domain(&group, &domain)?;
     upstream.validate().map_err(invalid_upstream)?;
     let ck = keys::slb_domain_config(&group, &domain);
-    let txn = Txn::new()
-        .when([Compare::create_revision(ck.as_str(), CompareOp::Greater, 0)])
-        .and_then([TxnOp::put(
+    let done = record::commit(
+        &st.etcd,
+        vec![record::present(&ck)],
+        vec![record::put(
             keys::slb_domain_upstream(&group, &domain),
-            serde_json::to_vec(&upstream)?,
-            None,
-        )]);
-    if !st.etcd.clone().txn(txn).await?.succeeded() {
+            &upstream,
+        )],
+    )
+    .await?;
+    if !done.applied() {
         return Err(domain_missing(&group, &domain));
     }
     tracing::info!(group = %group, domain = %domain, servers = upstream.servers.len(), "slb upstream replaced");

@@ -95,7 +95,7 @@ async fn login(
     ))
 }
 
-async fn load_user(core: &Core, name: &str) -> Result<store::Versioned<User>, ApiError> {
+async fn load_user(core: &Core, name: &str) -> Result<store::Rec<User>, ApiError> {
     core.db
         .get::<User>(&core.db.keys.core_user(name))
         .await?
@@ -167,17 +167,13 @@ async fn change_password(
     let key = core.db.keys.core_user(&caller.user);
     let mut ops = vec![store::put(key.clone(), &next)];
     ops.extend(first);
-    if !core
-        .db
-        .commit(vec![store::unchanged(key, u.mod_revision)], ops)
-        .await?
-    {
+    if !core.db.commit(vec![u.unchanged()], ops).await?.applied() {
         return Err(store::contention());
     }
     // The password is changed; the rest are deletes that may be repeated.
     for chunk in chunks {
         let ops = chunk.iter().map(|k| store::delete(k.as_str())).collect();
-        core.db.commit(vec![], ops).await?;
+        let _always_applies = core.db.commit(vec![], ops).await?;
     }
     tracing::info!(user = %caller.user, revoked = stale.len(), "password changed, other tokens revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -311,11 +307,9 @@ async fn revoke_token(
     }
     if !core
         .db
-        .commit(
-            vec![store::unchanged(key.clone(), rec.mod_revision)],
-            vec![store::delete(key)],
-        )
+        .commit(vec![rec.unchanged()], vec![store::delete(key)])
         .await?
+        .applied()
     {
         return Err(not_found());
     }
@@ -366,24 +360,20 @@ async fn set_quota(
     Json(q): Json<Quota>,
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
-    for _ in 0..store::MAX_ATTEMPTS {
-        let u = load_user(&core, &name).await?;
+    let (core, name) = (&core, name.as_str());
+    let next = store::optimistic(move || async move {
+        let u = load_user(core, name).await?;
         let mut next = u.value.clone();
         next.quota = Some(q);
-        let key = core.db.keys.core_user(&name);
-        if core
+        let done = core
             .db
-            .commit(
-                vec![store::unchanged(key.clone(), u.mod_revision)],
-                vec![store::put(key, &next)],
-            )
-            .await?
-        {
-            tracing::info!(by = %caller.user, user = %name, max_apps = q.max_apps, max_containers = q.max_containers, "quota set");
-            return Ok(Json(view(&core, next).await?));
-        }
-    }
-    Err(store::contention())
+            .commit(vec![u.unchanged()], vec![store::put(u.key.as_str(), &next)])
+            .await?;
+        Ok(done.applied().then_some(next))
+    })
+    .await?;
+    tracing::info!(by = %caller.user, user = %name, max_apps = q.max_apps, max_containers = q.max_containers, "quota set");
+    Ok(Json(view(core, next).await?))
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{PutOptions, Txn, TxnOp, TxnOpResponse};
 use futures::future::BoxFuture;
+use leengine_store::record;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{constant_time_eq, credentials, Authenticator, Caller, Credentials, Proof};
@@ -54,6 +54,18 @@ pub async fn create_user(
     password: &str,
     admin: bool,
 ) -> Result<User, ApiError> {
+    try_create_user(db, name, password, admin)
+        .await?
+        .ok_or_else(|| ApiError::conflict("user_exists", format!("user {name} already exists")))
+}
+
+/// [`create_user`], answering `None` when the name is taken.
+pub async fn try_create_user(
+    db: &Db,
+    name: &str,
+    password: &str,
+    admin: bool,
+) -> Result<Option<User>, ApiError> {
     if !crate::access::valid_name(name) {
         return Err(ApiError::bad_request(
             "invalid_name",
@@ -68,29 +80,19 @@ pub async fn create_user(
         quota: None,
     };
     let key = db.keys.core_user(name);
-    if !db
+    let done = db
         .commit(
             vec![store::absent(key.clone())],
             vec![store::put(key, &user)],
         )
-        .await?
-    {
-        return Err(ApiError::conflict(
-            "user_exists",
-            format!("user {name} already exists"),
-        ));
-    }
-    Ok(user)
+        .await?;
+    Ok(done.applied().then_some(user))
 }
 
 /// Makes sure the configured administrator exists; an existing account is
 /// left alone (its password may have been changed since).
 pub async fn bootstrap_admin(db: &Db, name: &str, password: &str) -> Result<bool, ApiError> {
-    match create_user(db, name, password, true).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.code == "user_exists" => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(try_create_user(db, name, password, true).await?.is_some())
 }
 
 /// Seconds an etcd lease on a token record lasts: until the token expires
@@ -130,12 +132,11 @@ pub async fn issue_token(
         ),
         None => None,
     };
-    let put = TxnOp::put(
-        key.clone(),
-        serde_json::to_vec(&rec)?,
-        lease.map(|l| PutOptions::new().with_lease(l)),
-    );
-    let ok = db
+    let put = match lease {
+        Some(l) => record::put_leased(key.clone(), &rec, l),
+        None => store::put(key.clone(), &rec),
+    };
+    let done = db
         .commit(
             vec![
                 store::absent(key.clone()),
@@ -144,7 +145,7 @@ pub async fn issue_token(
             vec![put],
         )
         .await?;
-    if !ok {
+    if !done.applied() {
         if let Some(l) = lease {
             // Nothing is attached to it; it would expire anyway.
             let _ = db.etcd.lease_client().revoke(l).await;
@@ -163,22 +164,17 @@ async fn token_and_user(
     id: &str,
     user: Option<&str>,
 ) -> Result<(Option<TokenRecord>, Option<User>), ApiError> {
-    let mut ops = vec![TxnOp::get(db.keys.core_token(id), None)];
+    let mut reads = vec![record::get(db.keys.core_token(id))];
     if let Some(u) = user {
-        ops.push(TxnOp::get(db.keys.core_user(u), None));
+        reads.push(record::get(db.keys.core_user(u)));
     }
-    let resp = db.etcd.kv_client().txn(Txn::new().and_then(ops)).await?;
-    let mut out = (None, None);
-    for (i, r) in resp.op_responses().into_iter().enumerate() {
-        let TxnOpResponse::Get(g) = r else { continue };
-        let Some(kv) = g.kvs().first() else { continue };
-        if i == 0 {
-            out.0 = Some(serde_json::from_slice(kv.value())?);
-        } else {
-            out.1 = Some(serde_json::from_slice(kv.value())?);
-        }
-    }
-    Ok(out)
+    let batch = record::read(&db.etcd, reads).await?;
+    let token = record::decode_one::<TokenRecord>(&batch.responses[0])?;
+    let user = match batch.responses.get(1) {
+        Some(get) => record::decode_one::<User>(get)?,
+        None => None,
+    };
+    Ok((token.map(|r| r.value), user.map(|r| r.value)))
 }
 
 /// The user a token string belongs to, and the token, if it is valid now.

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use leengine_store::keys::NodeKey;
 
-use crate::assign::{backoff, owned_block, Owned};
+use crate::assign::{owned_block, Owned};
 use crate::check::{classify, ApiView, CheckInput, CheckOptions, CheckReport};
 use crate::error::IpamError;
 use crate::model::{
@@ -14,6 +14,7 @@ use crate::model::{
 use crate::pool::parse_network;
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 /// Blocks deleted per transaction by `remove_pool` (etcd allows 128 operations).
 const BLOCKS_PER_TXN: usize = 40;
@@ -26,7 +27,7 @@ pub(crate) async fn list_pools(ipam: &Ipam) -> Result<Vec<Pool>, IpamError> {
 }
 
 async fn pool_rec(ipam: &Ipam, name: &str) -> Result<Rec<Pool>, IpamError> {
-    let batch = store::read(&ipam.client, vec![store::get(&ipam.keys.pool(name))]).await?;
+    let batch = store::read(&ipam.client, vec![store::get(ipam.keys.pool(name))]).await?;
     store::decode_one(&batch.responses[0])?.ok_or_else(|| IpamError::UnknownPool(name.into()))
 }
 
@@ -37,7 +38,8 @@ pub(crate) async fn get_pool(ipam: &Ipam, name: &str) -> Result<Pool, IpamError>
 pub(crate) async fn add_pool(ipam: &Ipam, pool: &Pool) -> Result<(), IpamError> {
     pool.validate()?;
     let key = ipam.keys.pool(&pool.name);
-    for attempt in 0..ipam.opts.max_attempts {
+    let key = key.as_str();
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
         let prefix = ipam.keys.pools_prefix();
         let (existing, rev) = store::scan_json::<Pool>(&ipam.client, &prefix, 0).await?;
         if existing.iter().any(|p| p.value.name == pool.name) {
@@ -52,18 +54,19 @@ pub(crate) async fn add_pool(ipam: &Ipam, pool: &Pool) -> Result<(), IpamError> 
         }
         // No pool may appear between our overlap check and the write.
         let compares = vec![
-            store::unchanged(&key, None),
+            store::unchanged(key, None),
             store::prefix_unchanged_since(&prefix, rev),
         ];
-        if store::commit(&ipam.client, compares, vec![store::put(&key, pool)]).await? {
+        let done = store::commit(&ipam.client, compares, vec![store::put(key, pool)]).await?;
+        if done.applied() {
             tracing::info!(pool = %pool.name, cidr = %pool.cidr, vlan = pool.vlan, "pool added");
-            return Ok(());
         }
-        backoff(attempt).await;
-    }
-    Err(IpamError::Contention {
+        Ok(done.applied().then_some(()))
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
         what: format!("add pool {}", pool.name),
-        attempts: ipam.opts.max_attempts,
+        attempts,
     })
 }
 
@@ -123,70 +126,68 @@ fn claim_key(ipam: &Ipam, b: &Block) -> String {
 fn give_back_ops(ipam: &Ipam, pool: &Rec<Pool>, b: &Rec<Block>) -> Vec<etcd_client::TxnOp> {
     vec![
         store::delete(&b.key),
-        store::delete(&claim_key(ipam, &b.value)),
+        store::delete(claim_key(ipam, &b.value)),
         store::put(&pool.key, &pool.value),
-        store::delete(&ipam.keys.pool_full(&pool.value.name)),
+        store::delete(ipam.keys.pool_full(&pool.value.name)),
     ]
 }
 
 pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError> {
-    for attempt in 0..ipam.opts.max_attempts {
-        let mut pool = pool_rec(ipam, name).await?;
-        let blocks = pool_blocks(ipam, name).await?;
-        let allocated: usize = blocks.iter().map(|b| b.value.allocations.len()).sum();
-        if allocated > 0 {
-            return Err(IpamError::PoolInUse {
-                pool: name.into(),
-                allocated,
-            });
-        }
-        // Each chunk only deletes blocks still empty as read; the pool key
-        // goes last, once no block is left (a claim compares the pool key).
-        let mut lost_race = false;
-        for chunk in blocks.chunks(BLOCKS_PER_TXN) {
-            let mut compares: Vec<_> = chunk
-                .iter()
-                .map(|b| store::unchanged(&b.key, Some(b.mod_revision)))
-                .collect();
-            compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
-            let mut ops: Vec<_> = chunk
-                .iter()
-                .flat_map(|b| {
-                    [
-                        store::delete(&b.key),
-                        store::delete(&claim_key(ipam, &b.value)),
-                    ]
-                })
-                .collect();
-            ops.push(store::put(&pool.key, &pool.value));
-            match store::commit_at(&ipam.client, compares, ops).await? {
-                Some(rev) => pool.mod_revision = rev,
-                None => {
-                    lost_race = true;
-                    break;
-                }
-            }
-        }
-        if !lost_race {
-            let compares = vec![
-                store::unchanged(&pool.key, Some(pool.mod_revision)),
-                store::prefix_empty(&ipam.keys.pool_blocks_prefix(name)),
-            ];
-            let ops = vec![
-                store::delete(&pool.key),
-                store::delete(&ipam.keys.pool_full(name)),
-            ];
-            if store::commit(&ipam.client, compares, ops).await? {
-                tracing::info!(pool = %name, "pool removed");
-                return Ok(());
-            }
-        }
-        backoff(attempt).await;
+    retry::optimistic(ipam.opts.max_attempts, || remove_pool_once(ipam, name))
+        .await?
+        .ok_or_else(|attempts| IpamError::Contention {
+            what: format!("remove pool {name}"),
+            attempts,
+        })
+}
+
+/// One round of [`remove_pool`]; `None` when a compare failed.
+async fn remove_pool_once(ipam: &Ipam, name: &str) -> Result<Option<()>, IpamError> {
+    let mut pool = pool_rec(ipam, name).await?;
+    let blocks = pool_blocks(ipam, name).await?;
+    let allocated: usize = blocks.iter().map(|b| b.value.allocations.len()).sum();
+    if allocated > 0 {
+        return Err(IpamError::PoolInUse {
+            pool: name.into(),
+            allocated,
+        });
     }
-    Err(IpamError::Contention {
-        what: format!("remove pool {name}"),
-        attempts: ipam.opts.max_attempts,
-    })
+    // Each chunk only deletes blocks still empty as read; the pool key
+    // goes last, once no block is left (a claim compares the pool key).
+    for chunk in blocks.chunks(BLOCKS_PER_TXN) {
+        let mut compares: Vec<_> = chunk
+            .iter()
+            .map(|b| store::unchanged(&b.key, Some(b.mod_revision)))
+            .collect();
+        compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
+        let mut ops: Vec<_> = chunk
+            .iter()
+            .flat_map(|b| {
+                [
+                    store::delete(&b.key),
+                    store::delete(claim_key(ipam, &b.value)),
+                ]
+            })
+            .collect();
+        ops.push(store::put(&pool.key, &pool.value));
+        match store::commit(&ipam.client, compares, ops).await?.revision() {
+            Some(rev) => pool.mod_revision = rev,
+            None => return Ok(None),
+        }
+    }
+    let compares = vec![
+        store::unchanged(&pool.key, Some(pool.mod_revision)),
+        store::prefix_empty(ipam.keys.pool_blocks_prefix(name)),
+    ];
+    let ops = vec![
+        store::delete(&pool.key),
+        store::delete(ipam.keys.pool_full(name)),
+    ];
+    if !store::commit(&ipam.client, compares, ops).await?.applied() {
+        return Ok(None);
+    }
+    tracing::info!(pool = %name, "pool removed");
+    Ok(Some(()))
 }
 
 pub(crate) async fn list_blocks(ipam: &Ipam, filter: &Filter) -> Result<Vec<Block>, IpamError> {
@@ -222,7 +223,7 @@ pub(crate) async fn release_block(ipam: &Ipam, block: &str) -> Result<Block, Ipa
             pool.block_prefix_len()
         )));
     }
-    for attempt in 0..ipam.opts.max_attempts {
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
         let pool_rec = pool_rec(ipam, &pool.name).await?;
         let b = match owned_block(ipam, pool, cidr).await? {
             Owned::Claimed(b) => b,
@@ -241,15 +242,16 @@ pub(crate) async fn release_block(ipam: &Ipam, block: &str) -> Result<Block, Ipa
             store::unchanged(&pool_rec.key, Some(pool_rec.mod_revision)),
         ];
         let ops = give_back_ops(ipam, &pool_rec, &b);
-        if store::commit(&ipam.client, compares, ops).await? {
-            tracing::info!(block = %cidr, node = %b.value.node, "block released");
-            return Ok(b.value);
+        if !store::commit(&ipam.client, compares, ops).await?.applied() {
+            return Ok(None);
         }
-        backoff(attempt).await;
-    }
-    Err(IpamError::Contention {
+        tracing::info!(block = %cidr, node = %b.value.node, "block released");
+        Ok(Some(b.value))
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
         what: format!("release block {cidr}"),
-        attempts: ipam.opts.max_attempts,
+        attempts,
     })
 }
 

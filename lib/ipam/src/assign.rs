@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use leengine_store::keys::parse_block_segment;
@@ -15,6 +14,7 @@ use crate::model::{
 };
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 /// `None` from a step: a compare failed (someone else wrote first); re-read and retry.
 type Step = Option<Attachment>;
@@ -47,19 +47,16 @@ struct Claimable {
 
 pub(crate) async fn assign(ipam: &Ipam, req: &AssignRequest) -> Result<Assignment, IpamError> {
     validate(req)?;
-    for attempt in 0..ipam.opts.max_attempts {
-        if let Some(a) = try_assign(ipam, req).await? {
-            if a.created {
-                tracing::debug!(ip = %a.ip, container = %a.attachment.container_id, node = %a.attachment.node, "assigned");
-            }
-            return Ok(a);
-        }
-        backoff(attempt).await;
+    let a = retry::optimistic(ipam.opts.max_attempts, || try_assign(ipam, req))
+        .await?
+        .ok_or_else(|attempts| IpamError::Contention {
+            what: format!("assign {}/{}", req.container_id, req.ifname),
+            attempts,
+        })?;
+    if a.created {
+        tracing::debug!(ip = %a.ip, container = %a.attachment.container_id, node = %a.attachment.node, "assigned");
     }
-    Err(IpamError::Contention {
-        what: format!("assign {}/{}", req.container_id, req.ifname),
-        attempts: ipam.opts.max_attempts,
-    })
+    Ok(a)
 }
 
 /// One read-decide-commit round; `None` when a compare failed.
@@ -69,9 +66,9 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
     let sticky_key = pod_identity(req).map(|(ns, name)| keys.sticky(ns, name));
     let mut reads = vec![
         store::get(&handle_key),
-        store::get_prefix(&keys.pools_prefix()),
-        store::get_prefix(&keys.node_blocks_prefix(&ipam.node)),
-        store::get_prefix(&keys.pool_full_prefix()),
+        store::get_prefix(keys.pools_prefix()),
+        store::get_prefix(keys.node_blocks_prefix(&ipam.node)),
+        store::get_prefix(keys.pool_full_prefix()),
     ];
     if let Some(k) = &sticky_key {
         reads.push(store::get(k));
@@ -119,12 +116,6 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
 
 /// Randomised, growing pause so racing writers (one block is one key)
 /// spread out instead of colliding again in lockstep.
-pub(crate) async fn backoff(attempt: u32) {
-    let cap = 1u64 << attempt.min(6);
-    let ms = rand::random_range(0..=cap);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
 fn validate(req: &AssignRequest) -> Result<(), IpamError> {
     let segment = |what: &str, v: &str| {
         if v.is_empty() || v.contains('/') || v.len() > 253 {
@@ -241,7 +232,7 @@ impl Ctx<'_> {
     fn attachment_ops(&self, att: &Attachment) -> [etcd_client::TxnOp; 2] {
         [
             store::put(self.handle_key, att),
-            store::put(&self.ipam.keys.node_ip(&att.node, att.ip), att),
+            store::put(self.ipam.keys.node_ip(&att.node, att.ip), att),
         ]
     }
 
@@ -262,8 +253,8 @@ impl Ctx<'_> {
         ];
         ops.push(store::put(&block.key, &b));
         ops.extend(self.attachment_ops(&att));
-        let ok = store::commit(&self.ipam.client, compares, ops).await?;
-        Ok(ok.then_some(att))
+        let done = store::commit(&self.ipam.client, compares, ops).await?;
+        Ok(done.applied().then_some(att))
     }
 
     /// Claims `cidr` (absent at `revision`) for this node and allocates `ip`
@@ -307,7 +298,7 @@ impl Ctx<'_> {
         )
         .await?;
         match outcome {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(block = %cidr, pool = %p.name, node = %b.node, "claimed block");
                 Ok(Claimed::Done(Box::new(att)))
             }
@@ -446,9 +437,9 @@ impl Ctx<'_> {
             .map(|p| keys.pool_blocks_prefix(&p.value.name))
             .collect();
         let mut reads = vec![store::get_prefix_keys(
-            &keys.node_blocks_prefix(&self.ipam.node),
+            keys.node_blocks_prefix(&self.ipam.node),
         )];
-        reads.extend(prefixes.iter().map(|p| store::get_prefix_keys(p)));
+        reads.extend(prefixes.iter().map(store::get_prefix_keys));
         let batch = store::read(&self.ipam.client, reads).await?;
         if batch.responses[0].kvs().len() != owned {
             return Ok(None);
@@ -527,7 +518,7 @@ impl Ctx<'_> {
     ) -> Result<(), IpamError> {
         let keys = &self.ipam.keys;
         let mut compares = vec![store::prefix_unchanged_since(
-            &keys.node_blocks_root(),
+            keys.node_blocks_root(),
             revision,
         )];
         let mut ops = Vec::new();
@@ -542,11 +533,14 @@ impl Ctx<'_> {
                 .min();
             compares.push(store::unchanged(&pool.key, Some(pool.mod_revision)));
             ops.push(store::put(
-                &keys.pool_full(name),
+                keys.pool_full(name),
                 &FullMarker { revision, until },
             ));
         }
-        if store::commit(&self.ipam.client, compares, ops).await? {
+        if store::commit(&self.ipam.client, compares, ops)
+            .await?
+            .applied()
+        {
             tracing::warn!(pools = ?pools.iter().map(|p| &p.value.name).collect::<Vec<_>>(), "pools exhausted");
         }
         Ok(())
@@ -584,41 +578,45 @@ pub(crate) async fn owned_block(
 ) -> Result<Owned, IpamError> {
     let (net, len) = (cidr.network(), cidr.prefix_len());
     let claim_key = ipam.keys.block(&pool.name, net, len);
-    let mut owner: Option<String> = None;
-    for _ in 0..ipam.opts.max_attempts {
-        let mut reads = vec![store::get(&claim_key)];
-        if let Some(node) = &owner {
-            reads.push(store::get(
-                &ipam.keys.node_block(node, &pool.name, net, len),
-            ));
+    // The owner seen at the previous look; a first look, or a block that
+    // changed hands meanwhile, reads again with that owner.
+    let owner = std::sync::Mutex::new(None::<String>);
+    let (owner, claim_key) = (&owner, claim_key.as_str());
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
+        let seen = owner.lock().expect("owner lock").clone();
+        let mut reads = vec![store::get(claim_key)];
+        if let Some(node) = &seen {
+            reads.push(store::get(ipam.keys.node_block(node, &pool.name, net, len)));
         }
         let batch = store::read(&ipam.client, reads).await?;
         let Some(claim) = store::decode_one::<BlockClaim>(&batch.responses[0])? else {
-            return Ok(Owned::Unclaimed {
+            return Ok(Some(Owned::Unclaimed {
                 revision: batch.revision,
-            });
+            }));
         };
-        if owner.as_deref() == Some(claim.value.node.as_str()) {
+        if seen.as_deref() == Some(claim.value.node.as_str()) {
             return match store::decode_one::<Block>(&batch.responses[1])? {
-                Some(b) => Ok(Owned::Claimed(b)),
+                Some(b) => Ok(Some(Owned::Claimed(b))),
                 None => Err(IpamError::Corrupt {
-                    key: claim_key,
+                    key: claim_key.to_string(),
                     reason: format!("block claimed by {} has no block record", claim.value.node),
                 }),
             };
         }
-        // First look, or the block changed hands meanwhile: read again with that owner.
-        owner = Some(claim.value.node);
-    }
-    Err(IpamError::Contention {
+        *owner.lock().expect("owner lock") = Some(claim.value.node);
+        Ok(None)
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
         what: format!("read block {cidr}"),
-        attempts: ipam.opts.max_attempts,
+        attempts,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A claim prepared while the block was still unclaimed, committed after
     /// another node claimed it, used it and gave it back, must not hand out
@@ -646,7 +644,7 @@ mod tests {
         };
 
         // n1 reads: the pool, and the block unclaimed at that revision.
-        let batch = store::read(&n1.client, vec![store::get(&keys.pool("p"))])
+        let batch = store::read(&n1.client, vec![store::get(keys.pool("p"))])
             .await
             .unwrap();
         let pool_rec: Rec<Pool> = store::decode_one(&batch.responses[0]).unwrap().unwrap();

@@ -76,6 +76,24 @@ impl From<etcd_client::Error> for IpamError {
     }
 }
 
+impl From<leengine_store::record::Corrupt> for IpamError {
+    fn from(e: leengine_store::record::Corrupt) -> Self {
+        IpamError::Corrupt {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<leengine_store::record::ReadError> for IpamError {
+    fn from(e: leengine_store::record::ReadError) -> Self {
+        match e {
+            leengine_store::record::ReadError::Etcd(e) => e.into(),
+            leengine_store::record::ReadError::Corrupt(e) => e.into(),
+        }
+    }
+}
+
 /// gRPC errors render their whole transport chain; the status message is what an operator needs.
 fn summary(e: &etcd_client::Error) -> String {
     match e {

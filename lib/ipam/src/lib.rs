@@ -23,7 +23,8 @@ pub mod choose;
 mod error;
 mod model;
 pub mod pool;
-mod store;
+/// The shared typed-record layer, under the name this crate's modules use.
+use leengine_store::record as store;
 
 mod admin;
 mod assign;
@@ -58,7 +59,7 @@ impl Default for IpamOptions {
         Self {
             cooldown: Duration::from_secs(60),
             sticky_for: Duration::from_secs(300),
-            max_attempts: 100,
+            max_attempts: leengine_store::retry::CONTENDED,
         }
     }
 }

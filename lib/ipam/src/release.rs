@@ -1,10 +1,10 @@
 //! CNI DEL and guarded releases: free the block entry, drop handle and index, in one transaction.
 
-use crate::assign::backoff;
 use crate::error::IpamError;
 use crate::model::{Attachment, Block, BlockClaim, Reservation, StickyRecord};
 use crate::store::{self, Rec};
 use crate::{now_secs, Ipam};
+use leengine_store::retry;
 
 pub(crate) async fn handle(
     ipam: &Ipam,
@@ -22,20 +22,19 @@ pub(crate) async fn release(
     ifname: &str,
 ) -> Result<Option<Attachment>, IpamError> {
     let key = ipam.keys.handle(container_id, ifname);
-    for attempt in 0..ipam.opts.max_attempts {
-        let batch = store::read(&ipam.client, vec![store::get(&key)]).await?;
+    let key = key.as_str();
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
+        let batch = store::read(&ipam.client, vec![store::get(key)]).await?;
         let Some(h) = store::decode_one::<Attachment>(&batch.responses[0])? else {
-            return Ok(None);
+            return Ok(Some(None));
         };
         let block = read_block(ipam, &h.value).await?;
-        if free(ipam, &h, block).await? {
-            return Ok(Some(h.value));
-        }
-        backoff(attempt).await;
-    }
-    Err(IpamError::Contention {
+        Ok(free(ipam, &h, block).await?.then_some(Some(h.value)))
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
         what: format!("release {container_id}/{ifname}"),
-        attempts: ipam.opts.max_attempts,
+        attempts,
     })
 }
 
@@ -44,14 +43,15 @@ pub(crate) async fn release_if_unchanged(
     expected: &Attachment,
 ) -> Result<bool, IpamError> {
     let key = ipam.keys.handle(&expected.container_id, &expected.ifname);
-    for attempt in 0..ipam.opts.max_attempts {
-        let batch = store::read(&ipam.client, vec![store::get(&key)]).await?;
+    let key = key.as_str();
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
+        let batch = store::read(&ipam.client, vec![store::get(key)]).await?;
         let Some(h) = store::decode_one::<Attachment>(&batch.responses[0])? else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         let same_handle = h.value.ip == expected.ip && h.value.seq == expected.seq;
         if !same_handle {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let block = read_block(ipam, &h.value).await?;
         let same_alloc = block
@@ -59,17 +59,18 @@ pub(crate) async fn release_if_unchanged(
             .as_ref()
             .is_some_and(|b| holds(&b.value, &h.value));
         if !same_alloc {
-            return Ok(false);
+            return Ok(Some(false));
         }
-        if free(ipam, &h, block).await? {
-            tracing::info!(ip = %expected.ip, seq = expected.seq, container = %expected.container_id, "released unchanged allocation");
-            return Ok(true);
+        if !free(ipam, &h, block).await? {
+            return Ok(None);
         }
-        backoff(attempt).await;
-    }
-    Err(IpamError::Contention {
+        tracing::info!(ip = %expected.ip, seq = expected.seq, container = %expected.container_id, "released unchanged allocation");
+        Ok(Some(true))
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
         what: format!("release {}", expected.ip),
-        attempts: ipam.opts.max_attempts,
+        attempts,
     })
 }
 
@@ -129,9 +130,9 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
     ];
     let mut ops = vec![
         store::delete(&handle.key),
-        store::delete(&keys.node_ip(&att.node, att.ip)),
+        store::delete(keys.node_ip(&att.node, att.ip)),
         // The pool has a free address again.
-        store::delete(&keys.pool_full(&att.pool)),
+        store::delete(keys.pool_full(&att.pool)),
     ];
     let sticky_secs = ipam.opts.sticky_for.as_secs();
     match block.rec {
@@ -166,5 +167,5 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
             tracing::warn!(ip = %att.ip, container = %att.container_id, "handle without matching block allocation");
         }
     }
-    store::commit(&ipam.client, compares, ops).await
+    Ok(store::commit(&ipam.client, compares, ops).await?.applied())
 }

@@ -6,9 +6,21 @@
 //! builds a client with the timeouts, TLS and authentication settings every
 //! binary takes ([`EtcdAuthArgs`]), and [`StoreError`] tells "etcd is
 //! unreachable, try later" apart from "the settings or data are wrong".
+//!
+//! The mechanisms every component shares, each in one place:
+//! - [`record`]: typed JSON records with their revisions, the ops and
+//!   compares of guarded transactions, commits with a typed outcome;
+//! - [`retry`]: the one optimistic-retry loop and its budgets;
+//! - [`lease`]: a record under a kept-alive lease (registrations, status,
+//!   leader election);
+//! - [`follow`]: snapshot-then-watch with resume and compaction resync.
 
+pub mod follow;
 pub mod keys;
+pub mod lease;
+pub mod record;
 pub mod region;
+pub mod retry;
 
 pub use keys::Keys;
 
