@@ -43,12 +43,7 @@ async fn daily_stats(
     caller: Caller,
     Query(r): Query<Range>,
 ) -> Result<Json<StatsView>, ApiError> {
-    if !caller.admin {
-        return Err(ApiError::forbidden(
-            "admin_only",
-            "only administrators may do this",
-        ));
-    }
+    caller.require_admin()?;
     let to = r.to.unwrap_or_else(|| Utc::now().date_naive());
     let from = match r.from {
         Some(f) => f,

@@ -1,8 +1,7 @@
-//! Applications: records of what should run (versions with image tag and
-//! replicas). Creating a Kubernetes Namespace/Service/RC from them is the
-//! job of a controller outside this crate; here every deploy and scaling is
-//! an etcd record, counted in the daily statistics and charged to the
-//! creator's quota.
+//! Applications: the resource (members, roles, activity) and its desired
+//! state `{prefix}/apps/{app}` (namespace, uid, image, Cells, LB), written
+//! together. Versions and reads are in [`crate::deploy::api`]; the
+//! reconciler turns all of it into Kubernetes objects in every Cell.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,13 +13,17 @@ use serde::{Deserialize, Serialize};
 use crate::access::{self, Action, Grant, Kind, Resource, Role};
 use crate::activity;
 use crate::auth::Caller;
+use crate::cells;
+use crate::deploy::api;
+use crate::deploy::spec::{namespace_for, AppSpec, Lb, VersionFields};
 use crate::problem::{ApiError, Json, Path};
 use crate::quota::{self, Delta};
 use crate::server::Core;
 use crate::stats::{self, Metric};
 use crate::store;
 
-/// The running version of an app.
+/// Summary of the newest version (the versions themselves are under
+/// `{prefix}/apps/{app}/versions/`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppState {
     /// 0 until the first deploy.
@@ -30,16 +33,6 @@ pub struct AppState {
     #[serde(default)]
     pub tag: Option<String>,
     pub replicas: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version {
-    pub version: u64,
-    pub image: String,
-    pub tag: String,
-    pub replicas: u32,
-    pub by: String,
-    pub at: DateTime<Utc>,
 }
 
 /// An app as the API shows it.
@@ -53,6 +46,9 @@ pub struct AppView {
     pub state: AppState,
     /// The caller's role; `null` for a non-member viewing a public app.
     pub role: Option<Role>,
+    /// Namespace, Cells, image, LB (on create and show).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired: Option<AppSpec>,
 }
 
 fn view(r: Resource, role: Option<Role>) -> AppView {
@@ -64,6 +60,7 @@ fn view(r: Resource, role: Option<Role>) -> AppView {
         description: r.description,
         created: r.created,
         role,
+        desired: None,
     }
 }
 
@@ -76,7 +73,6 @@ pub fn router() -> Router<Core> {
         )
         .route("/api/v1/apps/{name}/deploy", post(deploy))
         .route("/api/v1/apps/{name}/scale", post(scale))
-        .route("/api/v1/apps/{name}/versions", get(versions))
 }
 
 async fn list(State(core): State<Core>, caller: Caller) -> Result<Json<Vec<AppView>>, ApiError> {
@@ -96,6 +92,91 @@ pub struct NewApp {
     pub description: String,
     #[serde(default)]
     pub public: bool,
+    /// Image repository `[host/]group/repo` versions run by default.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Cells to run in; default: every active Cell.
+    #[serde(default)]
+    pub cells: Option<Vec<String>>,
+    #[serde(default)]
+    pub lb: Option<Lb>,
+    /// Container port the Service forwards to (default 8080).
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// A domain name as nginx and DNS take it.
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+fn check_new_app(body: &NewApp) -> Result<(), ApiError> {
+    check_description(&body.description)?;
+    if let Some(i) = &body.image {
+        check_image_ref(i, "latest")?;
+    }
+    if let Some(lb) = &body.lb {
+        if !valid_domain(&lb.domain) || !access::valid_name(&lb.group) {
+            return Err(ApiError::bad_request(
+                "invalid_lb",
+                "the LB is a lower-case domain name and an nginx group name",
+            ));
+        }
+    }
+    if body.port == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_port",
+            "the port is 1 to 65535",
+        ));
+    }
+    Ok(())
+}
+
+/// The desired state of a new app and the transaction parts that place it
+/// in its Cells (each Cell's app count, compared, so a Cell being removed
+/// cannot receive it).
+async fn placement(
+    core: &Core,
+    body: &NewApp,
+) -> Result<(AppSpec, Vec<etcd_client::Compare>, Vec<etcd_client::TxnOp>), ApiError> {
+    let keys = &core.db.keys;
+    let registry = cells::list(&core.db).await?;
+    let chosen = cells::place(
+        &registry,
+        body.cells.as_deref(),
+        core.settings.cells.min_app_cells,
+    )?;
+    let uid = format!("{:016x}", rand::random::<u64>());
+    let spec = AppSpec {
+        name: body.name.clone(),
+        namespace: namespace_for(&body.name, &uid),
+        uid,
+        image: body.image.clone(),
+        cells: chosen.clone(),
+        lb: body.lb.clone(),
+        port: body.port.unwrap_or(8080),
+    };
+    let mut compares = vec![store::absent(keys.app(&body.name))];
+    let mut ops = vec![store::put(keys.app(&body.name), &spec)];
+    for c in &chosen {
+        let cur = cells::get(&core.db, c).await?.ok_or_else(|| {
+            ApiError::bad_request("unknown_cell", format!("cell {c} is not registered"))
+        })?;
+        compares.push(cur.unchanged());
+        let mut rec = cur.value;
+        rec.apps += 1;
+        ops.push(store::put(keys.cell(c), &rec));
+    }
+    Ok((spec, compares, ops))
 }
 
 pub const MAX_DESCRIPTION: usize = 1000;
@@ -115,10 +196,11 @@ async fn create(
     caller: Caller,
     Json(body): Json<NewApp>,
 ) -> Result<(StatusCode, Json<AppView>), ApiError> {
-    check_description(&body.description)?;
+    check_new_app(&body)?;
     let (core, caller, body) = (&core, &caller, &body);
-    let r = store::optimistic(move || async move {
-        let charge = quota::charge(
+    let (r, spec) = store::optimistic(move || async move {
+        let (spec, place_compares, place_ops) = placement(core, body).await?;
+        let (mut compares, mut ops) = quota::charge(
             &core.db,
             core.settings.default_quota,
             &caller.user,
@@ -128,16 +210,17 @@ async fn create(
             },
         )
         .await?;
+        compares.extend(place_compares);
+        ops.extend(place_ops);
         let new = access::NewResource {
             kind: Kind::App,
             name: &body.name,
             public: body.public,
             description: body.description.clone(),
         };
-        let created = access::try_register(&core.db, caller, new, charge).await?;
-        match created {
-            Some(r) => Ok(Some(r)),
-            // The name is free but the usage record moved: charge again.
+        match access::try_register(&core.db, caller, new, (compares, ops)).await? {
+            Some(r) => Ok(Some((r, spec))),
+            // The name is free but the usage or a Cell record moved: again.
             None if !exists(core, &body.name).await? => Ok(None),
             None => Err(access::exists(Kind::App, &body.name)),
         }
@@ -148,7 +231,9 @@ async fn create(
         app: Some(AppState::default()),
         ..r
     };
-    Ok((StatusCode::CREATED, Json(view(r, Some(Role::Owner)))))
+    let mut v = view(r, Some(Role::Owner));
+    v.desired = Some(spec);
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn exists(core: &Core, name: &str) -> Result<bool, ApiError> {
@@ -165,7 +250,10 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<AppView>, ApiError> {
     let g = access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::View).await?;
-    Ok(Json(view(g.resource.value, g.role)))
+    let desired = core.db.get::<AppSpec>(&core.db.keys.app(&name)).await?;
+    let mut v = view(g.resource.value, g.role);
+    v.desired = desired.map(|d| d.value);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -233,24 +321,38 @@ async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (core, caller, name) = (&core, &caller, name.as_str());
+    let keys = &core.db.keys;
     store::optimistic(move || async move {
-        let g = access::authorize(&core.db, Some(caller), Kind::App, name, Action::Delete).await?;
-        let r = &g.resource.value;
-        let replicas = r.app.as_ref().map_or(0, |a| a.replicas);
-        let (compares, mut ops) = quota::charge(
+        let cur = api::load(core, caller, name, Action::Delete).await?;
+        let r = &cur.grant.resource.value;
+        let containers: i64 = cur
+            .versions
+            .iter()
+            .map(|v| v.containers(&cur.spec.cells))
+            .sum();
+        let (mut compares, mut ops) = quota::charge(
             &core.db,
             core.settings.default_quota,
             &r.creator,
             Delta {
                 apps: -1,
-                containers: -i64::from(replicas),
+                containers: -containers,
             },
         )
         .await?;
-        ops.push(store::delete_prefix(
-            core.db.keys.core_app_versions_prefix(name),
-        ));
-        let done = access::try_unregister(&core.db, &g, (compares, ops)).await?;
+        ops.push(store::delete(keys.app(name)));
+        ops.push(store::delete_prefix(keys.app_children_prefix(name)));
+        for c in &cur.spec.cells {
+            if let Some(cell) = cells::get(&core.db, c).await? {
+                compares.push(cell.unchanged());
+                let mut rec = cell.value;
+                rec.apps = rec.apps.saturating_sub(1);
+                ops.push(store::put(keys.cell(c), &rec));
+            }
+        }
+        let ev = activity::event(&caller.user, "deleted", serde_json::json!({"app": name}));
+        ops.push(stats::op(keys, Metric::Deletions, ev.at, &ev.id, name));
+        let done = access::try_unregister(&core.db, &cur.grant, (compares, ops)).await?;
         Ok(done.applied().then_some(()))
     })
     .await?;
@@ -266,19 +368,6 @@ pub struct Deploy {
     /// Defaults to the current replica count (1 for a first deploy).
     #[serde(default)]
     pub replicas: Option<u32>,
-}
-
-/// Most replicas one app may ask for, whatever the quota says.
-pub const MAX_REPLICAS: u32 = 10_000;
-
-fn check_replicas(n: u32) -> Result<(), ApiError> {
-    if n > MAX_REPLICAS {
-        return Err(ApiError::bad_request(
-            "invalid_replicas",
-            format!("at most {MAX_REPLICAS} replicas"),
-        ));
-    }
-    Ok(())
 }
 
 /// Docker reference rules for the parts we accept: `[host[:port]/]path` and
@@ -325,81 +414,6 @@ pub fn image_repository(image: &str) -> Option<&str> {
     access::valid_resource_name(Kind::Image, path).then_some(path)
 }
 
-/// Deploying makes the platform pull the image with its own credentials,
-/// so whoever deploys must be allowed to pull it. Every refusal is the same
-/// 403 (existence of private images is not revealed).
-async fn check_may_pull(core: &Core, caller: &Caller, image: &str) -> Result<(), ApiError> {
-    let refused = || {
-        ApiError::forbidden(
-            "image_pull_forbidden",
-            format!("{image:?} is not an image of the platform registry ([registry/]group/repo) that you may pull"),
-        )
-    };
-    let repo = image_repository(image).ok_or_else(refused)?;
-    if crate::registry::rights(core, Some(caller), repo)
-        .await?
-        .allows(Action::Pull)
-    {
-        Ok(())
-    } else {
-        Err(refused())
-    }
-}
-
-/// Writes a new state for the app (deploy or scale) with the quota charge,
-/// the counted statistic and the activity event, all in one transaction.
-async fn transition(
-    core: &Core,
-    caller: &Caller,
-    name: &str,
-    action: Action,
-    next: impl Fn(&AppState) -> Result<(AppState, Option<Version>), ApiError>,
-) -> Result<AppView, ApiError> {
-    let db = &core.db;
-    let next = &next;
-    store::optimistic(move || async move {
-        let g = access::authorize(db, Some(caller), Kind::App, name, action).await?;
-        let mut r = g.resource.value.clone();
-        let cur = r.app.clone().unwrap_or_default();
-        let (state, version) = next(&cur)?;
-        let (mut compares, mut ops) = quota::charge(
-            db,
-            core.settings.default_quota,
-            &r.creator,
-            Delta {
-                apps: 0,
-                containers: i64::from(state.replicas) - i64::from(cur.replicas),
-            },
-        )
-        .await?;
-        let (metric, verb, detail) = match &version {
-            Some(v) => (Metric::Deploys, "deployed", serde_json::to_value(v)?),
-            None => (
-                Metric::Scalings,
-                "scaled",
-                serde_json::json!({ "from": cur.replicas, "to": state.replicas }),
-            ),
-        };
-        let ev = activity::event(&caller.user, verb, detail);
-        compares.push(g.resource.unchanged());
-        if let Some(v) = &version {
-            let vkey = db.keys.core_app_version(name, v.version);
-            compares.push(store::absent(vkey.clone()));
-            ops.push(store::put(vkey, v));
-        }
-        r.app = Some(state);
-        ops.push(store::put(g.resource.key.as_str(), &r));
-        ops.push(activity::op(&db.keys, Kind::App, name, &ev));
-        ops.push(stats::op(&db.keys, metric, ev.at, &ev.id, name));
-        if !db.commit(compares, ops).await?.applied() {
-            return Ok(None);
-        }
-        tracing::info!(user = %caller.user, app = %name, action = verb, "app changed");
-        Ok(Some(view(r, g.role)))
-    })
-    .await
-}
-
 async fn deploy(
     State(core): State<Core>,
     caller: Caller,
@@ -407,35 +421,31 @@ async fn deploy(
     Json(body): Json<Deploy>,
 ) -> Result<Json<AppView>, ApiError> {
     check_image_ref(&body.image, &body.tag)?;
-    if let Some(n) = body.replicas {
-        check_replicas(n)?;
-    }
-    // The app first: a non-member learns nothing about images here.
-    access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::Deploy).await?;
-    check_may_pull(&core, &caller, &body.image).await?;
-    let by = caller.user.clone();
-    let view = transition(&core, &caller, &name, Action::Deploy, |cur| {
-        let replicas = body
-            .replicas
-            .unwrap_or(if cur.version == 0 { 1 } else { cur.replicas });
-        let v = Version {
-            version: cur.version + 1,
-            image: body.image.clone(),
-            tag: body.tag.clone(),
-            replicas,
-            by: by.clone(),
-            at: Utc::now(),
-        };
-        let state = AppState {
-            version: v.version,
-            image: Some(v.image.clone()),
-            tag: Some(v.tag.clone()),
-            replicas,
-        };
-        Ok((state, Some(v)))
+    // The previous version's fields, with the new image, tag and count.
+    let (r, g, _) = api::deploy(&core, &caller, &name, |cur| {
+        let mut f = cur
+            .versions
+            .last()
+            .map(|v| v.template())
+            .unwrap_or_else(|| VersionFields {
+                image: None,
+                tag: String::new(),
+                replicas: 1,
+                cells: Default::default(),
+                resources: Default::default(),
+                env: Default::default(),
+                health: None,
+            });
+        f.image = Some(body.image.clone());
+        f.tag = body.tag.clone();
+        if let Some(n) = body.replicas {
+            f.replicas = n;
+            f.cells.clear();
+        }
+        f
     })
     .await?;
-    Ok(Json(view))
+    Ok(Json(view(r, g.role)))
 }
 
 #[derive(Deserialize)]
@@ -444,43 +454,25 @@ pub struct Scale {
     pub replicas: u32,
 }
 
+/// Scales the newest version to `replicas` in every Cell.
 async fn scale(
     State(core): State<Core>,
     caller: Caller,
     Path(name): Path<String>,
     Json(body): Json<Scale>,
 ) -> Result<Json<AppView>, ApiError> {
-    check_replicas(body.replicas)?;
-    let view = transition(&core, &caller, &name, Action::Scale, |cur| {
-        if cur.version == 0 {
-            return Err(ApiError::conflict(
-                "not_deployed",
-                "deploy a version before scaling",
-            ));
-        }
-        Ok((
-            AppState {
-                replicas: body.replicas,
-                ..cur.clone()
-            },
-            None,
-        ))
-    })
+    let (r, g, _) = api::scale(
+        &core,
+        &caller,
+        &name,
+        None,
+        &api::ScaleBody {
+            replicas: Some(body.replicas),
+            cells: Default::default(),
+        },
+    )
     .await?;
-    Ok(Json(view))
-}
-
-async fn versions(
-    State(core): State<Core>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<Version>>, ApiError> {
-    access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::View).await?;
-    let rows = core
-        .db
-        .list::<Version>(&core.db.keys.core_app_versions_prefix(&name))
-        .await?;
-    Ok(Json(rows.into_iter().map(|(_, v)| v).collect()))
+    Ok(Json(view(r, g.role)))
 }
 
 #[cfg(test)]

@@ -26,6 +26,20 @@ pub struct Caller {
     pub admin: bool,
 }
 
+impl Caller {
+    /// 403 `admin_only` unless the caller is a platform administrator.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "admin_only",
+                "only administrators may do this",
+            ))
+        }
+    }
+}
+
 /// How a caller proved who they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Proof {

@@ -16,6 +16,8 @@ pub mod admin;
 pub mod apps;
 pub mod auth;
 pub mod builds;
+pub mod cells;
+pub mod deploy;
 pub mod images;
 pub mod openapi;
 pub mod problem;

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use leengine_build::validate::Policy;
 use leengine_core::builds::BuildSettings;
+use leengine_core::cells::CellSettings;
+use leengine_core::deploy::{reconcile, DeploySettings};
 use leengine_core::quota::Quota;
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
@@ -92,6 +94,28 @@ struct Args {
     /// Lifetime of each build task's push token (must cover queue and build).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     build_push_token_ttl: Duration,
+    /// Directory of the Cells' kubeconfigs (a Cell names its file).
+    #[arg(
+        long,
+        env = "LEENGINE_CELL_CREDENTIALS_DIR",
+        default_value = "/etc/leengine/cells"
+    )]
+    cell_credentials_dir: PathBuf,
+    /// Least number of Cells an app runs in (capped by the Region's size).
+    #[arg(long, default_value_t = 2)]
+    min_app_cells: usize,
+    /// Full reconcile of every Cell at least this often.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reconcile_resync: Duration,
+    /// How long a drain waits for discovery's acknowledgement.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// How often each app's registry robot gets a new pull secret.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    robot_rotation: Duration,
+    /// Serve the API only; never campaign to run the reconciler.
+    #[arg(long)]
+    no_reconciler: bool,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -142,6 +166,15 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         },
         login_ttl: args.login_ttl,
         registry,
+        cells: CellSettings {
+            credentials_dir: args.cell_credentials_dir.clone(),
+            min_app_cells: args.min_app_cells,
+        },
+        deploy: DeploySettings {
+            resync: args.reconcile_resync,
+            drain_timeout: args.drain_timeout,
+            robot_rotation: args.robot_rotation,
+        },
     })
 }
 
@@ -174,6 +207,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let core = Core::new(db, settings).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
     if let Some(r) = &core.registry {
         tracing::info!(kid = r.kid(), "registry token server enabled");
+    }
+    if !args.no_reconciler {
+        tokio::spawn(reconcile::run(core.clone()));
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -2,6 +2,7 @@
 //! core's own routes (hand-written JSON keeps compile times down; the
 //! schemathesis run in hack/schemathesis.sh keeps it honest).
 
+mod apps;
 mod builds;
 mod slb;
 
@@ -197,7 +198,7 @@ fn paths() -> Map<String, Value> {
 
     p.insert("/api/v1/apps".into(), json!({
         "get": op("listApps", "apps the caller created or is a member of", true, &[], None, ok_json("200", array("App"))),
-        "post": op("createApp", "create an app (caller becomes Owner; counts against max_apps)", true, &[], Some(new_resource(NAME)),
+        "post": op("createApp", "create an app in its Cells (caller becomes Owner; counts against max_apps)", true, &[], Some(apps::new_app(NAME)),
             link(ok_json("201", schema_ref("App")), &[("getApp", "name"), ("updateApp", "name"), ("deployApp", "name"),
                 ("scaleApp", "name"), ("appVersions", "name"), ("appListMembers", "name"), ("appActivity", "name"),
                 ("appSetMember", "name"), ("deleteApp", "name")])),
@@ -207,17 +208,16 @@ fn paths() -> Map<String, Value> {
         "patch": op("updateApp", "change description / visibility (Master+)", true, &name, Some(patch()), ok_json("200", schema_ref("App"))),
         "delete": op("deleteApp", "delete an app (Owner)", true, &name, None, no_content()),
     }));
-    p.insert("/api/v1/apps/{name}/deploy".into(), json!({ "post": op("deployApp", "deploy a new version (Master+)", true, &name,
+    p.insert("/api/v1/apps/{name}/deploy".into(), json!({ "post": op("deployApp", "deploy a new version with the newest version's other fields (Master+, and pull rights on the image)", true, &name,
         Some(json!({ "type": "object", "required": ["image", "tag"], "additionalProperties": false, "properties": {
             "image": { "type": "string", "pattern": "^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "maxLength": 255 },
             "tag": { "type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$" },
             "replicas": { "type": "integer", "minimum": 0, "maximum": 10000, "nullable": true } } })),
         ok_json("200", schema_ref("App"))) }));
-    p.insert("/api/v1/apps/{name}/scale".into(), json!({ "post": op("scaleApp", "change the replica count (Master+)", true, &name,
+    p.insert("/api/v1/apps/{name}/scale".into(), json!({ "post": op("scaleApp", "set the newest version's replicas in every Cell (Master+)", true, &name,
         Some(json!({ "type": "object", "required": ["replicas"], "additionalProperties": false, "properties": {
             "replicas": { "type": "integer", "minimum": 0, "maximum": 10000 } } })),
         ok_json("200", schema_ref("App"))) }));
-    p.insert("/api/v1/apps/{name}/versions".into(), json!({ "get": op("appVersions", "deployed versions (Guest+)", true, &name, None, ok_json("200", array("Version"))) }));
     member_paths(&mut p, "app", "/api/v1/apps/{name}", &name);
 
     p.insert("/api/v1/groups".into(), json!({
@@ -252,7 +252,7 @@ fn paths() -> Map<String, Value> {
 
     p.insert("/api/v1/permissions".into(), json!({ "get": op("permissions", "the permission table", false, &[], None, ok_json("200", array("PermissionRow"))) }));
     let day = json!({ "type": "string", "format": "date" });
-    p.insert("/api/v1/admin/stats".into(), json!({ "get": op("stats", "daily counts of deploys, builds, pushes, scalings (admin)", true,
+    p.insert("/api/v1/admin/stats".into(), json!({ "get": op("stats", "daily counts of deploys, builds, pushes, scalings, deletions (admin)", true,
         &[json!({ "name": "from", "in": "query", "required": false, "schema": day }),
           json!({ "name": "to", "in": "query", "required": false, "schema": day })],
         None, ok_json("200", schema_ref("Stats"))) }));
@@ -274,6 +274,7 @@ fn paths() -> Map<String, Value> {
     );
     events["security"] = json!([{ "bearer": [] }]);
     p.insert("/api/v1/registry/events".into(), json!({ "post": events }));
+    apps::paths(&mut p);
     builds::paths(&mut p);
     slb::paths(&mut p);
     p
@@ -281,6 +282,7 @@ fn paths() -> Map<String, Value> {
 
 fn schemas() -> Value {
     let mut all = core_schemas().as_object().cloned().unwrap_or_default();
+    apps::schemas(&mut all);
     builds::schemas(&mut all);
     slb::schemas(&mut all);
     Value::Object(all)
@@ -312,10 +314,8 @@ fn core_schemas() -> Value {
             "tag": { "type": "string", "nullable": true }, "replicas": { "type": "integer" } } },
         "App": { "type": "object", "required": ["name", "creator", "public", "description", "created", "state"], "properties": {
             "name": { "type": "string" }, "creator": { "type": "string" }, "public": { "type": "boolean" },
-            "description": { "type": "string" }, "created": ts, "state": schema_ref("AppState"), "role": nullable_role } },
-        "Version": { "type": "object", "required": ["version", "image", "tag", "replicas", "by", "at"], "properties": {
-            "version": { "type": "integer" }, "image": { "type": "string" }, "tag": { "type": "string" },
-            "replicas": { "type": "integer" }, "by": { "type": "string" }, "at": ts } },
+            "description": { "type": "string" }, "created": ts, "state": schema_ref("AppState"), "role": nullable_role,
+            "desired": schema_ref("AppSpec") } },
         "Resource": { "type": "object", "required": ["name", "creator", "public", "description", "created"], "properties": {
             "name": { "type": "string" }, "creator": { "type": "string" }, "public": { "type": "boolean" },
             "description": { "type": "string" }, "created": ts, "role": nullable_role } },
@@ -328,9 +328,9 @@ fn core_schemas() -> Value {
             "description": { "type": "string" }, "min_role": schema_ref("Role"), "roles": array("Role"),
             "public_non_member": { "type": "boolean" }, "public_anonymous": { "type": "boolean" } } },
         "Stats": { "type": "object", "required": ["days"], "properties": { "days": { "type": "array", "items": {
-            "type": "object", "required": ["day", "deploys", "builds", "pushes", "scalings"], "properties": {
+            "type": "object", "required": ["day", "deploys", "builds", "pushes", "scalings", "deletions"], "properties": {
                 "day": { "type": "string", "format": "date" }, "deploys": { "type": "integer" }, "builds": { "type": "integer" },
-                "pushes": { "type": "integer" }, "scalings": { "type": "integer" } } } } } },
+                "pushes": { "type": "integer" }, "scalings": { "type": "integer" }, "deletions": { "type": "integer" } } } } } },
         "RegistryToken": { "type": "object", "required": ["token", "access_token", "expires_in", "issued_at"], "properties": {
             "token": { "type": "string" }, "access_token": { "type": "string" }, "expires_in": { "type": "integer" }, "issued_at": ts } },
         "RegistryEvent": { "type": "object", "required": ["id", "action", "target"], "properties": {
@@ -383,6 +383,11 @@ mod tests {
             "/api/v1/builds/configs/{id}/members/{user}",
             "/api/v1/slb/groups/{group}/domains/{domain}",
             "/api/v1/slb/groups/{group}/agents",
+            "/api/v1/apps/{name}/versions/{version}/scale",
+            "/api/v1/apps/{name}/versions/template",
+            "/api/v1/apps/{name}/containers",
+            "/api/v1/apps/{name}/events",
+            "/api/v1/admin/cells/{cell}",
         ] {
             assert!(paths.contains_key(p), "{p} is not documented");
         }

@@ -9,12 +9,14 @@ use axum::response::IntoResponse;
 use axum::Router;
 
 use crate::auth::{self, Authenticator};
+use crate::cells::CellSettings;
+use crate::deploy::DeploySettings;
 use crate::problem::ApiError;
 use crate::quota::Quota;
 use crate::registry::RegistrySettings;
 use crate::store::Db;
 use crate::users::throttle::{Limits, Throttle};
-use crate::{access, admin, apps, builds, images, openapi, registry, slb, users};
+use crate::{access, admin, apps, builds, cells, deploy, images, openapi, registry, slb, users};
 
 /// Operator settings of the core (from the command line of `main`).
 #[derive(Clone, Debug)]
@@ -30,6 +32,10 @@ pub struct Settings {
     pub builds: builds::BuildSettings,
     /// Throttling of password checks (login, Basic auth, `/v2/token`).
     pub limits: Limits,
+    /// Where the Cells' kubeconfigs are; how many Cells an app needs.
+    pub cells: CellSettings,
+    /// Reconciler timings (resync, drain timeout, robot rotation).
+    pub deploy: DeploySettings,
 }
 
 impl Default for Settings {
@@ -43,6 +49,8 @@ impl Default for Settings {
             registry: None,
             builds: builds::BuildSettings::default(),
             limits: Limits::default(),
+            cells: CellSettings::default(),
+            deploy: DeploySettings::default(),
         }
     }
 }
@@ -94,6 +102,8 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(users::api::router())
         .merge(access::members::router())
         .merge(apps::router())
+        .merge(deploy::api::router())
+        .merge(cells::api::router())
         .merge(images::router())
         .merge(admin::router())
         .merge(registry::router())

@@ -19,14 +19,17 @@ pub enum Metric {
     Builds,
     Pushes,
     Scalings,
+    /// Version and app deletions.
+    Deletions,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::Deploys,
         Metric::Builds,
         Metric::Pushes,
         Metric::Scalings,
+        Metric::Deletions,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Metric {
             Metric::Builds => "builds",
             Metric::Pushes => "pushes",
             Metric::Scalings => "scalings",
+            Metric::Deletions => "deletions",
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct DayStats {
     pub builds: u64,
     pub pushes: u64,
     pub scalings: u64,
+    #[serde(default)]
+    pub deletions: u64,
 }
 
 /// Longest range one request may ask for.
@@ -96,6 +102,7 @@ pub async fn range(db: &Db, from: NaiveDate, to: NaiveDate) -> Result<Vec<DaySta
                 Metric::Builds => s.builds = n,
                 Metric::Pushes => s.pushes = n,
                 Metric::Scalings => s.scalings = n,
+                Metric::Deletions => s.deletions = n,
             }
         }
         out.push(s);

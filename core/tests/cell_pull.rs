@@ -4,47 +4,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;
-use common::{token_keypair, Auth, Env};
-use leengine_core::registry::RegistrySettings;
+use common::{
+    registry_settings, registry_token, start_cell_with_pool, token_keypair, Auth, Env, ISSUER,
+    SERVICE,
+};
 use leengine_core::server::Settings;
 use leengine_testenv as te;
 use serde_json::{json, Value};
 
-const SERVICE: &str = "leengine-registry";
-const ISSUER: &str = "leengine-core";
 /// Hang guard; not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(180);
-
-/// Another binary of the workspace, next to this crate's.
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_leengine-core")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-/// A registry token from the core for `scope`, as `user:secret`.
-fn registry_token(core: u16, scope: &str, user: &str, secret: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", "-u", &format!("{user}:{secret}")])
-        .arg(format!(
-            "http://127.0.0.1:{core}/v2/token?service={SERVICE}&scope={scope}"
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "token for {user}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
 
 fn pod(name: &str, image: &str, secret: Option<&str>) -> String {
     let secrets = secret
@@ -71,14 +44,7 @@ async fn kubelet_pulls_a_private_image_with_a_pull_secret_through_the_core_token
     let dir = tempfile::tempdir().unwrap();
     let (key, cert, cert_path) = token_keypair(dir.path());
     let env = Env::start(Settings {
-        registry: Some(RegistrySettings {
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            key_pem: key,
-            cert_pem: Some(cert),
-            ttl: Duration::from_secs(300),
-            notify_secret: None,
-        }),
+        registry: Some(registry_settings(key, cert)),
         ..Default::default()
     })
     .await;
@@ -118,33 +84,7 @@ async fn kubelet_pulls_a_private_image_with_a_pull_secret_through_the_core_token
     let push = registry_token(core, "repository:team/private:push,pull", "dan", &dan);
     te::Image::web(8080).push(&reg, "team/private", "v1", Some(&push));
 
-    let cell = tokio::task::block_in_place(|| {
-        te::Cell::start(te::CellSpec {
-            nodes: 1,
-            pools: vec![("web".into(), 130)],
-            cni_plugin: sibling("leengine-cni"),
-            node_agent: None,
-            reclaim: false,
-        })
-    });
-    let pool = cell.pools()[0].clone();
-    let out = Command::new(sibling("cnictl"))
-        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
-        .args([
-            "--cidr",
-            &pool.cidr,
-            "--gateway",
-            &pool.gateway,
-            "--vlan",
-            "130",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cell = tokio::task::block_in_place(|| start_cell_with_pool(130));
     cell.trust_registry(&reg);
 
     // The pull secret holds a Reporter's credentials, as the platform's

@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::access::{self, table, Action, Kind, Role};
-use crate::auth::{Caller, MaybeCaller};
+use crate::auth::Caller;
+use crate::deploy::robot::{self, TokenSubject};
 use crate::problem::{ApiError, Json};
 use crate::server::Core;
 use scope::Access;
@@ -133,7 +134,7 @@ fn server(core: &Core) -> Result<&TokenServer, ApiError> {
 
 async fn token(
     State(core): State<Core>,
-    MaybeCaller(caller): MaybeCaller,
+    subject: TokenSubject,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let ts = server(&core)?;
@@ -157,12 +158,25 @@ async fn token(
     .map_err(|e| ApiError::bad_request("invalid_scope", e))?;
     let mut granted = Vec::new();
     for a in asked {
-        let actions = allowed(&core, caller.as_ref(), &a).await?;
+        let actions = match &subject {
+            TokenSubject::User(caller) => allowed(&core, caller.as_ref(), &a).await?,
+            TokenSubject::Robot(app) if a.kind == "repository" => {
+                robot::robot_actions(&core.db, app, &a.name, &a.actions).await?
+            }
+            TokenSubject::Robot(_) => Vec::new(),
+        };
         if !actions.is_empty() {
             granted.push(Access { actions, ..a });
         }
     }
-    let subject = caller.as_ref().map_or("", |c| c.user.as_str());
+    let robot_name;
+    let subject = match &subject {
+        TokenSubject::User(caller) => caller.as_ref().map_or("", |c| c.user.as_str()),
+        TokenSubject::Robot(app) => {
+            robot_name = robot::user_name(app);
+            robot_name.as_str()
+        }
+    };
     tracing::debug!(
         user = subject,
         granted = granted.len(),

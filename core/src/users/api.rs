@@ -47,14 +47,7 @@ async fn view(core: &Core, u: User) -> Result<UserView, ApiError> {
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "admin_only",
-            "only administrators may do this",
-        ))
-    }
+    caller.require_admin()
 }
 
 #[derive(Deserialize)]

@@ -212,3 +212,72 @@ pub fn token_keypair(dir: &std::path::Path) -> (String, String, std::path::PathB
         cert,
     )
 }
+
+pub const SERVICE: &str = "leengine-registry";
+pub const ISSUER: &str = "leengine-core";
+
+/// Another binary of the workspace, next to this crate's.
+pub fn sibling(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_leengine-core")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A registry token from the core listening on `core` for `scope`, as
+/// `user:secret`.
+pub fn registry_token(core: u16, scope: &str, user: &str, secret: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-u", &format!("{user}:{secret}")])
+        .arg(format!(
+            "http://127.0.0.1:{core}/v2/token?service={SERVICE}&scope={scope}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token for {user}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// The core's registry token server for the tests' registries.
+pub fn registry_settings(
+    key_pem: String,
+    cert_pem: String,
+) -> leengine_core::registry::RegistrySettings {
+    leengine_core::registry::RegistrySettings {
+        service: SERVICE.into(),
+        issuer: ISSUER.into(),
+        key_pem,
+        cert_pem: Some(cert_pem),
+        ttl: std::time::Duration::from_secs(300),
+        notify_secret: None,
+    }
+}
+
+/// A one-node Cell whose pool `web` (VLAN `vlan`) is created in its etcd
+/// with cnictl, as network operators do.
+pub fn start_cell_with_pool(vlan: u16) -> te::Cell {
+    let cell = te::Cell::start(te::CellSpec {
+        nodes: 1,
+        pools: vec![("web".into(), vlan)],
+        cni_plugin: sibling("leengine-cni"),
+        node_agent: None,
+        reclaim: false,
+    });
+    let pool = cell.pools()[0].clone();
+    let out = std::process::Command::new(sibling("cnictl"))
+        .args(["--etcd", &cell.etcd_endpoint(), "pool", "add", "web"])
+        .args(["--cidr", &pool.cidr, "--gateway", &pool.gateway])
+        .args(["--vlan", &vlan.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cell
+}

@@ -241,26 +241,67 @@ impl Keys {
     pub fn core_usage(&self, user: &str) -> String {
         self.core_item("usage", user)
     }
-    pub fn core_app_versions_prefix(&self, app: &str) -> String {
-        format!("{}app-versions/{app}/", self.core_prefix())
-    }
     /// A deleted image `group/repo`: the name stays reserved, so the
     /// registry content left under it goes to nobody.
     pub fn core_image_tombstone(&self, image: &str) -> String {
         self.core_item("tombstones/image", image)
     }
-    pub fn core_app_version(&self, app: &str, version: u64) -> String {
-        format!("{}{version:010}", self.core_app_versions_prefix(app))
-    }
+}
 
-    // ---- Region: Cells, service discovery, drains ----
+// ---- the app layer (ARCHITECTURE.md §6): Cells, desired state, drains ----
 
-    /// The Cell registry `{prefix}/cells/{cell}` ([`crate::region::CellRecord`]).
+impl Keys {
+    /// Cell registrations `{prefix}/cells/{cell}`.
     pub fn cells_prefix(&self) -> String {
         format!("{}/cells/", self.prefix)
     }
     pub fn cell(&self, cell: &str) -> String {
         format!("{}{cell}", self.cells_prefix())
+    }
+    /// Desired state of every app, `{prefix}/apps/`.
+    pub fn apps_prefix(&self) -> String {
+        format!("{}/apps/", self.prefix)
+    }
+    /// `{prefix}/apps/{app}`: namespace, uid, image, Cells, LB.
+    pub fn app(&self, app: &str) -> String {
+        format!("{}{app}", self.apps_prefix())
+    }
+    /// Everything below the app record (versions, status, robot).
+    pub fn app_children_prefix(&self, app: &str) -> String {
+        format!("{}/", self.app(app))
+    }
+    pub fn app_versions_prefix(&self, app: &str) -> String {
+        format!("{}versions/", self.app_children_prefix(app))
+    }
+    /// Zero-padded so key order is version order.
+    pub fn app_version(&self, app: &str, version: u64) -> String {
+        format!("{}{version:010}", self.app_versions_prefix(app))
+    }
+    /// Observed state of the app in one Cell (written by the reconciler).
+    pub fn app_status(&self, app: &str, cell: &str) -> String {
+        format!("{}status/{cell}", self.app_children_prefix(app))
+    }
+    /// The app's pull-only registry robot credentials.
+    pub fn app_robot(&self, app: &str) -> String {
+        format!("{}robot", self.app_children_prefix(app))
+    }
+    /// Classifies a key read under [`Keys::apps_prefix`].
+    pub fn parse_app_key<'a>(&self, key: &'a str) -> Option<AppKey<'a>> {
+        let rest = key.strip_prefix(&self.apps_prefix())?;
+        let Some((app, tail)) = rest.split_once('/') else {
+            return (!rest.is_empty()).then_some(AppKey::App(rest));
+        };
+        if app.is_empty() {
+            return None;
+        }
+        if tail == "robot" {
+            return Some(AppKey::Robot(app));
+        }
+        if let Some(v) = tail.strip_prefix("versions/") {
+            return v.parse().ok().map(|v| AppKey::Version(app, v));
+        }
+        let cell = tail.strip_prefix("status/")?;
+        (!cell.is_empty() && !cell.contains('/')).then_some(AppKey::Status(app, cell))
     }
     /// Plain Services published to a domain without the app model:
     /// `{prefix}/discovery/services/{cell}/{namespace}/{service}`
@@ -285,14 +326,14 @@ impl Keys {
     pub fn discovery_leader(&self) -> String {
         format!("{}/discovery/leader", self.prefix)
     }
-    /// Drain requests `{prefix}/drain/{group}/{domain}/{id}` (written by core).
+    /// Drain requests `{prefix}/drain/{group}/{domain}/{id}` (core writes).
     pub fn drain_requests_prefix(&self) -> String {
         format!("{}/drain/", self.prefix)
     }
     pub fn drain_request(&self, group: &str, domain: &str, id: &str) -> String {
         format!("{}{group}/{domain}/{id}", self.drain_requests_prefix())
     }
-    /// Drain acknowledgements `{prefix}/drain-ack/{group}/{domain}/{id}` (written by discovery).
+    /// Drain acknowledgements `{prefix}/drain-ack/{group}/{domain}/{id}` (discovery writes).
     pub fn drain_acks_prefix(&self) -> String {
         format!("{}/drain-ack/", self.prefix)
     }
@@ -308,6 +349,19 @@ impl Keys {
         let (g, d, i) = (it.next()?, it.next()?, it.next()?);
         (it.next().is_none() && ![g, d, i].contains(&"")).then_some((g, d, i))
     }
+    /// The etcd election the core replicas campaign on to run the reconciler.
+    pub fn reconciler_election(&self) -> String {
+        format!("{}leader/reconciler", self.core_prefix())
+    }
+}
+
+/// What a key under `{prefix}/apps/` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppKey<'a> {
+    App(&'a str),
+    Version(&'a str, u64),
+    Status(&'a str, &'a str),
+    Robot(&'a str),
 }
 
 // ---- access: which component may touch which keys ----
@@ -437,7 +491,8 @@ impl Keys {
                 // Dispatch writes tasks and watches registrations.
                 Grant::prefix(self.builders_prefix(), ReadWrite),
                 Grant::prefix(format!("{SLB_ROOT}/"), ReadWrite),
-                // Drain contract (docs/discovery.md): core asks, discovery acks.
+                Grant::prefix(self.cells_prefix(), ReadWrite),
+                Grant::prefix(self.apps_prefix(), ReadWrite),
                 Grant::prefix(self.drain_requests_prefix(), ReadWrite),
                 Grant::prefix(self.drain_acks_prefix(), Read),
             ],
@@ -630,6 +685,34 @@ mod tests {
             k.build_config("c"),
             format!("{}c", k.build_configs_prefix())
         );
+    }
+
+    #[test]
+    fn app_keys_classify() {
+        let k = Keys::new("/p");
+        assert_eq!(k.parse_app_key(&k.app("web")), Some(AppKey::App("web")));
+        assert_eq!(
+            k.parse_app_key(&k.app_version("web", 3)),
+            Some(AppKey::Version("web", 3))
+        );
+        assert_eq!(
+            k.parse_app_key(&k.app_status("web", "c1")),
+            Some(AppKey::Status("web", "c1"))
+        );
+        assert_eq!(
+            k.parse_app_key(&k.app_robot("web")),
+            Some(AppKey::Robot("web"))
+        );
+        assert_eq!(k.parse_app_key("/p/apps/web/other"), None);
+        assert_eq!(k.parse_app_key("/p/apps/web/versions/x"), None);
+        assert!(k.app_version("web", 2) < k.app_version("web", 10));
+        // One app's keys never fall under a longer name's prefix.
+        assert!(!k.app("webx").starts_with(&k.app_children_prefix("web")));
+        let core = k.grants(&Component::Core);
+        let can = |key: &str, a| core.iter().any(|g| g.allows(key, a));
+        assert!(can(&k.drain_request("g", "d", "i"), Access::ReadWrite));
+        assert!(can(&k.drain_ack("g", "d", "i"), Access::Read));
+        assert!(!can(&k.drain_ack("g", "d", "i"), Access::ReadWrite));
     }
 
     #[test]

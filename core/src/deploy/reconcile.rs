@@ -1,0 +1,651 @@
+//! The reconciler: desired state in etcd → objects in every Cell.
+//!
+//! It runs inside the core, on the one replica that won the etcd election
+//! [`Keys::reconciler_election`](leengine_store::Keys::reconciler_election)
+//! (docs/apps.md says why not a separate binary). Level-triggered: each
+//! pass reads the whole desired state and applies all of it with
+//! server-side apply under one field manager, so a Cell that was down, an
+//! object edited by hand or a pass cut short by an error all converge on
+//! the next pass. Passes run on every change under `{prefix}/apps/`,
+//! `{prefix}/cells/`, `{prefix}/drain-ack/`, and every `resync`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Event, EventSource, Namespace, ObjectReference, Pod, Secret, Service,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use leengine_store::keys::AppKey;
+use serde::{Deserialize, Serialize};
+
+use super::drain::{self, DrainRequest, PodFacts, Progress};
+use super::objects::{self, FIELD_MANAGER, MANAGED_SELECTOR};
+use super::robot;
+use super::spec::{deployment_name, AppSpec, Lb, VersionSpec};
+use crate::cells::{self, kube_error, CellRecord};
+use crate::problem::ApiError;
+use crate::server::Core;
+use crate::store;
+
+/// Observed state of one version in one Cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionStatus {
+    pub version: u64,
+    pub desired: u32,
+    pub ready: u32,
+    /// A scale-down or deletion waits for discovery's acknowledgement.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// `{prefix}/apps/{app}/status/{cell}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellStatus {
+    /// The last pass failed with this (the Cell unreachable, say).
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub versions: Vec<VersionStatus>,
+}
+
+/// The desired state, read in one range.
+#[derive(Default)]
+pub struct Desired {
+    pub apps: BTreeMap<String, AppSpec>,
+    pub versions: BTreeMap<String, Vec<VersionSpec>>,
+    pub status: BTreeMap<(String, String), CellStatus>,
+}
+
+pub async fn read_desired(core: &Core) -> Result<Desired, ApiError> {
+    let keys = &core.db.keys;
+    let mut d = Desired::default();
+    for (key, value) in core
+        .db
+        .list::<serde_json::Value>(&keys.apps_prefix())
+        .await?
+    {
+        match keys.parse_app_key(&key) {
+            Some(AppKey::App(a)) => {
+                d.apps.insert(a.to_string(), serde_json::from_value(value)?);
+            }
+            Some(AppKey::Version(a, _)) => d
+                .versions
+                .entry(a.to_string())
+                .or_default()
+                .push(serde_json::from_value(value)?),
+            Some(AppKey::Status(a, c)) => {
+                d.status.insert(
+                    (a.to_string(), c.to_string()),
+                    serde_json::from_value(value)?,
+                );
+            }
+            Some(AppKey::Robot(_)) | None => {}
+        }
+    }
+    Ok(d)
+}
+
+/// Campaigns for leadership, reconciles while leader, campaigns again when
+/// the lease is lost. Never returns; errors are logged and retried.
+pub async fn run(core: Core) {
+    loop {
+        if let Err(e) = lead(&core).await {
+            tracing::warn!(error = %e, "reconciler leadership ended");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn lead(core: &Core) -> Result<(), ApiError> {
+    let mut etcd = core.db.etcd.clone();
+    let lease = etcd.lease_grant(10, None).await?.id();
+    let (mut keeper, mut acks) = etcd.lease_keep_alive(lease).await?;
+    let me = format!("{}-{}", std::process::id(), lease);
+    // Keep the lease alive while campaigning: the wait may be long.
+    let alive = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            keeper.keep_alive().await?;
+            match acks.message().await? {
+                Some(r) if r.ttl() > 0 => {}
+                _ => return Ok::<(), ApiError>(()),
+            }
+        }
+    };
+    let work = async {
+        etcd.campaign(core.db.keys.reconciler_election(), me.clone(), lease)
+            .await?;
+        tracing::info!(id = %me, "reconciler leader");
+        reconcile_forever(core).await;
+        Ok::<(), ApiError>(())
+    };
+    let out = tokio::select! {
+        r = alive => r,
+        r = work => r,
+    };
+    let _ = core.db.etcd.clone().lease_revoke(lease).await;
+    out
+}
+
+async fn reconcile_forever(core: &Core) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let keys = &core.db.keys;
+    // The watches end with the leadership (this future is dropped then).
+    let _watches = Watches(
+        [
+            keys.apps_prefix(),
+            keys.cells_prefix(),
+            keys.drain_acks_prefix(),
+        ]
+        .into_iter()
+        .map(|prefix| tokio::spawn(watch(core.db.etcd.clone(), prefix, wake.clone())))
+        .collect(),
+    );
+    loop {
+        if let Err(e) = pass(core).await {
+            tracing::warn!(error = %e, "reconcile pass failed");
+        }
+        tokio::select! {
+            _ = wake.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ = tokio::time::sleep(core.settings.deploy.resync) => {}
+        }
+    }
+}
+
+struct Watches(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for w in &self.0 {
+            w.abort();
+        }
+    }
+}
+
+/// Wakes the loop on every change under `prefix` (re-watching after errors).
+async fn watch(etcd: etcd_client::Client, prefix: String, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let opts = etcd_client::WatchOptions::new().with_prefix();
+        if let Ok(mut stream) = etcd.watch_client().watch(prefix.clone(), Some(opts)).await {
+            while let Ok(Some(_)) = stream.message().await {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One full pass over every Cell, the Cells in parallel.
+pub async fn pass(core: &Core) -> Result<(), ApiError> {
+    let desired = read_desired(core).await?;
+    let cells = cells::list(&core.db).await?;
+    let runs = cells.iter().map(|c| reconcile_cell(core, c, &desired));
+    futures::future::join_all(runs).await;
+    Ok(())
+}
+
+async fn reconcile_cell(core: &Core, cell: &CellRecord, d: &Desired) {
+    let here: Vec<&AppSpec> = d
+        .apps
+        .values()
+        .filter(|a| a.cells.contains(&cell.name))
+        .collect();
+    let client = cells::client(&core.settings.cells, cell).await;
+    for app in &here {
+        let versions = d.versions.get(&app.name).map_or(&[][..], Vec::as_slice);
+        let status = match &client {
+            Ok(c) => {
+                let r = CellRun {
+                    core,
+                    client: c.clone(),
+                    cell: &cell.name,
+                };
+                r.app(app, versions).await.unwrap_or_else(|e| CellStatus {
+                    error: Some(e.detail),
+                    versions: Vec::new(),
+                })
+            }
+            Err(e) => CellStatus {
+                error: Some(e.detail.clone()),
+                versions: Vec::new(),
+            },
+        };
+        let key = (app.name.clone(), cell.name.clone());
+        if d.status.get(&key) != Some(&status) {
+            if let Some(e) = &status.error {
+                tracing::warn!(cell = %cell.name, app = %app.name, error = %e, "cell not converged");
+            }
+            write_status(core, &app.name, &cell.name, &status).await;
+        }
+    }
+    if let Ok(c) = client {
+        let r = CellRun {
+            core,
+            client: c,
+            cell: &cell.name,
+        };
+        let keep: BTreeSet<&str> = here.iter().map(|a| a.uid.as_str()).collect();
+        if let Err(e) = r.collect_garbage(&keep).await {
+            tracing::warn!(cell = %cell.name, error = %e.detail, "garbage collection failed");
+        }
+    }
+}
+
+/// Only while the app exists: a late pass must not resurrect its keys.
+async fn write_status(core: &Core, app: &str, cell: &str, s: &CellStatus) {
+    let keys = &core.db.keys;
+    let r = core
+        .db
+        .commit(
+            vec![store::present(keys.app(app))],
+            vec![store::put(keys.app_status(app, cell), s)],
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(app, cell, error = %e, "writing cell status");
+    }
+}
+
+fn version_base(app: &AppSpec, cell: &str, version: u64) -> String {
+    drain::drain_base(&app.namespace, cell, &format!("v{version}"))
+}
+
+/// The pods of one version, as the picker sees them (terminating ones left out).
+fn pod_facts(pods: &[Pod]) -> Vec<PodFacts> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some(PodFacts {
+                name: p.metadata.name.clone()?,
+                ready,
+                scheduled: p.spec.as_ref().is_some_and(|s| s.node_name.is_some()),
+                created: p
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .and_then(super::to_chrono),
+            })
+        })
+        .collect()
+}
+
+/// One Cell's client with the calls of a pass.
+struct CellRun<'a> {
+    core: &'a Core,
+    client: kube::Client,
+    cell: &'a str,
+}
+
+impl CellRun<'_> {
+    fn err(&self) -> impl Fn(kube::Error) -> ApiError + '_ {
+        move |e| kube_error(self.cell, e)
+    }
+
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    /// Namespace, Service, pull secret, one Deployment per version; then
+    /// the Deployments of deleted versions go (drained first).
+    async fn app(&self, app: &AppSpec, versions: &[VersionSpec]) -> Result<CellStatus, ApiError> {
+        let pp = Self::apply_params();
+        let ns = &app.namespace;
+        Api::<Namespace>::all(self.client.clone())
+            .patch(ns, &pp, &Patch::Apply(objects::namespace(app)))
+            .await
+            .map_err(self.err())?;
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(
+                objects::SERVICE_NAME,
+                &pp,
+                &Patch::Apply(objects::service(app)),
+            )
+            .await
+            .map_err(self.err())?;
+        self.pull_secret(app, versions).await?;
+        let deps: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let live = deps
+            .list(&ListParams::default().labels(MANAGED_SELECTOR))
+            .await
+            .map_err(self.err())?
+            .items;
+        let mut status = CellStatus::default();
+        for v in versions {
+            let name = deployment_name(v.version);
+            let current = live
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(&name));
+            status.versions.push(self.version(app, v, current).await?);
+        }
+        for d in &live {
+            let Some(name) = d.metadata.name.as_deref() else {
+                continue;
+            };
+            if versions.iter().any(|v| deployment_name(v.version) == name) {
+                continue;
+            }
+            let version = d
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(objects::VERSION_LABEL))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            self.remove_version(app, version, name).await?;
+        }
+        Ok(status)
+    }
+
+    async fn pull_secret(&self, app: &AppSpec, versions: &[VersionSpec]) -> Result<(), ApiError> {
+        let hosts: BTreeSet<String> = app
+            .image
+            .iter()
+            .chain(versions.iter().map(|v| &v.image))
+            .filter_map(|i| objects::registry_host(i))
+            .map(str::to_string)
+            .collect();
+        let hosts: Vec<String> = hosts.into_iter().collect();
+        let password = robot::current(
+            &self.core.db,
+            &app.name,
+            self.core.settings.deploy.robot_rotation,
+        )
+        .await?;
+        let secret = objects::pull_secret(app, &hosts, &robot::user_name(&app.name), &password);
+        Api::<Secret>::namespaced(self.client.clone(), &app.namespace)
+            .patch(
+                objects::PULL_SECRET,
+                &Self::apply_params(),
+                &Patch::Apply(secret),
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    async fn version_pods(&self, app: &AppSpec, version: u64) -> Result<Vec<Pod>, ApiError> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), &app.namespace)
+            .list(&ListParams::default().labels(&objects::version_selector(app, version)))
+            .await
+            .map_err(self.err())?
+            .items)
+    }
+
+    /// Applies one version; a scale-down of an app with an LB first drains
+    /// the pods that will go, and holds the old count until then.
+    async fn version(
+        &self,
+        app: &AppSpec,
+        v: &VersionSpec,
+        live: Option<&Deployment>,
+    ) -> Result<VersionStatus, ApiError> {
+        let desired = v.replicas_in(self.cell);
+        let current = live
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok());
+        let mut replicas = desired;
+        let mut draining = false;
+        if let (Some(lb), Some(current)) = (&app.lb, current) {
+            if current > desired {
+                let base = version_base(app, self.cell, v.version);
+                let pods = self.version_pods(app, v.version).await?;
+                let chosen = drain::pick(&pod_facts(&pods), (current - desired) as usize);
+                let pending = self.drain(app, lb, &base, chosen).await?;
+                let named = pending.pods;
+                self.mark_for_deletion(app, &named).await;
+                match pending.progress {
+                    Progress::Waiting => {
+                        replicas = current;
+                        draining = true;
+                    }
+                    done => {
+                        if done == Progress::TimedOut {
+                            self.warn_timeout(app, &deployment_name(v.version), &named)
+                                .await;
+                        }
+                        let gone = u32::try_from(named.len()).unwrap_or(u32::MAX);
+                        replicas = desired.max(current.saturating_sub(gone));
+                    }
+                }
+            }
+        }
+        let d = objects::deployment(app, v, replicas);
+        let applied = Api::<Deployment>::namespaced(self.client.clone(), &app.namespace)
+            .patch(
+                &deployment_name(v.version),
+                &Self::apply_params(),
+                &Patch::Apply(d),
+            )
+            .await
+            .map_err(self.err())?;
+        if !draining && current.is_some_and(|c| c > desired) {
+            if let Some(lb) = &app.lb {
+                drain::finish(&self.core.db, lb, &version_base(app, self.cell, v.version)).await?;
+            }
+        }
+        let ready = applied
+            .status
+            .and_then(|s| s.ready_replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0);
+        Ok(VersionStatus {
+            version: v.version,
+            desired,
+            ready,
+            draining,
+        })
+    }
+
+    async fn drain(
+        &self,
+        app: &AppSpec,
+        lb: &Lb,
+        base: &str,
+        pods: Vec<String>,
+    ) -> Result<drain::Pending, ApiError> {
+        let want = DrainRequest {
+            cell: self.cell.to_string(),
+            namespace: app.namespace.clone(),
+            pods,
+            created: Utc::now(),
+        };
+        drain::step(
+            &self.core.db,
+            lb,
+            base,
+            want,
+            self.core.settings.deploy.drain_timeout,
+        )
+        .await
+    }
+
+    /// The lowest deletion cost makes the ReplicaSet controller remove
+    /// exactly the drained pods when the count goes down.
+    async fn mark_for_deletion(&self, app: &AppSpec, pods: &[String]) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &app.namespace);
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {objects::DELETION_COST: "-1000"}}});
+        for p in pods {
+            if let Err(e) = api
+                .patch(p, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(pod = %p, error = %e, "deletion cost not set");
+            }
+        }
+    }
+
+    /// A deleted version: drain all its pods (if the app has an LB), then
+    /// delete its Deployment.
+    async fn remove_version(
+        &self,
+        app: &AppSpec,
+        version: u64,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        if let Some(lb) = &app.lb {
+            let pods: Vec<String> = pod_facts(&self.version_pods(app, version).await?)
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            let base = version_base(app, self.cell, version);
+            if !pods.is_empty() {
+                let pending = self.drain(app, lb, &base, pods).await?;
+                match pending.progress {
+                    Progress::Waiting => return Ok(()),
+                    Progress::TimedOut => self.warn_timeout(app, name, &pending.pods).await,
+                    Progress::Acked => {}
+                }
+            }
+            self.delete_deployment(app, name).await?;
+            return drain::finish(&self.core.db, lb, &base).await;
+        }
+        self.delete_deployment(app, name).await
+    }
+
+    async fn delete_deployment(&self, app: &AppSpec, name: &str) -> Result<(), ApiError> {
+        let r = Api::<Deployment>::namespaced(self.client.clone(), &app.namespace)
+            .delete(name, &DeleteParams::background())
+            .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(cell = self.cell, app = %app.name, deployment = name, "version removed");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_error(self.cell, e)),
+        }
+    }
+
+    /// A warning Event on the Deployment: shows in the app's events.
+    async fn warn_timeout(&self, app: &AppSpec, deployment: &str, pods: &[String]) {
+        tracing::warn!(cell = self.cell, app = %app.name, deployment, ?pods, "drain not acknowledged in time; deleting anyway");
+        let now = super::now_time();
+        let ev = Event {
+            metadata: ObjectMeta {
+                generate_name: Some("leengine-drain-".into()),
+                namespace: Some(app.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: Some(deployment.to_string()),
+                namespace: Some(app.namespace.clone()),
+                ..Default::default()
+            },
+            reason: Some("DrainTimeout".into()),
+            message: Some(format!(
+                "no drain acknowledgement within {:?}; deleting {} without it",
+                self.core.settings.deploy.drain_timeout,
+                pods.join(", ")
+            )),
+            type_: Some("Warning".into()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &app.namespace);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::warn!(error = %e, "recording the drain timeout event");
+        }
+    }
+
+    /// Namespaces of ours whose app is gone (or no longer placed here):
+    /// drained when they remember an LB, then deleted with all they hold.
+    async fn collect_garbage(&self, keep: &BTreeSet<&str>) -> Result<(), ApiError> {
+        let nss = Api::<Namespace>::all(self.client.clone())
+            .list(&ListParams::default().labels(MANAGED_SELECTOR))
+            .await
+            .map_err(self.err())?;
+        for ns in nss.items {
+            let meta = &ns.metadata;
+            let uid = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(objects::APP_UID_LABEL));
+            if uid.is_some_and(|u| keep.contains(u.as_str())) || meta.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(name) = meta.name.clone() else {
+                continue;
+            };
+            if !self.drain_namespace(&ns, &name).await? {
+                continue;
+            }
+            match Api::<Namespace>::all(self.client.clone())
+                .delete(&name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(cell = self.cell, namespace = %name, "app namespace removed")
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(kube_error(self.cell, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the namespace may go now (drained, timed out, or no LB).
+    async fn drain_namespace(&self, ns: &Namespace, name: &str) -> Result<bool, ApiError> {
+        let ann = ns.metadata.annotations.as_ref();
+        let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+        let (Some(group), Some(domain)) = (
+            get(objects::LB_GROUP_ANNOTATION),
+            get(objects::LB_DOMAIN_ANNOTATION),
+        ) else {
+            return Ok(true);
+        };
+        let lb = Lb { domain, group };
+        let pods: Vec<String> = pod_facts(
+            &Api::<Pod>::namespaced(self.client.clone(), name)
+                .list(&ListParams::default())
+                .await
+                .map_err(self.err())?
+                .items,
+        )
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+        let base = drain::drain_base(name, self.cell, "all");
+        if pods.is_empty() {
+            drain::finish(&self.core.db, &lb, &base).await?;
+            return Ok(true);
+        }
+        let want = DrainRequest {
+            cell: self.cell.to_string(),
+            namespace: name.to_string(),
+            pods,
+            created: Utc::now(),
+        };
+        let pending = drain::step(
+            &self.core.db,
+            &lb,
+            &base,
+            want,
+            self.core.settings.deploy.drain_timeout,
+        )
+        .await?;
+        if pending.progress == Progress::Waiting {
+            return Ok(false);
+        }
+        drain::finish(&self.core.db, &lb, &base).await?;
+        Ok(true)
+    }
+}

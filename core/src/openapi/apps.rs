@@ -1,0 +1,174 @@
+//! OpenAPI paths and schemas of apps on Kubernetes: versions, live reads
+//! from the Cells (`crate::deploy::api`) and the Cell registry
+//! (`crate::cells::api`).
+
+use serde_json::{json, Map, Value};
+
+use super::{array, no_content, ok_json, op, path_param, problem, schema_ref};
+
+fn cell_unavailable(mut o: Value) -> Value {
+    o["responses"]["502"] = problem("a Cell's apiserver refused the call (`cell_error`)");
+    o["responses"]["503"] = problem(
+        "etcd unavailable, or a Cell's apiserver unreachable (`cell_unavailable`, naming the Cell)",
+    );
+    o
+}
+
+fn replicas() -> Value {
+    json!({ "type": "integer", "minimum": 0, "maximum": 10000 })
+}
+
+fn cell_counts() -> Value {
+    json!({ "type": "object", "additionalProperties": replicas() })
+}
+
+pub(super) fn paths(p: &mut Map<String, Value>) {
+    let name = [path_param("name")];
+    let version = [path_param("name"), path_param("version")];
+    p.insert("/api/v1/apps/{name}/versions".into(), json!({
+        "get": cell_unavailable(op("appVersions", "versions with desired and ready replicas per Cell, read from the Cells (Guest+)",
+            true, &name, None, ok_json("200", array("VersionView")))),
+        "post": op("createVersion", "deploy a new version beside the others (Master+, and pull rights on the image; charged to the quota)",
+            true, &name, Some(schema_ref("VersionFields")), ok_json("201", schema_ref("VersionSpec"))),
+    }));
+    p.insert("/api/v1/apps/{name}/versions/template".into(), json!({
+        "get": op("versionTemplate", "the newest version's fields, to deploy the next one with a new tag (Guest+)",
+            true, &name, None, ok_json("200", schema_ref("VersionFields"))),
+    }));
+    p.insert("/api/v1/apps/{name}/versions/{version}".into(), json!({
+        "get": cell_unavailable(op("getVersion", "one version with its replicas per Cell (Guest+)", true, &version, None,
+            ok_json("200", schema_ref("VersionView")))),
+        "delete": op("deleteVersion", "delete a version: its pods are drained, then deleted, in every Cell (Master+)",
+            true, &version, None, no_content()),
+    }));
+    p.insert("/api/v1/apps/{name}/versions/{version}/scale".into(), json!({
+        "post": op("scaleVersion", "change a version's replicas, all Cells and/or per Cell (Master+; charged to the quota)",
+            true, &version, Some(json!({ "type": "object", "additionalProperties": false, "properties": {
+                "replicas": replicas(), "cells": cell_counts() } })),
+            ok_json("200", schema_ref("VersionSpec"))),
+    }));
+    p.insert("/api/v1/apps/{name}/containers".into(), json!({
+        "get": cell_unavailable(op("appContainers", "the app's pods in every Cell (Guest+)", true, &name, None,
+            ok_json("200", array("Container")))),
+    }));
+    let mut paged = name.to_vec();
+    paged.push(json!({ "name": "limit", "in": "query", "required": false,
+        "schema": { "type": "integer", "minimum": 1, "maximum": 500 } }));
+    paged.push(json!({ "name": "offset", "in": "query", "required": false,
+        "schema": { "type": "integer", "minimum": 0 } }));
+    p.insert("/api/v1/apps/{name}/events".into(), json!({
+        "get": cell_unavailable(op("appEvents", "Kubernetes events of the app's namespace in every Cell, newest first, paged (Guest+)",
+            true, &paged, None, ok_json("200", schema_ref("EventPage")))),
+    }));
+    p.insert("/api/v1/apps/{name}/status".into(), json!({
+        "get": op("appStatus", "the reconciler's last result per Cell (Guest+)", true, &name, None,
+            ok_json("200", array("CellStatus"))),
+    }));
+
+    let cell = [path_param("cell")];
+    let admin = " (admin)";
+    p.insert("/api/v1/admin/cells".into(), json!({
+        "get": op("listCells", &format!("the Region's Cells{admin}"), true, &[], None, ok_json("200", array("Cell"))),
+        "post": op("registerCell", &format!("register a Cell; its kubeconfig is a file name in the core's credentials directory{admin}"),
+            true, &[], Some(json!({ "type": "object", "required": ["name", "kubeconfig"], "additionalProperties": false, "properties": {
+                "name": { "type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" },
+                "kubeconfig": { "type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$" },
+                "etcd": { "type": "array", "items": { "type": "string" } },
+                "nginx_groups": { "type": "array", "items": { "type": "string" } } } })),
+            ok_json("201", schema_ref("Cell"))),
+    }));
+    p.insert("/api/v1/admin/cells/{cell}".into(), json!({
+        "get": op("getCell", &format!("one Cell{admin}"), true, &cell, None, ok_json("200", schema_ref("Cell"))),
+        "patch": op("updateCell", &format!("drain or activate a Cell, change its groups or etcd{admin}"), true, &cell,
+            Some(json!({ "type": "object", "additionalProperties": false, "properties": {
+                "state": { "type": "string", "enum": ["active", "draining"] },
+                "etcd": { "type": "array", "items": { "type": "string" } },
+                "nginx_groups": { "type": "array", "items": { "type": "string" } } } })),
+            ok_json("200", schema_ref("Cell"))),
+        "delete": cell_unavailable(op("removeCell", &format!("remove an empty Cell (no app, no namespace of ours left){admin}"),
+            true, &cell, None, no_content())),
+    }));
+}
+
+pub(super) fn schemas(s: &mut Map<String, Value>) {
+    let ts = json!({ "type": "string", "format": "date-time" });
+    let nullable_ts = json!({ "type": "string", "format": "date-time", "nullable": true });
+    let string_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    let quantity =
+        json!({ "type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$" });
+    let seconds = json!({ "type": "integer", "minimum": 1, "maximum": 3600 });
+    let threshold = json!({ "type": "integer", "minimum": 1, "maximum": 1000 });
+    let fields = json!({
+        "image": { "type": "string", "nullable": true },
+        "tag": { "type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$" },
+        "replicas": replicas(), "cells": cell_counts(),
+        "resources": schema_ref("Resources"), "env": string_map,
+        "health": { "allOf": [schema_ref("Health")], "nullable": true },
+    });
+    let mut spec_props = fields.as_object().cloned().unwrap_or_default();
+    spec_props.insert("version".into(), json!({ "type": "integer" }));
+    spec_props.insert("image".into(), json!({ "type": "string" }));
+    spec_props.insert("by".into(), json!({ "type": "string" }));
+    spec_props.insert("at".into(), ts.clone());
+    let mut view_props = spec_props.clone();
+    view_props.insert("placement".into(), array("Placement"));
+    let spec_required = json!(["version", "image", "tag", "replicas", "by", "at"]);
+    let defs = json!({
+        "VersionFields": { "type": "object", "required": ["tag"], "additionalProperties": false, "properties": fields },
+        "VersionSpec": { "type": "object", "required": spec_required, "properties": spec_props },
+        "VersionView": { "type": "object", "required": ["version", "image", "tag", "replicas", "by", "at", "placement"], "properties": view_props },
+        "Placement": { "type": "object", "required": ["cell", "desired", "ready", "applied"], "properties": {
+            "cell": { "type": "string" }, "desired": { "type": "integer" }, "ready": { "type": "integer" },
+            "applied": { "type": "boolean" } } },
+        "Resources": { "type": "object", "additionalProperties": false, "properties": {
+            "cpu_request": quantity, "cpu_limit": quantity, "memory_request": quantity, "memory_limit": quantity } },
+        "Health": { "type": "object", "required": ["path"], "additionalProperties": false, "properties": {
+            "path": { "type": "string", "pattern": "^/[^\\s]{0,1023}$" },
+            "port": { "type": "integer", "minimum": 1, "maximum": 65535, "nullable": true },
+            "initial_delay_seconds": { "type": "integer", "minimum": 0, "maximum": 3600 },
+            "period_seconds": seconds, "timeout_seconds": seconds,
+            "success_threshold": threshold, "failure_threshold": threshold,
+            "liveness": { "type": "boolean" } } },
+        "Container": { "type": "object", "required": ["pod", "cell", "ready", "restarts"], "properties": {
+            "pod": { "type": "string" }, "version": { "type": "integer", "nullable": true }, "cell": { "type": "string" },
+            "node": { "type": "string", "nullable": true }, "ip": { "type": "string", "nullable": true },
+            "phase": { "type": "string", "nullable": true }, "ready": { "type": "boolean" },
+            "restarts": { "type": "integer" }, "started": nullable_ts } },
+        "KubeEvent": { "type": "object", "required": ["cell", "count"], "properties": {
+            "cell": { "type": "string" }, "type": { "type": "string", "nullable": true },
+            "reason": { "type": "string", "nullable": true }, "message": { "type": "string", "nullable": true },
+            "object": { "type": "string", "nullable": true }, "count": { "type": "integer" }, "last": nullable_ts } },
+        "EventPage": { "type": "object", "required": ["events"], "properties": {
+            "events": array("KubeEvent"), "next_offset": { "type": "integer", "nullable": true } } },
+        "CellStatus": { "type": "object", "required": ["cell"], "properties": {
+            "cell": { "type": "string" }, "error": { "type": "string", "nullable": true },
+            "versions": { "type": "array", "items": { "type": "object", "properties": {
+                "version": { "type": "integer" }, "desired": { "type": "integer" }, "ready": { "type": "integer" },
+                "draining": { "type": "boolean" } } } } } },
+        "Cell": { "type": "object", "required": ["name", "kubeconfig", "api_url", "state", "apps", "created"], "properties": {
+            "name": { "type": "string" }, "kubeconfig": { "type": "string", "description": "file name in the credentials directory (a reference, never the credentials)" },
+            "api_url": { "type": "string" }, "etcd": { "type": "array", "items": { "type": "string" } },
+            "nginx_groups": { "type": "array", "items": { "type": "string" } },
+            "state": { "type": "string", "enum": ["active", "draining"] }, "apps": { "type": "integer" }, "created": ts } },
+        "AppSpec": { "type": "object", "required": ["name", "uid", "namespace", "cells", "port"], "properties": {
+            "name": { "type": "string" }, "uid": { "type": "string" }, "namespace": { "type": "string" },
+            "image": { "type": "string", "nullable": true }, "cells": { "type": "array", "items": { "type": "string" } },
+            "lb": { "allOf": [schema_ref("Lb")], "nullable": true }, "port": { "type": "integer" } } },
+        "Lb": { "type": "object", "required": ["domain", "group"], "additionalProperties": false, "properties": {
+            "domain": { "type": "string" }, "group": { "type": "string" } } },
+    });
+    if let Value::Object(m) = defs {
+        s.extend(m);
+    }
+}
+
+/// `POST /api/v1/apps`: the resource fields plus the app's desired state.
+pub(super) fn new_app(name_pattern: &str) -> Value {
+    json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+        "name": { "type": "string", "pattern": name_pattern }, "description": { "type": "string", "maxLength": 1000 },
+        "public": { "type": "boolean" },
+        "image": { "type": "string", "pattern": "^[a-z0-9._:-]+(/[a-z0-9._:-]+)*$", "maxLength": 255, "nullable": true },
+        "cells": { "type": "array", "items": { "type": "string" }, "nullable": true },
+        "lb": { "allOf": [schema_ref("Lb")], "nullable": true },
+        "port": { "type": "integer", "minimum": 1, "maximum": 65535, "nullable": true } } })
+}
