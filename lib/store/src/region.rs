@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CellRecord {
-    /// `https://HOST:PORT` of the Cell's kube-apiserver.
+    /// `https://HOST:PORT` of the Cell's kube-apiserver (core's record
+    /// spells it `api_url`).
+    #[serde(alias = "api_url")]
     pub apiserver: String,
     /// PEM of the CA that signed the apiserver's certificate; the
     /// kubeconfig's when absent.
@@ -17,13 +19,15 @@ pub struct CellRecord {
     pub ca: Option<String>,
     /// Where the reader finds its credential for this Cell: a kubeconfig
     /// file, absolute or relative to the reader's credentials directory.
-    /// Secrets never go into etcd; each component holds its own.
+    /// Secrets never go into etcd; each component holds its own. (Core's
+    /// record spells it `kubeconfig`: a file name in the credentials directory.)
+    #[serde(alias = "kubeconfig")]
     pub credential: String,
     /// The Cell's etcd (its IPAM), client URLs.
     #[serde(default)]
     pub etcd: Vec<String>,
     /// nginx groups that serve this Cell's apps.
-    #[serde(default)]
+    #[serde(default, alias = "nginx_groups")]
     pub nginx_groups: Vec<String>,
 }
 
@@ -97,5 +101,14 @@ mod tests {
         )
         .unwrap();
         assert!(cell.ca.is_none() && cell.nginx_groups.is_empty());
+        // The record as core (core/src/cells) writes it.
+        let core: CellRecord = serde_json::from_str(
+            r#"{"name":"bj1","kubeconfig":"bj1.kubeconfig","api_url":"https://10.0.0.1:6443",
+                "etcd":[],"nginx_groups":["public"],"state":"active","apps":0,"created":"2026-12-02T01:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(core.credential, "bj1.kubeconfig");
+        assert_eq!(core.apiserver, "https://10.0.0.1:6443");
+        assert_eq!(core.nginx_groups, ["public"]);
     }
 }
