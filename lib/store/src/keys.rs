@@ -300,6 +300,29 @@ impl Keys {
         let cell = tail.strip_prefix("status/")?;
         (!cell.is_empty() && !cell.contains('/')).then_some(AppKey::Status(app, cell))
     }
+    /// Plain Services published to a domain without the app model:
+    /// `{prefix}/discovery/services/{cell}/{namespace}/{service}`
+    /// ([`crate::region::ServiceBinding`]).
+    pub fn discovery_services_prefix(&self) -> String {
+        format!("{}/discovery/services/", self.prefix)
+    }
+    pub fn discovery_service(&self, cell: &str, namespace: &str, service: &str) -> String {
+        format!(
+            "{}{cell}/{namespace}/{service}",
+            self.discovery_services_prefix()
+        )
+    }
+    /// `(cell, namespace, service)` of a key under [`Self::discovery_services_prefix`].
+    pub fn parse_discovery_service<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = key.strip_prefix(&self.discovery_services_prefix())?;
+        let mut it = rest.split('/');
+        let (c, n, s) = (it.next()?, it.next()?, it.next()?);
+        (it.next().is_none() && ![c, n, s].contains(&"")).then_some((c, n, s))
+    }
+    /// The active discovery replica's leased record (one per Region).
+    pub fn discovery_leader(&self) -> String {
+        format!("{}/discovery/leader", self.prefix)
+    }
     /// Drain requests `{prefix}/drain/{group}/{domain}/{id}` (core writes).
     pub fn drain_requests_prefix(&self) -> String {
         format!("{}/drain/", self.prefix)
@@ -313,6 +336,15 @@ impl Keys {
     }
     pub fn drain_ack(&self, group: &str, domain: &str, id: &str) -> String {
         format!("{}{group}/{domain}/{id}", self.drain_acks_prefix())
+    }
+    /// `(group, domain, id)` of a drain request or ack key.
+    pub fn parse_drain_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = key
+            .strip_prefix(&self.drain_requests_prefix())
+            .or_else(|| key.strip_prefix(&self.drain_acks_prefix()))?;
+        let mut it = rest.split('/');
+        let (g, d, i) = (it.next()?, it.next()?, it.next()?);
+        (it.next().is_none() && ![g, d, i].contains(&"")).then_some((g, d, i))
     }
     /// The etcd election the core replicas campaign on to run the reconciler.
     pub fn reconciler_election(&self) -> String {
@@ -349,6 +381,8 @@ pub enum Component {
     CniPlugin(String),
     /// The network operators' tool.
     Cnictl,
+    /// Service discovery (`leengine-discovery`), one active per Region.
+    Discovery,
 }
 
 impl Component {
@@ -371,6 +405,7 @@ impl Component {
         match self {
             Self::Core => "core".into(),
             Self::Cnictl => "cnictl".into(),
+            Self::Discovery => "discovery".into(),
             Self::BuildAgent(b) => format!("build-agent.{b}"),
             Self::NginxAgent(g) => format!("nginx-agent.{g}"),
             Self::NodeAgent(n) => format!("node-agent.{n}"),
@@ -457,6 +492,18 @@ impl Keys {
                 Grant::prefix(self.apps_prefix(), ReadWrite),
                 Grant::prefix(self.drain_requests_prefix(), ReadWrite),
                 Grant::prefix(self.drain_acks_prefix(), Read),
+            ],
+            Component::Discovery => vec![
+                Grant::prefix(self.cells_prefix(), Read),
+                Grant::prefix(self.discovery_services_prefix(), Read),
+                Grant::key(self.discovery_leader(), ReadWrite),
+                Grant::prefix(self.drain_requests_prefix(), Read),
+                Grant::prefix(self.drain_acks_prefix(), ReadWrite),
+                // Upstream keys, the configs they need and the agents'
+                // status. etcd ranges cannot single out the `upstream`
+                // leaf under every domain; the one writer function only
+                // writes that leaf (docs/discovery.md).
+                Grant::prefix(format!("{SLB_ROOT}/"), ReadWrite),
             ],
             Component::BuildAgent(b) => vec![
                 Grant::key(self.builder(b), ReadWrite),
@@ -719,7 +766,15 @@ mod tests {
         ));
         assert!(!can(&Component::Core, &k.pool("p"), Access::Read));
         // Every grant of every component stays under its prefix or /slb/.
-        for c in [Component::Core, b1, nginx, n1, cni, Component::Cnictl] {
+        for c in [
+            Component::Core,
+            b1,
+            nginx,
+            n1,
+            cni,
+            Component::Cnictl,
+            Component::Discovery,
+        ] {
             for g in k.grants(&c) {
                 assert!(
                     g.key.starts_with("/p/") || g.key.starts_with("/slb/"),
@@ -727,5 +782,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn region_keys_parse_and_the_drain_contract_is_granted() {
+        let k = Keys::new("/p");
+        assert_eq!(k.cell("bj1"), "/p/cells/bj1");
+        let svc = k.discovery_service("bj1", "shop", "web");
+        assert_eq!(
+            k.parse_discovery_service(&svc),
+            Some(("bj1", "shop", "web"))
+        );
+        assert_eq!(
+            k.parse_discovery_service("/p/discovery/services/bj1/shop"),
+            None
+        );
+        assert_eq!(
+            k.parse_discovery_service("/p/discovery/services/bj1//web"),
+            None
+        );
+        let req = k.drain_request("g", "a.com", "r1");
+        let ack = k.drain_ack("g", "a.com", "r1");
+        assert_eq!(req, "/p/drain/g/a.com/r1");
+        assert_eq!(ack, "/p/drain-ack/g/a.com/r1");
+        assert_eq!(k.parse_drain_key(&req), Some(("g", "a.com", "r1")));
+        assert_eq!(k.parse_drain_key(&ack), Some(("g", "a.com", "r1")));
+        assert_eq!(k.parse_drain_key("/p/drain/g/a.com"), None);
+
+        let can =
+            |c: &Component, key: &str, a: Access| k.grants(c).iter().any(|g| g.allows(key, a));
+        let (core, disc) = (Component::Core, Component::Discovery);
+        assert!(can(&core, &req, Access::ReadWrite));
+        assert!(can(&core, &ack, Access::Read));
+        assert!(!can(&core, &ack, Access::ReadWrite));
+        assert!(can(&disc, &req, Access::Read));
+        assert!(!can(&disc, &req, Access::ReadWrite));
+        assert!(can(&disc, &ack, Access::ReadWrite));
+        assert!(can(
+            &disc,
+            &slb_domain_upstream("g", "a.com"),
+            Access::ReadWrite
+        ));
+        assert!(can(&disc, &k.discovery_leader(), Access::ReadWrite));
+        assert!(can(&disc, &k.cell("bj1"), Access::Read));
+        assert!(!can(&disc, &k.cell("bj1"), Access::ReadWrite));
+        assert!(!can(&disc, &svc, Access::ReadWrite));
+        assert!(!can(&disc, &k.core_user("u"), Access::Read));
+        assert!(!can(&disc, &k.pool("p"), Access::Read));
     }
 }

@@ -19,6 +19,7 @@ pub mod follow;
 pub mod keys;
 pub mod lease;
 pub mod record;
+pub mod region;
 pub mod retry;
 
 pub use keys::Keys;

@@ -102,6 +102,25 @@ async fn each_component_reaches_only_its_key_ranges() {
     assert!(core.put(&k.builder_task("b1", "t2")).await);
     assert!(!core.read(&k.pools_prefix()).await);
     assert!(!core.put(&k.node("n1")).await);
+    assert!(core.put(&k.drain_request("g", "a.com", "r1")).await);
+    assert!(core.read(&k.drain_acks_prefix()).await);
+    assert!(!core.put(&k.drain_ack("g", "a.com", "r1")).await);
+
+    let discovery = Probe::new(&etcd, &Component::Discovery).await;
+    assert!(discovery.put(&k.drain_ack("g", "a.com", "r1")).await);
+    assert!(discovery.put(&k.discovery_leader()).await);
+    assert!(
+        discovery
+            .put(&keys::slb_domain_upstream("g", "a.com"))
+            .await
+    );
+    assert!(discovery.read(&k.drain_requests_prefix()).await);
+    assert!(discovery.read(&k.cells_prefix()).await);
+    assert!(discovery.read(&k.discovery_services_prefix()).await);
+    assert!(!discovery.put(&k.drain_request("g", "a.com", "r2")).await);
+    assert!(!discovery.put(&k.cell("c1")).await);
+    assert!(!discovery.read(&k.core_prefix()).await);
+    assert!(!discovery.read(&k.pools_prefix()).await);
 
     // What the agents wrote is there, seen by the observer.
     let out = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/slb/g/agents/"]);
