@@ -141,7 +141,8 @@ async fn watch(
     from: &str,
     timeout: Duration,
 ) -> Result<Option<String>, kube::Error> {
-    let wp = WatchParams::default().timeout(timeout.as_secs().max(1) as u32);
+    let wp =
+        WatchParams::default().timeout(u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX));
     let stream = match api.watch(&wp, from).await {
         Err(kube::Error::Api(s)) if s.code == 410 => return Ok(gone(cell, from)),
         other => other?,

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::registry::Task;
 
 /// A term as the active replica.
+#[derive(Debug)]
 pub struct Term {
     pub lease: i64,
     pub create_revision: i64,
@@ -70,7 +71,7 @@ async fn try_once(
     id: &str,
     ttl: Duration,
 ) -> Result<Result<Term, i64>, etcd_client::Error> {
-    let secs = ttl.as_secs().max(1) as i64;
+    let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let lease = client.lease_grant(secs, None).await?.id();
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])

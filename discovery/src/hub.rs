@@ -69,14 +69,14 @@ impl Default for CellStatus {
 /// Histogram buckets (seconds) of the change → upstream written lag.
 pub const LAG_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Lag {
     pub buckets: [u64; LAG_BUCKETS.len()],
     pub count: u64,
     pub sum: f64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Hub {
     world: Mutex<World>,
     /// When the oldest change not yet looked at by the writer arrived.

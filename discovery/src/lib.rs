@@ -31,7 +31,7 @@ use crate::hub::Hub;
 #[derive(Parser, Debug)]
 #[command(
     name = "leengine-discovery",
-    version,
+    version = leengine_cli::version!(),
     about = "EndpointSlices of every Cell into nginx upstreams, drains with acknowledgement"
 )]
 pub struct Args {
@@ -73,16 +73,24 @@ pub struct Args {
     pub listen: SocketAddr,
 }
 
+impl Args {
+    /// Refuses settings that cannot work, before anything starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.lease_ttl < Duration::from_secs(2) {
+            anyhow::bail!("--lease-ttl must be at least 2s (etcd grants whole seconds)");
+        }
+        if self.min_write_interval > Duration::from_secs(10) {
+            anyhow::bail!("--min-write-interval must be at most 10s");
+        }
+        self.etcd_auth.config(self.etcd.clone()).check()?;
+        Ok(())
+    }
+}
+
+/// Runs discovery until stopped; [`Args::validate`] first.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.lease_ttl < Duration::from_secs(2) {
-        anyhow::bail!("--lease-ttl must be at least 2s (etcd grants whole seconds)");
-    }
-    if args.min_write_interval > Duration::from_secs(10) {
-        anyhow::bail!("--min-write-interval must be at most 10s");
-    }
     let mut cfg = args.etcd_auth.config(args.etcd.clone());
     cfg.prefix = Some(args.prefix.clone());
-    cfg.check()?;
     let keys = cfg.keys();
     let id = args
         .id

@@ -1,35 +1,23 @@
-//! leengine-discovery (docs/discovery.md): a thin shell over the library.
+//! `leengine-discovery`: see the library and docs/discovery.md.
 
-use clap::Parser;
-use leengine_discovery::{run, Args};
+use std::process::ExitCode;
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = match Args::try_parse() {
+use leengine_cli::{Exit, Logs, WithExit};
+use leengine_discovery::Args;
+
+const BIN: &str = "leengine-discovery";
+
+fn main() -> ExitCode {
+    let args: Args = match leengine_cli::parse(BIN) {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            // One line: clap's message without its usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            fail(&anyhow::anyhow!("{}", first.trim_start_matches("error: ")))
-        }
+        Err(code) => return code,
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => fail(&anyhow::anyhow!("tokio runtime: {e}")),
-    };
-    if let Err(e) = rt.block_on(run(args)) {
-        fail(&e);
+    if let Err(e) = args.validate() {
+        return leengine_cli::finish(BIN, Err(WithExit(Exit::Usage, e)));
     }
-}
-
-fn fail(e: &anyhow::Error) -> ! {
-    eprintln!("leengine-discovery: {e:#}");
-    std::process::exit(1);
+    Logs::default().init();
+    let outcome = leengine_cli::block_on(None, leengine_discovery::run(args))
+        .and_then(|r| r)
+        .map(|()| Exit::Ok);
+    leengine_cli::finish(BIN, outcome)
 }

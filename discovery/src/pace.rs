@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub struct Pacer<K> {
     min_interval: Duration,
     last: HashMap<K, Instant>,

@@ -17,6 +17,7 @@ use crate::hub::Hub;
 use crate::model::{Binding, DomainRef, Drain, ServiceRef};
 
 /// A task that ends with its owner.
+#[derive(Debug)]
 pub struct Task(JoinHandle<()>);
 
 impl Task {
@@ -46,6 +47,15 @@ pub struct MapFolder<T> {
     map: BTreeMap<String, T>,
     entry: Box<Entry<T>>,
     publish: Box<Publish<T>>,
+}
+
+/// By hand: the two closures have no `Debug`.
+impl<T: std::fmt::Debug> std::fmt::Debug for MapFolder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapFolder")
+            .field("map", &self.map)
+            .finish_non_exhaustive()
+    }
 }
 
 type Entry<T> = dyn Fn(&str, &[u8]) -> Option<T> + Send;

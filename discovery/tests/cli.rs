@@ -1,4 +1,4 @@
-//! Bad flags and settings end the program with one line and exit 1,
+//! Bad flags and settings end the program with one line and exit 2 (usage),
 //! before anything is changed (no etcd is needed for that).
 
 use std::process::Command;
@@ -15,7 +15,7 @@ fn run(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn bad_settings_are_one_line_and_exit_1() {
+fn bad_settings_are_one_line_and_exit_2() {
     for (args, want) in [
         (vec!["--lease-ttl", "1s"], "--lease-ttl must be at least 2s"),
         (
@@ -36,9 +36,9 @@ fn bad_settings_are_one_line_and_exit_1() {
         ),
     ] {
         let (code, err) = run(&args);
-        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(code, 2, "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: one line, got {err:?}");
-        assert!(err.starts_with("leengine-discovery: "), "{err}");
+        assert!(err.starts_with("leengine-discovery: error: "), "{err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }

@@ -420,7 +420,7 @@ impl Agent {
     pub fn signal(&self, sig: i32) {
         let pid = self.agent.as_ref().expect("agent").id();
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, sig) };
+        unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) };
     }
 
     pub fn log(&self) -> String {
@@ -443,7 +443,8 @@ impl Drop for Agent {
                 continue;
             };
             if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-                if String::from_utf8_lossy(&c).contains(&marker) && pid != std::process::id() as i32
+                if String::from_utf8_lossy(&c).contains(&marker)
+                    && pid != i32::try_from(std::process::id()).expect("pid")
                 {
                     // SAFETY: a process started for this agent.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
