@@ -77,8 +77,10 @@ echo "==> packages ($profile profile)"
 bash hack/package.sh --profile "$profile" --out "$work/debs" >"$work/package.log" 2>&1 ||
   { tail -30 "$work/package.log"; echo "hack/package-test.sh: hack/package.sh failed" >&2; exit 1; }
 version=$(cargo metadata --format-version 1 --no-deps | jq -r '.packages[] | select(.name == "leengine-core") | .version')
+# What --version must name: the commit the packages were built from.
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 debs=("$work"/debs/*.deb)
-echo "    ${#debs[@]} packages, version $version"
+echo "    ${#debs[@]} packages, version $version, commit $commit"
 
 echo "==> fresh Debian root"
 make_base
@@ -101,8 +103,8 @@ while read -r pkg bin conffile user unit reload exposure; do
     test "$(q -W -f='${Status} ${Version}' "$pkg")" = "install ok installed $version-1"
   check "$pkg lists $bin" grep -qx "$bin" <(q -L "$pkg")
   check "$bin is executable in the root" test -x "$root$bin"
-  check "$bin --version exits 0 and prints $version" \
-    bash -c 'out=$(chroot "$1" "$2" --version) && echo "$out" && grep -qF -- "$3" <<<"$out"' _ "$root" "$bin" "$version"
+  check "$bin --version exits 0 and prints $version (git $commit)" \
+    bash -c 'out=$(chroot "$1" "$2" --version) && echo "$out" && grep -qF -- "$3" <<<"$out"' _ "$root" "$bin" "$version (git $commit)"
   check "$bin --help exits 0 and prints usage" \
     bash -c 'out=$(chroot "$1" "$2" --help) && grep -qi usage <<<"$out"' _ "$root" "$bin"
 
