@@ -30,6 +30,7 @@ leengine-node-agent  /usr/bin/leengine-node-agent   /etc/leengine/node-agent.tom
 leengine-nginx-agent /usr/bin/leengine-nginx-agent  /etc/leengine/nginx-agent.env           -               leengine-nginx-agent.service  no   47
 leengine-build-agent /usr/bin/leengine-build-agent  /etc/leengine/build-agent.env           leengine-build  leengine-build-agent.service  no   42
 leengine-core        /usr/bin/leengine-core         /etc/leengine/core.env                  leengine-core   leengine-core.service         no   19
+leengine-discovery   /usr/bin/leengine-discovery    /etc/leengine/discovery.env             leengine-discovery leengine-discovery.service no 19
 '
 
 work=$(mktemp -d /tmp/leengine-pkgtest.XXXXXX)

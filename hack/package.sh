@@ -19,6 +19,7 @@ DELIVERABLES=(
   leengine-nginx-agent
   leengine-build-agent
   leengine-core
+  leengine-discovery
 )
 
 profile=release
