@@ -64,6 +64,11 @@ pub async fn run_term(
         )),
         Task::spawn(follow(
             client.clone(),
+            keys.apps_prefix(),
+            registry::apps(keys.clone(), hub.clone()),
+        )),
+        Task::spawn(follow(
+            client.clone(),
             keys.drain_requests_prefix(),
             registry::drains(keys.clone(), hub.clone()),
         )),

@@ -87,7 +87,10 @@ impl Drain {
 pub struct World {
     /// Registered Cells: `None` until the first full list succeeded.
     pub cells: BTreeMap<String, Option<CellSlices>>,
+    /// Plain Services bound by `{prefix}/discovery/services/`.
     pub bindings: BTreeMap<ServiceRef, Binding>,
+    /// Apps' Services, from core's `{prefix}/apps/` records.
+    pub app_bindings: BTreeMap<ServiceRef, Binding>,
     pub drains: Vec<Drain>,
 }
 
@@ -96,7 +99,7 @@ impl World {
     pub fn upstreams(&self) -> BTreeMap<DomainRef, BTreeSet<SocketAddr>> {
         let mut out: BTreeMap<DomainRef, BTreeSet<SocketAddr>> = BTreeMap::new();
         let mut undecided = BTreeSet::new();
-        for (svc, b) in &self.bindings {
+        for (svc, b) in self.bindings.iter().chain(&self.app_bindings) {
             let servers = out.entry(b.target.clone()).or_default();
             match self.cells.get(&svc.cell) {
                 // Not a registered Cell: it has nothing to contribute.
@@ -211,6 +214,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            app_bindings: BTreeMap::new(),
             drains: vec![],
         }
     }
@@ -345,6 +349,42 @@ mod tests {
             up[&dom("a.com")],
             addrs(&["10.0.0.1:8080"]),
             "b.com's drain of pod a does not touch a.com"
+        );
+    }
+
+    #[test]
+    fn an_apps_service_and_a_plain_one_share_the_domain() {
+        let mut w = world(
+            vec![
+                (
+                    "c1",
+                    Some(vec![slice(
+                        "web",
+                        8080,
+                        vec![ep("10.0.0.1", true, false, "a")],
+                    )]),
+                ),
+                (
+                    "c2",
+                    Some(vec![slice(
+                        "app",
+                        8080,
+                        vec![ep("10.0.1.1", true, false, "b")],
+                    )]),
+                ),
+            ],
+            vec![(svc("c1", "web"), "a.com")],
+        );
+        w.app_bindings.insert(
+            svc("c2", "app"),
+            Binding {
+                target: dom("a.com"),
+                port: None,
+            },
+        );
+        assert_eq!(
+            w.upstreams()[&dom("a.com")],
+            addrs(&["10.0.0.1:8080", "10.0.1.1:8080"])
         );
     }
 

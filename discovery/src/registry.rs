@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leengine_store::region::{CellRecord, DrainRequest, ServiceBinding};
+use leengine_store::keys::AppKey;
+use leengine_store::region::{AppRoute, CellRecord, DrainRequest, ServiceBinding, APP_SERVICE};
 use leengine_store::Keys;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -145,6 +146,49 @@ pub fn bindings(keys: Keys, hub: Arc<Hub>) -> MapFolder<(ServiceRef, Binding)> {
     )
 }
 
+/// `{prefix}/apps/` → [`World::app_bindings`](crate::model::World): an app
+/// with a load balancer, its Service in each of its Cells.
+pub fn apps(keys: Keys, hub: Arc<Hub>) -> MapFolder<Vec<(ServiceRef, Binding)>> {
+    MapFolder::new(
+        move |k, v| {
+            // Versions, status and robots live under the app's key too.
+            let Some(AppKey::App(_)) = keys.parse_app_key(k) else {
+                return None;
+            };
+            app_bindings(&parse::<AppRoute>(k, v)?)
+        },
+        move |m| {
+            let bindings = m.values().flatten().cloned().collect();
+            hub.update(|w| w.app_bindings = bindings);
+        },
+    )
+}
+
+fn app_bindings(app: &AppRoute) -> Option<Vec<(ServiceRef, Binding)>> {
+    let lb = app.lb.as_ref()?;
+    let target = DomainRef {
+        group: lb.group.clone(),
+        domain: lb.domain.clone(),
+    };
+    Some(
+        app.cells
+            .iter()
+            .map(|cell| {
+                let svc = ServiceRef {
+                    cell: cell.clone(),
+                    namespace: app.namespace.clone(),
+                    service: APP_SERVICE.into(),
+                };
+                let b = Binding {
+                    target: target.clone(),
+                    port: None,
+                };
+                (svc, b)
+            })
+            .collect(),
+    )
+}
+
 /// `{prefix}/drain/` → [`World::drains`](crate::model::World).
 pub fn drains(keys: Keys, hub: Arc<Hub>) -> MapFolder<Drain> {
     MapFolder::new(
@@ -228,5 +272,55 @@ async fn cell_task(
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::follow::Folder;
+
+    fn world_after(puts: &[(String, &str)]) -> crate::model::World {
+        let keys = Keys::new("/le");
+        let hub = Arc::new(Hub::default());
+        let mut f = apps(keys, hub.clone());
+        for (k, v) in puts {
+            f.put(k, v.as_bytes());
+        }
+        hub.take().0
+    }
+
+    #[test]
+    fn an_app_with_a_load_balancer_binds_its_service_in_each_cell() {
+        let keys = Keys::new("/le");
+        // core's record carries more fields than discovery reads.
+        let rec = r#"{"name":"shop","uid":"u1","namespace":"app-shop-u1","cells":["c1","c2"],
+                      "lb":{"domain":"shop.example","group":"g1"},"port":8080}"#;
+        let w = world_after(&[(keys.app("shop"), rec)]);
+        let got: Vec<_> = w.app_bindings.iter().collect();
+        assert_eq!(got.len(), 2);
+        for (svc, b) in got {
+            assert_eq!(svc.namespace, "app-shop-u1");
+            assert_eq!(svc.service, APP_SERVICE);
+            assert_eq!(
+                (b.target.group.as_str(), b.target.domain.as_str()),
+                ("g1", "shop.example")
+            );
+        }
+        let cells: Vec<_> = w.app_bindings.keys().map(|s| s.cell.as_str()).collect();
+        assert_eq!(cells, ["c1", "c2"]);
+    }
+
+    #[test]
+    fn an_app_without_load_balancer_or_a_child_record_binds_nothing() {
+        let keys = Keys::new("/le");
+        let no_lb =
+            r#"{"name":"job","uid":"u2","namespace":"app-job-u2","cells":["c1"],"port":8080}"#;
+        let version = r#"{"namespace":"x","cells":["c1"],"lb":{"domain":"d","group":"g"}}"#;
+        let w = world_after(&[
+            (keys.app("job"), no_lb),
+            (keys.app_version("job", 1), version),
+        ]);
+        assert!(w.app_bindings.is_empty(), "{:?}", w.app_bindings);
     }
 }

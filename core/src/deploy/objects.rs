@@ -30,7 +30,7 @@ pub const LB_GROUP_ANNOTATION: &str = "leengine.io/lb-group";
 pub const LB_DOMAIN_ANNOTATION: &str = "leengine.io/lb-domain";
 /// The ReplicaSet controller removes the pods with the lowest cost first.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
-pub const SERVICE_NAME: &str = "app";
+pub const SERVICE_NAME: &str = leengine_store::region::APP_SERVICE;
 pub const PULL_SECRET: &str = "leengine-pull";
 pub const CONTAINER: &str = "app";
 /// Time a pod gets between SIGTERM and SIGKILL once it left the LB.

@@ -496,6 +496,7 @@ impl Keys {
             Component::Discovery => vec![
                 Grant::prefix(self.cells_prefix(), Read),
                 Grant::prefix(self.discovery_services_prefix(), Read),
+                Grant::prefix(self.apps_prefix(), Read),
                 Grant::key(self.discovery_leader(), ReadWrite),
                 Grant::prefix(self.drain_requests_prefix(), Read),
                 Grant::prefix(self.drain_acks_prefix(), ReadWrite),

@@ -44,6 +44,27 @@ pub struct ServiceBinding {
     pub port: Option<String>,
 }
 
+/// The name of the one Service core creates in each app's namespace.
+pub const APP_SERVICE: &str = "app";
+
+/// What discovery reads of core's `{prefix}/apps/{app}` record (core owns
+/// the whole record; unknown fields are ignored here on purpose): an app
+/// with a load balancer binds its Service [`APP_SERVICE`] in each of its
+/// Cells to the LB's domain.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct AppRoute {
+    pub namespace: String,
+    pub cells: Vec<String>,
+    #[serde(default)]
+    pub lb: Option<AppLb>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct AppLb {
+    pub domain: String,
+    pub group: String,
+}
+
 /// `{prefix}/drain/{group}/{domain}/{id}`: core asks for these pods to
 /// leave the domain's upstream before it deletes them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
