@@ -31,6 +31,9 @@ use crate::state::Desired;
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM from the moment the agent says it is
+    // starting is ours to act on, also while etcd is still waited for.
+    let mut shutdown = leengine_cli::Shutdown::install().context("signal handlers")?;
     // Bad TLS settings stop the agent here; only an unreachable etcd is waited for.
     let etcd = args.etcd_auth.config(args.etcd);
     etcd.check()?;
@@ -107,9 +110,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(shared.clone(), layout, nginx, params, admin, live, timing);
     tokio::spawn(reconciler.run());
 
-    // After the handlers are in place a SIGTERM is ours to act on, also
-    // while etcd is still being waited for.
-    let mut shutdown = leengine_cli::Shutdown::install().context("signal handlers")?;
     let status = StatusTask::default();
     let r = tokio::select! {
         r = follow_etcd(shared, &etcd, args.status_ttl, &status) => r,
