@@ -242,6 +242,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cpu_quantity(q: &str) -> Result<u64, String> {
+    leengine_core::quantity::cpu_millis(q)
+        .ok_or_else(|| format!("{q:?} is not a CPU quantity (e.g. 100, 500m)"))
+}
+
+fn memory_quantity(q: &str) -> Result<u64, String> {
+    leengine_core::quantity::memory_bytes(q)
+        .ok_or_else(|| format!("{q:?} is not a memory quantity (e.g. 200Gi, 512Mi)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,14 +317,4 @@ mod tests {
         let zero = Args::try_parse_from(base.iter().copied().chain(["--hash-concurrency", "0"]));
         assert!(settings(&zero.unwrap()).is_err());
     }
-}
-
-fn cpu_quantity(q: &str) -> Result<u64, String> {
-    leengine_core::quantity::cpu_millis(q)
-        .ok_or_else(|| format!("{q:?} is not a CPU quantity (e.g. 100, 500m)"))
-}
-
-fn memory_quantity(q: &str) -> Result<u64, String> {
-    leengine_core::quantity::memory_bytes(q)
-        .ok_or_else(|| format!("{q:?} is not a memory quantity (e.g. 200Gi, 512Mi)"))
 }
