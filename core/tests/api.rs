@@ -152,7 +152,7 @@ async fn login_tokens_and_secrets() {
     let dump = String::from_utf8_lossy(&raw.stdout);
     assert!(dump.contains("$argon2id$"));
     assert!(!dump.contains("alice-password"));
-    assert!(!dump.contains(token.split('_').nth(2).unwrap()));
+    assert!(!dump.contains(token.splitn(3, '_').nth(2).unwrap()));
 
     // Revoked → 401.
     let id = v["id"].as_str().unwrap();

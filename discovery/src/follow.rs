@@ -1,11 +1,12 @@
-//! A prefix of etcd, followed: a full read, then a watch from the revision
-//! after it. A broken stream resumes from the last revision seen; a
-//! compacted one reads everything again. The caller's [`Folder`] sees a
-//! reset (the whole prefix) and then single puts and deletes.
+//! A prefix of etcd, followed with the shared snapshot-then-watch
+//! (`leengine_store::follow`: resume after a broken stream, a full read
+//! after a compaction). The caller's [`Folder`] sees a reset (the whole
+//! prefix) and then single puts and deletes.
 
-use std::time::Duration;
+use std::convert::Infallible;
 
-use etcd_client::{Client, EventType, GetOptions};
+use etcd_client::{Client, Event, EventType};
+use leengine_store::follow::{Follow, Follower, Snapshot};
 
 pub trait Folder: Send {
     fn reset(&mut self, kvs: Vec<(String, Vec<u8>)>);
@@ -14,65 +15,41 @@ pub trait Folder: Send {
 }
 
 /// Runs until aborted; etcd errors are retried.
-pub async fn follow(mut client: Client, prefix: String, mut folder: impl Folder) {
-    let mut revision: Option<i64> = None;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match session(&mut client, &prefix, &mut revision, &mut folder).await {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(prefix = %prefix, error = %e, retry_in = ?backoff, "etcd watch interrupted");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+pub async fn follow(client: Client, prefix: String, folder: impl Folder) {
+    let what = Follow::prefix(prefix);
+    let mut f = Folded(folder);
+    leengine_store::follow::follow(&client, &what, &mut f, std::future::pending()).await;
 }
 
-async fn session(
-    client: &mut Client,
-    prefix: &str,
-    revision: &mut Option<i64>,
-    folder: &mut impl Folder,
-) -> Result<(), etcd_client::Error> {
-    let rev = match *revision {
-        Some(r) => r,
-        None => {
-            let resp = client
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await?;
-            let kvs = resp
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        kv.value().to_vec(),
-                    )
-                })
-                .collect();
-            folder.reset(kvs);
-            let r = resp.header().map_or(0, |h| h.revision());
-            *revision = Some(r);
-            r
-        }
-    };
-    let mut stream = leengine_store::watch_prefix_from(client, prefix, rev + 1).await?;
-    while let Some(resp) = stream.message().await? {
-        if resp.compact_revision() > 0 || resp.canceled() {
-            tracing::warn!(prefix = %prefix, "etcd watch cancelled (compacted?); reading again");
-            *revision = None;
-            return Ok(());
-        }
-        for ev in resp.events() {
+struct Folded<F>(F);
+
+impl<F: Folder> Follower for Folded<F> {
+    type Error = Infallible;
+
+    async fn reset(&mut self, s: Snapshot) -> Result<(), Infallible> {
+        let kvs = s
+            .kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        self.0.reset(kvs);
+        Ok(())
+    }
+
+    async fn apply(&mut self, events: &[Event]) -> Result<(), Infallible> {
+        for ev in events {
             let Some(kv) = ev.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key());
             match ev.event_type() {
-                EventType::Put => folder.put(&key, kv.value()),
-                EventType::Delete => folder.delete(&key),
+                EventType::Put => self.0.put(&key, kv.value()),
+                EventType::Delete => self.0.delete(&key),
             }
-            *revision = Some(kv.mod_revision());
         }
+        Ok(())
     }
-    Err(etcd_client::Error::WatchError("watch stream ended".into()))
 }

@@ -110,15 +110,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         watch_timeout: args.watch_timeout,
         resync: args.resync,
     };
-    let mut shutdown = Box::pin(shutdown());
-    let mut client = tokio::select! {
+    let mut signals = leengine_cli::Shutdown::install()?;
+    let mut shutdown = Box::pin(async move {
+        signals.recv().await;
+    });
+    let client = tokio::select! {
         c = connect(&cfg) => c?,
         _ = &mut shutdown => return Ok(()),
     };
     let leader = keys.discovery_leader();
     loop {
         let term = tokio::select! {
-            t = election::campaign(&mut client, &leader, &id, args.lease_ttl) => t,
+            t = election::campaign(&client, &leader, &id, args.lease_ttl) => t,
             _ = &mut shutdown => return Ok(()),
         };
         hub.active.store(true, Ordering::Relaxed);
@@ -130,7 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = term.lost() => "leader lease lost".to_string(),
             _ = &mut shutdown => {
                 hub.active.store(false, Ordering::Relaxed);
-                let _ = tokio::time::timeout(Duration::from_secs(1), term.resign(&mut client)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), term.resign()).await;
                 tracing::info!("shut down; leadership handed over");
                 return Ok(());
             }
@@ -138,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub.active.store(false, Ordering::Relaxed);
         hub.reset();
         tracing::warn!(reason = %ended, "no longer active; campaigning again");
-        let _ = tokio::time::timeout(Duration::from_secs(1), term.resign(&mut client)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), term.resign()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -154,20 +157,6 @@ async fn connect(cfg: &leengine_store::EtcdConfig) -> anyhow::Result<etcd_client
             }
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
 
