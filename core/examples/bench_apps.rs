@@ -88,6 +88,8 @@ async fn main() {
             default_quota: leengine_core::quota::Quota {
                 max_apps: 100,
                 max_containers: 10_000,
+                max_cpu_millis: None,
+                max_memory_bytes: None,
             },
             ..Default::default()
         },

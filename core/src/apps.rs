@@ -206,7 +206,7 @@ async fn create(
             &caller.user,
             Delta {
                 apps: 1,
-                containers: 0,
+                ..Delta::default()
             },
         )
         .await?;
@@ -325,19 +325,15 @@ async fn remove(
     store::optimistic(move || async move {
         let cur = api::load(core, caller, name, Action::Delete).await?;
         let r = &cur.grant.resource.value;
-        let containers: i64 = cur
-            .versions
-            .iter()
-            .map(|v| v.containers(&cur.spec.cells))
-            .sum();
+        let held: Delta = cur.versions.iter().map(|v| v.charge(&cur.spec.cells)).sum();
         let (mut compares, mut ops) = quota::charge(
             &core.db,
             core.settings.default_quota,
             &r.creator,
             Delta {
                 apps: -1,
-                containers: -containers,
-            },
+                ..Delta::default()
+            } - held,
         )
         .await?;
         ops.push(store::delete(keys.app(name)));

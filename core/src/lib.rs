@@ -21,6 +21,7 @@ pub mod deploy;
 pub mod images;
 pub mod openapi;
 pub mod problem;
+pub mod quantity;
 pub mod quota;
 pub mod registry;
 pub mod server;

@@ -47,6 +47,14 @@ struct Args {
     /// Containers (replicas over the user's apps) allowed by default.
     #[arg(long, default_value_t = 200)]
     default_max_containers: u32,
+    /// CPU (a Kubernetes quantity: cores or millicores, e.g. 100, 500m) the
+    /// requests × replicas of a user's apps may reserve by default.
+    #[arg(long, default_value = "100", value_parser = cpu_quantity)]
+    default_max_cpu: u64,
+    /// Memory (a Kubernetes quantity, e.g. 200Gi) the requests × replicas
+    /// of a user's apps may reserve by default.
+    #[arg(long, default_value = "200Gi", value_parser = memory_quantity)]
+    default_max_memory: u64,
     /// Lifetime of login tokens.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     login_ttl: Duration,
@@ -167,6 +175,8 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         default_quota: Quota {
             max_apps: args.default_max_apps,
             max_containers: args.default_max_containers,
+            max_cpu_millis: Some(args.default_max_cpu),
+            max_memory_bytes: Some(args.default_max_memory),
         },
         login_ttl: args.login_ttl,
         registry,
@@ -230,6 +240,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+fn cpu_quantity(q: &str) -> Result<u64, String> {
+    leengine_core::quantity::cpu_millis(q)
+        .ok_or_else(|| format!("{q:?} is not a CPU quantity (e.g. 100, 500m)"))
+}
+
+fn memory_quantity(q: &str) -> Result<u64, String> {
+    leengine_core::quantity::memory_bytes(q)
+        .ok_or_else(|| format!("{q:?} is not a memory quantity (e.g. 200Gi, 512Mi)"))
 }
 
 #[cfg(test)]

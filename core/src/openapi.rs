@@ -298,8 +298,14 @@ fn core_schemas() -> Value {
         "Role": { "type": "string", "enum": ["Guest", "Reporter", "Developer", "Master", "Owner"] },
         "Quota": { "type": "object", "required": ["max_apps", "max_containers"], "additionalProperties": false, "properties": {
             "max_apps": { "type": "integer", "minimum": 0, "maximum": 4294967295u64 },
-            "max_containers": { "type": "integer", "minimum": 0, "maximum": 4294967295u64 } } },
-        "Usage": { "type": "object", "properties": { "apps": { "type": "integer" }, "containers": { "type": "integer" } } },
+            "max_containers": { "type": "integer", "minimum": 0, "maximum": 4294967295u64 },
+            "max_cpu_millis": { "type": "integer", "minimum": 0, "maximum": u64::MAX,
+                "description": "CPU requests × replicas allowed, in millicores; absent in a request: the configured default" },
+            "max_memory_bytes": { "type": "integer", "minimum": 0, "maximum": u64::MAX,
+                "description": "memory requests × replicas allowed, in bytes; absent in a request: the configured default" } } },
+        "Usage": { "type": "object", "properties": { "apps": { "type": "integer" }, "containers": { "type": "integer" },
+            "cpu_millis": { "type": "integer", "description": "millicores requested by the replicas of the user's apps" },
+            "memory_bytes": { "type": "integer", "description": "bytes of memory requested by the replicas of the user's apps" } } },
         "User": { "type": "object", "required": ["name", "admin", "created", "quota", "usage"], "properties": {
             "name": { "type": "string" }, "admin": { "type": "boolean" }, "created": ts,
             "quota": schema_ref("Quota"), "usage": schema_ref("Usage") } },

@@ -44,6 +44,8 @@ impl Default for Settings {
             default_quota: Quota {
                 max_apps: 20,
                 max_containers: 200,
+                max_cpu_millis: Some(100_000),
+                max_memory_bytes: Some(200 << 30),
             },
             login_ttl: Duration::from_secs(24 * 3600),
             registry: None,

@@ -19,6 +19,8 @@ async fn env_with_registry() -> (Env, tempfile::TempDir) {
         default_quota: Quota {
             max_apps: 3,
             max_containers: 10,
+            max_cpu_millis: Some(100_000),
+            max_memory_bytes: Some(200 << 30),
         },
         registry: Some(RegistrySettings {
             service: "reg".into(),
@@ -280,6 +282,144 @@ async fn quotas_hold_under_concurrency() {
         ),
         (Some(1), Some(0))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_and_memory_requests_are_charged_to_the_quota() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let u = env.user("rita", false).await;
+    // Old bodies stay valid: without CPU and memory the defaults apply.
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::PUT,
+            "/api/v1/users/rita/quota",
+            Some(json!({"max_apps": 2, "max_containers": 100})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["quota"]["max_cpu_millis"], 100_000);
+    assert_eq!(v["quota"]["max_memory_bytes"], 200u64 << 30);
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::PUT,
+            "/api/v1/users/rita/quota",
+            Some(json!({"max_apps": 2, "max_containers": 100,
+                        "max_cpu_millis": 2000, "max_memory_bytes": 1u64 << 30})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    env.call(
+        &u,
+        Method::POST,
+        "/api/v1/apps",
+        Some(json!({"name": "big"})),
+    )
+    .await;
+    env.public_image(&admin, "team/web").await;
+    let versions = "/api/v1/apps/big/versions";
+    let fields = |replicas: u32, cpu: &str, mem: &str| {
+        json!({"image": "team/web", "tag": "v1", "replicas": replicas,
+               "resources": {"cpu_request": cpu, "memory_request": mem}})
+    };
+    let usage = |me: &Value| {
+        (
+            me["usage"]["containers"].as_u64(),
+            me["usage"]["cpu_millis"].as_u64(),
+            me["usage"]["memory_bytes"].as_u64(),
+        )
+    };
+    let me = || env.call(&u, Method::GET, "/api/v1/user", None);
+
+    // 5 × 500m = 2.5 cores > 2; 3 × 512Mi = 1.5Gi > 1Gi.
+    for (body, code, detail) in [
+        (
+            fields(5, "500m", "1Mi"),
+            "quota_cpu",
+            "at most 2000 CPU millicores (in use 0, asked +2500)",
+        ),
+        (
+            fields(3, "1m", "512Mi"),
+            "quota_memory",
+            "in use 0, asked +1610612736",
+        ),
+    ] {
+        let (st, v) = env.call(&u, Method::POST, versions, Some(body)).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some(code)),
+            "{v}"
+        );
+        assert!(v["detail"].as_str().unwrap().contains(detail), "{v}");
+    }
+    let (st, v) = env
+        .call(&u, Method::POST, versions, Some(fields(1, "lots", "1Mi")))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_resources")),
+        "{v}"
+    );
+    // Nothing was written by the refusals.
+    assert_eq!(usage(&me().await.1), (Some(0), Some(0), Some(0)));
+    let (st, v) = env.call(&u, Method::GET, versions, None).await;
+    assert_eq!(
+        (st, v.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{v}"
+    );
+
+    // 4 × 500m = 2 cores and 4 × 256Mi = 1Gi: exactly the quota.
+    let (st, v) = env
+        .call(&u, Method::POST, versions, Some(fields(4, "500m", "256Mi")))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let version = v["version"].as_u64().unwrap();
+    assert_eq!(usage(&me().await.1), (Some(4), Some(2000), Some(1 << 30)));
+    // Neither a second version with requests nor a scale-up fits.
+    let (st, v) = env
+        .call(&u, Method::POST, versions, Some(fields(1, "1m", "1")))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_cpu")),
+        "{v}"
+    );
+    let scale = format!("{versions}/{version}/scale");
+    let (st, v) = env
+        .call(&u, Method::POST, &scale, Some(json!({"replicas": 5})))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_cpu")),
+        "{v}"
+    );
+
+    // Scaling down frees CPU and memory, and the room can be used again.
+    let (st, v) = env
+        .call(&u, Method::POST, &scale, Some(json!({"replicas": 2})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(usage(&me().await.1), (Some(2), Some(1000), Some(512 << 20)));
+    let (st, v) = env
+        .call(&u, Method::POST, versions, Some(fields(2, "500m", "256Mi")))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(usage(&me().await.1), (Some(4), Some(2000), Some(1 << 30)));
+
+    // Deleting a version frees its share; deleting the app frees the rest.
+    let (st, v) = env
+        .call(&u, Method::DELETE, &format!("{versions}/{version}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(usage(&me().await.1), (Some(2), Some(1000), Some(512 << 20)));
+    let (st, _) = env.call(&u, Method::DELETE, "/api/v1/apps/big", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let me = me().await.1;
+    assert_eq!(usage(&me), (Some(0), Some(0), Some(0)));
+    assert_eq!(me["quota"]["max_cpu_millis"], 2000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,8 +120,8 @@ pub struct Change {
     pub detail: serde_json::Value,
 }
 
-/// Writes `decide`'s change with the quota charge (containers over the
-/// app's Cells), the activity event and the daily count in one
+/// Writes `decide`'s change with the quota charge (containers, CPU and
+/// memory requests over the app's Cells), the activity event and the daily count in one
 /// transaction, retried on contention. Returns the resource after it.
 pub async fn change(
     core: &Core,
@@ -136,26 +136,18 @@ pub async fn change(
         let cur = load(core, caller, name, action).await?;
         let ch = decide(&cur)?;
         let cells = &cur.spec.cells;
-        let before: i64 = cur
+        let before: Delta = cur
             .versions
             .iter()
             .filter(|v| {
                 ch.delete.contains(&v.version) || ch.put.iter().any(|p| p.version == v.version)
             })
-            .map(|v| v.containers(cells))
+            .map(|v| v.charge(cells))
             .sum();
-        let after: i64 = ch.put.iter().map(|v| v.containers(cells)).sum();
+        let after: Delta = ch.put.iter().map(|v| v.charge(cells)).sum();
         let mut r = cur.grant.resource.value.clone();
-        let (mut compares, mut ops) = quota::charge(
-            db,
-            core.settings.default_quota,
-            &r.creator,
-            Delta {
-                apps: 0,
-                containers: after - before,
-            },
-        )
-        .await?;
+        let (mut compares, mut ops) =
+            quota::charge(db, core.settings.default_quota, &r.creator, after - before).await?;
         let ev = activity::event(&caller.user, ch.verb, ch.detail.clone());
         let key = db.keys.core_resource(Kind::App.as_str(), name);
         compares.push(cur.grant.resource.unchanged());

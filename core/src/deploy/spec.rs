@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
+use crate::quantity;
+use crate::quota::Delta;
 
 /// The load balancer of an app: its domain on one nginx group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +85,30 @@ pub struct Resources {
     pub memory_limit: Option<String>,
 }
 
+impl Resources {
+    /// What one container is charged, in millicores and bytes: its request,
+    /// or else its limit (as Kubernetes does: a container with a limit and
+    /// no request is given a request equal to the limit), or else nothing
+    /// (a best-effort container reserves nothing on its node). Quantities
+    /// `check` refused never get here; unreadable ones count as nothing.
+    pub fn charged(&self) -> (u64, u64) {
+        let pick = |req: &Option<String>, lim: &Option<String>, parse: fn(&str) -> Option<u64>| {
+            req.as_deref()
+                .or(lim.as_deref())
+                .and_then(parse)
+                .unwrap_or(0)
+        };
+        (
+            pick(&self.cpu_request, &self.cpu_limit, quantity::cpu_millis),
+            pick(
+                &self.memory_request,
+                &self.memory_limit,
+                quantity::memory_bytes,
+            ),
+        )
+    }
+}
+
 /// What a user chooses for a version (also the template's answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,13 +159,22 @@ impl VersionSpec {
         self.cells.get(cell).copied().unwrap_or(self.replicas)
     }
 
-    /// Containers this version holds over `cells` (an app without Cells is
-    /// a record only and counts its replicas once).
-    pub fn containers(&self, cells: &[String]) -> i64 {
-        if cells.is_empty() {
-            return i64::from(self.replicas);
+    /// What this version holds over `cells`, for the quota: its containers
+    /// and their requests (an app without Cells is a record only and counts
+    /// its replicas once).
+    pub fn charge(&self, cells: &[String]) -> Delta {
+        let containers: i128 = if cells.is_empty() {
+            self.replicas.into()
+        } else {
+            cells.iter().map(|c| i128::from(self.replicas_in(c))).sum()
+        };
+        let (cpu, memory) = self.resources.charged();
+        Delta {
+            apps: 0,
+            containers,
+            cpu_millis: containers * i128::from(cpu),
+            memory_bytes: containers * i128::from(memory),
         }
-        cells.iter().map(|c| i64::from(self.replicas_in(c))).sum()
     }
 
     /// The fields a next version starts from (`GET …/versions/template`).
@@ -158,24 +193,6 @@ impl VersionSpec {
 
 fn bad(code: &'static str, detail: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, detail)
-}
-
-/// A Kubernetes quantity as we accept it: digits with an optional
-/// fraction and one suffix (`m`, `k`, `M`, `G`, `Ki`, `Mi`, `Gi`, `Ti`).
-pub fn valid_quantity(q: &str) -> bool {
-    let num_end = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(num_end);
-    let num_ok = !num.is_empty()
-        && num.matches('.').count() <= 1
-        && !num.starts_with('.')
-        && !num.ends_with('.');
-    num_ok
-        && matches!(
-            suffix,
-            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
-        )
 }
 
 /// An environment variable name as Kubernetes accepts it (C identifier style).
@@ -203,13 +220,15 @@ pub fn check(f: &VersionFields, app_cells: &[String]) -> Result<(), ApiError> {
         ));
     }
     let r = &f.resources;
-    for (name, q) in [
-        ("cpu_request", &r.cpu_request),
-        ("cpu_limit", &r.cpu_limit),
-        ("memory_request", &r.memory_request),
-        ("memory_limit", &r.memory_limit),
+    let cpu: fn(&str) -> Option<u64> = quantity::cpu_millis;
+    let memory: fn(&str) -> Option<u64> = quantity::memory_bytes;
+    for (name, q, parse) in [
+        ("cpu_request", &r.cpu_request, cpu),
+        ("cpu_limit", &r.cpu_limit, cpu),
+        ("memory_request", &r.memory_request, memory),
+        ("memory_limit", &r.memory_limit, memory),
     ] {
-        if let Some(q) = q.as_deref().filter(|q| !valid_quantity(q)) {
+        if let Some(q) = q.as_deref().filter(|q| parse(q).is_none()) {
             return Err(bad(
                 "invalid_resources",
                 format!("{name} {q:?} is not a quantity (e.g. 250m, 128Mi)"),
@@ -294,8 +313,12 @@ mod tests {
             at: Utc::now(),
         };
         assert_eq!((v.replicas_in("a"), v.replicas_in("b")), (2, 5));
-        assert_eq!(v.containers(&["a".into(), "b".into()]), 7);
-        assert_eq!(v.containers(&[]), 2, "an app without Cells counts once");
+        assert_eq!(v.charge(&["a".into(), "b".into()]).containers, 7);
+        assert_eq!(
+            v.charge(&[]).containers,
+            2,
+            "an app without Cells counts once"
+        );
         assert_eq!(v.template().cells, f.cells);
     }
 
@@ -321,13 +344,59 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        for ok in ["250m", "1", "0.5", "128Mi", "1Gi", "2G"] {
-            assert!(valid_quantity(ok), "{ok}");
+    fn quantities_are_checked_by_the_quota_reading() {
+        let cells = ["a".to_string()];
+        for (ok, bad) in [("250m", "1e3"), ("512Mi", "512MB"), ("1", ".5")] {
+            let mut f = fields();
+            f.resources.cpu_request = Some(ok.into());
+            f.resources.memory_limit = Some(ok.into());
+            assert!(check(&f, &cells).is_ok(), "{ok}");
+            f.resources.memory_limit = Some(bad.into());
+            assert_eq!(check(&f, &cells).unwrap_err().code, "invalid_resources");
         }
-        for bad in ["", "m", "1.2.3", "12x", "-1", ".5"] {
-            assert!(!valid_quantity(bad), "{bad}");
+    }
+
+    fn version(replicas: u32, cells: &[(&str, u32)], resources: Resources) -> VersionSpec {
+        VersionSpec {
+            version: 1,
+            image: "t/w".into(),
+            tag: "1".into(),
+            replicas,
+            cells: cells.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            resources,
+            env: BTreeMap::new(),
+            health: None,
+            by: "u".into(),
+            at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_version_is_charged_requests_times_replicas_over_its_cells() {
+        let r = Resources {
+            cpu_request: Some("250m".into()),
+            memory_request: Some("512Mi".into()),
+            cpu_limit: Some("2".into()),
+            memory_limit: Some("1Gi".into()),
+        };
+        let d = version(2, &[("b", 3)], r).charge(&["a".into(), "b".into()]);
+        assert_eq!(
+            (d.containers, d.cpu_millis, d.memory_bytes),
+            (5, 5 * 250, 5 * (512 << 20))
+        );
+    }
+
+    #[test]
+    fn without_a_request_the_limit_is_charged_and_without_either_nothing() {
+        let limits_only = Resources {
+            cpu_limit: Some("1".into()),
+            memory_limit: Some("1Gi".into()),
+            ..Resources::default()
+        };
+        let d = version(2, &[], limits_only).charge(&["a".into()]);
+        assert_eq!((d.cpu_millis, d.memory_bytes), (2000, 2 << 30));
+        let d = version(2, &[], Resources::default()).charge(&["a".into()]);
+        assert_eq!((d.containers, d.cpu_millis, d.memory_bytes), (2, 0, 0));
     }
 
     #[test]

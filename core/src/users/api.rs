@@ -39,7 +39,9 @@ pub struct UserView {
 async fn view(core: &Core, u: User) -> Result<UserView, ApiError> {
     Ok(UserView {
         usage: quota::usage(&core.db, &u.name).await?,
-        quota: u.quota.unwrap_or(core.settings.default_quota),
+        quota: u.quota.map_or(core.settings.default_quota, |q| {
+            q.effective(core.settings.default_quota)
+        }),
         name: u.name,
         admin: u.admin,
         created: u.created,
@@ -402,7 +404,7 @@ async fn set_quota(
         Ok(done.applied().then_some(next))
     })
     .await?;
-    tracing::info!(by = %caller.user, user = %name, max_apps = q.max_apps, max_containers = q.max_containers, "quota set");
+    tracing::info!(by = %caller.user, user = %name, quota = ?q, "quota set");
     Ok(Json(view(core, next).await?))
 }
 
