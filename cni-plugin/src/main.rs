@@ -6,6 +6,19 @@ use std::process::ExitCode;
 use leengine_cli::Logs;
 use leengine_cni::garp_follow;
 
+/// For operators who run the file by hand; the runtime never passes flags.
+const USAGE: &str = "\
+leengine-cni: the CNI plugin of type \"leengine\" (docs/cni-plugin.md)
+
+Usage: CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC CNI_CONTAINERID=... CNI_NETNS=... \\
+         CNI_IFNAME=... CNI_PATH=... leengine < network-config.json
+       leengine --version | --help
+
+The runtime (containerd, CRI-O, podman) calls it as the CNI spec says:
+the network configuration on stdin, the result or a CNI error as JSON on
+stdout. Logs go to stderr, filtered by LEENGINE_CNI_LOG (default: warn).
+";
+
 fn main() -> ExitCode {
     Logs {
         env: "LEENGINE_CNI_LOG",
@@ -19,6 +32,10 @@ fn main() -> ExitCode {
         // Operators ask the file; the runtime asks with CNI_COMMAND=VERSION.
         Some("--version") => {
             println!("leengine-cni {}", leengine_cli::version!());
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         _ => {}

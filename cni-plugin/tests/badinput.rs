@@ -274,3 +274,23 @@ fn status_and_gc_need_cni_1_1() {
         1
     );
 }
+
+/// An operator running the file by hand gets the usage or the version on
+/// stdout with exit 0; the runtime never passes flags.
+#[test]
+fn help_and_version_flags_answer_the_operator() {
+    let bin = env!("CARGO_BIN_EXE_leengine-cni");
+    for (flag, want) in [
+        ("--help", "Usage: CNI_COMMAND="),
+        ("--version", "leengine-cni 0."),
+    ] {
+        let out = std::process::Command::new(bin)
+            .arg(flag)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("run leengine-cni");
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(want), "{flag}: {stdout}");
+    }
+}
