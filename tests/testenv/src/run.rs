@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = "/tmp/leengine-testenv";
@@ -57,12 +57,56 @@ fn base36(mut v: u32) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// Ports handed to services come from below the kernel's ephemeral range
+/// (32768–60999 here), so no outgoing connection of any process can take one
+/// between our probe and the service's bind, and above the usual fixed
+/// service ports. 30000–32767 is Kubernetes' NodePort range, also avoided.
+const PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// A loopback TCP port reserved for this test process.
+///
+/// A port is claimed with an exclusive `flock` on
+/// `/tmp/leengine-testenv/ports/{port}` that is held (the descriptor is kept)
+/// until the process exits, so concurrently running test binaries never get
+/// the same port, and a dead run's ports come back by themselves. A port
+/// something else has bound is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = Path::new(ROOT).join("ports");
+    fs::create_dir_all(&dir).expect("create the port claim dir");
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Start each process somewhere else in the range so they rarely probe
+    // each other's claims.
+    let origin = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let offset = u16::try_from((origin + step) % span).expect("below the span");
+        let port = PORTS.start + offset;
+        let Some(claim) = claim(&dir.join(port.to_string())) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+            return port;
+        }
+    }
+    panic!("no free port left in {PORTS:?}");
+}
+
+/// The open, exclusively locked claim file, or None when another process
+/// (or an earlier claim of this one) holds it.
+fn claim(path: &Path) -> Option<fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .expect("open a port claim");
+    // SAFETY: flock(2) on a descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(f)
 }
 
 /// The path of `bin`, or a one-line panic naming the Debian package.
