@@ -11,7 +11,13 @@ PKGS=(
   iproute2 iputils-ping tcpdump busybox-static git wrk jq procps psmisc curl ca-certificates
   prometheus hyperfine containerd runc openssl time ethtool
   debootstrap systemd man-db
+  chromium fonts-dejavu-core
 )
+# Node.js and npm build console/ and run its browser tests. The machine image
+# ships Node 20; Debian's packages are the fallback where node is missing.
+if ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -24,6 +24,9 @@ fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+step "web console: npm ci && npm run build (console/dist, served by leengine-core; tests in core/tests/console.rs)"
+(cd console && npm ci --no-audit --no-fund && npm run build)
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -17,6 +17,7 @@ pub mod apps;
 pub mod auth;
 pub mod builds;
 pub mod cells;
+pub mod console;
 pub mod deploy;
 pub mod images;
 pub mod openapi;

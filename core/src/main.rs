@@ -128,6 +128,17 @@ struct Args {
     /// Serve the API only; never campaign to run the reconciler.
     #[arg(long)]
     no_reconciler: bool,
+    /// Directory of the built web console (`npm run build` in console/),
+    /// served at `/` and `/boss`.
+    #[arg(
+        long,
+        env = "LEENGINE_CONSOLE_DIR",
+        default_value = "/usr/share/leengine-core/console"
+    )]
+    console_dir: PathBuf,
+    /// Serve no web console (the API only).
+    #[arg(long, conflicts_with = "console_dir")]
+    no_console: bool,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -189,6 +200,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             drain_timeout: args.drain_timeout,
             robot_rotation: args.robot_rotation,
         },
+        console_dir: (!args.no_console).then(|| args.console_dir.clone()),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Assembles the API: shared state, every module's routes, problem-JSON
 //! fallbacks.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use crate::quota::Quota;
 use crate::registry::RegistrySettings;
 use crate::store::Db;
 use crate::users::throttle::{Limits, Throttle};
-use crate::{access, admin, apps, builds, cells, deploy, images, openapi, registry, slb, users};
+use crate::{
+    access, admin, apps, builds, cells, console, deploy, images, openapi, registry, slb, users,
+};
 
 /// Operator settings of the core (from the command line of `main`).
 #[derive(Clone, Debug)]
@@ -36,6 +39,9 @@ pub struct Settings {
     pub cells: CellSettings,
     /// Reconciler timings (resync, drain timeout, robot rotation).
     pub deploy: DeploySettings,
+    /// The built web console (`console/dist`) served at `/` and `/boss`;
+    /// `None`: the API only.
+    pub console_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -53,6 +59,7 @@ impl Default for Settings {
             limits: Limits::default(),
             cells: CellSettings::default(),
             deploy: DeploySettings::default(),
+            console_dir: None,
         }
     }
 }
@@ -100,6 +107,7 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
     if let Some(tokens) = &core.registry {
         builds = builds.with_push_tokens(tokens.clone());
     }
+    let console_dir = core.settings.console_dir.clone();
     let own = Router::new()
         .merge(users::api::router())
         .merge(access::members::router())
@@ -111,8 +119,13 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(registry::router())
         .merge(openapi::router())
         .with_state(core);
-    own.merge(slb::router(slb::SlbState::new(etcd, keys)))
-        .merge(builds::router(builds))
+    let mut all = own
+        .merge(slb::router(slb::SlbState::new(etcd, keys)))
+        .merge(builds::router(builds));
+    if let Some(dir) = console_dir {
+        all = all.merge(console::router(dir));
+    }
+    all
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(auth::layer(authn))

@@ -1,0 +1,261 @@
+// Browser tests of the console and boss: Debian's Chromium driven by
+// playwright-core (no browser download), against the real core started by
+// core/tests/console.rs, which passes CONSOLE_URL and friends. Run alone:
+//   cargo test -p leengine-core --test console console_and_boss_in_chromium
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const URL = process.env.CONSOLE_URL;
+const PASSWORD = process.env.CONSOLE_PASSWORD;
+const GIT = process.env.CONSOLE_GIT;
+const REGISTRY = process.env.CONSOLE_REGISTRY;
+const SHOTS = new globalThis.URL('../test-results/', import.meta.url).pathname;
+const WIDE = { width: 1280, height: 860 };
+const PHONE = { width: 390, height: 844 };
+
+assert.ok(URL && PASSWORD && GIT && REGISTRY, 'run through core/tests/console.rs (it sets CONSOLE_URL, …)');
+mkdirSync(SHOTS, { recursive: true });
+
+let browser;
+/** Requests that left the core's origin: there must be none. */
+const outside = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    // Root in a container: Chromium's sandbox needs user namespaces we may not have.
+    args: ['--no-sandbox'],
+  });
+});
+after(async () => {
+  await browser?.close();
+  assert.deepEqual(outside, [], 'no request may leave the core');
+});
+
+async function page(viewport = WIDE) {
+  const ctx = await browser.newContext({ viewport });
+  const p = await ctx.newPage();
+  p.on('request', (r) => {
+    if (!r.url().startsWith(URL) && !r.url().startsWith('data:')) outside.push(r.url());
+  });
+  const errors = [];
+  p.on('pageerror', (e) => errors.push(String(e)));
+  p.errors = errors;
+  return p;
+}
+
+async function signIn(p, user, path = '/') {
+  await p.goto(`${URL}${path}`);
+  await p.getByLabel('User name').fill(user);
+  await p.getByLabel('Password').fill(PASSWORD);
+  await p.getByRole('button', { name: 'Sign in' }).click();
+  await p.getByRole('button', { name: 'Sign out' }).waitFor();
+}
+
+async function api(method, path, user, body) {
+  const login = await fetch(`${URL}/api/v1/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user, password: PASSWORD }),
+  });
+  assert.equal(login.status, 201);
+  const { token } = await login.json();
+  const resp = await fetch(`${URL}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: resp.status, body: await resp.json().catch(() => null) };
+}
+
+const shot = (p, name) => p.screenshot({ path: `${SHOTS}${name}.png`, fullPage: true });
+
+test('a wrong password shows the problem detail; the right one signs in', async () => {
+  const p = await page();
+  await p.goto(URL);
+  await p.getByLabel('User name').fill('mia');
+  await p.getByLabel('Password').fill('not-the-password');
+  await p.getByRole('button', { name: 'Sign in' }).click();
+  const alert = p.getByRole('alert');
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /unauthenticated/);
+  await shot(p, 'signin-error');
+  await p.getByLabel('Password').fill(PASSWORD);
+  await p.getByRole('button', { name: 'Sign in' }).click();
+  await p.getByRole('heading', { name: 'Apps' }).waitFor();
+  assert.match(await p.getByText(/Quota: 0 of 20 apps/).innerText(), /0 of 200 containers/);
+  assert.deepEqual(p.errors, []);
+  await p.context().close();
+});
+
+test('create an app, add a Developer; the Developer gets no deploy button and the API refuses', async () => {
+  // The image group the app's image lives in (a deploy needs pull on it).
+  assert.equal((await api('POST', '/api/v1/groups', 'mia', { name: 'team' })).status, 201);
+
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.getByRole('button', { name: 'New app' }).click();
+  const dlg = p.getByRole('dialog', { name: 'New app' });
+  await dlg.getByLabel('Name').fill('web');
+  await dlg.getByLabel('Description').fill('the shop front');
+  await dlg.getByLabel('Image repository').fill(`${REGISTRY}/team/web`);
+  await dlg.getByRole('button', { name: 'Create app' }).click();
+  await p.getByRole('heading', { name: /App web/ }).waitFor();
+  assert.match(await p.locator('.facts').first().innerText(), /team\/web/);
+
+  // The list finds it by search.
+  await p.getByRole('link', { name: 'Apps' }).click();
+  await p.getByLabel('Search apps').fill('shop');
+  await p.locator('tr[data-app="web"]').waitFor();
+  await p.getByLabel('Search apps').fill('nothing-like-it');
+  await p.getByText('No apps match').waitFor();
+
+  await p.evaluate(() => (location.hash = '#/apps/web/members'));
+  await p.getByLabel('User name').fill('dev');
+  await p.getByRole('combobox', { name: 'Role', exact: true }).selectOption('Developer');
+  await p.getByRole('button', { name: 'Add member' }).click();
+  const row = p.locator('tr[data-member="dev"]');
+  await row.waitFor();
+  assert.match(await row.innerText(), /Developer/);
+  await shot(p, 'app-members');
+  await p.context().close();
+
+  const d = await page();
+  await signIn(d, 'dev');
+  await d.locator('tr[data-app="web"]').waitFor();
+  assert.match(await d.locator('tr[data-app="web"]').innerText(), /Developer/);
+  await d.getByRole('link', { name: 'web' }).click();
+  await d.getByRole('heading', { name: /App web/ }).waitFor();
+  await d.getByRole('link', { name: 'members' }).click();
+  await d.locator('tr[data-member="mia"]').waitFor();
+  assert.equal(await d.getByRole('button', { name: 'Deploy' }).count(), 0, 'a Developer is offered no deploy');
+  assert.equal(await d.getByRole('button', { name: 'Scale' }).count(), 0);
+  assert.equal(await d.getByRole('button', { name: 'Add member' }).count(), 0);
+  await shot(d, 'developer-view');
+  await d.context().close();
+
+  const refused = await api('POST', '/api/v1/apps/web/versions', 'dev', { image: `${REGISTRY}/team/web`, tag: 'v1' });
+  assert.equal(refused.status, 403, JSON.stringify(refused.body));
+  assert.equal(refused.body.code, 'forbidden');
+});
+
+test('as Master: deploy from the dialog, scale, and see the versions', async () => {
+  // mia owns the app; make her a Master on a second one to test the role, not ownership.
+  assert.equal((await api('POST', '/api/v1/apps', 'root', { name: 'api', image: `${REGISTRY}/team/web` })).status, 201);
+  assert.equal((await api('PUT', '/api/v1/apps/api/members/mia', 'root', { role: 'Master' })).status, 200);
+
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.evaluate(() => (location.hash = '#/apps/api'));
+  await p.getByText('your role: Master').waitFor();
+  assert.equal(await p.getByRole('button', { name: 'Delete app' }).count(), 0, 'deleting needs Owner');
+  await p.getByRole('button', { name: 'Deploy' }).click();
+  let dlg = p.getByRole('dialog', { name: 'Deploy api' });
+  assert.equal(await dlg.getByLabel('Image').inputValue(), `${REGISTRY}/team/web`);
+  await dlg.getByLabel('Tag', { exact: true }).fill('v1');
+  await dlg.getByLabel('Replicas per Cell').fill('2');
+  await dlg.getByRole('button', { name: 'Deploy version 1' }).click();
+  await p.locator('tr[data-version="1"]').waitFor();
+  assert.match(await p.locator('tr[data-version="1"]').innerText(), /team\/web:v1/);
+
+  // The second deploy is pre-filled from the first: only the tag changes.
+  await p.getByRole('button', { name: 'Deploy' }).click();
+  dlg = p.getByRole('dialog', { name: 'Deploy api' });
+  await dlg.getByText('Pre-filled from v1').waitFor();
+  assert.equal(await dlg.getByLabel('Replicas per Cell').inputValue(), '2');
+  await dlg.getByLabel('Tag', { exact: true }).fill('v2');
+  await dlg.getByRole('button', { name: 'Deploy version 2' }).click();
+  await p.locator('tr[data-version="2"]').waitFor();
+
+  await p.getByRole('button', { name: 'Scale' }).click();
+  dlg = p.getByRole('dialog', { name: 'Scale api' });
+  await dlg.getByLabel(/Replicas of v2/).fill('3');
+  await dlg.getByRole('button', { name: 'Scale' }).click();
+  await p.getByText('v2 v2 × 3').waitFor();
+  await shot(p, 'app-versions');
+
+  // A refusal is shown as the server words it.
+  await p.getByRole('button', { name: 'Scale' }).click();
+  dlg = p.getByRole('dialog', { name: 'Scale api' });
+  await dlg.getByLabel(/Replicas of v2/).fill('500');
+  await dlg.getByRole('button', { name: 'Scale' }).click();
+  await dlg.getByRole('alert').waitFor();
+  assert.match(await dlg.getByRole('alert').innerText(), /quota exceeded.*containers/);
+  await shot(p, 'scale-quota-error');
+  await p.keyboard.press('Escape');
+
+  await p.getByRole('link', { name: 'activity' }).click();
+  await p.getByRole('list', { name: 'activity' }).getByText('scaled').first().waitFor();
+  await p.context().close();
+});
+
+test('a build run: manual trigger, a bar per stage, the live log', async () => {
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.getByRole('link', { name: 'Builds' }).click();
+  await p.getByText('New build config').click();
+  await p.getByLabel('Id').fill('web');
+  await p.getByLabel('Git repository').fill(`${GIT}/team/web.git`);
+  await p.getByLabel('Target image').fill(`${REGISTRY}/team/web`);
+  await p.getByRole('button', { name: 'Create build config' }).click();
+  const hook = p.getByRole('definition').filter({ hasText: 'shown only now' });
+  await hook.waitFor();
+  await p.evaluate(() => (location.hash = '#/builds/web'));
+  await p.getByRole('heading', { name: 'Build config web' }).waitFor();
+  assert.match(await p.locator('dl[aria-label=webhook]').innerText(), /\/api\/v1\/builds\/configs\/web\/webhook/);
+  await p.getByRole('button', { name: 'Build now' }).click();
+  const log = p.getByRole('region', { name: 'build log' });
+  await log.getByText('live').waitFor();
+  await log.getByText('Cloning into').waitFor();
+  await shot(p, 'build-live');
+  await log.getByText('succeeded').waitFor({ timeout: 20000 });
+  assert.match(await log.innerText(), /pushed 127\.0\.0\.1:5000\/team\/web:3f2a9c1/);
+  const bars = p.locator('.stages').first().locator('[data-stage]');
+  assert.deepEqual(await bars.evaluateAll((els) => els.map((e) => e.dataset.stage)), ['clone', 'compile', 'build', 'push']);
+  for (const t of await bars.allInnerTexts()) assert.match(t, /\d+\.\d s/);
+  await shot(p, 'build-stages');
+  await p.context().close();
+});
+
+test('boss shows the users and the daily counts this test produced', async () => {
+  const p = await page();
+  await signIn(p, 'root', '/boss');
+  await p.getByRole('heading', { name: 'Users and quotas' }).waitFor();
+  const mia = p.locator('tr[data-user="mia"]');
+  await mia.waitFor();
+  assert.match(await mia.innerText(), /1 \/ 20/); // apps
+  await shot(p, 'boss-users');
+
+  await p.getByRole('link', { name: 'Daily counts' }).click();
+  const today = new Date().toISOString().slice(0, 10);
+  const row = p.locator(`tr[data-day="${today}"]`);
+  await row.waitFor();
+  const count = async (m) => Number(await row.locator(`td[data-metric="${m}"]`).innerText());
+  assert.equal(await count('deploys'), 2);
+  assert.equal(await count('scalings'), 1);
+  assert.equal(await count('builds'), 1);
+  await p.getByRole('img', { name: 'daily counts chart' }).waitFor();
+  await shot(p, 'boss-daily-counts');
+
+  // Boss and console in one session: no second sign-in.
+  await p.getByRole('button', { name: 'Console' }).click();
+  await p.getByRole('heading', { name: 'Apps' }).waitFor();
+  await p.context().close();
+});
+
+test('phone width: the app list and the permissions page stay usable', async () => {
+  const p = await page(PHONE);
+  await signIn(p, 'mia');
+  await p.locator('tr[data-app="web"]').waitFor();
+  const overflow = await p.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+  assert.ok(overflow <= 1, `page scrolls sideways by ${overflow}px`);
+  await shot(p, 'phone-apps');
+  await p.getByRole('link', { name: 'Permissions' }).click();
+  const deploy = p.getByRole('table', { name: 'permissions' }).locator('tr', { hasText: 'deploy' }).first();
+  await deploy.waitFor();
+  assert.match(await deploy.innerText(), /Master/);
+  await p.context().close();
+});

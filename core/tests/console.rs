@@ -1,0 +1,234 @@
+//! The web console and boss in a real browser: a real etcd and the whole
+//! core serving `console/dist` on a TCP port; `node --test` drives Debian's
+//! Chromium through playwright-core (`console/tests/console.test.mjs`).
+//! Screenshots go to `console/test-results/`.
+//!
+//! Build runs: like `builds_api.rs`, a builder is registered in etcd and
+//! this test plays its part, writing the run's stages and log with
+//! `leengine_build`'s run model, as the build agent does (docs/build-farm.md).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use chrono::Utc;
+use common::Env;
+use etcd_client::{GetOptions, PutOptions};
+use leengine_build::validate::Policy;
+use leengine_build::{BoundedLog, BuildRun, BuildTask, RunStatus, Stage};
+use leengine_core::builds::BuildSettings;
+use leengine_core::server::Settings;
+use leengine_core::users;
+use leengine_store::Keys;
+use tower::ServiceExt as _;
+
+const PASSWORD: &str = "password-of-test";
+const REGISTRY: &str = "127.0.0.1:5000";
+const GIT: &str = "http://gitlab.example";
+
+fn console_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../console")
+}
+
+/// `console/dist`, built here when missing (hack/test.sh builds it first).
+fn console_dist() -> PathBuf {
+    let src = console_src();
+    let npm = |args: &[&str]| {
+        let st = Command::new("npm")
+            .args(args)
+            .current_dir(&src)
+            .status()
+            .expect("npm (hack/deps.sh installs node and npm)");
+        assert!(st.success(), "npm {args:?} in console/ failed");
+    };
+    if !src.join("node_modules").is_dir() {
+        npm(&["ci"]);
+    }
+    if !src.join("dist/index.html").is_file() {
+        npm(&["run", "build"]);
+    }
+    src.join("dist")
+}
+
+fn settings(console_dir: Option<PathBuf>) -> Settings {
+    Settings {
+        console_dir,
+        builds: BuildSettings {
+            policy: Policy::new(Some(REGISTRY.into()), &[GIT]).unwrap(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn raw(env: &Env, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let req = Request::get(path).body(Body::empty()).unwrap();
+    let resp = env.app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 24).await.unwrap();
+    (parts.status, parts.headers, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn core_serves_the_console_with_a_same_origin_policy() {
+    let dist = console_dist();
+    let env = Env::start(settings(Some(dist.clone()))).await;
+    for page in ["/", "/boss"] {
+        let (st, h, body) = raw(&env, page).await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        let html = String::from_utf8(body).unwrap();
+        assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+    }
+    // Every asset the page names is served, with its type; nothing else is.
+    let html = std::fs::read_to_string(dist.join("index.html")).unwrap();
+    let assets: Vec<&str> = html
+        .split('"')
+        .filter(|s| s.starts_with("/assets/"))
+        .collect();
+    assert!(assets.len() >= 2, "script and stylesheet in {html}");
+    for a in assets {
+        let (st, h, body) = raw(&env, a).await;
+        assert_eq!(st, StatusCode::OK, "{a}");
+        assert!(h[header::CACHE_CONTROL].to_str().unwrap().contains("immutable"));
+        assert!(!body.is_empty());
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("//cdn.") && !text.contains("fonts.googleapis"),
+            "{a} names an outside host"
+        );
+    }
+    for bad in ["/assets/..%2Findex.html", "/assets/missing.js", "/assets/x.html"] {
+        let (st, v) = env.call(&common::Auth::Anonymous, axum::http::Method::GET, bad, None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{bad}: {v}");
+    }
+    // The API is untouched: unknown paths are still problem JSON.
+    let (st, v) = env
+        .call(&common::Auth::Anonymous, axum::http::Method::GET, "/nope", None)
+        .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_route")));
+}
+
+#[tokio::test]
+async fn a_missing_console_is_a_problem_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::start(settings(Some(dir.path().join("absent")))).await;
+    let (st, v) = env
+        .call(&common::Auth::Anonymous, axum::http::Method::GET, "/", None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], "console_not_installed");
+    assert!(v["detail"].as_str().unwrap().contains("absent"), "{v}");
+}
+
+/// Plays the build host `id`: registers it (as the agent does) and takes
+/// every task placed on it through clone, compile, build and push.
+async fn builder(etcd: etcd_client::Client, keys: Keys, id: &str) {
+    let mut c = etcd;
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    let info = serde_json::json!({"id": id, "capacity": 2, "running": 0, "startedAt": Utc::now()});
+    c.put(
+        keys.builder(id),
+        info.to_string(),
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    let mut done = std::collections::HashSet::new();
+    loop {
+        let tasks = c
+            .get(
+                keys.builder_tasks_prefix(id),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        for kv in tasks.kvs() {
+            let task: BuildTask = serde_json::from_slice(kv.value()).unwrap();
+            if done.insert(task.run.clone()) {
+                build(&mut c, &keys, &task).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
+    let key = keys.build_run(&task.config, &task.run);
+    let read = c.get(key.as_str(), None).await.unwrap();
+    let mut run: BuildRun = serde_json::from_slice(read.kvs()[0].value()).unwrap();
+    let mut log = BoundedLog::new(leengine_build::log::DEFAULT_LOG_TAIL_BYTES);
+    let commit = "3f2a9c1d0e4b";
+    for (stage, lines) in [
+        (Stage::Clone, &["Cloning into 'src'...", "HEAD is now at 3f2a9c1"][..]),
+        (Stage::Compile, &["[INFO] BUILD SUCCESS"][..]),
+        (Stage::Build, &["Step 1/2 : FROM busybox", "Successfully built"][..]),
+        (Stage::Push, &["pushed 127.0.0.1:5000/team/web:3f2a9c1"][..]),
+    ] {
+        run.start_stage(stage, Utc::now());
+        for l in lines {
+            log.push_line(l);
+        }
+        run.log = log.text().to_string();
+        c.put(key.as_str(), serde_json::to_vec(&run).unwrap(), None)
+            .await
+            .unwrap();
+        // Long enough for the page to show the run live.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        run.close_stage(true, Utc::now());
+    }
+    run.status = RunStatus::Succeeded;
+    run.commit = Some(commit.into());
+    run.image = Some(format!("{REGISTRY}/team/web:{commit}"));
+    run.finished_at = Some(Utc::now());
+    c.put(key.as_str(), serde_json::to_vec(&run).unwrap(), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_and_boss_in_chromium() {
+    let dist = console_dist();
+    let env = Env::start(settings(Some(dist))).await;
+    for (name, admin) in [("root", true), ("mia", false), ("dev", false)] {
+        users::create_user(&env.core.db, name, PASSWORD, admin)
+            .await
+            .unwrap();
+    }
+    tokio::spawn(builder(
+        env.core.db.etcd.clone(),
+        env.core.db.keys.clone(),
+        "builder-1",
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = env
+        .app
+        .clone()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )));
+    let src = console_src();
+    let out = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=spec", "tests/console.test.mjs"])
+        .current_dir(&src)
+        .env("CONSOLE_URL", &url)
+        .env("CONSOLE_PASSWORD", PASSWORD)
+        .env("CONSOLE_GIT", GIT)
+        .env("CONSOLE_REGISTRY", REGISTRY)
+        .output()
+        .await
+        .expect("node (hack/deps.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "browser tests failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+}
