@@ -682,9 +682,10 @@ export function ImagePage({ me, name, tab }: Me & { name: string; tab: string })
   const base = `/api/v1/images/${name}`;
   const loaded = useLoad(() => get<Resource>(base), [name]);
   const feed = useLoad(() => get<FeedEvent[]>(`${base}/activity?limit=1000`), [name]);
+  const platform = useLoad(() => get<{ registry: string | null }>('/api/v1/platform'), []);
   const tabs = ['tags', 'members', 'activity'];
   const current = tabs.includes(tab) ? tab : 'tags';
-  const host = location.hostname;
+  const host = platform.data?.registry ?? 'REGISTRY';
   return (
     <Show loaded={loaded}>
       {(img) => (

@@ -11,11 +11,12 @@ const URL = process.env.CONSOLE_URL;
 const PASSWORD = process.env.CONSOLE_PASSWORD;
 const GIT = process.env.CONSOLE_GIT;
 const REGISTRY = process.env.CONSOLE_REGISTRY;
+const NOTIFY_SECRET = process.env.CONSOLE_NOTIFY_SECRET;
 const SHOTS = new globalThis.URL('../test-results/', import.meta.url).pathname;
 const WIDE = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
 
-assert.ok(URL && PASSWORD && GIT && REGISTRY, 'run through core/tests/console.rs (it sets CONSOLE_URL, …)');
+assert.ok(URL && PASSWORD && GIT && REGISTRY && NOTIFY_SECRET, 'run through core/tests/console.rs (it sets CONSOLE_URL, …)');
 mkdirSync(SHOTS, { recursive: true });
 
 let browser;
@@ -142,7 +143,33 @@ test('create an app, add a Developer; the Developer gets no deploy button and th
   assert.equal(refused.body.code, 'forbidden');
 });
 
+/** What the registry sends the core after a manifest push (its notification format). */
+async function pushed(repository, tag, user) {
+  const resp = await fetch(`${URL}/api/v1/registry/events`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${NOTIFY_SECRET}`, 'content-type': 'application/vnd.docker.distribution.events.v1+json' },
+    body: JSON.stringify({
+      events: [
+        {
+          id: `push-${repository}-${tag}`,
+          timestamp: new Date().toISOString(),
+          action: 'push',
+          target: {
+            mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+            repository,
+            digest: `sha256:${'ab'.repeat(32)}`,
+            tag,
+          },
+          actor: { name: user },
+        },
+      ],
+    }),
+  });
+  assert.ok(resp.ok, `notification: ${resp.status} ${await resp.text()}`);
+}
+
 test('as Master: deploy from the dialog, scale, and see the versions', async () => {
+  await pushed('team/web', 'v7', 'mia');
   // mia owns the app; make her a Master on a second one to test the role, not ownership.
   assert.equal((await api('POST', '/api/v1/apps', 'root', { name: 'api', image: `${REGISTRY}/team/web` })).status, 201);
   assert.equal((await api('PUT', '/api/v1/apps/api/members/mia', 'root', { role: 'Master' })).status, 200);
@@ -155,6 +182,9 @@ test('as Master: deploy from the dialog, scale, and see the versions', async () 
   await p.getByRole('button', { name: 'Deploy' }).click();
   let dlg = p.getByRole('dialog', { name: 'Deploy api' });
   assert.equal(await dlg.getByLabel('Image').inputValue(), `${REGISTRY}/team/web`);
+  // The tags come from the registry's pushes; the newest is chosen.
+  assert.equal(await dlg.getByLabel('Tag', { exact: true }).inputValue(), 'v7');
+  assert.deepEqual(await p.locator('#deploy-tags option').evaluateAll((o) => o.map((x) => x.value)), ['v7']);
   await dlg.getByLabel('Tag', { exact: true }).fill('v1');
   await dlg.getByLabel('Replicas per Cell').fill('2');
   await dlg.getByRole('button', { name: 'Deploy version 1' }).click();
@@ -192,12 +222,26 @@ test('as Master: deploy from the dialog, scale, and see the versions', async () 
   await p.context().close();
 });
 
+test('an image page lists its pushed tags with the docker pull line', async () => {
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.getByRole('link', { name: 'Images' }).click();
+  await p.getByRole('link', { name: 'team/web' }).click();
+  const tags = p.getByRole('table', { name: 'tags' });
+  await tags.waitFor();
+  const text = await tags.innerText();
+  assert.match(text, /v7/);
+  assert.match(text, /docker pull 127\.0\.0\.1:5000\/team\/web:v7/);
+  await shot(p, 'image-tags');
+  await p.context().close();
+});
+
 test('a build run: manual trigger, a bar per stage, the live log', async () => {
   const p = await page();
   await signIn(p, 'mia');
   await p.getByRole('link', { name: 'Builds' }).click();
   await p.getByText('New build config').click();
-  await p.getByLabel('Id').fill('web');
+  await p.getByLabel('Id', { exact: true }).fill('web');
   await p.getByLabel('Git repository').fill(`${GIT}/team/web.git`);
   await p.getByLabel('Target image').fill(`${REGISTRY}/team/web`);
   await p.getByRole('button', { name: 'Create build config' }).click();
@@ -237,6 +281,7 @@ test('boss shows the users and the daily counts this test produced', async () =>
   assert.equal(await count('deploys'), 2);
   assert.equal(await count('scalings'), 1);
   assert.equal(await count('builds'), 1);
+  assert.equal(await count('pushes'), 1);
   await p.getByRole('img', { name: 'daily counts chart' }).waitFor();
   await shot(p, 'boss-daily-counts');
 

@@ -15,11 +15,25 @@ use crate::stats::{self, DayStats};
 pub fn router() -> Router<Core> {
     Router::new()
         .route("/api/v1/permissions", get(permissions))
+        .route("/api/v1/platform", get(platform))
         .route("/api/v1/admin/stats", get(daily_stats))
 }
 
 async fn permissions() -> Json<Vec<TableRow>> {
     Json(table::table())
+}
+
+/// What the console shows of the platform (`docker pull` lines).
+#[derive(Debug, Serialize)]
+pub struct Platform {
+    /// `host[:port]` of the platform registry; `None` when not configured.
+    pub registry: Option<String>,
+}
+
+async fn platform(State(core): State<Core>) -> Json<Platform> {
+    Json(Platform {
+        registry: core.settings.builds.policy.registry.clone(),
+    })
 }
 
 #[derive(Debug, Deserialize)]

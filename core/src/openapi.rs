@@ -250,6 +250,9 @@ fn paths() -> Map<String, Value> {
         &[path_param("id")],
     );
 
+    p.insert("/api/v1/platform".into(), json!({ "get": op("platform", "what clients show of the platform: the registry images are pushed to and pulled from", false, &[], None,
+        ok_json("200", json!({ "type": "object", "required": ["registry"], "properties": {
+            "registry": { "type": "string", "nullable": true, "description": "`host[:port]` of the platform registry (`--build-registry-server`)" } } }))) }));
     p.insert("/api/v1/permissions".into(), json!({ "get": op("permissions", "the permission table", false, &[], None, ok_json("200", array("PermissionRow"))) }));
     let day = json!({ "type": "string", "format": "date" });
     p.insert("/api/v1/admin/stats".into(), json!({ "get": op("stats", "daily counts of deploys, builds, pushes, scalings, deletions (admin)", true,

@@ -21,6 +21,7 @@ use etcd_client::{GetOptions, PutOptions};
 use leengine_build::validate::Policy;
 use leengine_build::{BoundedLog, BuildRun, BuildTask, RunStatus, Stage};
 use leengine_core::builds::BuildSettings;
+use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use leengine_core::users;
 use leengine_store::Keys;
@@ -29,6 +30,7 @@ use tower::ServiceExt as _;
 const PASSWORD: &str = "password-of-test";
 const REGISTRY: &str = "127.0.0.1:5000";
 const GIT: &str = "http://gitlab.example";
+const NOTIFY_SECRET: &str = "notify-secret-of-test";
 
 fn console_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../console")
@@ -195,7 +197,21 @@ async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_and_boss_in_chromium() {
     let dist = console_dist();
-    let env = Env::start(settings(Some(dist))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_pem, cert_pem, _) = common::token_keypair(dir.path());
+    let env = Env::start(Settings {
+        // Notifications on: pushes reach image feeds (the deploy dialog's tags).
+        registry: Some(RegistrySettings {
+            service: "leengine-registry".into(),
+            issuer: "leengine-core".into(),
+            key_pem,
+            cert_pem: Some(cert_pem),
+            ttl: Duration::from_secs(300),
+            notify_secret: Some(NOTIFY_SECRET.into()),
+        }),
+        ..settings(Some(dist))
+    })
+    .await;
     for (name, admin) in [("root", true), ("mia", false), ("dev", false)] {
         users::create_user(&env.core.db, name, PASSWORD, admin)
             .await
@@ -223,6 +239,7 @@ async fn console_and_boss_in_chromium() {
         .env("CONSOLE_PASSWORD", PASSWORD)
         .env("CONSOLE_GIT", GIT)
         .env("CONSOLE_REGISTRY", REGISTRY)
+        .env("CONSOLE_NOTIFY_SECRET", NOTIFY_SECRET)
         .output()
         .await
         .expect("node (hack/deps.sh installs it)");
