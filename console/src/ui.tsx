@@ -96,13 +96,16 @@ export function useAction(): [boolean, Problem | undefined, (f: () => Promise<un
   return [busy, error, run];
 }
 
+/** A labelled control; the hint stays outside the label, so the label is the control's name. */
 export function Field(props: { label: string; children: ComponentChildren; hint?: string }) {
   return (
-    <label class="field">
-      <span>{props.label}</span>
-      {props.children}
+    <div class="field">
+      <label>
+        <span>{props.label}</span>
+        {props.children}
+      </label>
       {props.hint ? <small>{props.hint}</small> : null}
-    </label>
+    </div>
   );
 }
 

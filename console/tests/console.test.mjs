@@ -2,7 +2,7 @@
 // playwright-core (no browser download), against the real core started by
 // core/tests/console.rs, which passes CONSOLE_URL and friends. Run alone:
 //   cargo test -p leengine-core --test console console_and_boss_in_chromium
-import { after, before, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -36,9 +36,20 @@ after(async () => {
   assert.deepEqual(outside, [], 'no request may leave the core');
 });
 
+const pages = [];
+afterEach(async (t) => {
+  // A failed test leaves a picture of where it stood.
+  for (const [i, p] of pages.entries()) {
+    if (!p.isClosed()) await p.screenshot({ path: `${SHOTS}failed-${t.name.slice(0, 40).replace(/\W+/g, '-')}-${i}.png` }).catch(() => {});
+    await p.context().close().catch(() => {});
+  }
+  pages.length = 0;
+});
+
 async function page(viewport = WIDE) {
   const ctx = await browser.newContext({ viewport });
   const p = await ctx.newPage();
+  pages.push(p);
   p.on('request', (r) => {
     if (!r.url().startsWith(URL) && !r.url().startsWith('data:')) outside.push(r.url());
   });
@@ -151,7 +162,7 @@ async function pushed(repository, tag, user) {
     body: JSON.stringify({
       events: [
         {
-          id: `push-${repository}-${tag}`,
+          id: `push-${repository}-${tag}`.replace(/[^A-Za-z0-9-]/g, "-"),
           timestamp: new Date().toISOString(),
           action: 'push',
           target: {
@@ -256,6 +267,8 @@ test('a build run: manual trigger, a bar per stage, the live log', async () => {
   await log.getByText('Cloning into').waitFor();
   await shot(p, 'build-live');
   await log.getByText('succeeded').waitFor({ timeout: 20000 });
+  // The list polls on its own: wait for it to show the finished run too.
+  await p.locator('.stages').first().locator('[data-stage="push"].ok').waitFor();
   assert.match(await log.innerText(), /pushed 127\.0\.0\.1:5000\/team\/web:3f2a9c1/);
   const bars = p.locator('.stages').first().locator('[data-stage]');
   assert.deepEqual(await bars.evaluateAll((els) => els.map((e) => e.dataset.stage)), ['clone', 'compile', 'build', 'push']);
