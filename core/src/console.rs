@@ -122,7 +122,15 @@ mod tests {
             content_type("index-Q2.css"),
             Some("text/css; charset=utf-8")
         );
-        for bad in ["..", "../index.html", ".env.js", "a/b.js", "x.html", "noext", "a%2e.js"] {
+        for bad in [
+            "..",
+            "../index.html",
+            ".env.js",
+            "a/b.js",
+            "x.html",
+            "noext",
+            "a%2e.js",
+        ] {
             assert_eq!(content_type(bad), None, "{bad}");
         }
     }

@@ -125,8 +125,7 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
     if let Some(dir) = console_dir {
         all = all.merge(console::router(dir));
     }
-    all
-        .fallback(not_found)
+    all.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(auth::layer(authn))
 }

@@ -86,7 +86,10 @@ async fn core_serves_the_console_with_a_same_origin_policy() {
         let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
         assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
         let html = String::from_utf8(body).unwrap();
-        assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{html}"
+        );
     }
     // Every asset the page names is served, with its type; nothing else is.
     let html = std::fs::read_to_string(dist.join("index.html")).unwrap();
@@ -98,7 +101,10 @@ async fn core_serves_the_console_with_a_same_origin_policy() {
     for a in assets {
         let (st, h, body) = raw(&env, a).await;
         assert_eq!(st, StatusCode::OK, "{a}");
-        assert!(h[header::CACHE_CONTROL].to_str().unwrap().contains("immutable"));
+        assert!(h[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable"));
         assert!(!body.is_empty());
         let text = String::from_utf8_lossy(&body);
         assert!(
@@ -106,15 +112,29 @@ async fn core_serves_the_console_with_a_same_origin_policy() {
             "{a} names an outside host"
         );
     }
-    for bad in ["/assets/..%2Findex.html", "/assets/missing.js", "/assets/x.html"] {
-        let (st, v) = env.call(&common::Auth::Anonymous, axum::http::Method::GET, bad, None).await;
+    for bad in [
+        "/assets/..%2Findex.html",
+        "/assets/missing.js",
+        "/assets/x.html",
+    ] {
+        let (st, v) = env
+            .call(&common::Auth::Anonymous, axum::http::Method::GET, bad, None)
+            .await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{bad}: {v}");
     }
     // The API is untouched: unknown paths are still problem JSON.
     let (st, v) = env
-        .call(&common::Auth::Anonymous, axum::http::Method::GET, "/nope", None)
+        .call(
+            &common::Auth::Anonymous,
+            axum::http::Method::GET,
+            "/nope",
+            None,
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_route")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_route"))
+    );
 }
 
 #[tokio::test]
@@ -168,9 +188,15 @@ async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
     let mut log = BoundedLog::new(leengine_build::log::DEFAULT_LOG_TAIL_BYTES);
     let commit = "3f2a9c1d0e4b";
     for (stage, lines) in [
-        (Stage::Clone, &["Cloning into 'src'...", "HEAD is now at 3f2a9c1"][..]),
+        (
+            Stage::Clone,
+            &["Cloning into 'src'...", "HEAD is now at 3f2a9c1"][..],
+        ),
         (Stage::Compile, &["[INFO] BUILD SUCCESS"][..]),
-        (Stage::Build, &["Step 1/2 : FROM busybox", "Successfully built"][..]),
+        (
+            Stage::Build,
+            &["Step 1/2 : FROM busybox", "Successfully built"][..],
+        ),
         (Stage::Push, &["pushed 127.0.0.1:5000/team/web:3f2a9c1"][..]),
     ] {
         run.start_stage(stage, Utc::now());
@@ -246,7 +272,10 @@ async fn console_and_boss_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}\n{stderr}");
-    assert!(out.status.success(), "browser tests failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser tests failed:\n{stdout}\n{stderr}"
+    );
     // The spec reporter's summary: tests ran, none failed.
     assert!(
         stdout.contains("ℹ fail 0") && !stdout.contains("ℹ pass 0"),
