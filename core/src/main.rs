@@ -298,6 +298,26 @@ mod tests {
     }
 
     #[test]
+    fn console_flags() {
+        let base = ["leengine-core", "--etcd", "http://127.0.0.1:2379"];
+        let dir = |extra: &[&str]| {
+            let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
+            settings(&args).unwrap().console_dir
+        };
+        assert_eq!(
+            dir(&[]),
+            Some(PathBuf::from("/usr/share/leengine-core/console"))
+        );
+        assert_eq!(
+            dir(&["--console-dir", "/srv/console"]),
+            Some(PathBuf::from("/srv/console"))
+        );
+        assert_eq!(dir(&["--no-console"]), None);
+        let both = ["--no-console", "--console-dir", "/srv/console"];
+        assert!(Args::try_parse_from(base.iter().chain(&both)).is_err());
+    }
+
+    #[test]
     fn auth_limit_flags() {
         let base = ["leengine-core", "--etcd", "http://127.0.0.1:2379"];
         let none = Args::try_parse_from(base).unwrap();
