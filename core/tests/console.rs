@@ -14,17 +14,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::Method;
 use axum::http::{header, Request, StatusCode};
 use chrono::Utc;
-use common::Env;
+use common::{Auth, Env};
 use etcd_client::{GetOptions, PutOptions};
 use leengine_build::validate::Policy;
 use leengine_build::{BoundedLog, BuildRun, BuildTask, RunStatus, Stage};
 use leengine_core::builds::BuildSettings;
+use leengine_core::cells::CellSettings;
+use leengine_core::deploy::{reconcile, DeploySettings};
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use leengine_core::users;
 use leengine_store::Keys;
+use leengine_testenv as te;
 use tower::ServiceExt as _;
 
 const PASSWORD: &str = "password-of-test";
@@ -257,15 +261,122 @@ async fn console_and_boss_in_chromium() {
     tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
         listener, app,
     )));
-    let src = console_src();
+    run_node(
+        "tests/console.test.mjs",
+        &[
+            ("CONSOLE_URL", url),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
+            ("CONSOLE_GIT", GIT.into()),
+            ("CONSOLE_REGISTRY", REGISTRY.into()),
+            ("CONSOLE_NOTIFY_SECRET", NOTIFY_SECRET.into()),
+        ],
+    )
+    .await;
+}
+
+/// The pages that need a Cell: one real one-node Kubernetes Cell, a real
+/// registry with token auth whose notifications reach the core, images
+/// pushed to it; `console/tests/cell.test.mjs` deploys and scales from the
+/// browser and watches the pods come up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_pages_with_a_real_cell() {
+    let dist = console_dist();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("cells");
+    std::fs::create_dir(&creds).unwrap();
+    let (key, cert, cert_path) = common::token_keypair(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let core_port = listener.local_addr().unwrap().port();
+    let registry = te::Registry::start_with(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n\
+notifications:\n  endpoints:\n    - name: core\n      url: http://127.0.0.1:{core_port}/api/v1/registry/events\n      headers:\n        Authorization: [\"Bearer {NOTIFY_SECRET}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
+        common::SERVICE,
+        common::ISSUER,
+        cert_path.display()
+    ));
+    let reg = registry.addr();
+    let env = Env::start(Settings {
+        registry: Some(RegistrySettings {
+            notify_secret: Some(NOTIFY_SECRET.into()),
+            ..common::registry_settings(key, cert)
+        }),
+        cells: CellSettings {
+            credentials_dir: creds.clone(),
+            min_app_cells: 1,
+        },
+        deploy: DeploySettings {
+            resync: Duration::from_secs(2),
+            ..Default::default()
+        },
+        builds: BuildSettings {
+            policy: Policy::new(Some(reg.clone()), &[GIT]).unwrap(),
+            ..Default::default()
+        },
+        console_dir: Some(dist),
+        ..Default::default()
+    })
+    .await;
+    let app = env
+        .app
+        .clone()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )));
+    tokio::spawn(reconcile::run(env.core.clone()));
+    for (name, admin) in [("root", true), ("mia", false)] {
+        users::create_user(&env.core.db, name, PASSWORD, admin)
+            .await
+            .unwrap();
+    }
+    let mia = Auth::Basic("mia".into(), PASSWORD.into());
+    let (st, v) = env
+        .call(
+            &mia,
+            Method::POST,
+            "/api/v1/groups",
+            Some(serde_json::json!({"name": "team"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let push = common::registry_token(core_port, "repository:team/web:push,pull", "mia", PASSWORD);
+    for tag in ["v1", "v2"] {
+        te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
+    }
+    let cell = tokio::task::block_in_place(|| common::start_cell_with_pool(133));
+    cell.trust_registry(&reg);
+    std::fs::copy(cell.kubeconfig(), creds.join("cella.kubeconfig")).unwrap();
+    let root = Auth::Basic("root".into(), PASSWORD.into());
+    let (st, v) = env
+        .call(
+            &root,
+            Method::POST,
+            "/api/v1/admin/cells",
+            Some(
+                serde_json::json!({"name": "cella", "kubeconfig": "cella.kubeconfig",
+                "etcd": [cell.etcd_endpoint()], "nginx_groups": ["edge"]}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    run_node(
+        "tests/cell.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://127.0.0.1:{core_port}")),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
+            ("CONSOLE_REGISTRY", reg.clone()),
+        ],
+    )
+    .await;
+}
+
+/// `node --test FILE` in console/ with `vars`; the test fails unless every
+/// browser test passed.
+async fn run_node(file: &str, vars: &[(&str, String)]) {
     let out = tokio::process::Command::new("node")
-        .args(["--test", "--test-reporter=spec", "tests/console.test.mjs"])
-        .current_dir(&src)
-        .env("CONSOLE_URL", &url)
-        .env("CONSOLE_PASSWORD", PASSWORD)
-        .env("CONSOLE_GIT", GIT)
-        .env("CONSOLE_REGISTRY", REGISTRY)
-        .env("CONSOLE_NOTIFY_SECRET", NOTIFY_SECRET)
+        .args(["--test", "--test-reporter=spec", file])
+        .current_dir(console_src())
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .output()
         .await
         .expect("node (hack/deps.sh installs it)");
