@@ -325,6 +325,70 @@ export function CellsPage() {
           </table>
         )}
       </Show>
+      {(loaded.data ?? []).map((c) => (
+        <CellNodes cell={c.name} />
+      ))}
+    </section>
+  );
+}
+
+interface NodeUsage {
+  name: string;
+  ready: boolean;
+  cpu_allocatable_millis: number;
+  cpu_requested_millis: number;
+  memory_allocatable_bytes: number;
+  memory_requested_bytes: number;
+  pods: number;
+}
+
+/** Requested vs allocatable, as the scheduler counts it. */
+function Usage({ used, of, show }: { used: number; of: number; show: (n: number) => string }) {
+  const pct = of ? Math.round((used / of) * 100) : 0;
+  return (
+    <span class="usage">
+      <meter min={0} max={of || 1} value={used} aria-label={`${pct}%`} /> {show(used)} / {show(of)} ({pct}%)
+    </span>
+  );
+}
+
+function CellNodes({ cell }: { cell: string }) {
+  const loaded = useLoad(() => get<NodeUsage[]>(`/api/v1/admin/cells/${enc(cell)}/nodes`), [cell], 10000);
+  return (
+    <section aria-label={`nodes of ${cell}`}>
+      <h2>Nodes of {cell}</h2>
+      <Show loaded={loaded} empty={(n) => n.length === 0} emptyText="No nodes.">
+        {(nodes) => (
+          <table aria-label={`nodes of ${cell}`}>
+            <thead>
+              <tr>
+                <th>Node</th>
+                <th>Status</th>
+                <th>CPU requested / allocatable</th>
+                <th>Memory requested / allocatable</th>
+                <th>Pods</th>
+              </tr>
+            </thead>
+            <tbody>
+              {nodes.map((n) => (
+                <tr data-node={n.name}>
+                  <td>{n.name}</td>
+                  <td>
+                    <Badge tone={n.ready ? 'ok' : 'bad'}>{n.ready ? 'Ready' : 'not ready'}</Badge>
+                  </td>
+                  <td>
+                    <Usage used={n.cpu_requested_millis} of={n.cpu_allocatable_millis} show={(m) => `${m}m`} />
+                  </td>
+                  <td>
+                    <Usage used={n.memory_requested_bytes} of={n.memory_allocatable_bytes} show={bytes} />
+                  </td>
+                  <td>{n.pods}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </Show>
     </section>
   );
 }

@@ -46,6 +46,7 @@ test('sign in and create an app placed in the Cell', async () => {
 test('deploy the newest pushed tag; the version becomes ready in the Cell', async () => {
   await p.getByRole('button', { name: 'Deploy' }).click();
   const dlg = p.getByRole('dialog', { name: 'Deploy shop' });
+  await dlg.getByRole('button', { name: 'Deploy version 1' }).waitFor();
   // Tags from the registry's own notifications, newest first.
   assert.deepEqual(await p.locator('#deploy-tags option').evaluateAll((o) => o.map((x) => x.value)), ['v2', 'v1']);
   assert.equal(await dlg.getByLabel('Tag', { exact: true }).inputValue(), 'v2');
@@ -85,5 +86,11 @@ test('boss lists the Cell with its app', async () => {
   const row = p.locator('tr[data-cell="cella"]');
   await row.waitFor();
   assert.match(await row.innerText(), /active\s+1\s/);
+  // Its node, live from the apiserver: Ready, with the pods' requests against what it can give.
+  const nodes = p.getByRole('table', { name: 'nodes of cella' });
+  await nodes.waitFor();
+  const node = nodes.locator('tbody tr').first();
+  assert.match(await node.innerText(), /Ready/);
+  assert.match(await node.innerText(), /\d+m \/ [1-9]\d*m/);
   await shot('boss-cells');
 });

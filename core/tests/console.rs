@@ -343,6 +343,21 @@ notifications:\n  endpoints:\n    - name: core\n      url: http://127.0.0.1:{cor
     for tag in ["v1", "v2"] {
         te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
     }
+    // The registry notifies asynchronously: the pages read what it sent.
+    let mut pushes = 0;
+    for _ in 0..300 {
+        let (_, feed) = env
+            .call(&mia, Method::GET, "/api/v1/images/team/web/activity", None)
+            .await;
+        pushes = feed
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|e| e["action"] == "pushed").count());
+        if pushes == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pushes, 2, "both pushes reach the image's feed");
     let cell = tokio::task::block_in_place(|| common::start_cell_with_pool(133));
     cell.trust_registry(&reg);
     std::fs::copy(cell.kubeconfig(), creds.join("cella.kubeconfig")).unwrap();

@@ -24,6 +24,7 @@ pub fn router() -> Router<Core> {
             "/api/v1/admin/cells/{cell}",
             get(show).patch(update).delete(remove),
         )
+        .route("/api/v1/admin/cells/{cell}/nodes", get(super::nodes::nodes))
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! read of the registry reveals a key.
 
 pub mod api;
+pub mod nodes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -88,6 +88,10 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
         "delete": cell_unavailable(op("removeCell", &format!("remove an empty Cell (no app, no namespace of ours left){admin}"),
             true, &cell, None, no_content())),
     }));
+    p.insert("/api/v1/admin/cells/{cell}/nodes".into(), json!({
+        "get": cell_unavailable(op("cellNodes", &format!("the Cell's nodes: allocatable CPU and memory vs the requests of the pods on them, live{admin}"),
+            true, &cell, None, ok_json("200", array("NodeUsage")))),
+    }));
 }
 
 pub(super) fn schemas(s: &mut Map<String, Value>) {
@@ -145,6 +149,12 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
             "versions": { "type": "array", "items": { "type": "object", "properties": {
                 "version": { "type": "integer" }, "desired": { "type": "integer" }, "ready": { "type": "integer" },
                 "draining": { "type": "boolean" } } } } } },
+        "NodeUsage": { "type": "object", "required": ["name", "ready", "cpu_allocatable_millis", "cpu_requested_millis",
+            "memory_allocatable_bytes", "memory_requested_bytes", "pods"], "properties": {
+            "name": { "type": "string" }, "ready": { "type": "boolean" },
+            "cpu_allocatable_millis": { "type": "integer" }, "cpu_requested_millis": { "type": "integer" },
+            "memory_allocatable_bytes": { "type": "integer" }, "memory_requested_bytes": { "type": "integer" },
+            "pods": { "type": "integer" } } },
         "Cell": { "type": "object", "required": ["name", "kubeconfig", "api_url", "state", "apps", "created"], "properties": {
             "name": { "type": "string" }, "kubeconfig": { "type": "string", "description": "file name in the credentials directory (a reference, never the credentials)" },
             "api_url": { "type": "string" }, "etcd": { "type": "array", "items": { "type": "string" } },
