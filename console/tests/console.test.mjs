@@ -304,6 +304,44 @@ test('boss shows the users and the daily counts this test produced', async () =>
   await p.context().close();
 });
 
+test("load balancer: the app's tab renders the nginx config; boss edits the domain", async () => {
+  const domain = 'front.example';
+  const config = { serverNames: [domain], listen: [{ port: 80 }], locations: [{ path: '/' }] };
+  const made = await api('POST', '/api/v1/slb/groups/edge/domains', 'root', { domain, config });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  assert.equal((await api('POST', '/api/v1/apps', 'mia', { name: 'front', lb: { domain, group: 'edge' } })).status, 201);
+
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.evaluate(() => (location.hash = '#/apps/front/load balancer'));
+  const conf = p.getByLabel('nginx configuration');
+  await conf.waitFor();
+  assert.match(await conf.innerText(), /server_name "front\.example";/);
+  await p.context().close();
+
+  const b = await page();
+  await signIn(b, 'root', '/boss');
+  await b.getByRole('link', { name: 'Nginx groups' }).click();
+  await b.getByLabel('Open group').fill('edge');
+  await b.getByRole('button', { name: 'Open', exact: true }).click();
+  await b.getByText('No agent reports for this group.').waitFor();
+  await b.getByRole('button', { name: `Edit ${domain}` }).click();
+  const dlg = b.getByRole('dialog', { name: `Domain ${domain}` });
+  const text = dlg.getByLabel('Domain configuration (JSON)');
+  await text.waitFor();
+  // A config the server refuses: its detail is shown, nothing is saved.
+  await text.fill(JSON.stringify({ ...config, locations: [{ path: 'no-slash' }] }));
+  await dlg.getByRole('button', { name: 'Save configuration' }).click();
+  await dlg.getByRole('alert').waitFor();
+  await shot(b, 'boss-domain-refused');
+  await text.fill(JSON.stringify({ ...config, clientMaxBodySize: '8m' }, null, 2));
+  await dlg.getByRole('button', { name: 'Save configuration' }).click();
+  await dlg.getByRole('alert').waitFor({ state: 'detached' });
+  const saved = await api('GET', `/api/v1/slb/groups/edge/domains/${domain}`, 'root');
+  assert.equal(saved.body.config.clientMaxBodySize, '8m');
+  await b.context().close();
+});
+
 test('phone width: the app list and the permissions page stay usable', async () => {
   const p = await page(PHONE);
   await signIn(p, 'mia');
