@@ -232,7 +232,8 @@ async fn scale_down_up_and_upgrade_keep_the_apps_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_lapses_after_its_time_and_a_pod_keeps_its_sticky_address() {
     let env = Env::start().await;
-    env.add_pool("p", "10.1.8.0/29", "10.1.8.1", 8, 8, &[]).await;
+    env.add_pool("p", "10.1.8.0/28", "10.1.8.1", 8, 8, &["10.1.8.7-10.1.8.14"])
+        .await;
     let ipam = env.ipam_with("n1", opts(0, 300));
     for app in ["shop", "blog"] {
         ipam.bind(&BindRequest {
