@@ -32,21 +32,58 @@ fn a_bound_apps_pods_use_its_pool_and_hand_addresses_over() {
     let conf = c.conf("1.0.0");
     let (ns_a, ns_b, ns_c) = (te::Netns::new(), te::Netns::new(), te::Netns::new());
 
-    let shop = c.call("ADD", "cid-a", Some(ns_a.path()), "eth0", &pod_args("shop", "web-v1"), &conf);
+    let shop = c.call(
+        "ADD",
+        "cid-a",
+        Some(ns_a.path()),
+        "eth0",
+        &pod_args("shop", "web-v1"),
+        &conf,
+    );
     let shop = shop.ok().clone();
     let shop_ip = ip_of(&shop);
-    assert!(shop_ip.starts_with("10.65.0.") && shop_ip.ends_with("/28"), "{shop_ip}");
+    assert!(
+        shop_ip.starts_with("10.65.0.") && shop_ip.ends_with("/28"),
+        "{shop_ip}"
+    );
     assert_eq!(shop["ips"][0]["gateway"], "10.65.0.1");
     let mac = shop["interfaces"][1]["mac"].as_str().unwrap().to_string();
-    assert_eq!(c.port_col(&shop["interfaces"][0]["name"].as_str().unwrap().to_string(), "tag"), "165");
+    assert_eq!(
+        c.port_col(
+            &shop["interfaces"][0]["name"].as_str().unwrap().to_string(),
+            "tag"
+        ),
+        "165"
+    );
 
-    let blog = c.call("ADD", "cid-b", Some(ns_b.path()), "eth0", &pod_args("blog", "b-0"), &conf);
+    let blog = c.call(
+        "ADD",
+        "cid-b",
+        Some(ns_b.path()),
+        "eth0",
+        &pod_args("blog", "b-0"),
+        &conf,
+    );
     assert!(ip_of(blog.ok()).starts_with("10.64.0."), "{}", blog.json);
 
     // v1 drains, v2 starts: same address, same MAC.
-    c.call("DEL", "cid-a", Some(ns_a.path()), "eth0", &pod_args("shop", "web-v1"), &conf)
-        .ok();
-    let v2 = c.call("ADD", "cid-c", Some(ns_c.path()), "eth0", &pod_args("shop", "web-v2"), &conf);
+    c.call(
+        "DEL",
+        "cid-a",
+        Some(ns_a.path()),
+        "eth0",
+        &pod_args("shop", "web-v1"),
+        &conf,
+    )
+    .ok();
+    let v2 = c.call(
+        "ADD",
+        "cid-c",
+        Some(ns_c.path()),
+        "eth0",
+        &pod_args("shop", "web-v2"),
+        &conf,
+    );
     let v2 = v2.ok().clone();
     assert_eq!(ip_of(&v2), shop_ip);
     assert_eq!(v2["interfaces"][1]["mac"].as_str().unwrap(), mac);
@@ -68,7 +105,14 @@ fn a_bound_apps_pods_use_its_pool_and_hand_addresses_over() {
         }
     });
     let ns_d = te::Netns::new();
-    let full = c.call("ADD", "cid-d", Some(ns_d.path()), "eth0", &pod_args("shop", "web-x"), &conf);
+    let full = c.call(
+        "ADD",
+        "cid-d",
+        Some(ns_d.path()),
+        "eth0",
+        &pod_args("shop", "web-x"),
+        &conf,
+    );
     assert_eq!(full.err_code(), 100, "{}", full.msg());
     assert!(
         full.msg().contains("app \"shop\"") && full.msg().contains("[\"shop\"]"),
@@ -78,8 +122,12 @@ fn a_bound_apps_pods_use_its_pool_and_hand_addresses_over() {
     assert!(!ns_out(&ns_d, &["ip", "link"]).contains("eth0"));
     assert_eq!(c.ports().len(), 2);
 
-    for (cid, ns, args) in [("cid-b", &ns_b, pod_args("blog", "b-0")), ("cid-c", &ns_c, pod_args("shop", "web-v2"))] {
-        c.call("DEL", cid, Some(ns.path()), "eth0", &args, &conf).ok();
+    for (cid, ns, args) in [
+        ("cid-b", &ns_b, pod_args("blog", "b-0")),
+        ("cid-c", &ns_c, pod_args("shop", "web-v2")),
+    ] {
+        c.call("DEL", cid, Some(ns.path()), "eth0", &args, &conf)
+            .ok();
     }
     assert!(c.ports().is_empty());
 }

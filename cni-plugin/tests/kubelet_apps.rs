@@ -98,7 +98,13 @@ impl World {
     }
 
     fn scale(&self, ns: &str, deploy: &str, n: usize) {
-        self.kubectl(&["scale", "-n", ns, &format!("deployment/{deploy}"), &format!("--replicas={n}")]);
+        self.kubectl(&[
+            "scale",
+            "-n",
+            ns,
+            &format!("deployment/{deploy}"),
+            &format!("--replicas={n}"),
+        ]);
     }
 }
 
@@ -200,12 +206,19 @@ fn a_bound_app_keeps_its_27_through_scaling_and_an_upgrade() {
     w.kubectl(&["create", "namespace", "shop"]);
 
     w.cell.apply(&deployment("shop", "v1", "1", &w.image, 4));
-    w.cell.apply(&deployment("default", "blog", "1", &w.image, 4));
+    w.cell
+        .apply(&deployment("default", "blog", "1", &w.image, 4));
     let shop_net: ipnet::Ipv4Net = shop27.parse().unwrap();
     let first = ips(&w.settle("shop", "app=shop", 4, 4));
     let blog = ips(&w.settle("default", "app=default", 4, 4));
-    assert!(first.iter().all(|ip| shop_net.contains(ip)), "{first:?} not in {shop27}");
-    assert!(blog.iter().all(|ip| !shop_net.contains(ip)), "blog pods in {shop27}: {blog:?}");
+    assert!(
+        first.iter().all(|ip| shop_net.contains(ip)),
+        "{first:?} not in {shop27}"
+    );
+    assert!(
+        blog.iter().all(|ip| !shop_net.contains(ip)),
+        "blog pods in {shop27}: {blog:?}"
+    );
     // Kubelet's readiness probes reached every pod: the /27 works end to end.
 
     // Scale 4 → 2 → 4: the same addresses.
@@ -214,7 +227,11 @@ fn a_bound_app_keeps_its_27_through_scaling_and_an_upgrade() {
     let table = w.cnictl(&["pool", "list"]);
     let row = table.lines().find(|l| l.starts_with("shop ")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!((cols[5], cols[6], cols[9]), ("2", "2", "shop"), "USED RESERVED APPS: {row}");
+    assert_eq!(
+        (cols[5], cols[6], cols[9]),
+        ("2", "2", "shop"),
+        "USED RESERVED APPS: {row}"
+    );
     w.scale("shop", "v1", 4);
     let rescaled = ips(&w.settle("shop", "app=shop", 4, 4));
     assert_eq!(rescaled, first);
@@ -236,7 +253,9 @@ fn a_bound_app_keeps_its_27_through_scaling_and_an_upgrade() {
     // The export for the firewall team: exactly the bound range.
     let plain = w.cnictl(&["pool", "export"]);
     assert_eq!(plain, format!("{shop27} shop shop 131\n"));
-    let json: Value = serde_json::from_str(&w.cnictl(&["-o", "json", "pool", "export", "--app", "shop"])).unwrap();
+    let json: Value =
+        serde_json::from_str(&w.cnictl(&["-o", "json", "pool", "export", "--app", "shop"]))
+            .unwrap();
     let ranges = json["ranges"].as_array().unwrap();
     assert_eq!(ranges.len(), 1);
     assert_eq!(ranges[0]["cidr"], shop27.as_str());

@@ -76,23 +76,34 @@ pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done>
             let b = etcd.ipam().await?.bind(&req).await?;
             match out {
                 Output::Json => print_json(&b)?,
-                Output::Table => println!("pool {} bound to app {}: {}", req.pool, b.app, binding_line(&b)),
+                Output::Table => println!(
+                    "pool {} bound to app {}: {}",
+                    req.pool,
+                    b.app,
+                    binding_line(&b)
+                ),
             }
         }
         PoolCmd::Unbind { name, app } => {
             let left = etcd.ipam().await?.unbind(&app, &name).await?;
             match out {
-                Output::Json => print_json(&serde_json::json!({ "app": app, "unbound": name, "binding": left }))?,
+                Output::Json => print_json(
+                    &serde_json::json!({ "app": app, "unbound": name, "binding": left }),
+                )?,
                 Output::Table => match left {
                     Some(b) => println!("pool {name} unbound from app {app}: {}", binding_line(&b)),
-                    None => println!("pool {name} unbound from app {app}: no pool left, binding removed"),
+                    None => println!(
+                        "pool {name} unbound from app {app}: no pool left, binding removed"
+                    ),
                 },
             }
         }
         PoolCmd::Export { app } => {
             let ranges = etcd.ipam().await?.app_ranges(app.as_deref()).await?;
             match out {
-                Output::Json => print_json(&serde_json::json!({ "prefix": etcd.prefix(), "ranges": ranges }))?,
+                Output::Json => {
+                    print_json(&serde_json::json!({ "prefix": etcd.prefix(), "ranges": ranges }))?
+                }
                 Output::Table => {
                     for r in &ranges {
                         println!("{} {} {} {}", r.cidr, r.app, r.pool, r.vlan);
@@ -105,7 +116,9 @@ pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done>
             let binding = ipam.bindings().await?.into_iter().find(|b| b.app == app);
             let reserve = ipam.app_reserve(&app).await?;
             match out {
-                Output::Json => print_json(&serde_json::json!({ "app": app, "binding": binding, "reserve": reserve }))?,
+                Output::Json => print_json(
+                    &serde_json::json!({ "app": app, "binding": binding, "reserve": reserve }),
+                )?,
                 Output::Table => {
                     match &binding {
                         Some(b) => println!("app {app}: {}", binding_line(b)),
@@ -113,7 +126,12 @@ pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done>
                     }
                     let mut t = Table::new(&["RESERVED", "POOL", "FROM POD", "UNTIL"]);
                     for r in &reserve {
-                        t.row(vec![r.ip.to_string(), r.pool.clone(), r.pod.clone(), time(r.until)]);
+                        t.row(vec![
+                            r.ip.to_string(),
+                            r.pool.clone(),
+                            r.pod.clone(),
+                            time(r.until),
+                        ]);
                     }
                     print!("{}", t.render());
                 }

@@ -777,8 +777,17 @@ async fn bind_unbind_export_and_the_reserve() {
         env.run(
             0,
             &[
-                "pool", "add", name, "--cidr", cidr, "--gateway", gw, "--vlan", "108",
-                "--block-size", "8",
+                "pool",
+                "add",
+                name,
+                "--cidr",
+                cidr,
+                "--gateway",
+                gw,
+                "--vlan",
+                "108",
+                "--block-size",
+                "8",
             ],
         );
     }
@@ -795,18 +804,49 @@ async fn bind_unbind_export_and_the_reserve() {
     .await;
     blog.release("b1", "eth0").await.unwrap();
 
-    let out = env.run(0, &["pool", "bind", "shop27", "--app", "shop", "--reserve", "5m"]);
+    let out = env.run(
+        0,
+        &["pool", "bind", "shop27", "--app", "shop", "--reserve", "5m"],
+    );
     assert_eq!(
         out,
         "pool shop27 bound to app shop: pools shop27, shared fallback no, reserve 300s\n"
     );
     for (args, code, want) in [
-        (&["pool", "bind", "nope", "--app", "shop"][..], 1, "unknown IP pool \"nope\""),
-        (&["pool", "bind", "shop27", "--app", "Shop"], 1, "not a namespace name"),
-        (&["pool", "unbind", "shared", "--app", "shop"], 1, "app \"shop\" is not bound to IP pool \"shared\""),
-        (&["pool", "rm", "shop27"], 1, "is bound to app(s) [\"shop\"]"),
+        (
+            &["pool", "bind", "nope", "--app", "shop"][..],
+            1,
+            "unknown IP pool \"nope\"",
+        ),
+        (
+            &["pool", "bind", "shop27", "--app", "Shop"],
+            1,
+            "not a namespace name",
+        ),
+        (
+            &["pool", "unbind", "shared", "--app", "shop"],
+            1,
+            "app \"shop\" is not bound to IP pool \"shared\"",
+        ),
+        (
+            &["pool", "rm", "shop27"],
+            1,
+            "is bound to app(s) [\"shop\"]",
+        ),
         (&["pool", "bind", "shop27"], 2, "--app"),
-        (&["pool", "bind", "shop27", "--app", "shop", "--shared-fallback", "maybe"], 2, "invalid value"),
+        (
+            &[
+                "pool",
+                "bind",
+                "shop27",
+                "--app",
+                "shop",
+                "--shared-fallback",
+                "maybe",
+            ],
+            2,
+            "invalid value",
+        ),
     ] {
         env.refused(code, args, want).await;
     }
@@ -822,15 +862,24 @@ async fn bind_unbind_export_and_the_reserve() {
     let list = env.json(0, &["pool", "list"]);
     assert_eq!(list[1]["pool"]["name"], "shop27");
     assert_eq!(list[1]["apps"], json!(["shop"]));
-    assert_eq!((list[1]["ipsUsed"].clone(), list[1]["ipsReserved"].clone()), (json!(0), json!(1)));
+    assert_eq!(
+        (list[1]["ipsUsed"].clone(), list[1]["ipsReserved"].clone()),
+        (json!(0), json!(1))
+    );
     let app = env.json(0, &["pool", "app", "shop"]);
     assert_eq!(app["binding"]["reserveSecs"], 300);
     assert_eq!(app["reserve"][0]["ip"], a.ip.to_string());
     assert_eq!(app["reserve"][0]["pod"], "shop/web-0");
     let show = env.run(0, &["ip", "show", &a.ip.to_string()]);
-    assert!(show.contains("reserved") && show.contains("for app"), "{show}");
+    assert!(
+        show.contains("reserved") && show.contains("for app"),
+        "{show}"
+    );
 
-    assert_eq!(env.run(0, &["pool", "export"]), "10.1.8.0/27 shop shop27 108\n");
+    assert_eq!(
+        env.run(0, &["pool", "export"]),
+        "10.1.8.0/27 shop shop27 108\n"
+    );
     let export = env.json(0, &["pool", "export", "--app", "shop"]);
     assert_eq!(export["prefix"], PREFIX);
     assert_eq!(

@@ -97,8 +97,13 @@ async fn bind_once(ipam: &Ipam, req: &BindRequest) -> Result<Option<AppBinding>,
     let keys = &ipam.keys;
     let pool = pool_rec(ipam, &req.pool).await?;
     let (mut all, rev) = bindings(ipam).await?;
-    let current = all.iter().position(|b| b.app == req.app).map(|i| all.remove(i));
-    let newly = !current.as_ref().is_some_and(|b| b.pools.contains(&req.pool));
+    let current = all
+        .iter()
+        .position(|b| b.app == req.app)
+        .map(|i| all.remove(i));
+    let newly = !current
+        .as_ref()
+        .is_some_and(|b| b.pools.contains(&req.pool));
     let next = apps::bind(current, req)?;
     all.push(next.clone());
     let mut compares = vec![
@@ -646,7 +651,8 @@ pub(crate) async fn audit(ipam: &Ipam) -> Result<Vec<String>, IpamError> {
                 "{} in pool {} (bound to {apps:?}) is held by {}",
                 h.ip,
                 h.pool,
-                h.pod().unwrap_or_else(|| format!("container {}", h.container_id))
+                h.pod()
+                    .unwrap_or_else(|| format!("container {}", h.container_id))
             ));
         }
         if owner.get(&h.ip) != Some(&format!("{}/{}", h.container_id, h.ifname)) {

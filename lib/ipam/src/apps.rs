@@ -194,13 +194,9 @@ pub fn stranded<'a>(
     pool: &str,
     apps: &[String],
 ) -> Option<&'a Attachment> {
-    attachments.iter().find(|a| {
-        a.pool == pool
-            && !a
-                .pod_namespace
-                .as_ref()
-                .is_some_and(|ns| apps.contains(ns))
-    })
+    attachments
+        .iter()
+        .find(|a| a.pool == pool && !a.pod_namespace.as_ref().is_some_and(|ns| apps.contains(ns)))
 }
 
 /// One bound range, for the firewall team.
@@ -321,7 +317,10 @@ mod tests {
             vec![ip("10.1.8.5"), ip("10.1.8.9"), ip("10.1.8.3")]
         );
         // web-b itself has first call on .3.
-        assert_eq!(reserved_order(&es, Some("shop/web-b"), 1000)[0], ip("10.1.8.3"));
+        assert_eq!(
+            reserved_order(&es, Some("shop/web-b"), 1000)[0],
+            ip("10.1.8.3")
+        );
         // After the sticky window: plain lowest first.
         assert_eq!(reserved_order(&es, None, 1600)[0], ip("10.1.8.3"));
         assert!(reserved_order(&es, None, 2000).is_empty());

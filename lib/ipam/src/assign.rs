@@ -124,7 +124,11 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
         .collect();
     let reserve: Vec<AppReserved> = reserve.into_iter().map(|r| r.value).collect();
     let me = pod_identity(req).map(|(ns, n)| format!("{ns}/{n}"));
-    wanted.extend(reserved_order(&reserve, me.as_deref(), now).into_iter().map(|ip| (ip, None)));
+    wanted.extend(
+        reserved_order(&reserve, me.as_deref(), now)
+            .into_iter()
+            .map(|ip| (ip, None)),
+    );
     for (ip, sticky_key) in wanted {
         match ctx.specific(&eligible, ip, sticky_key).await {
             // Someone took or excluded the address meanwhile, or the pool

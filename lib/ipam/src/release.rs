@@ -201,7 +201,11 @@ async fn reserve_ops(
             until: now + reserve_secs,
         };
         let lease = grant(ipam, reserve_secs).await?;
-        ops.push(store::put_leased(keys.app_reserve(ns, att.ip), &entry, lease));
+        ops.push(store::put_leased(
+            keys.app_reserve(ns, att.ip),
+            &entry,
+            lease,
+        ));
         app = Some(ns.clone());
     }
     Ok(Some(Reservation {

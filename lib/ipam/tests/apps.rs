@@ -80,8 +80,10 @@ async fn a_bound_app_fills_only_its_pool_and_no_other_pod_gets_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_admin_refuses_what_would_break_the_rule() {
     let env = Env::start().await;
-    env.add_pool("p", "10.1.8.0/27", "10.1.8.1", 8, 8, &[]).await;
-    env.add_pool("q", "10.1.9.0/27", "10.1.9.1", 8, 8, &[]).await;
+    env.add_pool("p", "10.1.8.0/27", "10.1.8.1", 8, 8, &[])
+        .await;
+    env.add_pool("q", "10.1.9.0/27", "10.1.9.1", 8, 8, &[])
+        .await;
     let ipam = env.ipam("n1");
     // Another app's pod in the pool: binding would strand it.
     let a = assign_ip(&ipam, "w1", "blog", "b-1").await;
@@ -98,7 +100,10 @@ async fn binding_admin_refuses_what_would_break_the_rule() {
     assert_eq!(usage[0].apps, vec!["blog".to_string(), "shop".to_string()]);
 
     let e = ipam.bind(&bind_req("shop", "nope")).await.unwrap_err();
-    assert!(matches!(&e, IpamError::UnknownPool(p) if p == "nope"), "{e}");
+    assert!(
+        matches!(&e, IpamError::UnknownPool(p) if p == "nope"),
+        "{e}"
+    );
     let e = ipam.bind(&bind_req("Bad/App", "p")).await.unwrap_err();
     assert!(matches!(e, IpamError::InvalidRequest(_)), "{e}");
     let e = ipam.remove_pool("p").await.unwrap_err();
@@ -149,7 +154,8 @@ async fn binding_admin_refuses_what_would_break_the_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_up_and_upgrade_keep_the_apps_addresses() {
     let env = Env::start().await;
-    env.add_pool("p", "10.1.8.0/26", "10.1.8.1", 8, 8, &[]).await;
+    env.add_pool("p", "10.1.8.0/26", "10.1.8.1", 8, 8, &[])
+        .await;
     // Production-like: cooldown and sticky IPs on.
     let nodes: Vec<Ipam> = ["n1", "n2", "n3"]
         .iter()
@@ -207,7 +213,13 @@ async fn scale_down_up_and_upgrade_keep_the_apps_addresses() {
     // lowest first.
     let want: Vec<_> = gone.iter().copied().collect();
     for (k, i) in [4, 5].into_iter().enumerate() {
-        let a = assign_ip(&nodes[2], &format!("v1-{i}"), "shop", &format!("web-v1-{i}")).await;
+        let a = assign_ip(
+            &nodes[2],
+            &format!("v1-{i}"),
+            "shop",
+            &format!("web-v1-{i}"),
+        )
+        .await;
         assert_eq!(a, want[k]);
     }
     assert!(admin.app_reserve("shop").await.unwrap().is_empty());
@@ -232,8 +244,15 @@ async fn scale_down_up_and_upgrade_keep_the_apps_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_lapses_after_its_time_and_a_pod_keeps_its_sticky_address() {
     let env = Env::start().await;
-    env.add_pool("p", "10.1.8.0/28", "10.1.8.1", 8, 8, &["10.1.8.7-10.1.8.14"])
-        .await;
+    env.add_pool(
+        "p",
+        "10.1.8.0/28",
+        "10.1.8.1",
+        8,
+        8,
+        &["10.1.8.7-10.1.8.14"],
+    )
+    .await;
     let ipam = env.ipam_with("n1", opts(0, 300));
     for app in ["shop", "blog"] {
         ipam.bind(&BindRequest {
@@ -256,18 +275,27 @@ async fn the_reserve_lapses_after_its_time_and_a_pod_keeps_its_sticky_address() 
     // web-1 comes back (same pod name): its own address, not the lowest.
     assert_eq!(assign_ip(&ipam, "s1b", "shop", "web-1").await, shop[1]);
     // Blog cannot have the reserved .2 while the reserve lasts ...
-    let e = ipam.assign(&pod_req("b2", "blog", "b-2")).await.unwrap_err();
+    let e = ipam
+        .assign(&pod_req("b2", "blog", "b-2"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, IpamError::AppPoolsExhausted { .. }), "{e}");
     // ... and the sticky window (300 s) outlasts the app reserve (1 s):
     // the address stays web-0's.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let e = ipam.assign(&pod_req("b2", "blog", "b-2")).await.unwrap_err();
+    let e = ipam
+        .assign(&pod_req("b2", "blog", "b-2"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, IpamError::AppPoolsExhausted { .. }), "{e}");
     assert_eq!(assign_ip(&ipam, "s0b", "shop", "web-0").await, shop[0]);
     // Without a sticky window the address goes back to the pool once the reserve lapses.
     let plain = env.ipam_with("n1", opts(0, 0));
     plain.release("s2", "eth0").await.unwrap();
-    let e = plain.assign(&pod_req("b2", "blog", "b-2")).await.unwrap_err();
+    let e = plain
+        .assign(&pod_req("b2", "blog", "b-2"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, IpamError::AppPoolsExhausted { .. }), "{e}");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert_eq!(assign_ip(&plain, "b2", "blog", "b-2").await, shop[2]);

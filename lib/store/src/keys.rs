@@ -632,8 +632,13 @@ mod tests {
         let k = Keys::new("/a");
         assert_eq!(k.app_pools("shop"), "/a/ipam/app-pools/shop");
         let ip: Ipv4Addr = "10.1.8.3".parse().unwrap();
-        assert_eq!(k.app_reserve("shop", ip), "/a/ipam/app-reserve/shop/10.1.8.3");
-        assert!(k.app_reserve("shop", ip).starts_with(&k.app_reserve_prefix("shop")));
+        assert_eq!(
+            k.app_reserve("shop", ip),
+            "/a/ipam/app-reserve/shop/10.1.8.3"
+        );
+        assert!(k
+            .app_reserve("shop", ip)
+            .starts_with(&k.app_reserve_prefix("shop")));
     }
 
     #[test]
