@@ -49,10 +49,7 @@ fn a_bound_apps_pods_use_its_pool_and_hand_addresses_over() {
     assert_eq!(shop["ips"][0]["gateway"], "10.65.0.1");
     let mac = shop["interfaces"][1]["mac"].as_str().unwrap().to_string();
     assert_eq!(
-        c.port_col(
-            &shop["interfaces"][0]["name"].as_str().unwrap().to_string(),
-            "tag"
-        ),
+        c.port_col(shop["interfaces"][0]["name"].as_str().unwrap(), "tag"),
         "165"
     );
 
