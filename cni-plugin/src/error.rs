@@ -76,7 +76,9 @@ impl From<leengine_ipam::IpamError> for CniError {
         use leengine_ipam::IpamError as E;
         let code = match &e {
             E::Unavailable(_) | E::Contention { .. } => TRY_AGAIN_LATER,
-            E::PoolExhausted { .. } => POOL_EXHAUSTED,
+            E::PoolExhausted { .. } | E::AppPoolsExhausted { .. } | E::NoSharedPool { .. } => {
+                POOL_EXHAUSTED
+            }
             E::RequestedIpTaken { .. } | E::RequestedIpNotInPool { .. } => IP_UNAVAILABLE,
             E::UnknownPool(_) => UNKNOWN_POOL,
             E::InvalidRequest(_) => INVALID_ENV,

@@ -99,8 +99,35 @@ pub enum PoolCmd {
         #[arg(long)]
         blocks: bool,
     },
-    /// Remove a pool (refused while addresses are allocated).
+    /// Remove a pool (refused while addresses are allocated or apps are bound to it).
     Rm { name: String },
+    /// Bind a pool to an app: only the app's pods get addresses from it.
+    Bind {
+        name: String,
+        /// The app's namespace.
+        #[arg(long)]
+        app: String,
+        /// When its bound pools are full, may the app use the shared pools (true/false)?
+        #[arg(long)]
+        shared_fallback: Option<bool>,
+        /// How long an address the app gave up stays reserved for it (0s: none; default 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        reserve: Option<Duration>,
+    },
+    /// Unbind a pool from an app.
+    Unbind {
+        name: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// The ranges bound to an app (every app without --app), for firewall
+    /// rules: one `CIDR APP POOL VLAN` line each, or JSON with -o json.
+    Export {
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// An app's binding and the addresses reserved for it.
+    App { app: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! `pool`, `block` and `ip` commands.
 
-use leengine_ipam::{Block, Filter, IpInfo, IpState, Pool, PoolUsage};
+use leengine_ipam::{AppBinding, BindRequest, Block, Filter, IpInfo, IpState, Pool, PoolUsage};
 
 use crate::cli::{BlockCmd, FilterArgs, IpCmd, Output, PoolCmd};
 use crate::table::{now, opt, time, Table};
@@ -61,6 +61,82 @@ pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done>
                 }
             }
         }
+        PoolCmd::Bind {
+            name,
+            app,
+            shared_fallback,
+            reserve,
+        } => {
+            let req = BindRequest {
+                app,
+                pool: name,
+                shared_fallback,
+                reserve_secs: reserve.map(|d| d.as_secs()),
+            };
+            let b = etcd.ipam().await?.bind(&req).await?;
+            match out {
+                Output::Json => print_json(&b)?,
+                Output::Table => println!(
+                    "pool {} bound to app {}: {}",
+                    req.pool,
+                    b.app,
+                    binding_line(&b)
+                ),
+            }
+        }
+        PoolCmd::Unbind { name, app } => {
+            let left = etcd.ipam().await?.unbind(&app, &name).await?;
+            match out {
+                Output::Json => print_json(
+                    &serde_json::json!({ "app": app, "unbound": name, "binding": left }),
+                )?,
+                Output::Table => match left {
+                    Some(b) => println!("pool {name} unbound from app {app}: {}", binding_line(&b)),
+                    None => println!(
+                        "pool {name} unbound from app {app}: no pool left, binding removed"
+                    ),
+                },
+            }
+        }
+        PoolCmd::Export { app } => {
+            let ranges = etcd.ipam().await?.app_ranges(app.as_deref()).await?;
+            match out {
+                Output::Json => {
+                    print_json(&serde_json::json!({ "prefix": etcd.prefix(), "ranges": ranges }))?
+                }
+                Output::Table => {
+                    for r in &ranges {
+                        println!("{} {} {} {}", r.cidr, r.app, r.pool, r.vlan);
+                    }
+                }
+            }
+        }
+        PoolCmd::App { app } => {
+            let ipam = etcd.ipam().await?;
+            let binding = ipam.bindings().await?.into_iter().find(|b| b.app == app);
+            let reserve = ipam.app_reserve(&app).await?;
+            match out {
+                Output::Json => print_json(
+                    &serde_json::json!({ "app": app, "binding": binding, "reserve": reserve }),
+                )?,
+                Output::Table => {
+                    match &binding {
+                        Some(b) => println!("app {app}: {}", binding_line(b)),
+                        None => println!("app {app}: no bound pool (shared pools, no reserve)"),
+                    }
+                    let mut t = Table::new(&["RESERVED", "POOL", "FROM POD", "UNTIL"]);
+                    for r in &reserve {
+                        t.row(vec![
+                            r.ip.to_string(),
+                            r.pool.clone(),
+                            r.pod.clone(),
+                            time(r.until),
+                        ]);
+                    }
+                    print!("{}", t.render());
+                }
+            }
+        }
         PoolCmd::Rm { name } => {
             etcd.ipam().await?.remove_pool(&name).await?;
             match out {
@@ -70,6 +146,15 @@ pub async fn pool(etcd: &Etcd, cmd: PoolCmd, out: Output) -> crate::Result<Done>
         }
     }
     Ok(Done::Ok)
+}
+
+fn binding_line(b: &AppBinding) -> String {
+    format!(
+        "pools {}, shared fallback {}, reserve {}s",
+        b.pools.join(","),
+        if b.shared_fallback { "yes" } else { "no" },
+        b.reserve_secs
+    )
 }
 
 fn filter(f: FilterArgs) -> Filter {
@@ -149,7 +234,7 @@ pub async fn ip(etcd: &Etcd, cmd: IpCmd, out: Output) -> crate::Result<Done> {
 
 fn usage_table(usage: &[PoolUsage]) -> String {
     let mut t = Table::new(&[
-        "NAME", "CIDR", "GATEWAY", "VLAN", "BLOCKS", "USED", "FREE", "USE%",
+        "NAME", "CIDR", "GATEWAY", "VLAN", "BLOCKS", "USED", "RESERVED", "FREE", "USE%", "APPS",
     ]);
     for u in usage {
         t.row(vec![
@@ -159,8 +244,10 @@ fn usage_table(usage: &[PoolUsage]) -> String {
             u.pool.vlan.to_string(),
             format!("{}/{}", u.blocks_claimed, u.blocks_total),
             u.ips_used.to_string(),
+            u.ips_reserved.to_string(),
             u.ips_free.to_string(),
             format!("{:.1}", u.percent_used()),
+            apps_cell(&u.apps),
         ]);
     }
     t.render()
@@ -188,11 +275,13 @@ fn pool_details(u: &PoolUsage) -> String {
             "blocks",
             format!("{}/{} claimed", u.blocks_claimed, u.blocks_total),
         ),
+        ("apps", apps_cell(&u.apps)),
         (
             "ips",
             format!(
-                "{} used, {} free of {} ({:.1}% used)",
+                "{} used, {} reserved, {} free of {} ({:.1}% used)",
                 u.ips_used,
+                u.ips_reserved,
                 u.ips_free,
                 u.ips_assignable,
                 u.percent_used()
@@ -202,6 +291,15 @@ fn pool_details(u: &PoolUsage) -> String {
         t.row(vec![k.to_string(), v]);
     }
     t.render()
+}
+
+/// Apps bound to a pool; `-` for a shared pool.
+fn apps_cell(apps: &[String]) -> String {
+    if apps.is_empty() {
+        "-".into()
+    } else {
+        apps.join(",")
+    }
 }
 
 fn block_row(b: &Block, pool: Option<&Pool>) -> Vec<String> {
@@ -249,6 +347,9 @@ fn ip_details(info: &IpInfo) -> String {
         IpState::Reserved { reservation } => {
             kv("state", "reserved".into());
             kv("for pod", reservation.pod.clone());
+            if let Some(app) = &reservation.app {
+                kv("for app", app.clone());
+            }
             kv("until", time(reservation.until));
         }
         IpState::Allocated { attachment: a } => {

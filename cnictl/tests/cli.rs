@@ -766,3 +766,131 @@ async fn check_and_release() {
     assert!(leaked_ips(&r).is_empty());
     assert!(env.ipam("audit").audit().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_unbind_export_and_the_reserve() {
+    let env = Env::start().await;
+    for (name, cidr, gw) in [
+        ("shop27", "10.1.8.0/27", "10.1.8.1"),
+        ("shared", "10.2.0.0/24", "10.2.0.1"),
+    ] {
+        env.run(
+            0,
+            &[
+                "pool",
+                "add",
+                name,
+                "--cidr",
+                cidr,
+                "--gateway",
+                gw,
+                "--vlan",
+                "108",
+                "--block-size",
+                "8",
+            ],
+        );
+    }
+    // A pod of another app already in the pool: binding would strand it.
+    let blog = env.ipam("n1");
+    let mut b = req("b1", "b-1");
+    b.pod_namespace = Some("blog".into());
+    b.pools = vec!["shop27".into()];
+    let held = blog.assign(&b).await.unwrap();
+    env.refused(
+        1,
+        &["pool", "bind", "shop27", "--app", "shop"],
+        &format!("{} is held by pod blog/b-1", held.ip),
+    )
+    .await;
+    blog.release("b1", "eth0").await.unwrap();
+
+    let out = env.run(
+        0,
+        &["pool", "bind", "shop27", "--app", "shop", "--reserve", "5m"],
+    );
+    assert_eq!(
+        out,
+        "pool shop27 bound to app shop: pools shop27, shared fallback no, reserve 300s\n"
+    );
+    for (args, code, want) in [
+        (
+            &["pool", "bind", "nope", "--app", "shop"][..],
+            1,
+            "unknown IP pool \"nope\"",
+        ),
+        (
+            &["pool", "bind", "shop27", "--app", "Shop"],
+            1,
+            "not a namespace name",
+        ),
+        (
+            &["pool", "unbind", "shared", "--app", "shop"],
+            1,
+            "app \"shop\" is not bound to IP pool \"shared\"",
+        ),
+        (
+            &["pool", "rm", "shop27"],
+            1,
+            "is bound to app(s) [\"shop\"]",
+        ),
+        (&["pool", "bind", "shop27"], 2, "--app"),
+        (
+            &[
+                "pool",
+                "bind",
+                "shop27",
+                "--app",
+                "shop",
+                "--shared-fallback",
+                "maybe",
+            ],
+            2,
+            "invalid value",
+        ),
+    ] {
+        env.refused(code, args, want).await;
+    }
+
+    let ipam = env.ipam("n1");
+    let a = ipam.assign(&req("c1", "web-0")).await.unwrap();
+    assert!(a.ip.octets()[..3] == [10, 1, 8], "{}", a.ip);
+    let table = env.run(0, &["pool", "list"]);
+    let row = table.lines().find(|l| l.starts_with("shop27")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // blog/b-1's sticky reservation is counted as reserved too.
+    assert_eq!((cols[5], cols[6], cols[9]), ("1", "1", "shop"), "{table}");
+    ipam.release("c1", "eth0").await.unwrap();
+    let list = env.json(0, &["pool", "list"]);
+    assert_eq!(list[1]["pool"]["name"], "shop27");
+    assert_eq!(list[1]["apps"], json!(["shop"]));
+    assert_eq!(
+        (list[1]["ipsUsed"].clone(), list[1]["ipsReserved"].clone()),
+        (json!(0), json!(2))
+    );
+    let app = env.json(0, &["pool", "app", "shop"]);
+    assert_eq!(app["binding"]["reserveSecs"], 300);
+    assert_eq!(app["reserve"][0]["ip"], a.ip.to_string());
+    assert_eq!(app["reserve"][0]["pod"], "shop/web-0");
+    let show = env.run(0, &["ip", "show", &a.ip.to_string()]);
+    assert!(
+        show.contains("reserved") && show.contains("for app"),
+        "{show}"
+    );
+
+    assert_eq!(
+        env.run(0, &["pool", "export"]),
+        "10.1.8.0/27 shop shop27 108\n"
+    );
+    let export = env.json(0, &["pool", "export", "--app", "shop"]);
+    assert_eq!(export["prefix"], PREFIX);
+    assert_eq!(
+        export["ranges"],
+        json!([{"app": "shop", "pool": "shop27", "cidr": "10.1.8.0/27", "gateway": "10.1.8.1", "vlan": 108}])
+    );
+    assert_eq!(env.run(0, &["pool", "export", "--app", "blog"]), "");
+
+    let out = env.run(0, &["pool", "unbind", "shop27", "--app", "shop"]);
+    assert!(out.contains("binding removed"), "{out}");
+    assert_eq!(env.run(0, &["pool", "export"]), "");
+}

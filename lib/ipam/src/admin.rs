@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use leengine_store::keys::NodeKey;
 
+use crate::apps::{self, AppBinding, AppRange, AppReserved, BindRequest};
 use crate::assign::{owned_block, Owned};
 use crate::check::{classify, ApiView, CheckInput, CheckOptions, CheckReport};
 use crate::error::IpamError;
@@ -70,6 +71,133 @@ pub(crate) async fn add_pool(ipam: &Ipam, pool: &Pool) -> Result<(), IpamError> 
     })
 }
 
+/// Every app binding, by app, and the revision read.
+pub(crate) async fn bindings(ipam: &Ipam) -> Result<(Vec<AppBinding>, i64), IpamError> {
+    let prefix = ipam.keys.app_pools_prefix();
+    let (recs, rev) = store::scan_json::<AppBinding>(&ipam.client, &prefix, 0).await?;
+    let mut out: Vec<AppBinding> = recs.into_iter().map(|r| r.value).collect();
+    out.sort_by(|a, b| a.app.cmp(&b.app));
+    Ok((out, rev))
+}
+
+/// Binds `req.pool` to `req.app`. Refused while the pool holds an address
+/// of a pod outside the apps it would be bound to: the check and the write
+/// are one snapshot (the write compares pools, bindings and every node's
+/// allocation index as read), so no such address can appear in between.
+pub(crate) async fn bind(ipam: &Ipam, req: &BindRequest) -> Result<AppBinding, IpamError> {
+    retry::optimistic(ipam.opts.max_attempts, || bind_once(ipam, req))
+        .await?
+        .ok_or_else(|attempts| IpamError::Contention {
+            what: format!("bind pool {} to {}", req.pool, req.app),
+            attempts,
+        })
+}
+
+async fn bind_once(ipam: &Ipam, req: &BindRequest) -> Result<Option<AppBinding>, IpamError> {
+    let keys = &ipam.keys;
+    let pool = pool_rec(ipam, &req.pool).await?;
+    let (mut all, rev) = bindings(ipam).await?;
+    let current = all
+        .iter()
+        .position(|b| b.app == req.app)
+        .map(|i| all.remove(i));
+    let newly = !current
+        .as_ref()
+        .is_some_and(|b| b.pools.contains(&req.pool));
+    let next = apps::bind(current, req)?;
+    all.push(next.clone());
+    let mut compares = vec![
+        store::unchanged(&pool.key, Some(pool.mod_revision)),
+        store::prefix_unchanged_since(keys.app_pools_prefix(), rev),
+    ];
+    if newly {
+        let root = keys.node_ips_root();
+        let (atts, arev) = store::scan_json::<Attachment>(&ipam.client, &root, 0).await?;
+        let atts: Vec<Attachment> = atts.into_iter().map(|a| a.value).collect();
+        let apps = apps::apps_of(&all, &req.pool);
+        if let Some(a) = apps::stranded(&atts, &req.pool, &apps) {
+            return Err(IpamError::BindConflict {
+                pool: req.pool.clone(),
+                apps,
+                ip: a.ip,
+                holder: a
+                    .pod()
+                    .map(|p| format!("pod {p}"))
+                    .unwrap_or_else(|| format!("container {}", a.container_id)),
+            });
+        }
+        compares.push(store::prefix_unchanged_since(root, arev));
+    }
+    let ops = vec![store::put(keys.app_pools(&req.app), &next)];
+    let done = store::commit(&ipam.client, compares, ops).await?;
+    if done.applied() {
+        tracing::info!(app = %req.app, pool = %req.pool, "pool bound");
+    }
+    Ok(done.applied().then_some(next))
+}
+
+/// Unbinds `pool` from `app`; the binding goes with its last pool. The
+/// app's reserved addresses stay reserved until they expire.
+pub(crate) async fn unbind(
+    ipam: &Ipam,
+    app: &str,
+    pool: &str,
+) -> Result<Option<AppBinding>, IpamError> {
+    let key = ipam.keys.app_pools(app);
+    let key = key.as_str();
+    retry::optimistic::<_, IpamError, _, _>(ipam.opts.max_attempts, move || async move {
+        let batch = store::read(&ipam.client, vec![store::get(key)]).await?;
+        let Some(cur) = store::decode_one::<AppBinding>(&batch.responses[0])? else {
+            return Err(IpamError::NotBound {
+                app: app.into(),
+                pool: pool.into(),
+            });
+        };
+        let next = apps::unbind(cur.value, pool)?;
+        let op = match &next {
+            Some(b) => store::put(key, b),
+            None => store::delete(key),
+        };
+        let compares = vec![store::unchanged(key, Some(cur.mod_revision))];
+        let done = store::commit(&ipam.client, compares, vec![op]).await?;
+        Ok(done.applied().then_some(next))
+    })
+    .await?
+    .ok_or_else(|attempts| IpamError::Contention {
+        what: format!("unbind pool {pool} from {app}"),
+        attempts,
+    })
+}
+
+/// The bound ranges of `app` (every app when `None`), from one snapshot.
+pub(crate) async fn app_ranges(ipam: &Ipam, app: Option<&str>) -> Result<Vec<AppRange>, IpamError> {
+    let keys = &ipam.keys;
+    let reads = vec![
+        store::get_prefix(keys.app_pools_prefix()),
+        store::get_prefix(keys.pools_prefix()),
+    ];
+    let batch = store::read(&ipam.client, reads).await?;
+    let bindings: Vec<Rec<AppBinding>> = store::decode_all(batch.responses[0].kvs())?;
+    let pools: Vec<Rec<Pool>> = store::decode_all(batch.responses[1].kvs())?;
+    let bindings: Vec<AppBinding> = bindings.into_iter().map(|b| b.value).collect();
+    let pools: Vec<Pool> = pools.into_iter().map(|p| p.value).collect();
+    Ok(apps::ranges(&bindings, &pools, app))
+}
+
+/// The app's reserve: addresses its pods gave up that it may take back, by address.
+pub(crate) async fn app_reserve(ipam: &Ipam, app: &str) -> Result<Vec<AppReserved>, IpamError> {
+    let prefix = ipam.keys.app_reserve_prefix(app);
+    let (recs, _) = store::scan_json::<AppReserved>(&ipam.client, &prefix, 0).await?;
+    let now = now_secs();
+    let mut out: Vec<AppReserved> = recs
+        .into_iter()
+        .map(|r| r.value)
+        .filter(|r| r.until > now)
+        .collect();
+    out.sort_by_key(|r| r.ip);
+    Ok(out)
+}
+
 /// Every block record (all nodes, all pools).
 async fn all_blocks(ipam: &Ipam) -> Result<Vec<Rec<Block>>, IpamError> {
     let root = ipam.keys.node_blocks_root();
@@ -91,6 +219,8 @@ pub(crate) async fn pool_usage(
         None => list_pools(ipam).await?,
     };
     let all = all_blocks(ipam).await?;
+    let bindings = bindings(ipam).await?.0;
+    let now = now_secs();
     let mut out = Vec::with_capacity(pools.len());
     for pool in pools {
         let blocks: Vec<_> = all.iter().filter(|b| b.value.pool == pool.name).collect();
@@ -98,13 +228,24 @@ pub(crate) async fn pool_usage(
             .iter()
             .map(|b| b.value.allocations.len() as u64)
             .sum();
+        let reserved: u64 = blocks
+            .iter()
+            .flat_map(|b| {
+                b.value
+                    .reserved
+                    .iter()
+                    .filter(|(ip, r)| r.until > now && !b.value.allocations.contains_key(*ip))
+            })
+            .count() as u64;
         let assignable = pool.assignable_count();
         out.push(PoolUsage {
             blocks_claimed: blocks.len() as u64,
             blocks_total: pool.block_count(),
             ips_assignable: assignable,
             ips_used: used,
-            ips_free: assignable.saturating_sub(used),
+            ips_reserved: reserved,
+            ips_free: assignable.saturating_sub(used + reserved),
+            apps: apps::apps_of(&bindings, &pool.name),
             pool,
         });
     }
@@ -144,6 +285,14 @@ pub(crate) async fn remove_pool(ipam: &Ipam, name: &str) -> Result<(), IpamError
 /// One round of [`remove_pool`]; `None` when a compare failed.
 async fn remove_pool_once(ipam: &Ipam, name: &str) -> Result<Option<()>, IpamError> {
     let mut pool = pool_rec(ipam, name).await?;
+    let (bound, bindings_rev) = bindings(ipam).await?;
+    let apps = apps::apps_of(&bound, name);
+    if !apps.is_empty() {
+        return Err(IpamError::PoolBound {
+            pool: name.into(),
+            apps,
+        });
+    }
     let blocks = pool_blocks(ipam, name).await?;
     let allocated: usize = blocks.iter().map(|b| b.value.allocations.len()).sum();
     if allocated > 0 {
@@ -178,6 +327,7 @@ async fn remove_pool_once(ipam: &Ipam, name: &str) -> Result<Option<()>, IpamErr
     let compares = vec![
         store::unchanged(&pool.key, Some(pool.mod_revision)),
         store::prefix_empty(ipam.keys.pool_blocks_prefix(name)),
+        store::prefix_unchanged_since(ipam.keys.app_pools_prefix(), bindings_rev),
     ];
     let ops = vec![
         store::delete(&pool.key),
@@ -409,6 +559,8 @@ pub(crate) async fn audit(ipam: &Ipam) -> Result<Vec<String>, IpamError> {
     let (handles, _) = store::scan_json::<Attachment>(c, &keys.handles_prefix(), rev).await?;
     let (index, _) = store::scan_json::<Attachment>(c, &keys.node_ips_root(), rev).await?;
     let (pools, _) = store::scan_json::<Pool>(c, &keys.pools_prefix(), rev).await?;
+    let (bound, _) = store::scan_json::<AppBinding>(c, &keys.app_pools_prefix(), rev).await?;
+    let bound: Vec<AppBinding> = bound.into_iter().map(|b| b.value).collect();
     let pools: BTreeMap<&str, &Pool> = pools
         .iter()
         .map(|p| (p.value.name.as_str(), &p.value))
@@ -493,6 +645,16 @@ pub(crate) async fn audit(ipam: &Ipam) -> Result<Vec<String>, IpamError> {
         }
     }
     for h in handles.values() {
+        let apps = apps::apps_of(&bound, &h.pool);
+        if !apps.is_empty() && !h.pod_namespace.as_ref().is_some_and(|ns| apps.contains(ns)) {
+            problems.push(format!(
+                "{} in pool {} (bound to {apps:?}) is held by {}",
+                h.ip,
+                h.pool,
+                h.pod()
+                    .unwrap_or_else(|| format!("container {}", h.container_id))
+            ));
+        }
         if owner.get(&h.ip) != Some(&format!("{}/{}", h.container_id, h.ifname)) {
             problems.push(format!(
                 "handle {}/{} points at {} which its block does not record",

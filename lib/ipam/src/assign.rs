@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use leengine_store::keys::parse_block_segment;
 
+use crate::apps::{eligible, reserved_order, AppBinding, AppReserved};
 use crate::choose::{choose_address, free_blocks, pick_free_block};
 use crate::error::IpamError;
 use crate::model::{
@@ -69,23 +70,35 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
         store::get_prefix(keys.pools_prefix()),
         store::get_prefix(keys.node_blocks_prefix(&ipam.node)),
         store::get_prefix(keys.pool_full_prefix()),
+        store::get_prefix(keys.app_pools_prefix()),
     ];
+    if let Some(ns) = &req.pod_namespace {
+        reads.push(store::get_prefix(keys.app_reserve_prefix(ns)));
+    }
     if let Some(k) = &sticky_key {
         reads.push(store::get(k));
     }
     let batch = store::read(&ipam.client, reads).await?;
+    let mut rest = batch.responses[5..].iter();
     if let Some(h) = store::decode_one::<Attachment>(&batch.responses[0])? {
         return Ok(Some(Assignment::new(h.value, false)));
     }
     let pools: Vec<Rec<Pool>> = store::decode_all(batch.responses[1].kvs())?;
     let own: Vec<Rec<Block>> = store::decode_all(batch.responses[2].kvs())?;
     let markers: Vec<Rec<FullMarker>> = store::decode_all(batch.responses[3].kvs())?;
+    let bindings: Vec<Rec<AppBinding>> = store::decode_all(batch.responses[4].kvs())?;
+    let reserve: Vec<Rec<AppReserved>> = match &req.pod_namespace {
+        Some(_) => store::decode_all(rest.next().expect("reserve read").kvs())?,
+        None => Vec::new(),
+    };
     let sticky = match &sticky_key {
-        Some(_) => store::decode_one::<StickyRecord>(&batch.responses[4])?,
+        Some(_) => store::decode_one::<StickyRecord>(rest.next().expect("sticky read"))?,
         None => None,
     };
     let now = now_secs();
     let full_prefix = keys.pool_full_prefix();
+    let bindings: Vec<AppBinding> = bindings.into_iter().map(|b| b.value).collect();
+    let (eligible, app) = eligible_pools(&pools, req, &bindings)?;
     let ctx = Ctx {
         ipam,
         req,
@@ -96,21 +109,35 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
             .filter(|m| m.value.holds(now))
             .filter_map(|m| m.key.strip_prefix(&full_prefix).map(String::from))
             .collect(),
+        bindings_revision: batch.revision,
+        app,
     };
-    let eligible = eligible_pools(&pools, &req.pools)?;
-    let step = if let Some(ip) = req.requested_ip {
-        ctx.specific(&eligible, ip, None).await?
-    } else if let Some(s) = sticky.filter(|s| s.value.until > ctx.now) {
-        match ctx.specific(&eligible, s.value.ip, Some(&s.key)).await {
-            // Someone took or excluded the address meanwhile: a fresh one will do.
-            Err(IpamError::RequestedIpTaken { .. } | IpamError::RequestedIpNotInPool { .. }) => {
-                ctx.any(&eligible, &own).await?
-            }
-            other => other?,
+    if let Some(ip) = req.requested_ip {
+        let step = ctx.specific(&eligible, ip, None).await?;
+        return Ok(step.map(|att| Assignment::new(att, true)));
+    }
+    // The pod's own sticky address, then the app's reserve, then any address.
+    let mut wanted: Vec<(Ipv4Addr, Option<&str>)> = sticky
+        .iter()
+        .filter(|s| s.value.until > now)
+        .map(|s| (s.value.ip, Some(s.key.as_str())))
+        .collect();
+    let reserve: Vec<AppReserved> = reserve.into_iter().map(|r| r.value).collect();
+    let me = pod_identity(req).map(|(ns, n)| format!("{ns}/{n}"));
+    wanted.extend(
+        reserved_order(&reserve, me.as_deref(), now)
+            .into_iter()
+            .map(|ip| (ip, None)),
+    );
+    for (ip, sticky_key) in wanted {
+        match ctx.specific(&eligible, ip, sticky_key).await {
+            // Someone took or excluded the address meanwhile, or the pool
+            // is no longer the app's: the next one will do.
+            Err(IpamError::RequestedIpTaken { .. } | IpamError::RequestedIpNotInPool { .. }) => {}
+            other => return Ok(other?.map(|att| Assignment::new(att, true))),
         }
-    } else {
-        ctx.any(&eligible, &own).await?
-    };
+    }
+    let step = ctx.any(&eligible, &own).await?;
     Ok(step.map(|att| Assignment::new(att, true)))
 }
 
@@ -144,17 +171,26 @@ fn pod_identity(req: &AssignRequest) -> Option<(&str, &str)> {
     Some((req.pod_namespace.as_deref()?, req.pod_name.as_deref()?))
 }
 
-/// The requested pools in order (all must exist), or every pool by name.
+/// The pools this pod may use, in order (see [`crate::apps::eligible`]),
+/// and its app when a binding chose them. Every pool named must exist.
 fn eligible_pools<'a>(
     pools: &'a [Rec<Pool>],
-    wanted: &[String],
-) -> Result<Vec<&'a Rec<Pool>>, IpamError> {
-    if wanted.is_empty() {
-        let mut all: Vec<_> = pools.iter().collect();
-        all.sort_by(|a, b| a.value.name.cmp(&b.value.name));
-        return Ok(all);
+    req: &AssignRequest,
+    bindings: &[AppBinding],
+) -> Result<(Vec<&'a Rec<Pool>>, Option<String>), IpamError> {
+    let mut all: Vec<String> = pools.iter().map(|p| p.value.name.clone()).collect();
+    all.sort();
+    let e = eligible(&all, &req.pools, bindings, req.pod_namespace.as_deref());
+    if e.pools.is_empty() && !all.is_empty() {
+        return Err(IpamError::NoSharedPool {
+            namespace: req
+                .pod_namespace
+                .clone()
+                .unwrap_or_else(|| "no namespace".into()),
+        });
     }
-    wanted
+    let chosen = e
+        .pools
         .iter()
         .map(|w| {
             pools
@@ -162,7 +198,8 @@ fn eligible_pools<'a>(
                 .find(|p| &p.value.name == w)
                 .ok_or_else(|| IpamError::UnknownPool(w.clone()))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((chosen, e.app))
 }
 
 struct Ctx<'a> {
@@ -172,9 +209,18 @@ struct Ctx<'a> {
     now: u64,
     /// Pools whose "full" marker holds: nothing to claim or borrow there.
     full: BTreeSet<String>,
+    /// The app bindings were read at this revision; every commit requires
+    /// them unchanged, so no ADD lands in a pool bound meanwhile to another app.
+    bindings_revision: i64,
+    /// The pod's app, when its binding chose the pools.
+    app: Option<String>,
 }
 
 impl Ctx<'_> {
+    fn bindings_unchanged(&self) -> etcd_client::Compare {
+        store::prefix_unchanged_since(self.ipam.keys.app_pools_prefix(), self.bindings_revision)
+    }
+
     fn cooldown(&self) -> u64 {
         self.ipam.opts.cooldown.as_secs()
     }
@@ -250,6 +296,7 @@ impl Ctx<'_> {
         let compares = vec![
             store::unchanged(&block.key, Some(block.mod_revision)),
             store::unchanged(self.handle_key, None),
+            self.bindings_unchanged(),
         ];
         ops.push(store::put(&block.key, &b));
         ops.extend(self.attachment_ops(&att));
@@ -281,6 +328,7 @@ impl Ctx<'_> {
             store::unchanged(&claim_key, None),
             store::unchanged(&pool.key, Some(pool.mod_revision)),
             store::unchanged(self.handle_key, None),
+            self.bindings_unchanged(),
         ];
         let claim = BlockClaim {
             pool: p.name.clone(),
@@ -335,7 +383,11 @@ impl Ctx<'_> {
             return Err(IpamError::RequestedIpNotInPool { ip, reason });
         }
         let cidr = p.block_of(ip).expect("ip is inside the pool");
-        let extra: Vec<_> = sticky_key.map(store::delete).into_iter().collect();
+        let mut extra: Vec<_> = sticky_key.map(store::delete).into_iter().collect();
+        if let Some(ns) = &self.req.pod_namespace {
+            // Taken by its app, the address leaves the app's reserve.
+            extra.push(store::delete(self.ipam.keys.app_reserve(ns, ip)));
+        }
         let block = match owned_block(self.ipam, p, cidr).await? {
             Owned::Claimed(b) => b,
             Owned::Unclaimed { revision } => {
@@ -354,11 +406,12 @@ impl Ctx<'_> {
         }
         let me = pod_identity(self.req).map(|(ns, n)| format!("{ns}/{n}"));
         if let Some(r) = block.value.reserved.get(&ip) {
-            if r.until > self.now && Some(&r.pod) != me.as_ref() {
-                return Err(IpamError::RequestedIpTaken {
-                    ip,
-                    by: format!("reserved for pod {} until {}", r.pod, r.until),
-                });
+            if r.excludes(me.as_deref(), self.now) {
+                let by = match &r.app {
+                    Some(app) => format!("reserved for app {app} until {}", r.until),
+                    None => format!("reserved for pod {} until {}", r.pod, r.until),
+                };
+                return Err(IpamError::RequestedIpTaken { ip, by });
             }
         }
         self.in_block(p, &block, ip, extra).await
@@ -418,8 +471,13 @@ impl Ctx<'_> {
                 return Ok(step);
             }
         }
-        Err(IpamError::PoolExhausted {
-            pools: names.into_iter().map(String::from).collect(),
+        let pools = eligible.iter().map(|p| p.value.name.clone()).collect();
+        Err(match &self.app {
+            Some(app) => IpamError::AppPoolsExhausted {
+                app: app.clone(),
+                pools,
+            },
+            None => IpamError::PoolExhausted { pools },
         })
     }
 
@@ -663,6 +721,8 @@ mod tests {
             handle_key: &handle_key,
             now: now_secs(),
             full: BTreeSet::new(),
+            bindings_revision: batch.revision,
+            app: None,
         };
         let _ = ctx
             .claim(

@@ -151,6 +151,7 @@ mod tests {
         let r = Reservation {
             pod: "ns/a".into(),
             until: 2000,
+            app: None,
         };
         b.reserved.insert(ip("10.1.0.2"), r);
         assert_eq!(choose_address(&p, &b, 1000, 60, true), None);

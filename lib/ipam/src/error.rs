@@ -14,6 +14,26 @@ pub enum IpamError {
     /// No eligible pool has a free address left.
     #[error("IP pools exhausted: no free address in {pools:?}")]
     PoolExhausted { pools: Vec<String> },
+    /// Every pool bound to the pod's app (and the shared pools, if it falls back) is full.
+    #[error("app {app:?} has no free address left in its IP pools {pools:?}")]
+    AppPoolsExhausted { app: String, pools: Vec<String> },
+    /// Every pool is bound to apps and the pod's namespace is none of them.
+    #[error("no IP pool is open to pods of {namespace}: every pool is bound to other apps")]
+    NoSharedPool { namespace: String },
+    /// `unbind` of a pool the app is not bound to.
+    #[error("app {app:?} is not bound to IP pool {pool:?}")]
+    NotBound { app: String, pool: String },
+    /// A pool cannot be removed while apps are bound to it.
+    #[error("IP pool {pool:?} is bound to app(s) {apps:?}; unbind first")]
+    PoolBound { pool: String, apps: Vec<String> },
+    /// Binding would leave an address of another app (or of no known pod) in the pool.
+    #[error("IP pool {pool:?} cannot be bound to {apps:?}: {ip} is held by {holder}")]
+    BindConflict {
+        pool: String,
+        apps: Vec<String>,
+        ip: Ipv4Addr,
+        holder: String,
+    },
     /// The named pool does not exist.
     #[error("unknown IP pool {0:?}")]
     UnknownPool(String),

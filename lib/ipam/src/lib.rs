@@ -14,10 +14,13 @@
 //!   [`IpamOptions::cooldown`] ago is used only when nothing else is left.
 //! * Sticky IPs: on release, a pod identity (namespace/name) keeps its
 //!   address reserved for [`IpamOptions::sticky_for`].
+//! * Apps: pools may be bound to apps (namespaces); a bound app's freed
+//!   addresses are reserved for its next pods ([`apps`]).
 //!
 //! Pure logic lives in [`pool`] (validation, exclusions, carving),
 //! [`choose`] (address/block choice) and [`check`] (leak classification).
 
+pub mod apps;
 pub mod check;
 pub mod choose;
 mod error;
@@ -35,6 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+pub use apps::{AppBinding, AppRange, AppReserved, BindRequest};
 pub use check::{ApiView, CheckOptions, CheckReport, Leak, LeakReason, PodInfo};
 pub use error::IpamError;
 pub use model::{
@@ -195,6 +199,34 @@ impl Ipam {
     /// Gives an empty block back (`10.1.0.16/28`); refused while it holds allocations.
     pub async fn release_block(&self, block: &str) -> Result<Block, IpamError> {
         admin::release_block(self, block).await
+    }
+
+    // ---- apps: bound pools and the reserve ----
+
+    /// Binds a pool to an app (see [`apps`]); refused while the pool holds an
+    /// address of a pod outside the apps it would then be bound to.
+    pub async fn bind(&self, req: &BindRequest) -> Result<AppBinding, IpamError> {
+        admin::bind(self, req).await
+    }
+
+    /// Unbinds a pool from an app; `Ok(None)` when that was its last pool.
+    pub async fn unbind(&self, app: &str, pool: &str) -> Result<Option<AppBinding>, IpamError> {
+        admin::unbind(self, app, pool).await
+    }
+
+    /// Every app binding, by app.
+    pub async fn bindings(&self) -> Result<Vec<AppBinding>, IpamError> {
+        Ok(admin::bindings(self).await?.0)
+    }
+
+    /// The ranges bound to `app` (every app when `None`), for firewall rules.
+    pub async fn app_ranges(&self, app: Option<&str>) -> Result<Vec<AppRange>, IpamError> {
+        admin::app_ranges(self, app).await
+    }
+
+    /// Addresses reserved for `app` (given up by its pods), by address.
+    pub async fn app_reserve(&self, app: &str) -> Result<Vec<AppReserved>, IpamError> {
+        admin::app_reserve(self, app).await
     }
 
     // ---- liveness and leak check ----

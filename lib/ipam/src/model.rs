@@ -91,6 +91,21 @@ pub struct Allocation {
 pub struct Reservation {
     pub pod: String,
     pub until: u64,
+    /// Any pod of this app (namespace) may take the address until `until`
+    /// (the app reserve, see [`crate::apps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+impl Reservation {
+    /// Whether the reservation keeps `ip` from `pod` (`namespace/name`) at `now`.
+    pub fn excludes(&self, pod: Option<&str>, now: u64) -> bool {
+        if self.until <= now || pod == Some(self.pod.as_str()) {
+            return false;
+        }
+        let ns = pod.and_then(|p| p.split_once('/')).map(|(ns, _)| ns);
+        !(self.app.is_some() && self.app.as_deref() == ns)
+    }
 }
 
 /// `{prefix}/ipam/sticky/{namespace}/{name}`: the address a pod identity last held.
@@ -197,7 +212,13 @@ pub struct PoolUsage {
     /// Addresses that can ever be handed out (minus network, broadcast, gateway, excludes).
     pub ips_assignable: u64,
     pub ips_used: u64,
+    /// Kept for an app or a pod identity (neither used nor free).
+    #[serde(default)]
+    pub ips_reserved: u64,
     pub ips_free: u64,
+    /// Apps bound to the pool (empty: shared).
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
 impl PoolUsage {

@@ -1,5 +1,6 @@
 //! CNI DEL and guarded releases: free the block entry, drop handle and index, in one transaction.
 
+use crate::apps::{AppBinding, AppReserved};
 use crate::error::IpamError;
 use crate::model::{Attachment, Block, BlockClaim, Reservation, StickyRecord};
 use crate::store::{self, Rec};
@@ -78,6 +79,8 @@ pub(crate) async fn release_if_unchanged(
 struct BlockAt {
     key: String,
     rec: Option<Rec<Block>>,
+    /// The binding of the attachment's app, if it has one.
+    binding: Option<AppBinding>,
 }
 
 /// Reads the block claim and, in the same round trip, the record under the
@@ -87,17 +90,22 @@ async fn read_block(ipam: &Ipam, att: &Attachment) -> Result<BlockAt, IpamError>
     let (net, len) = (att.block.network(), att.block.prefix_len());
     let claim_key = keys.block(&att.pool, net, len);
     let mine = keys.node_block(&att.node, &att.pool, net, len);
-    let batch = store::read(
-        &ipam.client,
-        vec![store::get(&claim_key), store::get(&mine)],
-    )
-    .await?;
+    let mut reads = vec![store::get(&claim_key), store::get(&mine)];
+    if let Some(ns) = &att.pod_namespace {
+        reads.push(store::get(keys.app_pools(ns)));
+    }
+    let batch = store::read(&ipam.client, reads).await?;
+    let binding = match batch.responses.get(2) {
+        Some(r) => store::decode_one::<AppBinding>(r)?.map(|b| b.value),
+        None => None,
+    };
     let owner = match store::decode_one::<BlockClaim>(&batch.responses[0])? {
         Some(c) if c.value.node != att.node => c.value.node,
         _ => {
             return Ok(BlockAt {
                 rec: store::decode_one(&batch.responses[1])?,
                 key: mine,
+                binding,
             })
         }
     };
@@ -106,6 +114,7 @@ async fn read_block(ipam: &Ipam, att: &Attachment) -> Result<BlockAt, IpamError>
     Ok(BlockAt {
         rec: store::decode_one(&batch.responses[0])?,
         key,
+        binding,
     })
 }
 
@@ -117,8 +126,9 @@ fn holds(block: &Block, att: &Attachment) -> bool {
 }
 
 /// One transaction: free the address in its block (when the block still
-/// records this very allocation), delete handle and node index, and keep a
-/// sticky reservation for the pod identity. `Ok(false)` on a lost race.
+/// records this very allocation), delete handle and node index, and keep the
+/// address reserved for the pod identity (sticky) and for its app (the app
+/// reserve, when the app is bound). `Ok(false)` on a lost race.
 async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<bool, IpamError> {
     let att = &handle.value;
     let now = now_secs();
@@ -134,31 +144,14 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
         // The pool has a free address again.
         store::delete(keys.pool_full(&att.pool)),
     ];
-    let sticky_secs = ipam.opts.sticky_for.as_secs();
     match block.rec {
         Some(b) if holds(&b.value, att) => {
             let mut nb = b.value;
             nb.allocations.remove(&att.ip);
             nb.freed_at.insert(att.ip, now);
             nb.reserved.retain(|_, r| r.until > now);
-            if let (Some(pod), true) = (att.pod(), sticky_secs > 0) {
-                let until = now + sticky_secs;
-                nb.reserved.insert(att.ip, Reservation { pod, until });
-                let lease = ipam
-                    .client
-                    .lease_client()
-                    .grant(i64::try_from(sticky_secs).unwrap_or(i64::MAX), None)
-                    .await?;
-                let sticky = StickyRecord {
-                    ip: att.ip,
-                    pool: att.pool.clone(),
-                    until,
-                };
-                let skey = keys.sticky(
-                    att.pod_namespace.as_deref().unwrap_or_default(),
-                    att.pod_name.as_deref().unwrap_or_default(),
-                );
-                ops.push(store::put_leased(&skey, &sticky, lease.id()));
+            if let Some(r) = reserve_ops(ipam, att, block.binding.as_ref(), now, &mut ops).await? {
+                nb.reserved.insert(att.ip, r);
             }
             ops.push(store::put(&bkey, &nb));
         }
@@ -168,4 +161,61 @@ async fn free(ipam: &Ipam, handle: &Rec<Attachment>, block: BlockAt) -> Result<b
         }
     }
     Ok(store::commit(&ipam.client, compares, ops).await?.applied())
+}
+
+/// The sticky record and app-reserve entry for a freed address (each on a
+/// lease of its lifetime), and the block reservation covering both.
+async fn reserve_ops(
+    ipam: &Ipam,
+    att: &Attachment,
+    binding: Option<&AppBinding>,
+    now: u64,
+    ops: &mut Vec<etcd_client::TxnOp>,
+) -> Result<Option<Reservation>, IpamError> {
+    let (Some(pod), Some(ns), Some(name)) = (att.pod(), &att.pod_namespace, &att.pod_name) else {
+        return Ok(None);
+    };
+    let sticky_secs = ipam.opts.sticky_for.as_secs();
+    let reserve_secs = binding.map_or(0, |b| b.reserve_secs);
+    if sticky_secs == 0 && reserve_secs == 0 {
+        return Ok(None);
+    }
+    let keys = &ipam.keys;
+    let sticky_until = now + sticky_secs;
+    if sticky_secs > 0 {
+        let sticky = StickyRecord {
+            ip: att.ip,
+            pool: att.pool.clone(),
+            until: sticky_until,
+        };
+        let lease = grant(ipam, sticky_secs).await?;
+        ops.push(store::put_leased(keys.sticky(ns, name), &sticky, lease));
+    }
+    let mut app = None;
+    if reserve_secs > 0 {
+        let entry = AppReserved {
+            ip: att.ip,
+            pool: att.pool.clone(),
+            pod: pod.clone(),
+            sticky_until,
+            until: now + reserve_secs,
+        };
+        let lease = grant(ipam, reserve_secs).await?;
+        ops.push(store::put_leased(
+            keys.app_reserve(ns, att.ip),
+            &entry,
+            lease,
+        ));
+        app = Some(ns.clone());
+    }
+    Ok(Some(Reservation {
+        pod,
+        until: now + sticky_secs.max(reserve_secs),
+        app,
+    }))
+}
+
+async fn grant(ipam: &Ipam, secs: u64) -> Result<i64, IpamError> {
+    let ttl = i64::try_from(secs).unwrap_or(i64::MAX);
+    Ok(ipam.client.lease_client().grant(ttl, None).await?.id())
 }

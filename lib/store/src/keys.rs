@@ -75,6 +75,26 @@ impl Keys {
     pub fn sticky(&self, namespace: &str, name: &str) -> String {
         format!("{}{namespace}/{name}", self.sticky_prefix())
     }
+    /// App bindings `{prefix}/ipam/app-pools/{namespace}`: the pools an app's
+    /// pods take their addresses from; a pool named in any binding is closed to
+    /// every other app.
+    pub fn app_pools_prefix(&self) -> String {
+        format!("{}/ipam/app-pools/", self.prefix)
+    }
+    pub fn app_pools(&self, namespace: &str) -> String {
+        format!("{}{namespace}", self.app_pools_prefix())
+    }
+    /// An app's reserve `{prefix}/ipam/app-reserve/{namespace}/{ip}`: addresses
+    /// its pods gave up, kept (on a lease) for its next pods.
+    pub fn app_reserve_root(&self) -> String {
+        format!("{}/ipam/app-reserve/", self.prefix)
+    }
+    pub fn app_reserve_prefix(&self, namespace: &str) -> String {
+        format!("{}{namespace}/", self.app_reserve_root())
+    }
+    pub fn app_reserve(&self, namespace: &str, ip: Ipv4Addr) -> String {
+        format!("{}{ip}", self.app_reserve_prefix(namespace))
+    }
     /// "Pool full" markers `{prefix}/ipam/full/{pool}`: left by an ADD that
     /// found no address anywhere in the pool, deleted by every release in it,
     /// so ADDs on an exhausted pool need not scan every block.
@@ -609,6 +629,16 @@ mod tests {
     fn prefix_is_normalised() {
         assert_eq!(Keys::new("leengine/").prefix(), "/leengine");
         assert_eq!(Keys::new("/a/b").pool("p1"), "/a/b/ipam/pools/p1");
+        let k = Keys::new("/a");
+        assert_eq!(k.app_pools("shop"), "/a/ipam/app-pools/shop");
+        let ip: Ipv4Addr = "10.1.8.3".parse().unwrap();
+        assert_eq!(
+            k.app_reserve("shop", ip),
+            "/a/ipam/app-reserve/shop/10.1.8.3"
+        );
+        assert!(k
+            .app_reserve("shop", ip)
+            .starts_with(&k.app_reserve_prefix("shop")));
     }
 
     #[test]
