@@ -1,5 +1,7 @@
 //! Measuring helpers of the SLB benchmarks.
 
+#![allow(dead_code)] // each benchmark uses a different part
+
 use std::process::Command;
 
 #[derive(Debug)]

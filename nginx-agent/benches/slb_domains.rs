@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{percentiles, wrk};
 use leengine_testenv as te;
-use support::{get, upstream_of, Backend, Host};
+use support::{upstream_of, Backend, Host};
 
 const HOT: &str = "d0.example.com";
 
@@ -39,8 +39,8 @@ fn main() {
     let secs = u64::try_from(env_num("SLB_WRK_SECS", 20)).unwrap_or(20);
     let etcd = te::Etcd::start();
     println!("# SLB domains benchmark: {counts:?} domains, 2 peers each of 4 loopback backends, one listen port");
-    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &counts {
         for (way, samples) in [("lua", changes), ("generated", gen_changes)] {
             let row = run(&etcd, n, way, samples, secs);
@@ -63,12 +63,8 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
     h.debounce = "20ms";
     h.shared_dict_size = Some("256m");
     let backends: Vec<Backend> = (1..=4).map(|i| h.backend(&format!("b{i}"))).collect();
-    let cfg = |v: usize| {
-        format!(
-            r#"{{"listen":[{{"port":{}}}],"headers":{{"X-V":"{v}"}}}}"#,
-            h.http_port
-        )
-    };
+    let port = h.http_port;
+    let cfg = |v: usize| format!(r#"{{"listen":[{{"port":{port}}}],"headers":{{"X-V":"{v}"}}}}"#);
     let pair = |i: usize| upstream_of(&[&backends[i % 4], &backends[(i + 1) % 4]]);
     put_all(&h, n, &cfg(0), &pair);
 
@@ -141,8 +137,12 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
                 .sum::<u64>()
     });
     let agent_rss = h.agent.as_ref().map_or(0, |c| rss_kb(c.id()));
+    let hash_warnings = std::fs::read_to_string(h.path("logs/error.log"))
+        .unwrap_or_default()
+        .matches("could not build optimal")
+        .count();
     format!(
-        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% | {} (no-change: {}) | {reloads} | {} MB | {} MB |",
+        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} |",
         sync.as_secs_f64(),
         start.as_secs_f64(),
         base.rps,
