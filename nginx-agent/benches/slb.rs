@@ -8,12 +8,15 @@
 //! (b) etcd put -> first response from the new backend, p50/p99 over 100
 //!     changes.
 
+#[path = "common.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{cpu_ticks, percentiles, wrk, WrkResult};
 use leengine_testenv as te;
 use support::{get, upstream_of, Backend, Host};
 
@@ -83,10 +86,10 @@ fn main() {
         let agent_cpu = cpu_ticks(h.agent.as_ref().map(std::process::Child::id));
         let mut done = 0;
         for k in 0..SEGMENTS {
-            let b = wrk(port, seg, || {});
+            let b = wrk(port, DOMAIN, seg, || {});
             let n = SWAPS / SEGMENTS + usize::from(k < SWAPS % SEGMENTS);
             let period = Duration::from_secs(seg) / (u32::try_from(n).expect("at most SWAPS") + 1);
-            let w = wrk(port, seg, || {
+            let w = wrk(port, DOMAIN, seg, || {
                 for _ in 0..n {
                     std::thread::sleep(period);
                     done += 1;
@@ -134,84 +137,6 @@ fn main() {
     drop(watcher);
 }
 
-struct WrkResult {
-    rps: f64,
-    errors: u64,
-}
-
-/// Runs wrk for `secs` while `during` runs, returns throughput and errors.
-fn wrk(port: u16, secs: u64, during: impl FnOnce()) -> WrkResult {
-    let child = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c50",
-            &format!("-d{secs}s"),
-            "-H",
-            &format!("Host: {DOMAIN}"),
-        ])
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("wrk (apt install wrk)");
-    during();
-    let out = child.wait_with_output().expect("wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let num_after = |label: &str| -> Option<f64> {
-        let rest = text.split(label).nth(1)?;
-        rest.split_whitespace()
-            .next()?
-            .trim_end_matches(',')
-            .parse()
-            .ok()
-    };
-    let rps = num_after("Requests/sec:").unwrap_or(0.0);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a count wrk printed as a number"
-    )]
-    let non2xx = num_after("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
-    let socket: u64 = ["connect ", "read ", "write ", "timeout "]
-        .iter()
-        .filter_map(|l| {
-            text.split("Socket errors:")
-                .nth(1)
-                .and_then(|s| s.split(l).nth(1))
-        })
-        .filter_map(|s| {
-            s.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    WrkResult {
-        rps,
-        errors: non2xx + socket,
-    }
-}
-
-/// utime + stime of a process in clock ticks (0 if unknown).
-fn cpu_ticks(pid: Option<u32>) -> u64 {
-    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-    else {
-        return 0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |r| r.1)
-        .split_whitespace()
-        .collect();
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-}
-
 /// p50, p99, max in ms of etcd put -> first answer from the new backend.
 fn latencies(h: &Host, port: u16, key: &str, backends: &[Backend]) -> (f64, f64, f64) {
     let mut samples = Vec::with_capacity(SWAPS);
@@ -239,14 +164,7 @@ fn latencies(h: &Host, port: u16, key: &str, backends: &[Backend]) -> (f64, f64,
         current = next.id.clone();
         std::thread::sleep(Duration::from_millis(20));
     }
-    samples.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a percentile index: a fraction in [0, 1] of a length"
-    )]
-    let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).saturating_sub(1)];
-    (pct(0.50), pct(0.99), samples[samples.len() - 1])
+    percentiles(samples)
 }
 
 /// A plain nginx (no lua) whose upstream is rendered from etcd and applied

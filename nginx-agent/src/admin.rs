@@ -30,10 +30,19 @@ impl std::fmt::Debug for Admin {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The shared dict had no room for these domains' peers (507); the
-    /// others were stored. Each entry: domain and lua's reason.
-    Full(Vec<(String, String)>),
+    /// nginx refused these items (507); the others were stored.
+    Refused(Vec<Refusal>),
     Failed(String),
+}
+
+/// One item nginx did not store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Item key (`u:{domain}`, `r:{domain}`, `h:{host}`; `-` for the push token).
+    pub key: String,
+    /// No room in the shared dict (else: the router cannot use the route).
+    pub full: bool,
+    pub reason: String,
 }
 
 impl Admin {
@@ -64,7 +73,7 @@ impl Admin {
         };
         match self.call("POST", &query, body).await {
             Ok((200, _)) => Ok(()),
-            Ok((507, body)) => Err(PushError::Full(parse_full(&body))),
+            Ok((507, body)) => Err(PushError::Refused(parse_refused(&body))),
             Ok((status, body)) => Err(PushError::Failed(answered(status, &body))),
             Err(e) => Err(PushError::Failed(e)),
         }
@@ -104,14 +113,22 @@ fn answered(status: u16, body: &str) -> String {
     format!("admin endpoint answered {status}: {}", body.trim())
 }
 
-/// The 507 body: `full {domain} {reason}` per refused domain (`-` for the
-/// push token itself).
-fn parse_full(body: &str) -> Vec<(String, String)> {
+/// The 507 body: `full {key} {reason}` (no room) or `refused {key}
+/// {reason}` (an unusable route) per item; key `-` is the push token.
+fn parse_refused(body: &str) -> Vec<Refusal> {
     body.lines()
-        .filter_map(|l| l.strip_prefix("full "))
-        .map(|l| match l.split_once(' ') {
-            Some((d, why)) => (d.to_string(), why.to_string()),
-            None => (l.to_string(), String::new()),
+        .filter_map(|l| {
+            let (full, rest) = match l.split_once(' ')? {
+                ("full", rest) => (true, rest),
+                ("refused", rest) => (false, rest),
+                _ => return None,
+            };
+            let (key, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some(Refusal {
+                key: key.to_string(),
+                full,
+                reason: reason.to_string(),
+            })
         })
         .collect()
 }
@@ -121,12 +138,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_answers_name_the_domains() {
+    fn refusals_name_the_items() {
+        let r = |key: &str, full, reason: &str| Refusal {
+            key: key.into(),
+            full,
+            reason: reason.into(),
+        };
         assert_eq!(
-            parse_full("full a.com no memory\nfull - no memory\n"),
+            parse_refused(
+                "full u:a.com no memory\nrefused r:b.com bad regex x\nfull - no memory\n"
+            ),
             vec![
-                ("a.com".to_string(), "no memory".to_string()),
-                ("-".to_string(), "no memory".to_string())
+                r("u:a.com", true, "no memory"),
+                r("r:b.com", false, "bad regex x"),
+                r("-", true, "no memory")
             ]
         );
     }

@@ -72,9 +72,21 @@ pub struct Args {
     /// before the agent counts the reload as refused and rolls back.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub reload_timeout: Duration,
+    /// How domains without TLS are served: `lua` (one shared server per
+    /// listen, routes in nginx's shared dict, changed without reload) or
+    /// `generated` (a server block per domain, every change reloads).
+    #[arg(long, value_enum, default_value_t = Routing::Lua)]
+    pub routing: Routing,
     /// Lease TTL of the status key.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub status_ttl: Duration,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Routing {
+    #[default]
+    Lua,
+    Generated,
 }
 
 impl Args {

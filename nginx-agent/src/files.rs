@@ -24,6 +24,11 @@ use leengine_slb::render::{
     GENERATION_FILE,
 };
 
+use crate::state::ROUTER;
+
+/// The lua router's file in a generation.
+const ROUTER_FILE: &str = "_router.conf";
+
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub conf_dir: PathBuf,
@@ -95,7 +100,7 @@ impl Layout {
         match self.live_gen()? {
             Some(n) => Ok(n),
             None => {
-                self.write_gen(0, "0", &BTreeMap::new())?;
+                self.write_gen(0, "0", &BTreeMap::new(), &BTreeMap::new())?;
                 self.swap_to(0)?;
                 Ok(0)
             }
@@ -119,7 +124,12 @@ impl Layout {
         for entry in std::fs::read_dir(self.domains_link())? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(domain) = name.to_str().and_then(domain_of_file_name) else {
+            let router = name.to_str() == Some(ROUTER_FILE);
+            let Some(domain) = name
+                .to_str()
+                .and_then(domain_of_file_name)
+                .or(router.then_some(ROUTER))
+            else {
                 continue;
             };
             out.insert(domain.to_string(), std::fs::read_to_string(entry.path())?);
@@ -127,13 +137,16 @@ impl Layout {
         Ok(out)
     }
 
-    /// Writes a complete generation directory from scratch: the domain
-    /// files, the catch-all servers derived from them and the marker.
+    /// Writes a complete generation directory: the domain files, the
+    /// catch-all servers derived from them and the marker. A file `live`
+    /// (the live generation's files) already holds is hard-linked from the
+    /// live directory instead of written again.
     pub fn write_gen(
         &self,
         n: u64,
         marker: &str,
         files: &BTreeMap<String, String>,
+        live: &BTreeMap<String, String>,
     ) -> io::Result<PathBuf> {
         let dir = self.gen_dir(n);
         match std::fs::remove_dir_all(&dir) {
@@ -141,8 +154,14 @@ impl Layout {
             _ => {}
         }
         std::fs::create_dir_all(&dir)?;
+        let live_dir = self.domains_link();
         for (domain, text) in files {
-            std::fs::write(dir.join(domain_file_name(domain)), text)?;
+            let name = domain_file_name(domain);
+            let linked = live.get(domain) == Some(text)
+                && std::fs::hard_link(live_dir.join(&name), dir.join(&name)).is_ok();
+            if !linked {
+                std::fs::write(dir.join(name), text)?;
+            }
         }
         let defaults = render_default_servers(files.values().map(String::as_str));
         std::fs::write(dir.join(DEFAULT_FILE), defaults)?;
@@ -197,9 +216,24 @@ mod tests {
         assert!(l.read_live().unwrap().is_empty());
         assert!(l.lua_dir().join("leengine/balancer.lua").exists());
         let files: BTreeMap<_, _> = [("a.com".to_string(), "x".to_string())].into();
-        l.write_gen(1, "1", &files).unwrap();
+        l.write_gen(1, "1", &files, &BTreeMap::new()).unwrap();
         l.swap_to(1).unwrap();
         assert_eq!(l.read_live().unwrap(), files);
+        // Unchanged files are linked, not written again.
+        use std::os::unix::fs::MetadataExt;
+        let mut next = files.clone();
+        next.insert(ROUTER.to_string(), "# router".to_string());
+        l.write_gen(2, "2", &next, &files).unwrap();
+        let ino = |n: u64| {
+            std::fs::metadata(l.gen_dir(n).join("a.com.conf"))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(1), ino(2));
+        l.swap_to(2).unwrap();
+        assert_eq!(l.read_live().unwrap(), next);
+        l.write_gen(1, "1", &files, &BTreeMap::new()).unwrap();
+        l.swap_to(1).unwrap();
         assert!(!l.gen_dir(0).exists());
         assert_eq!(l.prepare().unwrap(), 1);
         assert!(l.gen_dir(1).join(GENERATION_FILE).exists());

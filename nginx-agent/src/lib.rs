@@ -15,12 +15,11 @@ pub mod state;
 pub mod status;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use leengine_slb::render::MainParams;
+use leengine_slb::render::{MainParams, NamesHash};
 use leengine_slb::wire;
 
 use crate::cli::Args;
@@ -70,6 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         worker_processes: args.worker_processes,
         user: args.nginx_user,
         shared_dict_size: args.shared_dict_size,
+        names_hash: NamesHash::for_files(applied.values().map(String::as_str)),
     };
     // A fresh host gets a main config at once, so nginx can start before
     // etcd is reachable; later changes to it go through nginx -t.
@@ -81,13 +81,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("writing nginx.conf")?;
     }
     tracing::info!(
-        group = %args.group, host = %host, domains = applied.len(), dumped_upstreams = dump.len(),
+        group = %args.group, host = %host, domains = applied.len(), routing = ?args.routing,
+        dumped_upstreams = dump.upstreams.len(), dumped_routes = dump.routes.len(),
         "starting"
     );
     let shared = Arc::new(Shared::new(
         args.group,
         host,
-        Desired::from_dump(dump, args.admin_port),
+        Desired::from_dump(dump, args.admin_port, args.routing),
     ));
     let admin = admin::Admin {
         port: args.admin_port,
@@ -179,14 +180,14 @@ async fn follow_etcd(
     Ok(())
 }
 
-/// The last pushed peers; a corrupt dump is ignored (etcd refills it).
-fn load_dump(layout: &Layout) -> BTreeMap<String, leengine_slb::Upstream> {
+/// The last pushed state; a corrupt dump is ignored (etcd refills it).
+fn load_dump(layout: &Layout) -> wire::State {
     let path = layout.dump();
     match std::fs::read_to_string(&path) {
         Ok(text) => wire::decode_all(&text).unwrap_or_else(|e| {
             tracing::warn!(path = %path.display(), error = %e, "ignoring corrupt upstream dump");
-            BTreeMap::new()
+            wire::State::default()
         }),
-        Err(_) => BTreeMap::new(),
+        Err(_) => wire::State::default(),
     }
 }

@@ -1,18 +1,20 @@
-//! Pushes peers into nginx's shared dict. Runs apart from the reconciler so
-//! an upstream change never waits behind `nginx -t` or a reload. A full
-//! dict refuses a domain's write instead of evicting others' peers; the
-//! refused domains are reported (`shared-dict-full`), counted, and retried
-//! every second, while the other domains keep being pushed.
+//! Pushes peers, and with lua routing the routes and server names, into
+//! nginx's shared dict. Runs apart from the reconciler so such a change
+//! never waits behind `nginx -t` or a reload. A full dict refuses a write
+//! instead of evicting other entries, and the router refuses a route it
+//! cannot use (a bad regex: what `nginx -t` would say); refused items are
+//! reported (`shared-dict-full`, `nginx-test`), counted, and retried every
+//! second, while the others keep being pushed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leengine_slb::classify::upstream_changes;
-use leengine_slb::{wire, Upstream};
+use leengine_slb::wire::{self, State};
+use leengine_slb::DomainError;
 
-use crate::admin::{Admin, PushError};
+use crate::admin::{Admin, PushError, Refusal};
 use crate::files::write_atomic;
 use crate::shared::Shared;
 use crate::state::domain_error;
@@ -28,11 +30,17 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
         chrono::Utc::now().timestamp_millis()
     );
     // None: nginx's state is unknown, the next push is a full replace.
-    let mut pushed: Option<BTreeMap<String, Upstream>> = None;
+    let mut pushed: Option<Items> = None;
+    // What nginx (or the dump it loads) holds, also while `pushed` is unknown.
+    let mut holds: Items = std::fs::read_to_string(&dump)
+        .ok()
+        .and_then(|t| wire::decode_all(&t).ok())
+        .map(|d| d.items())
+        .unwrap_or_default();
     let mut last_error: Option<String> = None;
     let mut reported = -1;
-    // Domains the shared dict refused at the last push, with lua's reason.
-    let mut refused: BTreeMap<String, String> = BTreeMap::new();
+    // Items refused at the last push, with the reason.
+    let mut refused: BTreeMap<String, Refusal> = BTreeMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -46,16 +54,18 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                 }
             }
         }
-        let (desired, revision) = {
+        let (state, revision) = {
             let d = shared.desired();
-            (d.upstreams(), d.revision)
+            (d.pushed(), d.revision)
         };
-        let result = push(&admin, &dump, &token, pushed.as_ref(), &desired).await;
+        let desired = state.items();
+        let result = push(&admin, &dump, &token, pushed.as_ref(), &desired, &state).await;
         match result {
             Ok(n) => {
                 if n > 0 {
-                    tracing::info!(domains = n, revision, "upstreams pushed");
+                    tracing::info!(items = n, revision, "pushed to nginx");
                 }
+                holds.clone_from(&desired);
                 pushed = Some(desired);
                 last_error = None;
                 if revision != reported || !refused.is_empty() {
@@ -67,38 +77,40 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                     });
                 }
             }
-            Err(PushError::Full(full)) => {
-                // What nginx holds now: the refused domains kept their
-                // previous peers (or none); the diff retries them.
+            Err(PushError::Refused(list)) => {
+                // What nginx holds now: refused items kept their previous
+                // value (or none); the next diff retries them.
                 let mut held = desired.clone();
-                for (d, _) in &full {
-                    match pushed.as_ref().and_then(|p| p.get(d)) {
-                        Some(old) => held.insert(d.clone(), old.clone()),
-                        None => held.remove(d),
+                for r in &list {
+                    match holds.get(&r.key) {
+                        Some(old) => held.insert(r.key.clone(), old.clone()),
+                        None => held.remove(&r.key),
                     };
                 }
-                let now_refused: BTreeMap<String, String> = full.into_iter().collect();
+                let now_refused: BTreeMap<String, Refusal> =
+                    list.into_iter().map(|r| (r.key.clone(), r)).collect();
                 let new = now_refused
                     .keys()
-                    .filter(|d| !refused.contains_key(*d))
-                    .count() as u64;
+                    .filter(|k| !refused.contains_key(*k))
+                    .count();
                 if new > 0 {
                     tracing::error!(
-                        domains = ?now_refused.keys().collect::<Vec<_>>(),
-                        "nginx's shared dict is full: peers refused (previous ones kept); raise --shared-dict-size"
+                        items = ?now_refused.values().collect::<Vec<_>>(),
+                        "nginx refused pushed items (previous ones kept)"
                     );
                 }
-                let errors = {
-                    let d = shared.desired();
-                    now_refused
-                        .iter()
-                        .filter(|(domain, _)| domain.as_str() != "-")
-                        .map(|(domain, why)| {
-                            let msg = format!("nginx's shared dict has no room for its peers ({why}); previous peers kept");
-                            (domain.clone(), domain_error(d.upstream_revision(domain), "shared-dict-full", &msg))
-                        })
-                        .collect()
-                };
+                let errors = refusal_errors(&shared, &state, now_refused.values());
+                // A restarted nginx must load what this one holds, not
+                // what it refused.
+                let text: String = held.values().map(String::as_str).collect();
+                if let Err(e) = write_atomic(&dump, &text) {
+                    tracing::warn!(error = %e, "writing the dump");
+                }
+                let new_full = now_refused
+                    .values()
+                    .filter(|r| r.full && !refused.contains_key(&r.key))
+                    .count();
+                holds.clone_from(&held);
                 // The push token itself not stored: the next check repushes.
                 pushed = (!now_refused.contains_key("-")).then_some(held);
                 refused = now_refused;
@@ -107,12 +119,12 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                 shared.update_report(|r| {
                     r.pushed_revision = revision;
                     r.push_errors = errors;
-                    r.shared_dict_refusals += new;
+                    r.shared_dict_refusals += u64::try_from(new_full).unwrap_or(u64::MAX);
                 });
             }
             Err(PushError::Failed(e)) => {
                 if last_error.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "upstream push failed; will retry");
+                    tracing::warn!(error = %e, "push to nginx failed; will retry");
                 }
                 last_error = Some(e);
                 pushed = None;
@@ -121,32 +133,80 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
     }
 }
 
-/// Writes the dump first (so an nginx (re)start in between loads the newer
-/// state), then sends the change. Returns how many domains were sent.
+/// Item key -> its wire text (`wire::State::items`).
+type Items = BTreeMap<String, String>;
+
+/// Status errors of refused items, by domain.
+fn refusal_errors<'a>(
+    shared: &Shared,
+    state: &State,
+    refused: impl Iterator<Item = &'a Refusal>,
+) -> BTreeMap<String, DomainError> {
+    let d = shared.desired();
+    let mut out = BTreeMap::new();
+    for r in refused {
+        let domain = match wire::item_domain(&r.key) {
+            Some(domain) => domain,
+            None => match r.key.strip_prefix("h:").and_then(|h| state.hosts.get(h)) {
+                Some(domain) => domain.as_str(),
+                None => continue,
+            },
+        };
+        let peers = r.key.starts_with("u:");
+        let (what, revision) = if peers {
+            ("peers", d.upstream_revision(domain))
+        } else {
+            ("route", d.config_revision(domain))
+        };
+        let err = if r.full {
+            let msg = format!(
+                "nginx's shared dict has no room for its {what} ({}); previous {what} kept",
+                r.reason
+            );
+            domain_error(revision, "shared-dict-full", &msg)
+        } else {
+            domain_error(revision, "nginx-test", &r.reason)
+        };
+        out.entry(domain.to_string()).or_insert(err);
+    }
+    out
+}
+
+/// Sends the change, then writes what nginx now holds to the dump (a
+/// refusal writes what it kept instead, in the caller). An nginx restart
+/// in between loads the older dump: the token check then pushes all.
+/// Returns how many items were sent.
 async fn push(
     admin: &Admin,
     dump: &std::path::Path,
     token: &str,
-    pushed: Option<&BTreeMap<String, Upstream>>,
-    desired: &BTreeMap<String, Upstream>,
+    pushed: Option<&Items>,
+    desired: &Items,
+    state: &State,
 ) -> Result<usize, PushError> {
     let (body, n, replace) = match pushed {
         Some(p) => {
-            let changes = upstream_changes(p, desired);
-            if changes.is_empty() {
+            let mut body = String::new();
+            let mut n = 0;
+            for (k, text) in desired {
+                if p.get(k) != Some(text) {
+                    body.push_str(text);
+                    n += 1;
+                }
+            }
+            for k in p.keys().filter(|k| !desired.contains_key(*k)) {
+                body.push_str(&wire::removal(k));
+                n += 1;
+            }
+            if n == 0 {
                 return Ok(0);
             }
-            let n = changes.len();
-            (
-                wire::encode(changes.iter().map(|(d, u)| (d.as_str(), *u))),
-                n,
-                false,
-            )
+            (body, n, false)
         }
-        None => (wire::encode_all(desired), desired.len(), true),
+        None => (desired.values().cloned().collect(), desired.len(), true),
     };
-    write_atomic(dump, &wire::encode_all(desired))
-        .map_err(|e| PushError::Failed(format!("writing {}: {e}", dump.display())))?;
     admin.post(&body, replace.then_some(token)).await?;
+    write_atomic(dump, &wire::encode_all(state))
+        .map_err(|e| PushError::Failed(format!("writing {}: {e}", dump.display())))?;
     Ok(n)
 }

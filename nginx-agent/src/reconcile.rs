@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leengine_slb::classify::{apply_file_changes, file_changes};
-use leengine_slb::render::{render_main, MainParams};
+use leengine_slb::render::{render_main, MainParams, NamesHash};
 use leengine_slb::DomainError;
 
 use crate::admin::Admin;
 use crate::files::{write_if_changed, Layout};
 use crate::nginx::Nginx;
 use crate::shared::{now, Shared};
-use crate::state::domain_error;
+use crate::state::{domain_error, ROUTER};
 
 #[derive(Debug)]
 pub struct Reconciler {
@@ -120,16 +120,18 @@ impl Reconciler {
     }
 
     async fn step(&mut self) {
-        let (files, mut errors, revision, synced) = {
+        let (files, mut errors, revision, synced, routed) = {
             let d = self.shared.desired();
             let (files, errors) = d.files(&self.applied);
-            (files, errors, d.revision, d.synced)
+            let routed: Vec<String> = d.routed().map(str::to_string).collect();
+            (files, errors, d.revision, d.synced, routed)
         };
         // Until the first full read the agent knows only the dump: keep
         // whatever nginx serves.
         if !synced {
             return;
         }
+        self.params.names_hash = NamesHash::for_files(files.values().map(String::as_str));
         let main_text = render_main(&MainParams {
             domains_dir: self.layout.domains_link(),
             ..self.params.clone()
@@ -179,7 +181,15 @@ impl Reconciler {
                 }
             }
         }
-        let domains = self.applied.keys().cloned().collect();
+        let mut domains: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|d| d.as_str() != ROUTER)
+            .cloned()
+            .chain(routed)
+            .collect();
+        domains.sort();
+        domains.dedup();
         self.stuck = host_error.is_some() || !self.failed.is_empty();
         self.shared.update_report(|r| {
             r.reconciled_revision = revision;
@@ -227,7 +237,7 @@ impl Reconciler {
     async fn test(&self, files: &BTreeMap<String, String>) -> Result<(), String> {
         let dir = self
             .layout
-            .write_gen(self.gen + 1, "test", files)
+            .write_gen(self.gen + 1, "test", files, &self.applied)
             .map_err(|e| format!("staging: {e}"))?;
         let staging = render_main(&MainParams {
             domains_dir: dir,
@@ -299,7 +309,9 @@ impl Reconciler {
         let marker = format!("{next}-{}", self.token);
         let io = |e: std::io::Error| InstallError::Host(format!("writing config: {e}"));
         let old_main = std::fs::read_to_string(self.layout.main_conf()).ok();
-        self.layout.write_gen(next, &marker, files).map_err(io)?;
+        self.layout
+            .write_gen(next, &marker, files, &self.applied)
+            .map_err(io)?;
         self.layout.swap_to(next).map_err(io)?;
         write_if_changed(&self.layout.main_conf(), main_text).map_err(io)?;
         self.gen = next;
@@ -316,7 +328,7 @@ impl Reconciler {
             let back = self.gen + 1;
             let applied = self.applied.clone();
             self.layout
-                .write_gen(back, "rollback", &applied)
+                .write_gen(back, "rollback", &applied, files)
                 .map_err(io)?;
             self.layout.swap_to(back).map_err(io)?;
             if let Some(m) = old_main {

@@ -5,8 +5,15 @@ use std::collections::BTreeMap;
 
 use leengine_slb::model::validate_domain;
 use leengine_slb::render::render_domain;
+use leengine_slb::route::{lua_routable, render_route, render_router, Route};
+use leengine_slb::wire::State;
 use leengine_slb::{classify, Change, DomainConfig, DomainError, Upstream};
 use leengine_store::keys::{parse_slb_domain_key, SlbDomainKey};
+
+use crate::cli::Routing;
+
+/// Key of the lua router's file among the domain files (`_router.conf`).
+pub const ROUTER: &str = "_router";
 
 #[derive(Debug, Default)]
 pub struct Domain {
@@ -17,15 +24,47 @@ pub struct Domain {
     /// Mod revision of that upstream write.
     upstream_revision: i64,
     upstream_error: Option<(i64, String)>,
+    /// Last good route (lua routing): an invalid write keeps serving it.
+    route: Option<Route>,
 }
 
 impl Domain {
-    /// The file a valid config renders to.
-    fn file(&self, domain: &str) -> Option<String> {
+    /// The file a valid config renders to; none for a lua-routed one.
+    fn file(&self, domain: &str, routing: Routing) -> Option<String> {
         match &self.config {
-            Some((_, Ok(cfg))) => Some(render_domain(domain, cfg)),
+            Some((_, Ok(cfg))) if routing == Routing::Generated || !lua_routable(cfg) => {
+                Some(render_domain(domain, cfg))
+            }
             _ => None,
         }
+    }
+
+    /// Folds in a config write: the parse result and, for lua routing, the
+    /// route (whose own refusals make the config invalid here).
+    fn set_config(
+        &mut self,
+        domain: &str,
+        rev: i64,
+        cfg: Result<DomainConfig, String>,
+        routing: Routing,
+    ) {
+        let cfg = match cfg {
+            Ok(c) if routing == Routing::Lua && lua_routable(&c) => {
+                match render_route(domain, &c) {
+                    Ok(route) => {
+                        self.route = Some(route);
+                        Ok(c)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(c) => {
+                self.route = None;
+                Ok(c)
+            }
+            Err(e) => Err(e),
+        };
+        self.config = Some((rev, cfg));
     }
 }
 
@@ -38,26 +77,41 @@ pub struct Desired {
     pub synced: bool,
     /// The admin server's port: a config listening on it is invalid here.
     admin_port: u16,
+    routing: Routing,
 }
 
 impl Desired {
-    /// The state before etcd was ever reached: the upstreams last pushed.
-    pub fn from_dump(upstreams: BTreeMap<String, Upstream>, admin_port: u16) -> Self {
-        let domains = upstreams
-            .into_iter()
-            .map(|(d, u)| {
-                let entry = Domain {
-                    upstream: Some(u),
-                    ..Default::default()
-                };
-                (d, entry)
-            })
-            .collect();
+    /// The state before etcd was ever reached: what was last pushed.
+    pub fn from_dump(dump: State, admin_port: u16, routing: Routing) -> Self {
+        let mut domains: BTreeMap<String, Domain> = BTreeMap::new();
+        for (d, u) in dump.upstreams {
+            domains.entry(d).or_default().upstream = Some(u);
+        }
+        for (d, text) in dump.routes {
+            let hosts: Vec<String> = dump
+                .hosts
+                .iter()
+                .filter(|(_, owner)| **owner == d)
+                .map(|(h, _)| h.clone())
+                .collect();
+            let mut listens: Vec<String> = hosts
+                .iter()
+                .filter_map(|h| h.split_once('|').map(|(l, _)| l.to_string()))
+                .collect();
+            listens.dedup();
+            let route = Route {
+                text,
+                hosts,
+                listens,
+            };
+            domains.entry(d).or_default().route = Some(route);
+        }
         Self {
             domains,
             revision: 0,
             synced: false,
             admin_port,
+            routing,
         }
     }
 
@@ -88,16 +142,21 @@ impl Desired {
         let domain = match &parsed {
             SlbDomainKey::Config(d) | SlbDomainKey::Upstream(d) => *d,
         };
+        let routing = self.routing;
         let entry = self.domains.entry(domain.to_string()).or_default();
-        let (old_file, old_up) = (entry.file(domain), entry.upstream.clone());
+        let (old_file, old_up) = (entry.file(domain, routing), entry.upstream.clone());
+        let old_route = entry.route.clone();
         match (parsed, value) {
             (SlbDomainKey::Config(_), Some((v, rev))) => {
                 let cfg = DomainConfig::parse(domain, v)
                     .and_then(|c| c.check_reserved_port(self.admin_port).map(|()| c))
                     .map_err(|e| e.to_string());
-                entry.config = Some((rev, cfg));
+                entry.set_config(domain, rev, cfg, routing);
             }
-            (SlbDomainKey::Config(_), None) => entry.config = None,
+            (SlbDomainKey::Config(_), None) => {
+                entry.config = None;
+                entry.route = None;
+            }
             (SlbDomainKey::Upstream(_), Some((v, rev))) => {
                 match validate_domain(domain).and_then(|()| Upstream::parse(v)) {
                     Ok(up) => {
@@ -113,12 +172,15 @@ impl Desired {
                 entry.upstream_error = None;
             }
         }
-        let change = classify(
+        let change = match classify(
             old_file.as_deref(),
-            entry.file(domain).as_deref(),
+            entry.file(domain, routing).as_deref(),
             old_up.as_ref(),
             entry.upstream.as_ref(),
-        );
+        ) {
+            Change::None if old_route != entry.route => Change::Route,
+            c => c,
+        };
         if entry.config.is_none() && entry.upstream.is_none() && entry.upstream_error.is_none() {
             self.domains.remove(domain);
         }
@@ -132,6 +194,34 @@ impl Desired {
             .collect()
     }
 
+    /// What nginx's shared dict should hold: peers, routes and server
+    /// names. A name two domains claim on one listen goes to the first in
+    /// name order, as nginx keeps the first of conflicting server names
+    /// (it reads the domain files in that order).
+    pub fn pushed(&self) -> State {
+        let mut state = State {
+            upstreams: self.upstreams(),
+            ..State::default()
+        };
+        for (d, e) in &self.domains {
+            if let Some(r) = &e.route {
+                state.routes.insert(d.clone(), r.text.clone());
+                for h in &r.hosts {
+                    state.hosts.entry(h.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+        state
+    }
+
+    /// Domains the lua router serves.
+    pub fn routed(&self) -> impl Iterator<Item = &str> {
+        self.domains
+            .iter()
+            .filter(|(_, e)| e.route.is_some())
+            .map(|(d, _)| d.as_str())
+    }
+
     /// The files nginx should have. A domain whose config is invalid keeps
     /// its `applied` file (last good) and gets an error instead.
     pub fn files(
@@ -140,10 +230,19 @@ impl Desired {
     ) -> (BTreeMap<String, String>, BTreeMap<String, DomainError>) {
         let mut files = BTreeMap::new();
         let mut errors = BTreeMap::new();
+        if self.routing == Routing::Lua {
+            let listens: std::collections::BTreeSet<&str> = self
+                .domains
+                .values()
+                .filter_map(|e| e.route.as_ref())
+                .flat_map(|r| r.listens.iter().map(String::as_str))
+                .collect();
+            files.insert(ROUTER.to_string(), render_router(listens));
+        }
         for (d, e) in &self.domains {
             match &e.config {
                 Some((_, Ok(_))) => {
-                    files.extend(e.file(d).map(|f| (d.clone(), f)));
+                    files.extend(e.file(d, self.routing).map(|f| (d.clone(), f)));
                 }
                 Some((rev, Err(msg))) => {
                     if let Some(old) = applied.get(d) {
@@ -188,13 +287,17 @@ mod tests {
 
     const G: &str = "g1";
 
+    fn generated() -> Desired {
+        Desired::from_dump(State::default(), 0, Routing::Generated)
+    }
+
     fn key(d: &str, leaf: &str) -> String {
         format!("/slb/{G}/domains/{d}/{leaf}")
     }
 
     #[test]
     fn folds_puts_and_deletes() {
-        let mut s = Desired::default();
+        let mut s = generated();
         let up = br#"{"servers":[{"address":"10.0.0.1:80"}]}"#;
         let cfg = |c: Change| Some(("a.com".to_string(), c));
         assert_eq!(
@@ -233,7 +336,7 @@ mod tests {
 
     #[test]
     fn invalid_config_keeps_last_good_file_and_reports() {
-        let mut s = Desired::default();
+        let mut s = generated();
         s.apply(G, &key("a.com", "config"), Some((br#"{"listen":[]}"#, 9)));
         let applied: BTreeMap<_, _> = [("a.com".to_string(), "old".to_string())].into();
         let (files, errors) = s.files(&applied);
@@ -245,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_config_on_the_admin_port_is_invalid_here() {
-        let mut s = Desired::from_dump(BTreeMap::new(), 8999);
+        let mut s = Desired::from_dump(State::default(), 8999, Routing::Generated);
         let cfg = br#"{"listen":[{"port":8999,"address":"127.0.0.1"}]}"#;
         assert_eq!(
             s.apply(G, &key("a.com", "config"), Some((cfg, 4))),
@@ -259,7 +362,7 @@ mod tests {
 
     #[test]
     fn invalid_upstream_keeps_previous_peers() {
-        let mut s = Desired::default();
+        let mut s = generated();
         s.apply(
             G,
             &key("a.com", "upstream"),
@@ -281,7 +384,11 @@ mod tests {
 
     #[test]
     fn reset_replaces_everything() {
-        let mut s = Desired::from_dump([("old.com".to_string(), Upstream::default())].into(), 0);
+        let dump = State {
+            upstreams: [("old.com".to_string(), Upstream::default())].into(),
+            ..State::default()
+        };
+        let mut s = Desired::from_dump(dump, 0, Routing::Generated);
         assert!(!s.synced);
         let k = key("new.com", "config");
         s.reset(G, [(k.as_str(), &b"{}"[..], 3)], 10);
@@ -289,5 +396,53 @@ mod tests {
         assert_eq!(s.revision, 10);
         assert!(s.upstreams().is_empty());
         assert!(s.files(&BTreeMap::new()).0.contains_key("new.com"));
+    }
+
+    #[test]
+    fn lua_routing_pushes_routes_and_keeps_the_last_good_one() {
+        let mut s = Desired::from_dump(State::default(), 8999, Routing::Lua);
+        let cfg = |c: Change| Some(("a.com".to_string(), c));
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((b"{}", 3))),
+            cfg(Change::Route)
+        );
+        let hdr = br#"{"headers":{"X":"1"}}"#;
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((hdr, 4))),
+            cfg(Change::Route)
+        );
+        s.apply(
+            G,
+            &key("b.com", "config"),
+            Some((
+                br#"{"serverNames":["a.com","b.com"],"listen":[{"port":81}]}"#,
+                5,
+            )),
+        );
+        let p = s.pushed();
+        assert!(p.routes["a.com"].contains("\"X\",\"1\""), "{p:?}");
+        assert_eq!(p.hosts["80|a.com"], "a.com");
+        assert_eq!(p.hosts["81|a.com"], "b.com");
+        let (files, errors) = s.files(&BTreeMap::new());
+        assert_eq!(files.keys().collect::<Vec<_>>(), vec![ROUTER]);
+        assert!(files[ROUTER].contains("listen 80 default_server;"));
+        assert!(files[ROUTER].contains("listen 81 default_server;"));
+        assert!(errors.is_empty());
+        // An unknown variable is refused; the last good route stays.
+        let bad = br#"{"headers":{"X":"$nope"}}"#;
+        s.apply(G, &key("a.com", "config"), Some((bad, 6)));
+        assert_eq!(s.pushed().routes["a.com"], p.routes["a.com"]);
+        assert_eq!(s.files(&BTreeMap::new()).1["a.com"].kind, "invalid");
+        // TLS stays a generated file.
+        let tls = br#"{"listen":[{"port":443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"}}"#;
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((tls, 7))),
+            cfg(Change::Config)
+        );
+        assert!(!s.pushed().routes.contains_key("a.com"));
+        assert!(s.files(&BTreeMap::new()).0.contains_key("a.com"));
+        // The dump restores routes and names.
+        let again = Desired::from_dump(s.pushed(), 8999, Routing::Lua);
+        assert_eq!(again.pushed(), s.pushed());
     }
 }

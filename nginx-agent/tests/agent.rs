@@ -66,6 +66,8 @@ fn routes_by_host_and_swaps_upstreams_without_reload() {
 fn config_change_reloads_and_a_broken_config_is_never_applied() {
     let etcd = te::Etcd::start();
     let mut h = Host::new(&etcd);
+    // Server blocks per domain: every config change is a reload.
+    h.routing = "generated";
     let (a1, b1) = (h.backend("a1"), h.backend("b1"));
     h.put_domain("a.example.com", &h.domain_config(), &upstream_of(&[&a1]));
     h.put_domain("b.example.com", &h.domain_config(), &upstream_of(&[&b1]));
@@ -346,6 +348,8 @@ fn resyncs_after_its_revision_is_compacted() {
 fn a_burst_of_config_changes_is_one_reload() {
     let etcd = te::Etcd::start();
     let mut h = Host::new(&etcd);
+    // Server blocks per domain: every config change is a reload.
+    h.routing = "generated";
     h.debounce = "1s";
     let a1 = h.backend("a1");
     h.put_domain("a.example.com", &h.domain_config(), &upstream_of(&[&a1]));
@@ -483,6 +487,8 @@ fn mod_revision(h: &Host, key: &str) -> i64 {
 fn a_reload_nginx_refuses_is_rolled_back_and_only_that_domain_is_refused() {
     let etcd = te::Etcd::start();
     let mut h = Host::new(&etcd);
+    // Server blocks per domain: every config change is a reload.
+    h.routing = "generated";
     let (a1, b1, c1) = (h.backend("a1"), h.backend("b1"), h.backend("c1"));
     h.put_domain("a.example.com", &h.domain_config(), &upstream_of(&[&a1]));
     h.put_domain("b.example.com", &h.domain_config(), &upstream_of(&[&b1]));
@@ -648,6 +654,8 @@ fn the_admin_endpoint_needs_the_secret_and_keeps_its_port() {
 fn a_full_shared_dict_refuses_and_reports_instead_of_evicting() {
     let etcd = te::Etcd::start();
     let mut h = Host::new(&etcd);
+    // Server blocks per domain: every config change is a reload.
+    h.routing = "generated";
     // 32k holds about ten domains of the peers below.
     h.shared_dict_size = Some("32k");
     let a1 = h.backend("a1");
@@ -696,7 +704,7 @@ fn a_full_shared_dict_refuses_and_reports_instead_of_evicting() {
         );
     }
     assert_eq!(h.get(&domains[full_at], "/").status, 502);
-    assert!(h.agent_log().contains("shared dict is full"));
+    assert!(h.agent_log().contains("nginx refused pushed items"));
 
     // Room again (two domains drop their peers): the retry stores it.
     let mut c = h.etcd.clone();

@@ -13,6 +13,8 @@ pub enum Change {
     None,
     /// Push the peers to the shared dict; no reload.
     UpstreamOnly,
+    /// Push the lua router's route (and maybe peers); no reload.
+    Route,
     /// The domain file changes (added, edited or removed): test and reload.
     Config,
 }

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod lua;
 pub mod model;
 pub mod render;
+pub mod route;
 pub mod status;
 pub mod wire;
 

@@ -1,5 +1,5 @@
 //! The lua modules nginx loads (`leengine.upstreams`: shared-dict store,
-//! admin endpoint, dump loader; `leengine.balancer`: peer selection). The
+//! admin endpoint, dump loader; `leengine.balancer`: peer selection; `leengine.router`: lua routing). The
 //! agent writes them under `{lua_dir}/leengine/`.
 
 pub const MODULES: &[(&str, &str)] = &[
@@ -10,5 +10,9 @@ pub const MODULES: &[(&str, &str)] = &[
     (
         "leengine/balancer.lua",
         include_str!("lua/leengine/balancer.lua"),
+    ),
+    (
+        "leengine/router.lua",
+        include_str!("lua/leengine/router.lua"),
     ),
 ];

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use crate::model::{DomainConfig, LocationMatch, RewriteFlag};
+use crate::model::{DomainConfig, Listen, LocationMatch, RewriteFlag};
 
 /// Name of the `lua_shared_dict` holding peers, failure marks and counters.
 pub const SHARED_DICT: &str = "leengine_upstreams";
@@ -47,6 +47,45 @@ pub struct MainParams {
     /// Worker user (`user` directive); nginx's default (`nobody`) when `None`.
     pub user: Option<String>,
     pub shared_dict_size: String,
+    pub names_hash: NamesHash,
+}
+
+/// `server_names_hash_max_size` / `_bucket_size` for a set of names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamesHash {
+    pub max_size: usize,
+    pub bucket_size: usize,
+}
+
+impl NamesHash {
+    /// Sizes nginx can build its server-name hash with at once (no
+    /// "could not build optimal server_names_hash" warning): buckets that
+    /// hold 8 of the longest names (an element is a pointer, the name and
+    /// its length, 8-aligned, as `NGX_HASH_ELT_SIZE`), and at least as many
+    /// buckets as names, so even an unlucky spread fits.
+    pub fn for_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let (mut count, mut longest) = (0usize, 0usize);
+        for n in names {
+            count += 1;
+            longest = longest.max(n.len());
+        }
+        let elt = (8 + longest + 2).div_ceil(8) * 8;
+        Self {
+            max_size: (count.next_power_of_two() * 2).max(512),
+            bucket_size: (8 * elt + 8).next_power_of_two().max(128),
+        }
+    }
+
+    /// The names of the `server_name` lines of rendered domain files.
+    pub fn for_files<'a>(files: impl IntoIterator<Item = &'a str>) -> Self {
+        let names = files.into_iter().flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("    server_name "))
+                .flat_map(|l| l.trim_end_matches(';').split(' '))
+                .map(|n| n.trim_matches('"'))
+        });
+        Self::for_names(names)
+    }
 }
 
 /// The main `nginx.conf`; `domains_dir` differs between the staged copy used
@@ -79,7 +118,8 @@ http {{\n\
     init_by_lua_block {{ local u = require(\"leengine.upstreams\"); u.load_secret({secret}); u.load_dump({dump}) }}\n\
     log_by_lua_block {{ require(\"leengine.balancer\").log() }}\n\
     server_tokens off;\n\
-    server_names_hash_bucket_size 128;\n\
+    server_names_hash_max_size {hash_max};\n\
+    server_names_hash_bucket_size {hash_bucket};\n\
     proxy_http_version 1.1;\n\
     proxy_next_upstream error timeout;\n\
     server {{\n\
@@ -105,6 +145,8 @@ http {{\n\
             p.lua_system_dir.display()
         )),
         dict_size = p.shared_dict_size,
+        hash_max = p.names_hash.max_size,
+        hash_bucket = p.names_hash.bucket_size,
         dump = lua_string(&p.dump_file.display().to_string()),
         secret = lua_string(&p.secret_file.display().to_string()),
         admin_port = p.admin_port,
@@ -117,19 +159,25 @@ pub const DEFAULT_FILE: &str = "_default.conf";
 
 /// Catch-all servers for every address the domain files listen on, so a
 /// request for an unknown Host gets 404 instead of some domain's backend.
-/// Reads the `listen` lines [`render_domain`] writes.
+/// Reads the `listen` lines [`render_domain`] writes; an address some file
+/// already serves as `default_server` (the lua router's) is covered.
 pub fn render_default_servers<'a>(domain_files: impl IntoIterator<Item = &'a str>) -> String {
     let mut listens = std::collections::BTreeSet::new();
+    let mut covered = std::collections::BTreeSet::new();
     for text in domain_files {
         for line in text.lines() {
             if let Some(l) = line
                 .strip_prefix("    listen ")
                 .and_then(|l| l.strip_suffix(';'))
             {
-                listens.insert(l.to_string());
+                match l.strip_suffix(" default_server") {
+                    Some(addr) => covered.insert(addr.to_string()),
+                    None => listens.insert(l.to_string()),
+                };
             }
         }
     }
+    listens.retain(|l| !covered.contains(l.strip_suffix(" ssl").unwrap_or(l)));
     let mut s = String::from("# Unknown hosts; written by leengine-nginx-agent.\n");
     for l in listens {
         let (addr, ssl) = match l.strip_suffix(" ssl") {
@@ -189,13 +237,8 @@ pub fn render_domain(domain: &str, cfg: &DomainConfig) -> String {
     let _ = writeln!(s, "}}");
     let _ = writeln!(s, "server {{");
     for l in &cfg.listen {
-        let addr = match l.address {
-            Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", l.port),
-            Some(a) => format!("{a}:{}", l.port),
-            None => l.port.to_string(),
-        };
         let ssl = if l.ssl { " ssl" } else { "" };
-        let _ = writeln!(s, "    listen {addr}{ssl};");
+        let _ = writeln!(s, "    listen {}{ssl};", listen_addr(l));
     }
     let names: Vec<String> = cfg
         .effective_server_names(domain)
@@ -267,6 +310,15 @@ pub fn render_domain(domain: &str, cfg: &DomainConfig) -> String {
     s
 }
 
+/// A listen address as nginx writes it: `80`, `10.0.0.1:80`, `[::1]:80`.
+pub fn listen_addr(l: &Listen) -> String {
+    match l.address {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", l.port),
+        Some(a) => format!("{a}:{}", l.port),
+        None => l.port.to_string(),
+    }
+}
+
 /// An nginx double-quoted string. Validation has already refused control
 /// characters, so escaping `\` and `"` is all that is needed.
 pub fn quote(s: &str) -> String {
@@ -284,7 +336,7 @@ pub fn quote(s: &str) -> String {
 
 /// A lua string literal (inside an nginx `*_by_lua_block`, where nginx does
 /// not interpret the text).
-fn lua_string(s: &str) -> String {
+pub(crate) fn lua_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -389,6 +441,7 @@ server {
             worker_processes: Some(2),
             user: Some("www-data".into()),
             shared_dict_size: "32m".into(),
+            names_hash: NamesHash::for_names(["a.com"]),
         };
         let text = render_main(&p);
         assert!(text.contains("load_module \"/usr/lib/nginx/modules/ngx_http_lua_module.so\";"));
@@ -399,8 +452,42 @@ server {
             "u.load_secret(\"/var/lib/le/admin.secret\"); u.load_dump(\"/var/lib/le/upstreams.dump\")"
         ));
         assert!(text.contains("worker_processes 2;"));
+        assert!(text.contains("server_names_hash_max_size 512;"));
+        assert!(text.contains("server_names_hash_bucket_size 256;"));
         assert!(text.contains("access_log off;"));
         assert!(text.contains("\nuser \"www-data\";\n"));
+    }
+
+    #[test]
+    fn names_hash_follows_count_and_length() {
+        let long = "x".repeat(100);
+        let h = NamesHash::for_names(["a.com", long.as_str()]);
+        assert_eq!(h.bucket_size, 1024, "8 x 112-byte elements + 8");
+        let many: Vec<String> = (0..10_000).map(|i| format!("d{i}.example.com")).collect();
+        let h = NamesHash::for_names(many.iter().map(String::as_str));
+        assert_eq!(h.max_size, 32_768);
+        assert_eq!(h.bucket_size, 512, "8 x 32-byte elements + 8");
+        let file = render_domain(
+            "a.com",
+            &serde_json::from_str(r#"{"serverNames":["a.com","*.a.com"]}"#).unwrap(),
+        );
+        assert_eq!(
+            NamesHash::for_files([file.as_str()]),
+            NamesHash::for_names(["a.com", "*.a.com"])
+        );
+    }
+
+    #[test]
+    fn router_listens_get_no_catch_all() {
+        let a: DomainConfig = serde_json::from_str(
+            r#"{"listen":[{"port":80},{"port":443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"}}"#,
+        )
+        .unwrap();
+        let router = crate::route::render_router(["80"]);
+        let files = [render_domain("a.com", &a), router];
+        let text = render_default_servers(files.iter().map(String::as_str));
+        assert!(!text.contains("listen 80 default_server;"), "{text}");
+        assert!(text.contains("listen 443 ssl default_server;"));
     }
 
     #[test]

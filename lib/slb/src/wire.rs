@@ -6,7 +6,15 @@
 //! @a.example.com rr -                 section: domain, method, hash key or -
 //! 10.0.0.1:8080 1 1 10 0              address weight max_fails fail_timeout down
 //! !b.example.com                      remove a domain (merge mode only)
+//! =a.example.com return {...}         the lua router's route of a domain
+//! ~a.example.com                      remove a route (merge mode only)
+//! >80|www.a.example.com a.example.com the domain serving a server name on a listen
+//! <80|www.a.example.com               remove that (merge mode only)
 //! ```
+//!
+//! Each write is an item with a key (`u:{domain}`, `r:{domain}`,
+//! `h:{listen}|{name}`, as in nginx's shared dict); the agent diffs items
+//! and nginx answers a refused one by its key.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -46,14 +54,60 @@ pub fn encode<'a>(items: impl IntoIterator<Item = (&'a str, Option<&'a Upstream>
     s
 }
 
+/// Everything the agent pushes to nginx.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Route text by domain (`crate::route::Route::text`).
+    pub routes: BTreeMap<String, String>,
+    /// `{listen}|{name}` -> domain.
+    pub hosts: BTreeMap<String, String>,
+}
+
+impl State {
+    /// The state as items: key -> its wire text.
+    pub fn items(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (d, u) in &self.upstreams {
+            out.insert(format!("u:{d}"), encode([(d.as_str(), Some(u))]));
+        }
+        for (d, r) in &self.routes {
+            out.insert(format!("r:{d}"), format!("={d} {r}\n"));
+        }
+        for (h, d) in &self.hosts {
+            out.insert(format!("h:{h}"), format!(">{h} {d}\n"));
+        }
+        out
+    }
+}
+
+/// The wire line removing the item `key`.
+pub fn removal(key: &str) -> String {
+    match key.split_once(':') {
+        Some(("r", d)) => format!("~{d}\n"),
+        Some(("h", h)) => format!("<{h}\n"),
+        Some((_, d)) => format!("!{d}\n"),
+        None => format!("!{key}\n"),
+    }
+}
+
+/// The domain an item belongs to (`None` for server-name items).
+pub fn item_domain(key: &str) -> Option<&str> {
+    match key.split_once(':') {
+        Some(("u" | "r", d)) => Some(d),
+        _ => None,
+    }
+}
+
 /// Encodes a full state (for a replace push or the dump).
-pub fn encode_all(map: &BTreeMap<String, Upstream>) -> String {
-    encode(map.iter().map(|(d, u)| (d.as_str(), Some(u))))
+pub fn encode_all(state: &State) -> String {
+    state.items().into_values().collect()
 }
 
 /// Parses a full state written by [`encode_all`] (the agent's dump).
-pub fn decode_all(text: &str) -> Result<BTreeMap<String, Upstream>, SlbError> {
-    let mut out = BTreeMap::new();
+pub fn decode_all(text: &str) -> Result<State, SlbError> {
+    let mut state = State::default();
+    let out = &mut state.upstreams;
     let mut current: Option<(String, Upstream)> = None;
     for (n, line) in text.lines().enumerate() {
         let bad = |why: &str| SlbError::invalid(format!("line {}", n + 1), why.to_string());
@@ -81,7 +135,17 @@ pub fn decode_all(text: &str) -> Result<BTreeMap<String, Upstream>, SlbError> {
                     balancing,
                 },
             ));
-        } else if line.starts_with('!') {
+        } else if let Some(rest) = line.strip_prefix('=') {
+            let Some((d, text)) = rest.split_once(' ') else {
+                return Err(bad("route line needs domain and text"));
+            };
+            state.routes.insert(d.to_string(), text.to_string());
+        } else if let Some(rest) = line.strip_prefix('>') {
+            let Some((h, d)) = rest.split_once(' ') else {
+                return Err(bad("host line needs host and domain"));
+            };
+            state.hosts.insert(h.to_string(), d.to_string());
+        } else if line.starts_with(['!', '~', '<']) {
             return Err(bad("removal in a full state"));
         } else {
             let Some((_, up)) = current.as_mut() else {
@@ -103,7 +167,7 @@ pub fn decode_all(text: &str) -> Result<BTreeMap<String, Upstream>, SlbError> {
     if let Some((d, u)) = current {
         out.insert(d, u);
     }
-    Ok(out)
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -128,7 +192,8 @@ mod tests {
 
     #[test]
     fn full_state_round_trips() {
-        let mut m = BTreeMap::new();
+        let mut state = State::default();
+        let m = &mut state.upstreams;
         m.insert("a.com".to_string(), up(r#"{"servers":[{"address":"10.0.0.1:80","maxFails":0,"failTimeout":3}],"balancing":{"method":"least_conn"}}"#));
         m.insert(
             "b.com".to_string(),
@@ -138,7 +203,15 @@ mod tests {
             "c.com".to_string(),
             up(r#"{"servers":[{"address":"10.0.0.2:80"},{"address":"10.0.0.3:80"}]}"#),
         );
-        assert_eq!(decode_all(&encode_all(&m)).unwrap(), m);
+        state
+            .routes
+            .insert("c.com".into(), "return {h={},locs={}}".into());
+        state.hosts.insert("80|*.c.com".into(), "c.com".into());
+        assert_eq!(decode_all(&encode_all(&state)).unwrap(), state);
+        assert_eq!(removal("r:c.com"), "~c.com\n");
+        assert_eq!(removal("h:80|*.c.com"), "<80|*.c.com\n");
+        assert_eq!(removal("u:c.com"), "!c.com\n");
+        assert_eq!(item_domain("h:80|c.com"), None);
     }
 
     #[test]

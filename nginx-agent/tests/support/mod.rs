@@ -31,10 +31,19 @@ pub struct Host {
     pub debounce: &'static str,
     /// The agent's `--shared-dict-size` (its default when `None`).
     pub shared_dict_size: Option<&'static str>,
+    /// The agent's `--routing`.
+    pub routing: &'static str,
+    /// The SLB group this host serves.
+    pub group: &'static str,
 }
 
 impl Host {
     pub fn new(etcd: &te::Etcd) -> Host {
+        Self::in_group(etcd, GROUP)
+    }
+
+    /// A host of another group (hosts of different groups share no keys).
+    pub fn in_group(etcd: &te::Etcd, group: &'static str) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("slb-host-")
             .tempdir_in(te::run_dir())
@@ -51,13 +60,15 @@ impl Host {
             admin_port: te::free_port(),
             http_port: te::free_port(),
             etcd_endpoint: etcd.endpoint(),
-            etcd_tls: etcd.tls_args(&te::Component::nginx_agent(GROUP)),
+            etcd_tls: etcd.tls_args(&te::Component::nginx_agent(group)),
             agent: None,
             nginx: None,
             rt,
             etcd: client,
             debounce: "50ms",
             shared_dict_size: None,
+            routing: "lua",
+            group,
         }
     }
 
@@ -70,7 +81,9 @@ impl Host {
         let child = Command::new(env!("CARGO_BIN_EXE_leengine-nginx-agent"))
             .args([
                 "--group",
-                GROUP,
+                self.group,
+                "--routing",
+                self.routing,
                 "--host",
                 "h1",
                 "--etcd",
@@ -212,25 +225,25 @@ impl Host {
 
     pub fn put_domain(&self, domain: &str, config: &str, upstream: &str) {
         self.put(
-            &leengine_store::keys::slb_domain_config(GROUP, domain),
+            &leengine_store::keys::slb_domain_config(self.group, domain),
             config,
         );
         self.put(
-            &leengine_store::keys::slb_domain_upstream(GROUP, domain),
+            &leengine_store::keys::slb_domain_upstream(self.group, domain),
             upstream,
         );
     }
 
     pub fn put_upstream(&self, domain: &str, upstream: &str) {
         self.put(
-            &leengine_store::keys::slb_domain_upstream(GROUP, domain),
+            &leengine_store::keys::slb_domain_upstream(self.group, domain),
             upstream,
         );
     }
 
     pub fn put_config(&self, domain: &str, config: &str) {
         self.put(
-            &leengine_store::keys::slb_domain_config(GROUP, domain),
+            &leengine_store::keys::slb_domain_config(self.group, domain),
             config,
         );
     }
@@ -239,7 +252,7 @@ impl Host {
         let mut c = self.etcd.clone();
         let resp = self
             .rt
-            .block_on(c.get(leengine_store::keys::slb_agent(GROUP, "h1"), None))
+            .block_on(c.get(leengine_store::keys::slb_agent(self.group, "h1"), None))
             .ok()?;
         let kv = resp.kvs().first()?;
         serde_json::from_slice(kv.value()).ok()
@@ -377,7 +390,9 @@ pub fn request(
 }
 
 /// A loopback HTTP/1.1 server answering every request with its id
-/// (keep-alive capable, so nginx's upstream keepalive is exercised).
+/// (keep-alive capable, so nginx's upstream keepalive is exercised); an
+/// echo backend also answers with the request head it got (header lines
+/// sorted), and takes 2 s to answer a path starting with `/slow`.
 pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
@@ -386,6 +401,14 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(rt: &tokio::runtime::Runtime, id: &str) -> Backend {
+        Self::serve(rt, id, false)
+    }
+
+    pub fn echo(rt: &tokio::runtime::Runtime, id: &str) -> Backend {
+        Self::serve(rt, id, true)
+    }
+
+    fn serve(rt: &tokio::runtime::Runtime, id: &str, echo: bool) -> Backend {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind backend");
@@ -406,7 +429,24 @@ impl Backend {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-                        buf.drain(..end);
+                        let head: Vec<u8> = buf.drain(..end).collect();
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let body = if echo {
+                            let length = content_length(&head);
+                            while buf.len() < length {
+                                match conn.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            buf.drain(..length);
+                            if head.split(' ').nth(1).is_some_and(|p| p.starts_with("/slow")) {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            format!("{body}\n{}", sorted_head(&head))
+                        } else {
+                            body.clone()
+                        };
                         let resp = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
                             body.len()
@@ -430,6 +470,26 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The request line, then the header lines sorted.
+fn sorted_head(head: &str) -> String {
+    let mut lines = head.trim_end().lines();
+    let first = lines.next().unwrap_or("").to_string();
+    let mut rest: Vec<&str> = lines.collect();
+    rest.sort_unstable();
+    std::iter::once(first.as_str())
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `{"servers":[...]}` for the given backends.

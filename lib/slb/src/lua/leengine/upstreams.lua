@@ -5,7 +5,9 @@
 -- at (re)start.
 --
 -- Keys: u:<domain> = wire-format section, v:<domain> = version counter the
--- balancer compares to its per-worker cache, gen = token of the last full push.
+-- balancer compares to its per-worker cache, r:<domain> and h:<listen>|<name>
+-- = the lua router's routes and server names (router.lua), gen = token of
+-- the last full push.
 --
 -- Every write is a safe_* one: a full dict refuses the write instead of
 -- evicting the least recently used entries (which would silently drop the
@@ -22,7 +24,9 @@ local _M = {}
 -- which run unprivileged and could not read the file themselves.
 local secret = nil
 
--- Splits a wire-format body into {domain=, text=} / {domain=, remove=true}.
+-- Splits a wire-format body into items {key=, text=} (a write) or
+-- {key=, remove=true}. Keys: u:<domain> peers, r:<domain> route,
+-- h:<listen>|<name> the domain serving a server name.
 local function sections(body)
     local out, cur = {}, nil
     for line in string.gmatch(body, "[^\n]+") do
@@ -32,10 +36,30 @@ local function sections(body)
             if not domain then
                 return nil, "bad section header: " .. line
             end
-            cur = { domain = domain, lines = { line } }
+            cur = { key = "u:" .. domain, lines = { line } }
             out[#out + 1] = cur
         elseif c == "!" then
-            out[#out + 1] = { domain = string.sub(line, 2), remove = true }
+            out[#out + 1] = { key = "u:" .. string.sub(line, 2), remove = true }
+            cur = nil
+        elseif c == "=" then
+            local domain, text = string.match(line, "^=(%S+) (.+)$")
+            if not domain then
+                return nil, "bad route line: " .. line
+            end
+            out[#out + 1] = { key = "r:" .. domain, lines = { text }, route = true }
+            cur = nil
+        elseif c == "~" then
+            out[#out + 1] = { key = "r:" .. string.sub(line, 2), remove = true }
+            cur = nil
+        elseif c == ">" then
+            local host, domain = string.match(line, "^>(%S+) (%S+)$")
+            if not host then
+                return nil, "bad host line: " .. line
+            end
+            out[#out + 1] = { key = "h:" .. host, lines = { domain } }
+            cur = nil
+        elseif c == "<" then
+            out[#out + 1] = { key = "h:" .. string.sub(line, 2), remove = true }
             cur = nil
         elseif cur then
             if not string.match(line, "^%S+ %d+ %d+ %d+ [01]$") then
@@ -66,11 +90,11 @@ function _M.safe_incr(key, delta, ttl)
     return nil, aerr
 end
 
--- Stores one domain's peers. A refused write of a changed size has
--- already freed the old value (that is how the dict replaces entries):
--- put the old one back so the domain keeps its previous peers.
-local function store(domain, text)
-    local key = "u:" .. domain
+-- Stores one item. A refused write of a changed size has already freed
+-- the old value (that is how the dict replaces entries): put the old one
+-- back so the domain keeps its previous state. Peers also move their
+-- version counter (v:<domain>), which the balancer's cache follows.
+local function store(key, text)
     local old = DICT:get(key)
     local ok, err = DICT:safe_set(key, text)
     if not ok then
@@ -79,7 +103,10 @@ local function store(domain, text)
         end
         return nil, err
     end
-    local _, verr = _M.safe_incr("v:" .. domain, 1)
+    if string.sub(key, 1, 2) ~= "u:" then
+        return true
+    end
+    local _, verr = _M.safe_incr("v:" .. string.sub(key, 3), 1)
     if verr then
         -- Without its version the workers would not notice the new peers.
         if old then
@@ -92,43 +119,62 @@ local function store(domain, text)
     return true
 end
 
--- Applies a body; replace=true also drops domains the body does not name.
--- Everything is parsed before anything is written: a bad body changes
--- nothing. Returns the number of sections and the list of domains the
--- dict had no room for (their previous peers stay).
+local function remove(key)
+    DICT:delete(key)
+    if string.sub(key, 1, 2) == "u:" then
+        _M.safe_incr("v:" .. string.sub(key, 3), 1)
+    end
+end
+
+-- Applies a body; replace=true also drops items the body does not name.
+-- Everything is parsed (and every route checked) before anything is
+-- written: a bad body changes nothing. Returns the number of items and
+-- the refused ones, "<key> <reason>": no room in the dict (their previous
+-- state stays) or a route the router cannot use (nginx -t's verdict).
 function _M.apply(body, replace)
     local secs, err = sections(body)
     if not secs then
         return nil, err
     end
+    local refused = {}
+    local router = require "leengine.router"
+    for _, s in ipairs(secs) do
+        if s.route then
+            local route, err = router.parse(s.lines[1])
+            if route then
+                _, err = router.check(route)
+            end
+            if err then
+                refused[#refused + 1] = "refused " .. s.key .. " " .. tostring(err)
+                s.skip = true
+            end
+        end
+    end
     if replace then
         local keep = {}
         for _, s in ipairs(secs) do
             if not s.remove then
-                keep[s.domain] = true
+                keep[s.key] = true
             end
         end
         for _, k in ipairs(DICT:get_keys(0)) do
-            local d = string.match(k, "^u:(.*)$")
-            if d and not keep[d] then
-                DICT:delete(k)
-                _M.safe_incr("v:" .. d, 1)
+            local kind = string.sub(k, 1, 2)
+            if (kind == "u:" or kind == "r:" or kind == "h:") and not keep[k] then
+                remove(k)
             end
         end
     end
-    local full = {}
     for _, s in ipairs(secs) do
         if s.remove then
-            DICT:delete("u:" .. s.domain)
-            _M.safe_incr("v:" .. s.domain, 1)
-        else
-            local ok, serr = store(s.domain, table.concat(s.lines, "\n"))
+            remove(s.key)
+        elseif not s.skip then
+            local ok, serr = store(s.key, table.concat(s.lines, "\n"))
             if not ok then
-                full[#full + 1] = s.domain .. " " .. tostring(serr)
+                refused[#refused + 1] = "full " .. s.key .. " " .. tostring(serr)
             end
         end
     end
-    return #secs, full
+    return #secs, refused
 end
 
 function _M.dump()
@@ -136,8 +182,13 @@ function _M.dump()
     table.sort(keys)
     local parts = { "#gen " .. (DICT:get("gen") or "") }
     for _, k in ipairs(keys) do
-        if string.sub(k, 1, 2) == "u:" then
+        local kind = string.sub(k, 1, 2)
+        if kind == "u:" then
             parts[#parts + 1] = DICT:get(k)
+        elseif kind == "r:" then
+            parts[#parts + 1] = "=" .. string.sub(k, 3) .. " " .. DICT:get(k)
+        elseif kind == "h:" then
+            parts[#parts + 1] = ">" .. string.sub(k, 3) .. " " .. DICT:get(k)
         end
     end
     -- Peers taken out by max_fails, for operators (and tests) to see.
@@ -198,14 +249,14 @@ function _M.admin()
     if ngx.var.arg_gen then
         local ok, err = DICT:safe_set("gen", ngx.var.arg_gen)
         if not ok then
-            full[#full + 1] = "- " .. tostring(err)
+            full[#full + 1] = "full - " .. tostring(err)
         end
     end
     if #full > 0 then
-        ngx.log(ngx.ERR, "leengine: shared dict full, refused: ", table.concat(full, ", "))
+        ngx.log(ngx.ERR, "leengine: refused: ", table.concat(full, ", "))
         ngx.status = 507
         for _, f in ipairs(full) do
-            ngx.say("full ", f)
+            ngx.say(f)
         end
         return
     end
@@ -241,7 +292,7 @@ function _M.load_dump(path)
         return
     end
     if #full > 0 then
-        ngx.log(ngx.ERR, "leengine: shared dict full loading ", path, ", refused: ", table.concat(full, ", "))
+        ngx.log(ngx.ERR, "leengine: loading ", path, ", refused: ", table.concat(full, ", "))
     end
     DICT:safe_set("gen", "dump")
 end

@@ -1,0 +1,203 @@
+//! Thousands of domains in one group (issue 22), run by
+//! hack/bench/slb-domains.sh: the agent with generated server blocks
+//! (`--routing generated`) and with lua routing (`--routing lua`), in the
+//! same run, on real etcd, nginx+lua and wrk. Per domain count and way:
+//! agent initial sync, nginx start until every domain answers, a domain's
+//! config change (one header) put -> visible p50/p99, upstream swap put ->
+//! new backend p50/p99, wrk on one domain during config changes (errors,
+//! throughput against the same load without changes), reloads, RSS.
+
+#[path = "common.rs"]
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::{percentiles, wrk};
+use leengine_testenv as te;
+use support::{upstream_of, Backend, Host};
+
+const HOT: &str = "d0.example.com";
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let counts: Vec<usize> = std::env::var("SLB_DOMAINS")
+        .unwrap_or_else(|_| "2000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let changes = env_num("SLB_CHANGES", 100);
+    // A generated-config change costs seconds at these counts: fewer samples.
+    let gen_changes = env_num("SLB_GENERATED_CHANGES", 10);
+    let secs = u64::try_from(env_num("SLB_WRK_SECS", 20)).unwrap_or(20);
+    let etcd = te::Etcd::start();
+    println!("# SLB domains benchmark: {counts:?} domains, 2 peers each of 4 loopback backends, one listen port");
+    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &counts {
+        for (way, samples) in [("lua", changes), ("generated", gen_changes)] {
+            let row = run(&etcd, n, way, samples, secs);
+            println!("{row}");
+        }
+    }
+}
+
+fn group(n: usize, way: &str) -> &'static str {
+    Box::leak(format!("{way}-{n}").into_boxed_str())
+}
+
+fn domain(i: usize) -> String {
+    format!("d{i}.example.com")
+}
+
+fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) -> String {
+    let mut h = Host::in_group(etcd, group(n, way));
+    h.routing = way;
+    h.debounce = "20ms";
+    h.shared_dict_size = Some("256m");
+    let backends: Vec<Backend> = (1..=4).map(|i| h.backend(&format!("b{i}"))).collect();
+    let port = h.http_port;
+    let cfg = |v: usize| format!(r#"{{"listen":[{{"port":{port}}}],"headers":{{"X-V":"{v}"}}}}"#);
+    let pair = |i: usize| upstream_of(&[&backends[i % 4], &backends[(i + 1) % 4]]);
+    put_all(&h, n, &cfg(0), &pair);
+
+    let t0 = Instant::now();
+    h.start_agent();
+    // Synced: every domain's files written (nginx is not running yet, so
+    // the pushes wait for it; they are part of "nginx start -> all served").
+    h.wait_status_for(Duration::from_secs(600), "synced", |s| s.domains.len() == n);
+    let sync = t0.elapsed();
+    let t1 = Instant::now();
+    h.start_nginx();
+    let last = domain(n - 1);
+    assert!(
+        te::wait_until(Duration::from_secs(600), || {
+            h.get(&last, "/").status == 200 && h.get(HOT, "/").status == 200
+        }),
+        "never served:\n{}",
+        h.agent_log()
+    );
+    let start = t1.elapsed();
+    let reloads0 = h.status().map_or(0, |s| s.reloads);
+
+    // Config changes: one header of a domain spread over the set.
+    let mut lat = Vec::new();
+    for k in 0..samples {
+        let d = domain((k * 7919) % n);
+        let v = k + 1;
+        let t = Instant::now();
+        h.put_config(&d, &cfg(v));
+        let want = format!("X-V: {v}");
+        while !h.get(&d, "/").headers.contains(&want) {
+            assert!(t.elapsed() < Duration::from_secs(120), "{d} never changed");
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (c50, c99, cmax) = percentiles(lat);
+
+    // Upstream swaps: one backend alone, then another.
+    let mut lat = Vec::new();
+    for k in 0..changes_for_swaps(samples) {
+        let d = domain((k * 104_729 + 1) % n);
+        let b = &backends[k % 4];
+        let t = Instant::now();
+        h.put_upstream(&d, &upstream_of(&[b]));
+        while h.get(&d, "/").body != b.id {
+            assert!(t.elapsed() < Duration::from_secs(60), "{d} never swapped");
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (u50, u99, _) = percentiles(lat);
+
+    // Throughput on the hot domain: without changes, then with config
+    // changes to other domains and to the hot one itself.
+    let base = wrk(h.http_port, HOT, secs, || {});
+    let period = Duration::from_secs(secs) / u32::try_from(samples + 1).unwrap_or(1);
+    let during = wrk(h.http_port, HOT, secs, || {
+        for k in 0..samples {
+            std::thread::sleep(period);
+            let d = if k % 10 == 0 { 0 } else { (k * 31) % n };
+            h.put_config(&domain(d), &cfg(1000 + k));
+        }
+    });
+    let st = h.status().expect("status");
+    let reloads = st.reloads - reloads0;
+    let nginx_rss = h.nginx.as_ref().map_or(0, |c| {
+        rss_kb(c.id())
+            + te::nginx_worker_pids(c.id())
+                .into_iter()
+                .map(rss_kb)
+                .sum::<u64>()
+    });
+    let agent_rss = h.agent.as_ref().map_or(0, |c| rss_kb(c.id()));
+    let hash_warnings = std::fs::read_to_string(h.path("logs/error.log"))
+        .unwrap_or_default()
+        .matches("could not build optimal")
+        .count();
+    format!(
+        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} |",
+        sync.as_secs_f64(),
+        start.as_secs_f64(),
+        base.rps,
+        during.rps,
+        100.0 * during.rps / base.rps,
+        during.errors,
+        base.errors,
+        nginx_rss / 1024,
+        agent_rss / 1024,
+    )
+}
+
+/// Swaps never reload in either way: as many as the config changes, at least 20.
+fn changes_for_swaps(samples: usize) -> usize {
+    samples.max(20)
+}
+
+/// Puts every domain's two keys, in transactions of 64 puts.
+fn put_all(h: &Host, n: usize, cfg: &str, pair: &dyn Fn(usize) -> String) {
+    let group = h.group;
+    let mut c = h.etcd.clone();
+    h.rt.block_on(async {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .flat_map(|&i| {
+                    let d = domain(i);
+                    [
+                        etcd_client::TxnOp::put(
+                            leengine_store::keys::slb_domain_config(group, &d),
+                            cfg,
+                            None,
+                        ),
+                        etcd_client::TxnOp::put(
+                            leengine_store::keys::slb_domain_upstream(group, &d),
+                            pair(i),
+                            None,
+                        ),
+                    ]
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("txn");
+        }
+    });
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
