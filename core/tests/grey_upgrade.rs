@@ -35,7 +35,8 @@ async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {
     r.delete_version("web", v1).await;
     tokio::task::block_in_place(|| {
         r.wait_served(&ns, &version(v2), 6, true);
-        assert_eq!(r.pod_count(&ns, &version(v1)), 0, "v1 is gone");
+        let gone = te::wait_until(common::lb::PATIENCE, || r.pod_count(&ns, &version(v1)) == 0);
+        assert!(gone, "v1's pods are deleted after their drain");
         assert!(progressed(mid), "load stalled: {:?}", load.count());
     });
 
@@ -50,6 +51,7 @@ async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {
     assert!(last.is_subset(&second));
 
     let count = load.stop();
+    eprintln!("requests through nginx: {} answered, {} failed", count.ok, count.failed);
     assert_eq!(
         count.failed, 0,
         "failed requests during the upgrade and scale-down: {count:?}"

@@ -17,7 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use leengine_store::keys::{slb_agent, slb_domain_config, slb_domain_upstream};
 use leengine_store::region::{CellRecord, DrainRequest, ServiceBinding};
 use leengine_testenv as te;
-pub use leengine_testenv::{http_get, http_get_host, Discovery, NginxAgent as Agent};
+pub use leengine_testenv::{Discovery, NginxAgent as Agent};
 use serde_json::json;
 
 pub const GROUP: &str = "g1";
