@@ -42,7 +42,16 @@ impl Wrk {
         )
         .unwrap();
         let child = Command::new("wrk")
-            .args(["-t", "2", "-c", WRK_CONNECTIONS, "-d", "3600s", "--timeout", "5s"])
+            .args([
+                "-t",
+                "2",
+                "-c",
+                WRK_CONNECTIONS,
+                "-d",
+                "3600s",
+                "--timeout",
+                "5s",
+            ])
             .arg("-s")
             .arg(&script)
             .arg(format!("http://127.0.0.1:{port}/cgi-bin/whoami"))
@@ -64,7 +73,11 @@ impl Wrk {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let mut c = Counts::default();
         for line in text.lines().map(str::trim) {
-            if let Some(n) = line.split(" requests in ").next().filter(|_| line.contains(" requests in ")) {
+            if let Some(n) = line
+                .split(" requests in ")
+                .next()
+                .filter(|_| line.contains(" requests in "))
+            {
                 c.requests = n.trim().parse().unwrap_or(0);
             }
             if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
@@ -117,7 +130,12 @@ async fn through_core(r: &LbRegion, dir: &std::path::Path) -> (Counts, Counts, A
 /// The same Deployments in namespace `plain`, bound to [`PLAIN`], changed
 /// with kubectl directly: pods are deleted at once, and leave the upstream
 /// when their endpoints turn terminating.
-async fn directly(r: &LbRegion, dir: &std::path::Path, app: &AppSpec, v: &Value) -> (Counts, Counts) {
+async fn directly(
+    r: &LbRegion,
+    dir: &std::path::Path,
+    app: &AppSpec,
+    v: &Value,
+) -> (Counts, Counts) {
     let port = r.publish(PLAIN).await;
     let mut plain = app.clone();
     plain.namespace = PLAIN_NS.into();
@@ -127,7 +145,15 @@ async fn directly(r: &LbRegion, dir: &std::path::Path, app: &AppSpec, v: &Value)
     let out = c.kubectl(&["create", "namespace", PLAIN_NS]);
     assert!(out.status.success());
     // The app's pull secret (its robot may pull from any namespace).
-    let secret = c.kubectl(&["-n", &app.namespace, "get", "secret", objects::PULL_SECRET, "-o", "json"]);
+    let secret = c.kubectl(&[
+        "-n",
+        &app.namespace,
+        "get",
+        "secret",
+        objects::PULL_SECRET,
+        "-o",
+        "json",
+    ]);
     let mut secret: Value = serde_json::from_slice(&secret.stdout).unwrap();
     secret["metadata"] = serde_json::json!({"name": objects::PULL_SECRET, "namespace": PLAIN_NS});
     c.apply(&secret.to_string());
@@ -137,7 +163,12 @@ async fn directly(r: &LbRegion, dir: &std::path::Path, app: &AppSpec, v: &Value)
         domain: PLAIN.into(),
         port: None,
     };
-    let key = r.env.core.db.keys.discovery_service(CELL, PLAIN_NS, objects::SERVICE_NAME);
+    let key = r
+        .env
+        .core
+        .db
+        .keys
+        .discovery_service(CELL, PLAIN_NS, objects::SERVICE_NAME);
     let mut root = r.env.etcd.root_client().await;
     root.put(key, serde_json::to_string(&binding).unwrap(), None)
         .await
@@ -185,7 +216,10 @@ async fn main() {
     let (up, down, spec, v1) = through_core(&r, dir.path()).await;
     let (d_up, d_down) = directly(&r, dir.path(), &spec, &v1).await;
     println!("wrk -t2 -c{WRK_CONNECTIONS}, POST through nginx; failed / requests");
-    println!("{:<24} {:>17} {:>17}", "operation", "drain-ack (core)", "direct (kubectl)");
+    println!(
+        "{:<24} {:>17} {:>17}",
+        "operation", "drain-ack (core)", "direct (kubectl)"
+    );
     row("grey upgrade of 6 pods", &up, &d_up);
     row("scale-down 6 -> 2", &down, &d_down);
 }

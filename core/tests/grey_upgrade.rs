@@ -22,9 +22,8 @@ async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {
     let first = tokio::task::block_in_place(|| r.wait_served(&ns, &version(v1), 6, true));
 
     let load = r.load(4);
-    let progressed = |before: u64| {
-        te::wait_until(common::lb::PATIENCE, || load.count().ok > before + 50)
-    };
+    let progressed =
+        |before: u64| te::wait_until(common::lb::PATIENCE, || load.count().ok > before + 50);
     tokio::task::block_in_place(|| assert!(progressed(0), "no answers: {:?}", load.count()));
 
     // Grey upgrade: v2 serves beside v1 once Ready, then v1 is drained and goes.
@@ -51,7 +50,10 @@ async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {
     assert!(last.is_subset(&second));
 
     let count = load.stop();
-    eprintln!("requests through nginx: {} answered, {} failed", count.ok, count.failed);
+    eprintln!(
+        "requests through nginx: {} answered, {} failed",
+        count.ok, count.failed
+    );
     assert_eq!(
         count.failed, 0,
         "failed requests during the upgrade and scale-down: {count:?}"
@@ -79,7 +81,12 @@ async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {
         "{evs}"
     );
     // Once the drained pods are gone, their requests go too.
-    let prefix = r.env.core.db.keys.drain_request(GROUP, common::lb::DOMAIN, "");
+    let prefix = r
+        .env
+        .core
+        .db
+        .keys
+        .drain_request(GROUP, common::lb::DOMAIN, "");
     let mut settled = false;
     for _ in 0..common::lb::PATIENCE.as_secs() * 4 {
         settled = r.env.core.db.count(&prefix).await.unwrap() == 0;

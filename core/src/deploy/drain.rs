@@ -291,7 +291,10 @@ mod tests {
     fn only_running_pods_count_as_draining() {
         let a = req(&["p1", "p2"]);
         let b = req(&["p3"]);
-        assert_eq!(draining([&a, &b], &set(&["p2", "p3", "p4"])), set(&["p2", "p3"]));
+        assert_eq!(
+            draining([&a, &b], &set(&["p2", "p3", "p4"])),
+            set(&["p2", "p3"])
+        );
     }
 
     #[test]

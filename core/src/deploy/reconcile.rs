@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::core::v1::{
     Event, EventSource, Namespace, ObjectReference, Pod, Secret, Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leengine_store::keys::AppKey;

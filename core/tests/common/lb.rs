@@ -40,7 +40,9 @@ pub struct LbRegion {
 
 impl LbRegion {
     /// Everything up, the image `team/web` pushed with `tags`, the domain
-    /// published through the core's SLB API; no app yet.
+    /// published through the core's SLB API; no app yet. The image's server
+    /// stops at once on SIGTERM: a pod that still gets requests when it is
+    /// deleted fails them.
     pub async fn start(vlan: u16, tags: &[&str]) -> LbRegion {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("cells");
@@ -84,7 +86,12 @@ impl LbRegion {
         }
         let push = registry_token(core_port, "repository:team/web:push,pull", "olga", &token);
         for tag in tags {
-            te::Image::web(8080).push(&registry.addr(), "team/web", tag, Some(&push));
+            te::Image::web_stopping_on_sigterm(8080).push(
+                &registry.addr(),
+                "team/web",
+                tag,
+                Some(&push),
+            );
         }
         let cell = tokio::task::block_in_place(|| start_cell_with_pool(vlan));
         cell.trust_registry(&registry.addr());
@@ -94,8 +101,10 @@ impl LbRegion {
                 &admin,
                 Method::POST,
                 "/api/v1/admin/cells",
-                Some(json!({"name": CELL, "kubeconfig": format!("{CELL}.kubeconfig"),
-                    "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]})),
+                Some(
+                    json!({"name": CELL, "kubeconfig": format!("{CELL}.kubeconfig"),
+                    "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]}),
+                ),
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
@@ -130,7 +139,12 @@ impl LbRegion {
         publish_domain(&self.env, &self.admin, domain).await
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.env.call(&self.owner, method, path, body).await
     }
 
@@ -140,8 +154,10 @@ impl LbRegion {
             .call(
                 Method::POST,
                 "/api/v1/apps",
-                Some(json!({"name": name, "image": format!("{}/team/web", self.registry.addr()),
-                    "lb": {"domain": DOMAIN, "group": GROUP}})),
+                Some(
+                    json!({"name": name, "image": format!("{}/team/web", self.registry.addr()),
+                    "lb": {"domain": DOMAIN, "group": GROUP}}),
+                ),
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{app}");
@@ -154,7 +170,11 @@ impl LbRegion {
         let body = json!({"tag": tag, "replicas": replicas,
             "health": {"path": "/healthz", "period_seconds": 1}, "env": {"VERSION": tag}});
         let (st, v) = self
-            .call(Method::POST, &format!("/api/v1/apps/{app}/versions"), Some(body))
+            .call(
+                Method::POST,
+                &format!("/api/v1/apps/{app}/versions"),
+                Some(body),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         v
@@ -256,9 +276,13 @@ impl LbRegion {
             let ok = ready
                 && want.len() == n
                 && self.pod_count(ns, selector) == n
-                && peers
-                    .iter()
-                    .all(|p| if only { *p == want } else { p.is_superset(&want) });
+                && peers.iter().all(|p| {
+                    if only {
+                        *p == want
+                    } else {
+                        p.is_superset(&want)
+                    }
+                });
             last = (pods, peers);
             ok
         });
