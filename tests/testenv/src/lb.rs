@@ -138,8 +138,16 @@ fn http_request(port: u16, host: &str, method: &str, path: &str) -> Option<(u16,
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // A body length only where one is expected (a CGI reads it for POST).
-    let length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{length}\r\n").ok()?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{length}\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
