@@ -93,14 +93,45 @@ fn sync<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// The pending drain request under id `base` (`{ns}.{cell}.v{n}.`), with its id.
-async fn drain_request(env: &Env, base: &str) -> Option<(String, DrainRequest)> {
+/// The drain requests under id `base` (`{ns}.{cell}.v{n}.`), with their ids.
+async fn drain_requests(env: &Env, base: &str) -> Vec<(String, DrainRequest)> {
     let prefix = env.core.db.keys.drain_request(GROUP, DOMAIN, base);
     let rows = env.core.db.list::<DrainRequest>(&prefix).await.unwrap();
     let strip = prefix.len() - base.len();
     rows.into_iter()
-        .next()
         .map(|(k, r)| (k[strip..].to_string(), r))
+        .collect()
+}
+
+/// The first pending drain request under id `base`, with its id.
+async fn drain_request(env: &Env, base: &str) -> Option<(String, DrainRequest)> {
+    drain_requests(env, base).await.into_iter().next()
+}
+
+/// A request under `base` other than `known`.
+async fn wait_another_request(env: &Env, base: &str, known: &str) -> (String, DrainRequest) {
+    for _ in 0..PATIENCE.as_secs() * 4 {
+        if let Some(r) = drain_requests(env, base)
+            .await
+            .into_iter()
+            .find(|(id, _)| id != known)
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no second drain request {base}*");
+}
+
+/// The requests under `base` go once their pods cannot be served.
+async fn wait_no_request(env: &Env, base: &str) {
+    for _ in 0..PATIENCE.as_secs() * 4 {
+        if drain_requests(env, base).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("drain requests {base}* never removed");
 }
 
 async fn wait_drain_request(env: &Env, base: &str) -> (String, DrainRequest) {
@@ -427,12 +458,30 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         .all(|p| p["metadata"]["deletionTimestamp"].is_null()));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pods(&ca, &ns, 1).len(), 2, "pods wait for the ack");
-    ack(&env, &id_a).await;
-    sync(|| wait_gone(&ca, &ns, 1));
+    // A pod born during the drain (its ReplicaSet replaces a pod that died)
+    // gets a request of its own; the version goes only when both are acked.
+    let victim = req.pods[0].clone();
+    let out = ca.kubectl(&["-n", &ns, "delete", "pod", &victim, "--wait=false"]);
+    assert!(out.status.success());
+    let (id_b, born) = wait_another_request(&env, &base_a, &id_a).await;
     assert!(
-        drain_request(&env, &base_a).await.is_none(),
-        "request removed after the pods"
+        born.pods.iter().all(|p| !req.pods.contains(p)),
+        "only the newcomer: {born:?} {req:?}"
     );
+    ack(&env, &id_a).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let live: Vec<String> = pods(&ca, &ns, 1)
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        born.pods.iter().all(|p| live.contains(p)),
+        "the newcomer waits for its own ack: {live:?} {born:?}"
+    );
+    ack(&env, &id_b).await;
+    sync(|| wait_gone(&ca, &ns, 1));
+    wait_no_request(&env, &base_a).await;
     // cellb gets no ack: the timeout path deletes anyway, with a warning event.
     sync(|| wait_gone(&cb, &ns, 1));
     let (st, evs) = env

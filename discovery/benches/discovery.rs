@@ -64,7 +64,7 @@ fn main() {
         let mut answered = None;
         assert!(
             te::wait_until(Duration::from_secs(120), || {
-                if let Some((200, body)) = http_get_host(port, D, "/cgi-bin/whoami") {
+                if let Some((200, body)) = te::http_get_host(port, D, "/cgi-bin/whoami") {
                     answered = Some((
                         Instant::now(),
                         body.split_whitespace().next().unwrap_or("").to_string(),

@@ -135,7 +135,7 @@ fn pods_enter_only_after_readiness_and_leave_when_terminating() {
     let (good, _) = pods(&cell, "good");
     let mut answered = BTreeSet::new();
     te::wait_until(Duration::from_secs(30), || {
-        if let Some((200, body)) = http_get_host(port, D, "/cgi-bin/whoami") {
+        if let Some((200, body)) = te::http_get_host(port, D, "/cgi-bin/whoami") {
             answered.insert(body.split_whitespace().next().unwrap_or("").to_string());
         }
         answered.len() == 3

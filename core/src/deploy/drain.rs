@@ -9,6 +9,7 @@
 //! The reconciler does not block on a drain: each pass calls [`step`] and
 //! acts when it answers [`Progress::Acked`] or [`Progress::TimedOut`].
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -41,13 +42,15 @@ pub struct PodFacts {
     pub created: Option<DateTime<Utc>>,
 }
 
-/// The `n` pods a scale-down removes: those serving nobody first (not
-/// scheduled, then not ready), then the youngest (the least warmed up).
-pub fn pick(pods: &[PodFacts], n: usize) -> Vec<String> {
+/// The `n` pods a scale-down removes: those already being drained first
+/// (`draining`: their upstream exit is under way or done), then those
+/// serving nobody (not scheduled, then not ready), then the youngest (the
+/// least warmed up).
+pub fn pick(pods: &[PodFacts], n: usize, draining: &BTreeSet<String>) -> Vec<String> {
     let mut v: Vec<&PodFacts> = pods.iter().collect();
     v.sort_by(|a, b| {
-        (a.scheduled, a.ready)
-            .cmp(&(b.scheduled, b.ready))
+        (!draining.contains(&a.name), a.scheduled, a.ready)
+            .cmp(&(!draining.contains(&b.name), b.scheduled, b.ready))
             .then_with(|| b.created.cmp(&a.created))
             .then_with(|| a.name.cmp(&b.name))
     });
@@ -55,10 +58,15 @@ pub fn pick(pods: &[PodFacts], n: usize) -> Vec<String> {
 }
 
 /// The id base of the drains of one version (or `all` of an app) in one
-/// Cell; the namespace holds the app's uid. Each drain appends its start
+/// Cell; the namespace holds the app's uid. Each request appends its start
 /// time, so an ack left from an earlier drain never answers a later one.
 pub fn drain_base(namespace: &str, cell: &str, what: &str) -> String {
-    format!("{namespace}.{cell}.{what}.")
+    format!("{}{what}.", cell_base(namespace, cell))
+}
+
+/// The id base of every drain of an app in one Cell.
+pub fn cell_base(namespace: &str, cell: &str) -> String {
+    format!("{namespace}.{cell}.")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,58 +94,128 @@ pub fn progress(
     }
 }
 
-/// A drain under way: its id and the pods it names.
+/// Pure: several requests drain one set of pods; the pods may go when
+/// every request is acked or, failing that, has timed out.
+pub fn overall(each: &[Progress]) -> Progress {
+    if each.iter().all(|p| *p == Progress::Acked) {
+        Progress::Acked
+    } else if each.contains(&Progress::Waiting) {
+        Progress::Waiting
+    } else {
+        Progress::TimedOut
+    }
+}
+
+/// Pure: the pods of `requests` that still run (are in `live`): their
+/// drain is under way, whatever becomes of the rest.
+pub fn draining<'a>(
+    requests: impl IntoIterator<Item = &'a DrainRequest>,
+    live: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    requests
+        .into_iter()
+        .flat_map(|r| r.pods.iter())
+        .filter(|p| live.contains(*p))
+        .cloned()
+        .collect()
+}
+
+/// A drain under way: the pods it names (those still running).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
-    pub id: String,
     pub pods: Vec<String>,
     pub progress: Progress,
 }
 
-/// Writes a request for `want` (unless one under `base` is pending: its
-/// pods stand) and reports the progress.
+/// The requests under `base`, by id.
+pub async fn requests(
+    db: &Db,
+    lb: &Lb,
+    base: &str,
+) -> Result<Vec<(String, DrainRequest)>, ApiError> {
+    let prefix = db.keys.drain_request(&lb.group, &lb.domain, base);
+    let strip = prefix.len() - base.len();
+    Ok(db
+        .list::<DrainRequest>(&prefix)
+        .await?
+        .into_iter()
+        .map(|(key, r)| (key[strip..].to_string(), r))
+        .collect())
+}
+
+/// Drains `want.pods` (all of them running, `live` being every running pod
+/// in question): the requests under `base` that name a running pod stand;
+/// pods none of them names — born while a drain was under way, say — get a
+/// request of their own. Reports the progress of all of them together.
 pub async fn step(
     db: &Db,
     lb: &Lb,
     base: &str,
     want: DrainRequest,
+    live: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<Pending, ApiError> {
     let k = &db.keys;
-    let prefix = k.drain_request(&lb.group, &lb.domain, base);
-    let found = db.list::<DrainRequest>(&prefix).await?.into_iter().next();
-    let (id, req) = match found {
-        Some((key, r)) => (key[prefix.len() - base.len()..].to_string(), r),
-        None => {
-            let id = format!("{base}{}", want.created.timestamp_millis());
-            let key = k.drain_request(&lb.group, &lb.domain, &id);
-            let ok = db
-                .commit(
-                    vec![store::absent(key.clone())],
-                    vec![store::put(key, &want)],
-                )
-                .await?;
-            if !ok.applied() {
-                return Err(store::contention());
-            }
-            tracing::info!(id, pods = ?want.pods, "drain requested");
-            (id, want)
-        }
-    };
-    let acked = db
-        .get::<DrainAck>(&k.drain_ack(&lb.group, &lb.domain, &id))
+    let mut current: Vec<(String, DrainRequest)> = requests(db, lb, base)
         .await?
-        .is_some();
+        .into_iter()
+        .filter(|(_, r)| r.pods.iter().any(|p| live.contains(p)))
+        .collect();
+    let named = draining(current.iter().map(|(_, r)| r), live);
+    let missing: Vec<String> = want
+        .pods
+        .iter()
+        .filter(|p| !named.contains(*p))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let id = format!("{base}{}", want.created.timestamp_millis());
+        let req = DrainRequest {
+            pods: missing,
+            ..want
+        };
+        let key = k.drain_request(&lb.group, &lb.domain, &id);
+        let ok = db
+            .commit(
+                vec![store::absent(key.clone())],
+                vec![store::put(key, &req)],
+            )
+            .await?;
+        if !ok.applied() {
+            return Err(store::contention());
+        }
+        tracing::info!(id, pods = ?req.pods, "drain requested");
+        current.push((id, req));
+    }
+    let now = Utc::now();
+    let mut each = Vec::with_capacity(current.len());
+    for (id, r) in &current {
+        let acked = db
+            .get::<DrainAck>(&k.drain_ack(&lb.group, &lb.domain, id))
+            .await?
+            .is_some();
+        each.push(progress(r.created, acked, now, timeout));
+    }
     Ok(Pending {
-        progress: progress(req.created, acked, Utc::now(), timeout),
-        pods: req.pods,
-        id,
+        pods: draining(current.iter().map(|(_, r)| r), live)
+            .into_iter()
+            .collect(),
+        progress: overall(&each),
     })
 }
 
-/// The pods are gone: every request under `base` goes (discovery then
-/// drops their acks).
-pub async fn finish(db: &Db, lb: &Lb, base: &str) -> Result<(), ApiError> {
+/// Pure: a request may go once none of its pods can be served any more —
+/// each is gone or terminating (`live` holds the running pods) and no
+/// endpoint of it is ready (`serving`, from the EndpointSlices). Deleting it
+/// earlier would put a pod that is about to stop back into the upstream.
+pub fn settled(r: &DrainRequest, live: &BTreeSet<String>, serving: &BTreeSet<String>) -> bool {
+    !r.pods
+        .iter()
+        .any(|p| live.contains(p) || serving.contains(p))
+}
+
+/// The app is gone: every request under `base` goes.
+pub async fn forget(db: &Db, lb: &Lb, base: &str) -> Result<(), ApiError> {
     let prefix = db.keys.drain_request(&lb.group, &lb.domain, base);
     if db.count(&prefix).await? > 0 {
         // No compare: an unconditional delete cannot conflict.
@@ -145,6 +223,15 @@ pub async fn finish(db: &Db, lb: &Lb, base: &str) -> Result<(), ApiError> {
             .commit(vec![], vec![store::delete_prefix(prefix)])
             .await?;
     }
+    Ok(())
+}
+
+/// Deletes the request `id` (discovery then drops its ack).
+pub async fn finish(db: &Db, lb: &Lb, id: &str) -> Result<(), ApiError> {
+    let key = db.keys.drain_request(&lb.group, &lb.domain, id);
+    // No compare: an unconditional delete cannot conflict.
+    let _ = db.commit(vec![], vec![store::delete(key)]).await?;
+    tracing::info!(id, "drain finished");
     Ok(())
 }
 
@@ -169,9 +256,66 @@ mod tests {
             pod("unready", false, true, 900),
             pod("pending", false, false, 900),
         ];
-        assert_eq!(pick(&pods, 1), ["pending"]);
-        assert_eq!(pick(&pods, 3), ["pending", "unready", "young"]);
-        assert_eq!(pick(&pods, 9).len(), 4);
+        let none = BTreeSet::new();
+        assert_eq!(pick(&pods, 1, &none), ["pending"]);
+        assert_eq!(pick(&pods, 3, &none), ["pending", "unready", "young"]);
+        assert_eq!(pick(&pods, 9, &none).len(), 4);
+    }
+
+    #[test]
+    fn pods_being_drained_go_first() {
+        let pods = [
+            pod("old", true, true, 500),
+            pod("young", true, true, 10),
+            pod("pending", false, false, 900),
+        ];
+        let draining = BTreeSet::from(["old".to_string()]);
+        assert_eq!(pick(&pods, 1, &draining), ["old"]);
+        assert_eq!(pick(&pods, 2, &draining), ["old", "pending"]);
+    }
+
+    fn req(pods: &[&str]) -> DrainRequest {
+        DrainRequest {
+            cell: "c".into(),
+            namespace: "n".into(),
+            pods: pods.iter().map(|p| p.to_string()).collect(),
+            created: Utc::now(),
+        }
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn only_running_pods_count_as_draining() {
+        let a = req(&["p1", "p2"]);
+        let b = req(&["p3"]);
+        assert_eq!(
+            draining([&a, &b], &set(&["p2", "p3", "p4"])),
+            set(&["p2", "p3"])
+        );
+    }
+
+    #[test]
+    fn all_requests_must_be_acked_or_timed_out() {
+        use Progress::*;
+        assert_eq!(overall(&[]), Acked);
+        assert_eq!(overall(&[Acked, Acked]), Acked);
+        assert_eq!(overall(&[Acked, Waiting]), Waiting);
+        assert_eq!(overall(&[TimedOut, Waiting]), Waiting);
+        assert_eq!(overall(&[Acked, TimedOut]), TimedOut);
+    }
+
+    #[test]
+    fn a_request_stays_while_any_pod_could_be_served() {
+        let r = req(&["p1", "p2"]);
+        assert!(!settled(&r, &set(&["p1"]), &set(&[])), "p1 still runs");
+        assert!(
+            !settled(&r, &set(&[]), &set(&["p2"])),
+            "p2 is terminating but its endpoint is still ready"
+        );
+        assert!(settled(&r, &set(&["other"]), &set(&["other"])));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Event, EventSource, Namespace, ObjectReference, Pod, Secret, Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leengine_store::keys::AppKey;
@@ -278,6 +279,10 @@ fn pod_facts(pods: &[Pod]) -> Vec<PodFacts> {
         .collect()
 }
 
+fn live_names(facts: &[PodFacts]) -> BTreeSet<String> {
+    facts.iter().map(|p| p.name.clone()).collect()
+}
+
 /// One Cell's client with the calls of a pass.
 struct CellRun<'a> {
     core: &'a Core,
@@ -342,6 +347,9 @@ impl CellRun<'_> {
                 .unwrap_or(0);
             self.remove_version(app, version, name).await?;
         }
+        if let Some(lb) = &app.lb {
+            self.settle_drains(app, lb).await?;
+        }
         Ok(status)
     }
 
@@ -398,9 +406,12 @@ impl CellRun<'_> {
         if let (Some(lb), Some(current)) = (&app.lb, current) {
             if current > desired {
                 let base = version_base(app, self.cell, v.version);
-                let pods = self.version_pods(app, v.version).await?;
-                let chosen = drain::pick(&pod_facts(&pods), (current - desired) as usize);
-                let pending = self.drain(app, lb, &base, chosen).await?;
+                let facts = pod_facts(&self.version_pods(app, v.version).await?);
+                let live = live_names(&facts);
+                let requests = drain::requests(&self.core.db, lb, &base).await?;
+                let already = drain::draining(requests.iter().map(|(_, r)| r), &live);
+                let chosen = drain::pick(&facts, (current - desired) as usize, &already);
+                let pending = self.drain(app, lb, &base, chosen, &live).await?;
                 let named = pending.pods;
                 self.mark_for_deletion(app, &named).await;
                 match pending.progress {
@@ -428,11 +439,6 @@ impl CellRun<'_> {
             )
             .await
             .map_err(self.err())?;
-        if !draining && current.is_some_and(|c| c > desired) {
-            if let Some(lb) = &app.lb {
-                drain::finish(&self.core.db, lb, &version_base(app, self.cell, v.version)).await?;
-            }
-        }
         let ready = applied
             .status
             .and_then(|s| s.ready_replicas)
@@ -452,6 +458,7 @@ impl CellRun<'_> {
         lb: &Lb,
         base: &str,
         pods: Vec<String>,
+        live: &BTreeSet<String>,
     ) -> Result<drain::Pending, ApiError> {
         let want = DrainRequest {
             cell: self.cell.to_string(),
@@ -464,6 +471,7 @@ impl CellRun<'_> {
             lb,
             base,
             want,
+            live,
             self.core.settings.deploy.drain_timeout,
         )
         .await
@@ -494,23 +502,60 @@ impl CellRun<'_> {
         name: &str,
     ) -> Result<(), ApiError> {
         if let Some(lb) = &app.lb {
-            let pods: Vec<String> = pod_facts(&self.version_pods(app, version).await?)
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
+            let live = live_names(&pod_facts(&self.version_pods(app, version).await?));
             let base = version_base(app, self.cell, version);
-            if !pods.is_empty() {
-                let pending = self.drain(app, lb, &base, pods).await?;
+            if !live.is_empty() {
+                let all = live.iter().cloned().collect();
+                let pending = self.drain(app, lb, &base, all, &live).await?;
                 match pending.progress {
                     Progress::Waiting => return Ok(()),
                     Progress::TimedOut => self.warn_timeout(app, name, &pending.pods).await,
                     Progress::Acked => {}
                 }
             }
-            self.delete_deployment(app, name).await?;
-            return drain::finish(&self.core.db, lb, &base).await;
         }
         self.delete_deployment(app, name).await
+    }
+
+    /// Requests whose pods can no longer be served go (see
+    /// [`drain::settled`]); until then discovery keeps those pods out.
+    async fn settle_drains(&self, app: &AppSpec, lb: &Lb) -> Result<(), ApiError> {
+        let db = &self.core.db;
+        let requests =
+            drain::requests(db, lb, &drain::cell_base(&app.namespace, self.cell)).await?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &app.namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(self.err())?
+            .items;
+        let live = live_names(&pod_facts(&pods));
+        let serving = self.serving_pods(app).await?;
+        for (id, r) in requests {
+            if drain::settled(&r, &live, &serving) {
+                drain::finish(db, lb, &id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pods with a ready endpoint in the app Service's EndpointSlices
+    /// (what discovery would put into the upstream without a request).
+    async fn serving_pods(&self, app: &AppSpec) -> Result<BTreeSet<String>, ApiError> {
+        let selector = format!("kubernetes.io/service-name={}", objects::SERVICE_NAME);
+        let slices = Api::<EndpointSlice>::namespaced(self.client.clone(), &app.namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(self.err())?;
+        Ok(slices
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+            .collect())
     }
 
     async fn delete_deployment(&self, app: &AppSpec, name: &str) -> Result<(), ApiError> {
@@ -613,25 +658,22 @@ impl CellRun<'_> {
             return Ok(true);
         };
         let lb = Lb { domain, group };
-        let pods: Vec<String> = pod_facts(
+        let live = live_names(&pod_facts(
             &Api::<Pod>::namespaced(self.client.clone(), name)
                 .list(&ListParams::default())
                 .await
                 .map_err(self.err())?
                 .items,
-        )
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+        ));
         let base = drain::drain_base(name, self.cell, "all");
-        if pods.is_empty() {
-            drain::finish(&self.core.db, &lb, &base).await?;
+        if live.is_empty() {
+            drain::forget(&self.core.db, &lb, &base).await?;
             return Ok(true);
         }
         let want = DrainRequest {
             cell: self.cell.to_string(),
             namespace: name.to_string(),
-            pods,
+            pods: live.iter().cloned().collect(),
             created: Utc::now(),
         };
         let pending = drain::step(
@@ -639,13 +681,14 @@ impl CellRun<'_> {
             &lb,
             &base,
             want,
+            &live,
             self.core.settings.deploy.drain_timeout,
         )
         .await?;
         if pending.progress == Progress::Waiting {
             return Ok(false);
         }
-        drain::finish(&self.core.db, &lb, &base).await?;
+        drain::forget(&self.core.db, &lb, &base).await?;
         Ok(true)
     }
 }

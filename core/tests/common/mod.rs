@@ -2,6 +2,8 @@
 //! in process, and a small request helper.
 #![allow(dead_code)]
 
+pub mod lb;
+
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;

@@ -6,10 +6,9 @@
 #![allow(dead_code)] // each test uses a different part
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use leengine_store::keys::{slb_agent, slb_domain_config, slb_domain_upstream};
 use leengine_store::region::{CellRecord, DrainRequest, ServiceBinding};
 use leengine_testenv as te;
+pub use leengine_testenv::{Discovery, NginxAgent as Agent};
 use serde_json::json;
 
 pub const GROUP: &str = "g1";
@@ -162,295 +162,17 @@ impl Region {
     }
 
     pub fn discovery(&self, id: &str, extra: &[&str]) -> Discovery {
-        Discovery::start(self, id, extra)
+        let bin = Path::new(env!("CARGO_BIN_EXE_leengine-discovery"));
+        Discovery::start(bin, &self.etcd, self.dir.path(), id, extra)
     }
 
     pub fn agent(&self, host: &str) -> Agent {
-        Agent::start(self, host)
+        Agent::start(&sibling("leengine-nginx-agent"), &self.etcd, GROUP, host)
     }
 
     pub fn agent_status(&self, host: &str) -> Option<leengine_slb::AgentStatus> {
         let (v, _) = self.get(&slb_agent(GROUP, host))?;
         serde_json::from_slice(&v).ok()
-    }
-}
-
-/// One discovery replica (a process).
-pub struct Discovery {
-    pub id: String,
-    pub child: Option<Child>,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Discovery {
-    fn start(r: &Region, id: &str, extra: &[&str]) -> Discovery {
-        let port = te::free_port();
-        let log = r.dir.path().join(format!("discovery-{id}.log"));
-        let f = std::fs::File::create(&log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_leengine-discovery"))
-            .args(["--etcd", &r.etcd.endpoint(), "--id", id])
-            .args(r.etcd.tls_args(&te::Component::Discovery))
-            .arg("--credentials-dir")
-            .arg(r.dir.path())
-            .args([
-                "--lease-ttl",
-                "2s",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info,kube=warn,hyper=warn")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("dup"))
-            .stderr(f)
-            .spawn()
-            .expect("spawn discovery");
-        Discovery {
-            id: id.into(),
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn http(&self, path: &str) -> Option<String> {
-        http_get(self.port, path)
-    }
-
-    pub fn status(&self) -> Option<serde_json::Value> {
-        serde_json::from_str(&self.http("/status")?).ok()
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.status().is_some_and(|s| s["active"] == true)
-    }
-
-    /// A sample of `/metrics` (`name{labels}` exactly as written).
-    pub fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.http("/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    pub fn wait_active(&self) {
-        assert!(
-            te::wait_until(PATIENCE, || self.is_active()),
-            "{} never became active:\n{}",
-            self.id,
-            self.log()
-        );
-    }
-
-    pub fn wait_metric(&self, series: &str, f: impl Fn(f64) -> bool, why: &str) -> f64 {
-        let mut last = None;
-        let ok = te::wait_until(PATIENCE, || {
-            last = self.metric(series);
-            last.is_some_and(&f)
-        });
-        assert!(ok, "{why}: {series} is {last:?}\n{}", self.log());
-        last.unwrap()
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A minimal HTTP/1.0 GET on loopback; `None` when nothing answers 200.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    http_get_host(port, "127.0.0.1", path)
-        .filter(|(s, _)| *s == 200)
-        .map(|r| r.1)
-}
-
-pub fn http_get_host(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-/// A real nginx agent of [`GROUP`] with its nginx.
-pub struct Agent {
-    pub host: String,
-    pub dir: tempfile::TempDir,
-    pub admin_port: u16,
-    pub agent: Option<Child>,
-    pub nginx: Option<Child>,
-}
-
-impl Agent {
-    fn start(r: &Region, host: &str) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("agent-")
-            .tempdir_in(te::run_dir())
-            .expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let mut a = Agent {
-            host: host.into(),
-            admin_port: te::free_port(),
-            dir,
-            agent: None,
-            nginx: None,
-        };
-        a.start_agent(r);
-        a.start_nginx();
-        a
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn start_agent(&mut self, r: &Region) {
-        let log = std::fs::File::create(self.path("logs/agent.log")).unwrap();
-        let child = Command::new(sibling("leengine-nginx-agent"))
-            .args([
-                "--group",
-                GROUP,
-                "--host",
-                &self.host,
-                "--etcd",
-                &r.etcd.endpoint(),
-            ])
-            .args(r.etcd.tls_args(&te::Component::nginx_agent(GROUP)))
-            .arg("--conf-dir")
-            .arg(self.path("conf"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--nginx-prefix")
-            .arg(self.dir.path())
-            .arg("--pid-file")
-            .arg(self.path("nginx.pid"))
-            .arg("--error-log")
-            .arg(self.path("logs/error.log"))
-            .args(["--admin-port", &self.admin_port.to_string()])
-            .args([
-                "--worker-processes",
-                "1",
-                "--debounce",
-                "50ms",
-                "--status-ttl",
-                "4s",
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nginx agent");
-        self.agent = Some(child);
-        let conf = self.path("conf/nginx.conf");
-        assert!(
-            te::wait_until(PATIENCE, || conf.exists()),
-            "agent wrote no nginx.conf"
-        );
-    }
-
-    fn start_nginx(&mut self) {
-        let log = std::fs::File::create(self.path("logs/nginx.out")).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(self.dir.path())
-            .arg("-c")
-            .arg(self.path("conf/nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nginx");
-        self.nginx = Some(child);
-        let port = self.admin_port;
-        assert!(
-            te::wait_until(PATIENCE, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "nginx did not come up"
-        );
-    }
-
-    /// The peers nginx itself holds for `domain` (its admin endpoint).
-    pub fn live_peers(&self, domain: &str) -> BTreeSet<SocketAddr> {
-        let secret = std::fs::read_to_string(self.path("state/admin.secret")).unwrap_or_default();
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin_port)) else {
-            return BTreeSet::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(
-            s,
-            "GET /leengine/upstreams HTTP/1.0\r\nHost: 127.0.0.1\r\nX-Leengine-Admin-Secret: {}\r\n\r\n",
-            secret.trim()
-        );
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        // `@domain method key` starts a section; each server line starts
-        // with its address (other lines, e.g. `#down` notes, are skipped).
-        let mut out = BTreeSet::new();
-        let mut inside = false;
-        for l in body.lines() {
-            if let Some(head) = l.strip_prefix('@') {
-                inside = head.split(' ').next() == Some(domain);
-            } else if inside {
-                if let Some(a) = l.split(' ').next().and_then(|a| a.parse().ok()) {
-                    out.insert(a);
-                }
-            }
-        }
-        out
-    }
-
-    pub fn signal(&self, sig: i32) {
-        let pid = self.agent.as_ref().expect("agent").id();
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) };
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path("logs/agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        for c in [self.agent.take(), self.nginx.take()].into_iter().flatten() {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // nginx workers outlive a SIGKILLed master.
-        let marker = self.dir.path().display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-                if String::from_utf8_lossy(&c).contains(&marker)
-                    && pid != i32::try_from(std::process::id()).expect("pid")
-                {
-                    // SAFETY: a process started for this agent.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
     }
 }
 

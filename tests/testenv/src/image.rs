@@ -97,10 +97,25 @@ impl Image {
 
     /// A tiny web app: busybox httpd on `port`, `GET /healthz` → 200, and
     /// `GET /cgi-bin/whoami` → the pod's host name and `$VERSION`.
+    ///
+    /// busybox httpd runs as PID 1, which ignores SIGTERM: the pod keeps
+    /// serving through its whole termination grace period.
     pub fn web(port: u16) -> Image {
+        Image::web_with(&["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"])
+    }
+
+    /// [`Image::web`] that stops at once on SIGTERM, as a server without a
+    /// graceful shutdown does: a shell as PID 1 exits on TERM and the
+    /// kernel kills httpd with it, mid-request or not.
+    pub fn web_stopping_on_sigterm(port: u16) -> Image {
+        let cmd = format!("trap 'exit 0' TERM; /bin/httpd -f -p {port} -h /www & wait");
+        Image::web_with(&["/bin/sh", "-c", &cmd])
+    }
+
+    fn web_with(entrypoint: &[&str]) -> Image {
         let script = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"$(hostname) ${VERSION:-}\"\n";
         Image::busybox(
-            &["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"],
+            entrypoint,
             &[],
             &[
                 ("/www/healthz", "ok\n", 0o644),

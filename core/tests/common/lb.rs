@@ -1,0 +1,323 @@
+//! A whole serving path for an app: the core (API + reconciler, in
+//! process, on a socket for the registry's token requests), the platform
+//! registry with token auth, one real Cell with a node, `leengine-discovery`
+//! and an nginx agent with its nginx, all real. (One agent: two nginx on
+//! one host cannot both listen on the domain's port.) Shared by the grey-upgrade
+//! test and the drain benchmark.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use leengine_core::cells::CellSettings;
+use leengine_core::deploy::{reconcile, DeploySettings};
+use leengine_core::server::Settings;
+use leengine_testenv as te;
+use serde_json::{json, Value};
+
+use super::{registry_settings, registry_token, sibling, start_cell_with_pool, token_keypair};
+use super::{Auth, Env, ISSUER, SERVICE};
+
+pub const GROUP: &str = "g1";
+pub const DOMAIN: &str = "web.example.com";
+pub const CELL: &str = "cella";
+/// Hang guard for waits; not a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(240);
+
+pub struct LbRegion {
+    pub env: Env,
+    pub cell: te::Cell,
+    pub registry: te::Registry,
+    pub discovery: te::Discovery,
+    pub agents: Vec<te::NginxAgent>,
+    /// nginx's listen port for [`DOMAIN`].
+    pub port: u16,
+    pub admin: Auth,
+    pub owner: Auth,
+    pub dir: tempfile::TempDir,
+}
+
+impl LbRegion {
+    /// Everything up, the image `team/web` pushed with `tags`, the domain
+    /// published through the core's SLB API; no app yet. The image's server
+    /// stops at once on SIGTERM: a pod that still gets requests when it is
+    /// deleted fails them.
+    pub async fn start(vlan: u16, tags: &[&str]) -> LbRegion {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("cells");
+        std::fs::create_dir(&creds).unwrap();
+        let (key, cert, cert_path) = token_keypair(dir.path());
+        let env = Env::start(Settings {
+            registry: Some(registry_settings(key, cert)),
+            cells: CellSettings {
+                credentials_dir: creds.clone(),
+                min_app_cells: 1,
+            },
+            deploy: DeploySettings {
+                resync: Duration::from_secs(2),
+                ..DeploySettings::default()
+            },
+            ..Default::default()
+        })
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let core_port = listener.local_addr().unwrap().port();
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            env.app.clone(),
+        )));
+        tokio::spawn(reconcile::run(env.core.clone()));
+        let registry = te::Registry::start_with(&format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            cert_path.display()
+        ));
+        let admin = env.user("root", true).await;
+        let Auth::Bearer(token) = env.user("olga", false).await else {
+            unreachable!()
+        };
+        let owner = Auth::Bearer(token.clone());
+        for (path, body) in [
+            ("/api/v1/groups", json!({"name": "team"})),
+            ("/api/v1/images", json!({"name": "team/web"})),
+        ] {
+            let (st, v) = env.call(&owner, Method::POST, path, Some(body)).await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+        }
+        let push = registry_token(core_port, "repository:team/web:push,pull", "olga", &token);
+        for tag in tags {
+            te::Image::web_stopping_on_sigterm(8080).push(
+                &registry.addr(),
+                "team/web",
+                tag,
+                Some(&push),
+            );
+        }
+        let cell = tokio::task::block_in_place(|| start_cell_with_pool(vlan));
+        cell.trust_registry(&registry.addr());
+        std::fs::copy(cell.kubeconfig(), creds.join(format!("{CELL}.kubeconfig"))).unwrap();
+        let (st, v) = env
+            .call(
+                &admin,
+                Method::POST,
+                "/api/v1/admin/cells",
+                Some(
+                    json!({"name": CELL, "kubeconfig": format!("{CELL}.kubeconfig"),
+                    "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let discovery = te::Discovery::start(
+            &sibling("leengine-discovery"),
+            &env.etcd,
+            &creds,
+            "d1",
+            &["--prefix", env.etcd.keys().prefix()],
+        );
+        let agents = ["h1"]
+            .iter()
+            .map(|h| te::NginxAgent::start(&sibling("leengine-nginx-agent"), &env.etcd, GROUP, h))
+            .collect();
+        let port = publish_domain(&env, &admin, DOMAIN).await;
+        tokio::task::block_in_place(|| discovery.wait_active());
+        LbRegion {
+            env,
+            cell,
+            registry,
+            discovery,
+            agents,
+            port,
+            admin,
+            owner,
+            dir,
+        }
+    }
+
+    /// Publishes another domain of [`GROUP`]; returns its port.
+    pub async fn publish(&self, domain: &str) -> u16 {
+        publish_domain(&self.env, &self.admin, domain).await
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.env.call(&self.owner, method, path, body).await
+    }
+
+    /// Creates the app `name` served on [`DOMAIN`]; returns its record.
+    pub async fn create_app(&self, name: &str) -> Value {
+        let (st, app) = self
+            .call(
+                Method::POST,
+                "/api/v1/apps",
+                Some(
+                    json!({"name": name, "image": format!("{}/team/web", self.registry.addr()),
+                    "lb": {"domain": DOMAIN, "group": GROUP}}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{app}");
+        app
+    }
+
+    /// Deploys a version of `app` with `replicas` in the Cell; returns the
+    /// version record.
+    pub async fn deploy(&self, app: &str, tag: &str, replicas: u32) -> Value {
+        let body = json!({"tag": tag, "replicas": replicas,
+            "health": {"path": "/healthz", "period_seconds": 1}, "env": {"VERSION": tag}});
+        let (st, v) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/apps/{app}/versions"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    pub async fn scale(&self, app: &str, version: u64, replicas: u32) {
+        let (st, v) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/apps/{app}/versions/{version}/scale"),
+                Some(json!({"cells": {CELL: replicas}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+
+    pub async fn delete_version(&self, app: &str, version: u64) {
+        let (st, v) = self
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/apps/{app}/versions/{version}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    }
+
+    /// `pod name → IP` of the running (not terminating) pods matching
+    /// `selector` in `ns`, and whether every one of them is Ready.
+    pub fn pods(&self, ns: &str, selector: &str) -> (Vec<(String, String)>, bool) {
+        let out = self
+            .cell
+            .kubectl(&["-n", ns, "get", "pods", "-l", selector, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let items: Vec<&Value> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        let ready = items.iter().all(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        let pods = items
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        (pods, ready)
+    }
+
+    /// Pods of any state (terminating too) matching `selector` in `ns`.
+    pub fn pod_count(&self, ns: &str, selector: &str) -> usize {
+        let out = self
+            .cell
+            .kubectl(&["-n", ns, "get", "pods", "-l", selector, "-o", "name"]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// Waits until `n` pods of `selector` run, all Ready, every one of them
+    /// in the nginx peers for [`DOMAIN`] and nothing else there (when
+    /// `only`), and no other pod of `selector` is left at all.
+    pub fn wait_served(
+        &self,
+        ns: &str,
+        selector: &str,
+        n: usize,
+        only: bool,
+    ) -> BTreeSet<SocketAddr> {
+        self.wait_served_on(DOMAIN, ns, selector, n, only)
+    }
+
+    /// [`Self::wait_served`] for `domain`.
+    pub fn wait_served_on(
+        &self,
+        domain: &str,
+        ns: &str,
+        selector: &str,
+        n: usize,
+        only: bool,
+    ) -> BTreeSet<SocketAddr> {
+        let mut last = (Vec::new(), Vec::new());
+        let ok = te::wait_until(PATIENCE, || {
+            let (pods, ready) = self.pods(ns, selector);
+            let want: BTreeSet<SocketAddr> = pods
+                .iter()
+                .filter_map(|(_, ip)| format!("{ip}:8080").parse().ok())
+                .collect();
+            let peers: Vec<BTreeSet<SocketAddr>> =
+                self.agents.iter().map(|a| a.live_peers(domain)).collect();
+            let ok = ready
+                && want.len() == n
+                && self.pod_count(ns, selector) == n
+                && peers.iter().all(|p| {
+                    if only {
+                        *p == want
+                    } else {
+                        p.is_superset(&want)
+                    }
+                });
+            last = (pods, peers);
+            ok
+        });
+        assert!(
+            ok,
+            "{n} pods of {selector} never served alone={only}: pods {:?}, peers {:?}\n{}",
+            last.0,
+            last.1,
+            self.discovery.log()
+        );
+        last.0
+            .iter()
+            .filter_map(|(_, ip)| format!("{ip}:8080").parse().ok())
+            .collect()
+    }
+
+    /// A load through nginx: non-idempotent requests (POST to a CGI that
+    /// prints the pod's name and version), so nginx never retries one it
+    /// already sent to a peer.
+    pub fn load(&self, workers: usize) -> te::Load {
+        te::Load::start(self.port, DOMAIN, "POST", "/cgi-bin/whoami", workers)
+    }
+}
+
+/// The domain's config through the core's SLB API, listening on a free port.
+async fn publish_domain(env: &Env, admin: &Auth, domain: &str) -> u16 {
+    let port = te::free_port();
+    let (st, v) = env
+        .call(
+            admin,
+            Method::POST,
+            &format!("/api/v1/slb/groups/{GROUP}/domains"),
+            Some(json!({"domain": domain, "config": {"listen": [{"port": port}]}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    port
+}
