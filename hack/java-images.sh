@@ -31,7 +31,7 @@ die() { echo "hack/java-images.sh: $*" >&2; exit 1; }
 [ -x "$MAVEN/bin/mvn" ] || die "no Maven at $MAVEN (apt-get install maven)"
 BUSYBOX=$(command -v busybox) || die "no busybox (apt-get install busybox-static)"
 
-KEY=$( { cat "$JDK/release"; ls -l "$MAVEN/lib"; echo "$JRE_MODULES"; sha256sum "$0"; } | sha256sum | cut -c1-12)
+KEY=$( { cat "$JDK/release"; ls -l "$MAVEN/lib"; echo "$JRE_MODULES"; sha256sum <"$0"; } | sha256sum | cut -c1-12)
 DIR="$CACHE/java-images-$KEY"
 print_env() {
   echo "LEENGINE_JDK_MAVEN_TAR=$DIR/jdk-maven.tar"

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
-use common::{registry_settings, registry_token, sibling, token_keypair, Auth, Env, ISSUER, SERVICE};
+use common::{
+    registry_settings, registry_token, sibling, token_keypair, Auth, Env, ISSUER, SERVICE,
+};
 use leengine_build::validate::Policy;
 use leengine_build::{BuildRun, RunStatus, Stage};
 use leengine_core::builds::BuildSettings;
@@ -204,16 +206,27 @@ impl Platform {
 
     async fn wait_builders(&self, n: usize) {
         for _ in 0..300 {
-            let (_, v) = self.call(&self.admin, Method::GET, "/api/v1/builds/builders", None).await;
+            let (_, v) = self
+                .call(&self.admin, Method::GET, "/api/v1/builds/builders", None)
+                .await;
             if v.as_array().map(Vec::len) == Some(n) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{n} builders did not register; logs in {}", self.dir.path().display());
+        panic!(
+            "{n} builders did not register; logs in {}",
+            self.dir.path().display()
+        );
     }
 
-    async fn call(&self, who: &Auth, m: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        who: &Auth,
+        m: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.env.call(who, m, path, body).await
     }
 
@@ -236,10 +249,16 @@ impl Platform {
             "outputs": ["target/hello-shop.jar"],
         });
         if compile {
-            cfg["compile"] = json!({"image": te::COMPILE_IMAGE, "script": "compile.sh", "cacheMount": "/m2"});
+            cfg["compile"] =
+                json!({"image": te::COMPILE_IMAGE, "script": "compile.sh", "cacheMount": "/m2"});
         }
         let (st, v) = self
-            .call(&self.olga, Method::POST, "/api/v1/builds/configs", Some(cfg))
+            .call(
+                &self.olga,
+                Method::POST,
+                "/api/v1/builds/configs",
+                Some(cfg),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         (
@@ -254,7 +273,14 @@ impl Platform {
     }
 
     /// GitLab's push hook for `repo` moving `main` from `before` to `after`.
-    fn hook(&self, path: &str, secret: &str, repo: &str, before: &str, after: &str) -> (u16, Value) {
+    fn hook(
+        &self,
+        path: &str,
+        secret: &str,
+        repo: &str,
+        before: &str,
+        after: &str,
+    ) -> (u16, Value) {
         let url = self.git.url(repo);
         let body = json!({
             "object_kind": "push", "event_name": "push",
@@ -269,7 +295,12 @@ impl Platform {
         });
         let mut child = Command::new("curl")
             .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
-            .args(["-H", "Content-Type: application/json", "-H", "X-Gitlab-Event: Push Hook"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "X-Gitlab-Event: Push Hook",
+            ])
             .args(["-H", &format!("X-Gitlab-Token: {secret}")])
             .args(["--data-binary", "@-"])
             .arg(format!("http://127.0.0.1:{}{path}", self.core_port))
@@ -285,7 +316,10 @@ impl Platform {
             .unwrap();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let (body, code) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+        let (body, code) = text
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", text.trim()));
         (
             code.parse().unwrap_or(0),
             serde_json::from_str(body).unwrap_or(Value::Null),
@@ -294,7 +328,12 @@ impl Platform {
 
     async fn runs(&self, config: &str) -> Vec<Value> {
         let (st, v) = self
-            .call(&self.olga, Method::GET, &format!("/api/v1/builds/configs/{config}/runs"), None)
+            .call(
+                &self.olga,
+                Method::GET,
+                &format!("/api/v1/builds/configs/{config}/runs"),
+                None,
+            )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
         v.as_array().cloned().unwrap_or_default()
@@ -310,7 +349,12 @@ impl Platform {
             let (st, v) = self.call(&self.olga, Method::GET, &path, None).await;
             assert_eq!(st, StatusCode::OK, "{v}");
             let r: BuildRun = serde_json::from_value(v).unwrap();
-            for s in r.stages.iter().filter(|s| s.ended_at.is_some()).skip(reported) {
+            for s in r
+                .stages
+                .iter()
+                .filter(|s| s.ended_at.is_some())
+                .skip(reported)
+            {
                 show(&format!(
                     "{:<8} {:>6} ms  {}",
                     format!("{:?}", s.stage).to_lowercase(),
@@ -323,12 +367,19 @@ impl Platform {
                 return r;
             }
             if last_tick.elapsed() > Duration::from_secs(15) {
-                show(&format!("... {:?} ({} s)", r.status, start.elapsed().as_secs()));
+                show(&format!(
+                    "... {:?} ({} s)",
+                    r.status,
+                    start.elapsed().as_secs()
+                ));
                 last_tick = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("run {config}/{run} did not finish; logs in {}", self.dir.path().display());
+        panic!(
+            "run {config}/{run} did not finish; logs in {}",
+            self.dir.path().display()
+        );
     }
 
     /// The build host's full log of a run (the record keeps only its tail).
@@ -356,20 +407,29 @@ impl Platform {
         );
         let out = Command::new("curl")
             .args(["-s", "-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("http://{}/v2/{repo}/tags/list", self.registry.addr()))
+            .arg(format!(
+                "http://{}/v2/{repo}/tags/list",
+                self.registry.addr()
+            ))
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         v["tags"]
             .as_array()
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
 /// Maven's own count: one `Downloaded from` line per file fetched.
 fn maven_downloads(log: &str) -> usize {
-    log.lines().filter(|l| l.contains("Downloaded from")).count()
+    log.lines()
+        .filter(|l| l.contains("Downloaded from"))
+        .count()
 }
 
 fn stage_ms(run: &BuildRun, stage: Stage) -> u64 {
@@ -390,7 +450,12 @@ fn example_with(dir: &Path, name: &str, edit: &[(&str, &str, &str)]) -> PathBuf 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-shop");
     let tree = dir.join(name);
     let _ = std::fs::remove_dir_all(&tree);
-    let out = Command::new("cp").arg("-rT").arg(&src).arg(&tree).output().unwrap();
+    let out = Command::new("cp")
+        .arg("-rT")
+        .arg(&src)
+        .arg(&tree)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let _ = std::fs::remove_dir_all(tree.join("target"));
     for (file, from, to) in edit {
@@ -410,17 +475,34 @@ async fn build_failures_stop_at_their_stage_and_push_nothing() {
 
     say("A webhook with a wrong secret is refused and triggers nothing");
     let (path, secret) = p.build_config("broken", "broken.git", true).await;
-    let bad = example_with(p.dir.path(), "broken", &[(
-        "src/main/java/demo/shop/Main.java",
-        "public static void main",
-        "public static void main(String[] args) { syntax error here }\n    static void old",
-    )]);
+    let bad = example_with(
+        p.dir.path(),
+        "broken",
+        &[(
+            "src/main/java/demo/shop/Main.java",
+            "public static void main",
+            "public static void main(String[] args) { syntax error here }\n    static void old",
+        )],
+    );
     let c = p.commit("broken.git", &bad, "break the build");
-    let (st, v) = p.hook(&path, &format!("{secret}x"), "broken.git", &"0".repeat(40), &c);
-    assert_eq!((st, v["code"].as_str()), (401, Some("webhook_token_invalid")), "{v}");
+    let (st, v) = p.hook(
+        &path,
+        &format!("{secret}x"),
+        "broken.git",
+        &"0".repeat(40),
+        &c,
+    );
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("webhook_token_invalid")),
+        "{v}"
+    );
     let (st, _) = p.hook(&path, "", "broken.git", &"0".repeat(40), &c);
     assert_eq!(st, 401);
-    assert!(p.runs("broken").await.is_empty(), "a refused hook dispatches nothing");
+    assert!(
+        p.runs("broken").await.is_empty(),
+        "a refused hook dispatches nothing"
+    );
     show("wrong X-Gitlab-Token: 401 webhook_token_invalid, no run");
 
     say("A compile error fails the run at `compile`, with Maven's output in the log");
@@ -433,11 +515,18 @@ async fn build_failures_stop_at_their_stage_and_push_nothing() {
     assert!(run.log.contains("COMPILATION ERROR"), "{}", run.log);
     assert!(run.log.contains("Main.java"), "{}", run.log);
     assert!(p.tags("shop/broken").is_empty(), "nothing pushed");
-    show(&format!("failed at compile: {}", run.error.as_deref().unwrap_or("")));
+    show(&format!(
+        "failed at compile: {}",
+        run.error.as_deref().unwrap_or("")
+    ));
 
     say("A Dockerfile error fails the run at `build`");
     let (path, secret) = p.build_config("badfile", "badfile.git", false).await;
-    let tree = example_with(p.dir.path(), "badfile", &[("Dockerfile", "COPY target", "COPPY target")]);
+    let tree = example_with(
+        p.dir.path(),
+        "badfile",
+        &[("Dockerfile", "COPY target", "COPPY target")],
+    );
     std::fs::create_dir_all(tree.join("target")).unwrap();
     std::fs::write(tree.join("target/hello-shop.jar"), "not built here").unwrap();
     // The jar is committed here (no compile stage): un-ignore target/.
@@ -445,13 +534,19 @@ async fn build_failures_stop_at_their_stage_and_push_nothing() {
     let c = p.commit("badfile.git", &tree, "typo in the Dockerfile");
     let (st, v) = p.hook(&path, &secret, "badfile.git", &"0".repeat(40), &c);
     assert_eq!(st, 202, "{v}");
-    let run = p.finished("badfile", v["run"]["id"].as_str().unwrap()).await;
+    let run = p
+        .finished("badfile", v["run"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(run.status, RunStatus::Failed, "{}", run.log);
     assert_eq!(run.failed_stage, Some(Stage::Build), "{run:#?}");
     assert_eq!(stages(&run), [Stage::Clone, Stage::Build]);
-    assert!(run.log.to_lowercase().contains("coppy"), "{}", run.log);
+    let said = format!("{} {}", run.log, run.error.clone().unwrap_or_default());
+    assert!(said.to_lowercase().contains("coppy"), "{said}");
     assert!(p.tags("shop/badfile").is_empty(), "nothing pushed");
-    show(&format!("failed at build: {}", run.error.as_deref().unwrap_or("")));
+    show(&format!(
+        "failed at build: {}",
+        run.error.as_deref().unwrap_or("")
+    ));
 }
 
 /// One nginx host of group [`GROUP`]: its leengine-nginx-agent and nginx.
@@ -480,11 +575,21 @@ fn nginx_host(etcd: &te::Etcd, dir: &Path, name: &str) -> NginxHost {
             .arg("--error-log")
             .arg(d.join("logs/error.log"))
             .args(["--admin-port", &admin_port.to_string()])
-            .args(["--worker-processes", "1", "--debounce", "50ms", "--status-ttl", "4s"]),
+            .args([
+                "--worker-processes",
+                "1",
+                "--debounce",
+                "50ms",
+                "--status-ttl",
+                "4s",
+            ]),
         &d.join("logs/agent.log"),
     );
     let conf = d.join("conf/nginx.conf");
-    assert!(te::wait_until(PATIENCE, || conf.exists()), "{name}: no nginx.conf");
+    assert!(
+        te::wait_until(PATIENCE, || conf.exists()),
+        "{name}: no nginx.conf"
+    );
     let nginx = spawn(
         Command::new("nginx")
             .arg("-p")
@@ -495,7 +600,8 @@ fn nginx_host(etcd: &te::Etcd, dir: &Path, name: &str) -> NginxHost {
         &d.join("logs/nginx.out"),
     );
     assert!(
-        te::wait_until(PATIENCE, || TcpStream::connect(("127.0.0.1", admin_port)).is_ok()),
+        te::wait_until(PATIENCE, || TcpStream::connect(("127.0.0.1", admin_port))
+            .is_ok()),
         "{name}: nginx did not come up"
     );
     NginxHost {
@@ -539,9 +645,10 @@ fn pods(cell: &te::Cell, ns: &str, version: u64) -> Vec<Value> {
 
 fn ready(p: &Value) -> bool {
     p["metadata"]["deletionTimestamp"].is_null()
-        && p["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 /// Waits for `n` Ready pods of `version` with addresses of the Cell's pool;
@@ -553,14 +660,25 @@ fn wait_ready(cell: &te::Cell, ns: &str, version: u64, n: usize) -> Vec<(String,
         seen = pods(cell, ns, version);
         seen.len() == n
             && seen.iter().all(|p| {
-                ready(p) && p["status"]["podIP"].as_str().is_some_and(|ip| ip.starts_with(&net))
+                ready(p)
+                    && p["status"]["podIP"]
+                        .as_str()
+                        .is_some_and(|ip| ip.starts_with(&net))
             })
     });
-    assert!(ok, "{}: v{version} wants {n} Ready pods in {net}0/24: {seen:#?}", cell.name);
+    assert!(
+        ok,
+        "{}: v{version} wants {n} Ready pods in {net}0/24: {seen:#?}",
+        cell.name
+    );
     seen.iter()
         .map(|p| {
             let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-            (s(&p["metadata"]["name"]), s(&p["status"]["podIP"]), s(&p["spec"]["nodeName"]))
+            (
+                s(&p["metadata"]["name"]),
+                s(&p["status"]["podIP"]),
+                s(&p["spec"]["nodeName"]),
+            )
         })
         .collect()
 }
@@ -586,8 +704,12 @@ impl Load {
         };
         let threads = (0..clients)
             .map(|_| {
-                let (stop, ok, failed, last) =
-                    (l.stop.clone(), l.ok.clone(), l.failed.clone(), l.last.clone());
+                let (stop, ok, failed, last) = (
+                    l.stop.clone(),
+                    l.ok.clone(),
+                    l.failed.clone(),
+                    l.last.clone(),
+                );
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         match shop_get(port) {
@@ -618,7 +740,11 @@ impl Load {
             t.join().unwrap();
         }
         let last = self.last.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), last)
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            last,
+        )
     }
 }
 
@@ -635,18 +761,34 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
         })
     });
     let p = Platform::start(2).await;
-    show(&format!("core on 127.0.0.1:{}, registry {}, git {}", p.core_port, p.registry.addr(), p.git.host()));
-    show(&format!("Maven mirror {} (Maven Central behind it)", p.mirror.url()));
+    show(&format!(
+        "core on 127.0.0.1:{}, registry {}, git {}",
+        p.core_port,
+        p.registry.addr(),
+        p.git.host()
+    ));
+    show(&format!(
+        "Maven mirror {} (Maven Central behind it)",
+        p.mirror.url()
+    ));
 
     say("The developer (olga) creates image group `shop` and a build config for hello-shop");
     let (hook, secret) = p.build_config("hello-shop", "hello-shop.git", true).await;
-    show(&format!("webhook {hook} (GitLab: Settings > Webhooks, secret token shown once)"));
+    show(&format!(
+        "webhook {hook} (GitLab: Settings > Webhooks, secret token shown once)"
+    ));
 
     say("git push: commit 1 of the real Maven project (examples/hello-shop)");
     let zero = "0".repeat(40);
     let tree1 = example_with(p.dir.path(), "v1", &[]);
     let c1 = p.commit("hello-shop.git", &tree1, "hello-shop v1");
-    let (st, v) = p.hook(&hook, &format!("{secret}-wrong"), "hello-shop.git", &zero, &c1);
+    let (st, v) = p.hook(
+        &hook,
+        &format!("{secret}-wrong"),
+        "hello-shop.git",
+        &zero,
+        &c1,
+    );
     assert_eq!(st, 401, "{v}");
     assert!(p.runs("hello-shop").await.is_empty());
     show("a hook with the wrong secret: 401, nothing dispatched");
@@ -655,18 +797,37 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     let (st, v) = p.hook(&hook, &secret, "hello-shop.git", &zero, &c1);
     assert_eq!((st, v["triggered"].as_bool()), (202, Some(true)), "{v}");
     let builder1 = v["run"]["builder"].as_str().unwrap().to_string();
-    show(&format!("GitLab push hook for {}: 202, run {} on {builder1} (rendezvous placement)", &c1[..12], v["run"]["id"]));
-    let run1 = p.finished("hello-shop", v["run"]["id"].as_str().unwrap()).await;
+    show(&format!(
+        "GitLab push hook for {}: 202, run {} on {builder1} (rendezvous placement)",
+        &c1[..12],
+        v["run"]["id"]
+    ));
+    let run1 = p
+        .finished("hello-shop", v["run"]["id"].as_str().unwrap())
+        .await;
     let push_to_image1 = t_push1.elapsed();
     assert_eq!(run1.status, RunStatus::Succeeded, "{}", run1.log);
-    assert_eq!(stages(&run1), [Stage::Clone, Stage::Compile, Stage::Build, Stage::Push]);
-    assert!(run1.stages.iter().all(|s| s.ok == Some(true)), "{:#?}", run1.stages);
+    assert_eq!(
+        stages(&run1),
+        [Stage::Clone, Stage::Compile, Stage::Build, Stage::Push]
+    );
+    assert!(
+        run1.stages.iter().all(|s| s.ok == Some(true)),
+        "{:#?}",
+        run1.stages
+    );
     assert_eq!(run1.commit.as_deref(), Some(c1.as_str()));
     let image = format!("{}/{IMAGE}", p.registry.addr());
-    assert_eq!(run1.image.as_deref(), Some(format!("{image}:{c1}").as_str()));
+    assert_eq!(
+        run1.image.as_deref(),
+        Some(format!("{image}:{c1}").as_str())
+    );
     let cold_mirror = p.mirror.downloads() - downloads0;
     let cold_maven = maven_downloads(&p.full_log(&run1));
-    assert!(cold_mirror > 0 && cold_maven > 0, "a cold cache downloads: mirror {cold_mirror}, Maven {cold_maven}");
+    assert!(
+        cold_mirror > 0 && cold_maven > 0,
+        "a cold cache downloads: mirror {cold_mirror}, Maven {cold_maven}"
+    );
     assert!(p.full_log(&run1).contains("BUILD SUCCESS"));
     assert!(p.tags(IMAGE).contains(&c1), "{:?}", p.tags(IMAGE));
     note(&mut summary, format!("image {image}:{} in the registry; cold cache: Maven downloaded {cold_maven} files ({cold_mirror} through the mirror)", &c1[..12]));
@@ -678,38 +839,86 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     let t_push2 = Instant::now();
     let (st, v) = p.hook(&hook, &secret, "hello-shop.git", &c1, &c2);
     assert_eq!(st, 202, "{v}");
-    let run2 = p.finished("hello-shop", v["run"]["id"].as_str().unwrap()).await;
+    let run2 = p
+        .finished("hello-shop", v["run"]["id"].as_str().unwrap())
+        .await;
     let push_to_image2 = t_push2.elapsed();
     assert_eq!(run2.status, RunStatus::Succeeded, "{}", run2.log);
-    assert_eq!(run2.builder, builder1, "the same config lands on the same (warm) host");
+    assert_eq!(
+        run2.builder, builder1,
+        "the same config lands on the same (warm) host"
+    );
     let warm_mirror = p.mirror.downloads() - downloads1;
     let warm_maven = maven_downloads(&p.full_log(&run2));
-    assert_eq!((warm_mirror, warm_maven), (0, 0), "a warm cache downloads nothing");
+    assert_eq!(
+        (warm_mirror, warm_maven),
+        (0, 0),
+        "a warm cache downloads nothing"
+    );
     assert!(p.tags(IMAGE).contains(&c2));
-    note(&mut summary, format!("{:<8} {:>9} {:>9}", "stage", "cold ms", "warm ms"));
+    note(
+        &mut summary,
+        format!("{:<8} {:>9} {:>9}", "stage", "cold ms", "warm ms"),
+    );
     for s in [Stage::Clone, Stage::Compile, Stage::Build, Stage::Push] {
-        note(&mut summary, format!("{:<8} {:>9} {:>9}", format!("{s:?}").to_lowercase(), stage_ms(&run1, s), stage_ms(&run2, s)));
+        note(
+            &mut summary,
+            format!(
+                "{:<8} {:>9} {:>9}",
+                format!("{s:?}").to_lowercase(),
+                stage_ms(&run1, s),
+                stage_ms(&run2, s)
+            ),
+        );
     }
-    note(&mut summary, format!("{:<8} {:>9} {:>9}  (Maven downloads)", "files", cold_maven, warm_maven));
-    show(&format!("push -> image in registry: cold {:.1} s, warm {:.1} s", push_to_image1.as_secs_f64(), push_to_image2.as_secs_f64()));
+    note(
+        &mut summary,
+        format!(
+            "{:<8} {:>9} {:>9}  (Maven downloads)",
+            "files", cold_maven, warm_maven
+        ),
+    );
+    show(&format!(
+        "push -> image in registry: cold {:.1} s, warm {:.1} s",
+        push_to_image1.as_secs_f64(),
+        push_to_image2.as_secs_f64()
+    ));
 
     say("Two Cells join the Region (1 node each), nginx group `public`, discovery");
     let (ca, cb) = sync(|| cells.join().unwrap());
     for (name, cell) in [("cella", &ca), ("cellb", &cb)] {
         cell.trust_registry(&p.registry.addr());
-        std::fs::copy(cell.kubeconfig(), p.creds.join(format!("{name}.kubeconfig"))).unwrap();
+        std::fs::copy(
+            cell.kubeconfig(),
+            p.creds.join(format!("{name}.kubeconfig")),
+        )
+        .unwrap();
         let (st, v) = p
-            .call(&p.admin, Method::POST, "/api/v1/admin/cells", Some(json!({
+            .call(
+                &p.admin,
+                Method::POST,
+                "/api/v1/admin/cells",
+                Some(json!({
                 "name": name, "kubeconfig": format!("{name}.kubeconfig"),
-                "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]})))
+                "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]})),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
-        show(&format!("{name}: apiserver {}, pool {} VLAN {}", cell.api_url(), cell.pools()[0].cidr, cell.pools()[0].vlan));
+        show(&format!(
+            "{name}: apiserver {}, pool {} VLAN {}",
+            cell.api_url(),
+            cell.pools()[0].cidr,
+            cell.pools()[0].vlan
+        ));
     }
     let http_port = te::free_port();
     let (st, v) = p
-        .call(&p.admin, Method::POST, &format!("/api/v1/slb/groups/{GROUP}/domains"),
-            Some(json!({"domain": DOMAIN, "config": {"listen": [{"port": http_port}]}})))
+        .call(
+            &p.admin,
+            Method::POST,
+            &format!("/api/v1/slb/groups/{GROUP}/domains"),
+            Some(json!({"domain": DOMAIN, "config": {"listen": [{"port": http_port}]}})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let etcd = &p.env.etcd;
@@ -717,11 +926,23 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     let disc_port = te::free_port();
     let _discovery = spawn(
         Command::new(sibling("leengine-discovery"))
-            .args(["--etcd", &etcd.endpoint(), "--prefix", etcd.keys().prefix(), "--id", "disc-1"])
+            .args([
+                "--etcd",
+                &etcd.endpoint(),
+                "--prefix",
+                etcd.keys().prefix(),
+                "--id",
+                "disc-1",
+            ])
             .args(etcd.tls_args(&te::Component::Discovery))
             .arg("--credentials-dir")
             .arg(&p.creds)
-            .args(["--lease-ttl", "2s", "--listen", &format!("127.0.0.1:{disc_port}")])
+            .args([
+                "--lease-ttl",
+                "2s",
+                "--listen",
+                &format!("127.0.0.1:{disc_port}"),
+            ])
             .env("RUST_LOG", "info,kube=warn,hyper=warn"),
         &p.dir.path().join("discovery.log"),
     );
@@ -729,35 +950,71 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
 
     say("olga creates app `shop` (domain shop.demo, nginx group public) and deploys v1: 2 replicas per Cell");
     let (st, app) = p
-        .call(&p.olga, Method::POST, "/api/v1/apps", Some(json!({
-            "name": APP, "image": image, "lb": {"domain": DOMAIN, "group": GROUP}})))
+        .call(
+            &p.olga,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({
+            "name": APP, "image": image, "lb": {"domain": DOMAIN, "group": GROUP}})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{app}");
     let ns = app["desired"]["namespace"].as_str().unwrap().to_string();
     let (st, v) = p
-        .call(&p.olga, Method::POST, &format!("/api/v1/apps/{APP}/versions"), Some(json!({
-            "tag": "never-built", "replicas": 2})))
+        .call(
+            &p.olga,
+            Method::POST,
+            &format!("/api/v1/apps/{APP}/versions"),
+            Some(json!({
+            "tag": "never-built", "replicas": 2})),
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("image_tag_not_found")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("image_tag_not_found")),
+        "{v}"
+    );
     for cell in [&ca, &cb] {
         let made = kjson(cell, &["-n", &ns, "get", "deployments,pods"]);
-        assert_eq!(made["items"], json!([]), "{}: nothing made for a missing tag", cell.name);
+        assert_eq!(
+            made["items"],
+            json!([]),
+            "{}: nothing made for a missing tag",
+            cell.name
+        );
     }
     show("a deploy of tag `never-built`: 400 image_tag_not_found (the core asked the registry); no Deployment, no pod");
     let (st, v) = p
-        .call(&p.olga, Method::POST, &format!("/api/v1/apps/{APP}/versions"), Some(json!({
-            "tag": c1, "replicas": 2, "health": {"path": "/healthz", "period_seconds": 2}})))
+        .call(
+            &p.olga,
+            Method::POST,
+            &format!("/api/v1/apps/{APP}/versions"),
+            Some(json!({
+            "tag": c1, "replicas": 2, "health": {"path": "/healthz", "period_seconds": 2}})),
+        )
         .await;
-    assert_eq!((st, v["version"].as_u64()), (StatusCode::CREATED, Some(1)), "{v}");
+    assert_eq!(
+        (st, v["version"].as_u64()),
+        (StatusCode::CREATED, Some(1)),
+        "{v}"
+    );
     let mut v1_pods = Vec::new();
     for (name, cell) in [("cella", &ca), ("cellb", &cb)] {
         for (pod, ip, node) in sync(|| wait_ready(cell, &ns, 1, 2)) {
-            note(&mut summary, format!("{name} {node}: {pod} Ready at {ip} (VLAN {})", cell.pools()[0].vlan));
+            note(
+                &mut summary,
+                format!(
+                    "{name} {node}: {pod} Ready at {ip} (VLAN {})",
+                    cell.pools()[0].vlan
+                ),
+            );
             v1_pods.push(pod);
         }
     }
 
-    say(&format!("curl -H 'Host: {DOMAIN}' through nginx: the pods answer"));
+    say(&format!(
+        "curl -H 'Host: {DOMAIN}' through nginx: the pods answer"
+    ));
     let mut answered = std::collections::BTreeSet::new();
     let all = sync(|| {
         te::wait_until(PATIENCE, || {
@@ -769,33 +1026,67 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
             answered.len() == v1_pods.len()
         })
     });
-    assert!(all, "every pod answers through nginx: {answered:?} of {v1_pods:?}");
-    note(&mut summary, format!("{} answered from all 4 pods: {answered:?}", nginx.name));
+    assert!(
+        all,
+        "every pod answers through nginx: {answered:?} of {v1_pods:?}"
+    );
+    note(
+        &mut summary,
+        format!("{} answered from all 4 pods: {answered:?}", nginx.name),
+    );
 
     say("Deploy v2 (commit 2's image, other fields from the template), then delete v1 with drain while load runs");
     let (_, mut tpl) = p
-        .call(&p.olga, Method::GET, &format!("/api/v1/apps/{APP}/versions/template"), None)
+        .call(
+            &p.olga,
+            Method::GET,
+            &format!("/api/v1/apps/{APP}/versions/template"),
+            None,
+        )
         .await;
     tpl["tag"] = json!(c2);
     let t_deploy2 = Instant::now();
     let (st, v) = p
-        .call(&p.olga, Method::POST, &format!("/api/v1/apps/{APP}/versions"), Some(tpl))
+        .call(
+            &p.olga,
+            Method::POST,
+            &format!("/api/v1/apps/{APP}/versions"),
+            Some(tpl),
+        )
         .await;
-    assert_eq!((st, v["version"].as_u64()), (StatusCode::CREATED, Some(2)), "{v}");
+    assert_eq!(
+        (st, v["version"].as_u64()),
+        (StatusCode::CREATED, Some(2)),
+        "{v}"
+    );
     let first_v2 = sync(|| {
-        te::wait_until(PATIENCE, || shop_get(http_port).is_some_and(|(s, v, _)| s == 200 && v == "v2"))
+        te::wait_until(PATIENCE, || {
+            shop_get(http_port).is_some_and(|(s, v, _)| s == 200 && v == "v2")
+        })
     });
     assert!(first_v2, "v2 answers through nginx");
     let deploy_to_v2 = t_deploy2.elapsed();
     for cell in [&ca, &cb] {
         sync(|| wait_ready(cell, &ns, 2, 2));
     }
-    note(&mut summary, format!("push -> image {:.1} s (warm build) + deploy -> first v2 answer {:.1} s = {:.1} s",
-        push_to_image2.as_secs_f64(), deploy_to_v2.as_secs_f64(), (push_to_image2 + deploy_to_v2).as_secs_f64()));
+    note(
+        &mut summary,
+        format!(
+            "push -> image {:.1} s (warm build) + deploy -> first v2 answer {:.1} s = {:.1} s",
+            push_to_image2.as_secs_f64(),
+            deploy_to_v2.as_secs_f64(),
+            (push_to_image2 + deploy_to_v2).as_secs_f64()
+        ),
+    );
     let load = Load::start(http_port, 4);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (st, _) = p
-        .call(&p.olga, Method::DELETE, &format!("/api/v1/apps/{APP}/versions/1"), None)
+        .call(
+            &p.olga,
+            Method::DELETE,
+            &format!("/api/v1/apps/{APP}/versions/1"),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     for cell in [&ca, &cb] {
@@ -805,9 +1096,17 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ok, failed, last) = load.stop();
     assert!(ok > 0, "the load got answers");
-    assert!(last.iter().rev().take(50).all(|v| v == "v2"), "only v2 answers at the end: {last:?}");
+    assert!(
+        last.iter().rev().take(50).all(|v| v == "v2"),
+        "only v2 answers at the end: {last:?}"
+    );
     let (_, evs) = p
-        .call(&p.olga, Method::GET, &format!("/api/v1/apps/{APP}/events?limit=500"), None)
+        .call(
+            &p.olga,
+            Method::GET,
+            &format!("/api/v1/apps/{APP}/events?limit=500"),
+            None,
+        )
         .await;
     let events = evs["events"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -817,36 +1116,80 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     note(&mut summary, format!("grey upgrade under load: {ok} answered, {failed} failed; drains acknowledged by discovery (no DrainTimeout)"));
 
     say("What the platform shows: containers, activity, the admin's daily counts");
-    let (_, containers) = p.call(&p.olga, Method::GET, &format!("/api/v1/apps/{APP}/containers"), None).await;
+    let (_, containers) = p
+        .call(
+            &p.olga,
+            Method::GET,
+            &format!("/api/v1/apps/{APP}/containers"),
+            None,
+        )
+        .await;
     let list = containers.as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 4, "{containers}");
     for c in &list {
-        show(&format!("{} {} {} v{} ready={}", c["cell"], c["node"], c["ip"], c["version"], c["ready"]));
+        show(&format!(
+            "{} {} {} v{} ready={}",
+            c["cell"], c["node"], c["ip"], c["version"], c["ready"]
+        ));
     }
-    let (_, stats) = p.call(&p.admin, Method::GET, "/api/v1/admin/stats", None).await;
-    let today = stats["days"].as_array().and_then(|d| d.last()).cloned().unwrap_or(Value::Null);
-    assert_eq!((today["builds"].as_u64(), today["deploys"].as_u64()), (Some(2), Some(2)), "{stats}");
+    let (_, stats) = p
+        .call(&p.admin, Method::GET, "/api/v1/admin/stats", None)
+        .await;
+    let today = stats["days"]
+        .as_array()
+        .and_then(|d| d.last())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        (today["builds"].as_u64(), today["deploys"].as_u64()),
+        (Some(2), Some(2)),
+        "{stats}"
+    );
     show(&format!("today: {today}"));
 
     say("Teardown: the app is deleted; nothing of it is left in either Cell, every IP back in its pool");
-    let (st, _) = p.call(&p.olga, Method::DELETE, &format!("/api/v1/apps/{APP}"), None).await;
+    let (st, _) = p
+        .call(
+            &p.olga,
+            Method::DELETE,
+            &format!("/api/v1/apps/{APP}"),
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     for cell in [&ca, &cb] {
-        let gone = sync(|| te::wait_until(PATIENCE, || !cell.kubectl(&["get", "namespace", &ns]).status.success()));
+        let gone = sync(|| {
+            te::wait_until(PATIENCE, || {
+                !cell.kubectl(&["get", "namespace", &ns]).status.success()
+            })
+        });
         assert!(gone, "{}: namespace {ns} removed", cell.name);
-        let net = cell.pools()[0].cidr.rsplit_once('.').unwrap().0.to_string() + ".";
         let freed = sync(|| {
             te::wait_until(PATIENCE, || {
                 let out = Command::new(sibling("cnictl"))
-                    .args(["--etcd", &cell.etcd_endpoint(), "ip", "list"])
+                    .args([
+                        "--etcd",
+                        &cell.etcd_endpoint(),
+                        "--output",
+                        "json",
+                        "ip",
+                        "list",
+                    ])
                     .output()
                     .unwrap();
-                out.status.success() && !String::from_utf8_lossy(&out.stdout).contains(&net)
+                out.status.success()
+                    && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v == json!([]))
             })
         });
         assert!(freed, "{}: pod IPs released", cell.name);
     }
-    note(&mut summary, format!("teardown: namespaces gone, pod IPs released; whole flow {:.0} s", t_all.elapsed().as_secs_f64()));
+    note(
+        &mut summary,
+        format!(
+            "teardown: namespaces gone, pod IPs released; whole flow {:.0} s",
+            t_all.elapsed().as_secs_f64()
+        ),
+    );
     println!("\n== SUMMARY");
     for l in &summary {
         println!("{l}");

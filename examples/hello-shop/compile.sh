@@ -5,4 +5,4 @@
 # downloads every plugin and library through it, later ones find them in the
 # cache. -B: batch mode (plain log, one line per download).
 set -eu
-mvn -B -Dmaven.repo.local="$LEENGINE_CACHE" -DskipTests package
+mvn -B -Dstyle.color=never -Dmaven.repo.local="$LEENGINE_CACHE" -DskipTests package

@@ -75,7 +75,11 @@ impl TokenServer {
             registry: registry.to_string(),
             reason,
         };
-        let scheme = if is_loopback(registry) { "http" } else { "https" };
+        let scheme = if is_loopback(registry) {
+            "http"
+        } else {
+            "https"
+        };
         let uri = format!("{scheme}://{registry}/v2/{repository}/manifests/{tag}");
         let req = Request::builder()
             .method(Method::HEAD)
@@ -157,10 +161,21 @@ mod tests {
 
     #[test]
     fn only_loopback_registries_are_asked_over_plain_http() {
-        for r in ["127.0.0.1:5000", "localhost", "localhost:5000", "[::1]:5000", "127.1.2.3"] {
+        for r in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback(r), "{r}");
         }
-        for r in ["registry.example:5000", "10.0.0.1:5000", "localhost.example", "[fe80::1]:443"] {
+        for r in [
+            "registry.example:5000",
+            "10.0.0.1:5000",
+            "localhost.example",
+            "[fe80::1]:443",
+        ] {
             assert!(!is_loopback(r), "{r}");
         }
     }

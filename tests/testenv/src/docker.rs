@@ -90,7 +90,12 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        for n in self.networks.get_mut().map(std::mem::take).unwrap_or_default() {
+        for n in self
+            .networks
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
             let _ = self.cli(&["network", "rm", &n]).output();
         }
         self.daemon.take();

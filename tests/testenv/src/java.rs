@@ -28,10 +28,7 @@ fn tarballs() -> (PathBuf, PathBuf) {
             .map(PathBuf::from)
             .expect("hack/java-images.sh prints the tarballs")
     };
-    (
-        get("LEENGINE_JDK_MAVEN_TAR="),
-        get("LEENGINE_JRE_TAR="),
-    )
+    (get("LEENGINE_JDK_MAVEN_TAR="), get("LEENGINE_JRE_TAR="))
 }
 
 /// Imports [`COMPILE_IMAGE`] (with `settings.xml` sending every Maven
@@ -51,7 +48,10 @@ pub fn load_java_images(dockerd: &Dockerd, mirror_url: &str) {
     import(
         &jdk,
         base,
-        &["JAVA_HOME=/opt/jdk", "PATH=/opt/jdk/bin:/opt/maven/bin:/bin"],
+        &[
+            "JAVA_HOME=/opt/jdk",
+            "PATH=/opt/jdk/bin:/opt/maven/bin:/bin",
+        ],
     );
     import(&jre, JRE_IMAGE, &["PATH=/opt/jre/bin:/bin"]);
     let ctx = new_dir("mvnctx");
@@ -92,6 +92,7 @@ impl MavenMirror {
                  server {{\n  listen 127.0.0.1:{port};\n  listen {bind}:{port};\n\
                  access_log {p}/logs/mirror.log mirror;\n\
                  location / {{\n    proxy_pass https://repo.maven.apache.org/maven2/;\n\
+                 proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n\
                  proxy_set_header Host repo.maven.apache.org;\n    proxy_ssl_server_name on;\n\
                  proxy_ssl_name repo.maven.apache.org;\n    proxy_ssl_verify on;\n\
                  proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;\n  }}\n}}\n}}\n",
