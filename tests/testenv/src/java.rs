@@ -87,7 +87,7 @@ impl MavenMirror {
         let nginx = Nginx::start(|ctx| {
             let p = ctx.prefix.display();
             format!(
-                "events {{}}\nhttp {{\n{}\
+                "{}events {{}}\nhttp {{\n{}\
                  log_format mirror '$status $request_method $uri';\n\
                  server {{\n  listen 127.0.0.1:{port};\n  listen {bind}:{port};\n\
                  access_log {p}/logs/mirror.log mirror;\n\
@@ -96,6 +96,7 @@ impl MavenMirror {
                  proxy_set_header Host repo.maven.apache.org;\n    proxy_ssl_server_name on;\n\
                  proxy_ssl_name repo.maven.apache.org;\n    proxy_ssl_verify on;\n\
                  proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;\n  }}\n}}\n}}\n",
+                ctx.main_preamble(),
                 ctx.http_preamble(),
                 port = ctx.port,
             )
