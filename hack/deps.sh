@@ -10,7 +10,7 @@ PKGS=(
   docker.io docker-registry podman containernetworking-plugins protobuf-compiler libprotobuf-dev
   iproute2 iputils-ping tcpdump busybox-static git wrk jq procps psmisc curl ca-certificates
   prometheus hyperfine containerd runc openssl time ethtool
-  debootstrap systemd man-db
+  debootstrap systemd man-db openjdk-17-jdk-headless maven
   chromium fonts-dejavu-core
 )
 # Node.js and npm build console/ and run its browser tests. The machine image

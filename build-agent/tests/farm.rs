@@ -1,7 +1,7 @@
 //! The build farm end to end: real etcd, dockerd and registry; the core's
 //! build routes in-process; `leengine-build-agent` as real processes; git
-//! repositories in temp dirs served by a real `git daemon` on loopback (the
-//! farm's one allowed git host). Nothing is pulled: the base and compile
+//! repositories served by a real `git daemon` on loopback (`te::GitServer`,
+//! the farm's one allowed git host). Nothing is pulled: the base and compile
 //! image is a local FROM-scratch busybox.
 
 use std::path::{Path, PathBuf};
@@ -30,66 +30,10 @@ struct Farm {
     etcd: te::Etcd,
     dockerd: te::Dockerd,
     registry: te::Registry,
-    git: GitDaemon,
+    git: te::GitServer,
     dir: tempfile::TempDir,
     app: Router,
     base: String,
-}
-
-/// `git-daemon` itself: `git daemon` runs it as a child, which killing
-/// `git` would leave behind.
-fn git_daemon_bin() -> PathBuf {
-    let out = Command::new("git").arg("--exec-path").output().unwrap();
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
-}
-
-/// `git daemon` serving every repository under `dir` at `git://127.0.0.1:PORT/NAME`.
-struct GitDaemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start() -> GitDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = te::free_port();
-        let child = Command::new(git_daemon_bin())
-            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", dir.path().display()))
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let up = te::wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "git daemon did not listen on {port}");
-        GitDaemon { child, dir, port }
-    }
-
-    /// The allowed-host entry for the farm's policy.
-    fn host(&self) -> String {
-        format!("git://127.0.0.1:{}", self.port)
-    }
-
-    /// Where repository `name` lives on disk (commit into it there).
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("{}/{name}", self.host())
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Agent {
@@ -175,7 +119,7 @@ impl Farm {
         let etcd = te::Etcd::start_with_prefix(PREFIX);
         let dockerd = te::Dockerd::start();
         let registry = te::Registry::start_with(registry_extra);
-        let git = GitDaemon::start();
+        let git = te::GitServer::start();
         let base = "leengine-test/base:1".to_string();
         te::build_busybox_image(&dockerd, &base);
         let client = etcd.client(&te::Component::Core).await;

@@ -206,6 +206,7 @@ pub async fn deploy(
     crate::apps::check_image_ref(&image, &first.tag)?;
     spec::check(&first, &cur.spec.cells)?;
     check_may_pull(core, caller, &image).await?;
+    crate::registry::manifest::require_tag(core, &image, &first.tag).await?;
     let by = caller.user.clone();
     let (r, g, ch) = change(core, caller, name, Action::Deploy, |cur| {
         let f = fields(cur);

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod kid;
+pub mod manifest;
 pub mod scope;
 mod scoped;
 pub mod signer;

@@ -14,6 +14,9 @@ use crate::run::{free_port, must, new_dir, require_bin, tail, wait_until, Daemon
 pub struct Dockerd {
     daemon: Option<Daemon>,
     dir: PathBuf,
+    /// Networks made with [`Dockerd::create_network`]: their bridges live
+    /// in the host namespace and outlive dockerd unless removed.
+    networks: std::sync::Mutex<Vec<String>>,
 }
 
 impl Dockerd {
@@ -45,6 +48,7 @@ impl Dockerd {
         Dockerd {
             daemon: Some(d),
             dir,
+            networks: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -57,6 +61,25 @@ impl Dockerd {
         format!("unix://{}", self.socket().display())
     }
 
+    /// Creates the bridge network `name` and returns its gateway address:
+    /// compile containers on it reach the host only there (where the test
+    /// puts the Maven mirror), as on a build host's firewalled network.
+    pub fn create_network(&self, name: &str) -> String {
+        must(&mut self.cli(&["network", "create", name]));
+        self.networks
+            .lock()
+            .expect("networks lock")
+            .push(name.to_string());
+        let out = must(&mut self.cli(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            name,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// A `docker` CLI command against this daemon (tests drive/observe with it).
     pub fn cli(&self, args: &[&str]) -> Command {
         let mut c = Command::new("docker");
@@ -67,6 +90,14 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        for n in self
+            .networks
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            let _ = self.cli(&["network", "rm", &n]).output();
+        }
         self.daemon.take();
         // Overlay mounts of killed containers would make remove_dir_all fail.
         let _ = Command::new("umount")
