@@ -37,6 +37,7 @@ use std::time::Duration;
 
 pub use check::{ApiView, CheckOptions, CheckReport, Leak, LeakReason, PodInfo};
 pub use error::IpamError;
+pub use release::PreparedRelease;
 pub use model::{
     Allocation, AssignRequest, Assignment, Attachment, Block, Filter, IpInfo, IpState,
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
@@ -128,6 +129,26 @@ impl Ipam {
         ifname: &str,
     ) -> Result<Option<Attachment>, IpamError> {
         release::release(self, container_id, ifname).await
+    }
+
+    /// The reads of [`Ipam::release`], done ahead: DEL reads while it
+    /// removes the datapath, and commits with [`Ipam::release_prepared`]
+    /// once that is gone. The caller holds the attachment's lock.
+    pub async fn prepare_release(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<PreparedRelease, IpamError> {
+        release::prepare_release(self, container_id, ifname).await
+    }
+
+    /// [`Ipam::release`] from reads done ahead; if anything changed since,
+    /// a fresh release.
+    pub async fn release_prepared(
+        &self,
+        prepared: PreparedRelease,
+    ) -> Result<Option<Attachment>, IpamError> {
+        release::release_prepared(self, prepared).await
     }
 
     /// The attachment held by (container id, ifname), if any.
