@@ -31,9 +31,7 @@ pub async fn ovs_at(url: &str) -> CniResult<Ovs> {
         connect_timeout: TIMEOUT,
         request_timeout: TIMEOUT,
     };
-    Ovs::connect_with(url, opts)
-        .await
-        .map_err(CniError::from)
+    Ovs::connect_with(url, opts).await.map_err(CniError::from)
 }
 
 pub async fn ipam(conf: &NetConf) -> CniResult<Ipam> {

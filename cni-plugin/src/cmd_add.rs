@@ -75,7 +75,8 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
         Ok((b, Ok(a))) => (b, a),
         Ok((_, Err(e))) | Err(e) => {
             // No address was taken (an IPAM failure takes none): the veth is all there is.
-            ctx.rollback(&undo, Err("OVSDB not connected".into()), None).await;
+            ctx.rollback(&undo, Err("OVSDB not connected".into()), None)
+                .await;
             return Err(e);
         }
     };

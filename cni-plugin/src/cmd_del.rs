@@ -10,8 +10,7 @@ use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, TRY_AGAIN_LATER};
 use leengine_attach::{
-    teardown, Addresses, Failures, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release,
-    Target,
+    teardown, Addresses, Failures, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release, Target,
 };
 use leengine_ipam::{Attachment, Ipam, IpamError, PreparedRelease};
 use std::sync::Mutex;
@@ -32,7 +31,10 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         ifname,
         netns: env.netns.as_deref(),
     };
-    let ahead = ipam.as_ref().ok().map(|ipam| ReadAhead::start(ipam, cid, ifname));
+    let ahead = ipam
+        .as_ref()
+        .ok()
+        .map(|ipam| ReadAhead::start(ipam, cid, ifname));
     let ip = match &ahead {
         Some(a) => Release::Held(a),
         None => Release::Keep,

@@ -6,8 +6,8 @@
 
 use crate::backend;
 use leengine_netdp::{format_mac, parse_mac, send_garp, GarpSpec, NetnsFile};
-use std::net::Ipv4Addr;
 use std::ffi::CString;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

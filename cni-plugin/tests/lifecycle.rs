@@ -335,7 +335,14 @@ fn a_pod_reaches_its_gateway_and_peer_after_add_returns_without_waiting_for_the_
     let c = Cluster::new("10.66.0.0/24", "10.66.0.1", 166);
     // The gateway: an internal port in the pool's VLAN on the node.
     c.ovs.vsctl(&[
-        "add-port", &c.bridge, "gw166", "tag=166", "--", "set", "interface", "gw166",
+        "add-port",
+        &c.bridge,
+        "gw166",
+        "tag=166",
+        "--",
+        "set",
+        "interface",
+        "gw166",
         "type=internal",
     ]);
     let node = c.ovs.netns();
@@ -380,10 +387,13 @@ fn a_pod_reaches_its_gateway_and_peer_after_add_returns_without_waiting_for_the_
     // CHECK passes.
     drop(stopped);
     for to in ["10.66.0.1", peer_ip.as_str()] {
-        poll(&format!("the pod to reach {to}"), || ns.ping(to, 1).then_some(()));
+        poll(&format!("the pod to reach {to}"), || {
+            ns.ping(to, 1).then_some(())
+        });
     }
     c.live_ofport(&host_if);
-    c.call("CHECK", "pod", Some(ns.path()), "eth0", "", &cc).ok();
+    c.call("CHECK", "pod", Some(ns.path()), "eth0", "", &cc)
+        .ok();
 
     for (cid, ns) in [("pod", &ns), ("peer", &peer_ns)] {
         c.call("DEL", cid, Some(ns.path()), "eth0", "", &conf).ok();

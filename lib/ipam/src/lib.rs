@@ -37,12 +37,12 @@ use std::time::Duration;
 
 pub use check::{ApiView, CheckOptions, CheckReport, Leak, LeakReason, PodInfo};
 pub use error::IpamError;
-pub use release::PreparedRelease;
 pub use model::{
     Allocation, AssignRequest, Assignment, Attachment, Block, Filter, IpInfo, IpState,
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
 };
 pub use pool::Exclusion;
+pub use release::PreparedRelease;
 pub use vlan::{InvalidVlan, Vlan};
 
 /// Tunables; the defaults suit a Cell.

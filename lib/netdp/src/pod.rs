@@ -80,7 +80,11 @@ pub async fn create_veth(
 
 /// MAC and arp_notify (before link-up, so the up event is announced),
 /// address, link up, default route. Returns the link as it is then.
-pub async fn configure_sandbox(sandbox: &Netlink, ns: &NetnsFile, cfg: &SandboxConfig) -> Result<Link> {
+pub async fn configure_sandbox(
+    sandbox: &Netlink,
+    ns: &NetnsFile,
+    cfg: &SandboxConfig,
+) -> Result<Link> {
     let link = sandbox
         .link_by_name(&cfg.ifname)
         .await?
