@@ -3,6 +3,8 @@
 //! does it (env + config on stdin, one process per call), in the same run.
 //!
 //! usage: cni_bench [PODS=100] [CONCURRENT=30]
+//! With OVS_CNI set to an `ovs-cni` binary, it runs as a third plugin (with
+//! host-local IPAM, on the same userspace OVS bridge as ours).
 //! With BENCH_TRACE set, every plugin's stderr is shown (combine with
 //! LEENGINE_CNI_LOG=leengine_cni=debug for per-step timestamps).
 
@@ -144,46 +146,68 @@ fn main() {
         exec_ns: Some(ref_node.path().to_path_buf()),
     });
 
+    let mut plugins = vec![ours, reference];
+    if let Some(bin) = std::env::var_os("OVS_CNI") {
+        plugins.push(Arc::new(Plugin {
+            label: "ovs-cni+host-local",
+            bin: bin.into(),
+            conf: json!({
+                "cniVersion": "1.0.0", "name": "bench", "type": "ovs",
+                "bridge": bridge, "vlan": 230, "socket_file": ovs.db_url(),
+                "ipam": { "type": "host-local", "subnet": "10.230.0.0/20",
+                          "dataDir": state.path().join("host-local-ovs") }
+            }),
+            exec_ns: Some(ovs.netns().path().to_path_buf()),
+        }));
+    }
+
     // Warm-up (page cache, first block claim, bridge creation): not measured.
-    for p in [&ours, &reference] {
+    for p in &plugins {
         let ns = te::Netns::new();
         p.call("ADD", "warmup", ns.path());
         p.call("DEL", "warmup", ns.path());
     }
 
     println!("== sequential: {pods} pods, ADD each then DEL each, plugins alternating per pod");
-    let nss: Vec<te::Netns> = (0..pods * 2).map(|_| te::Netns::new()).collect();
-    let (mut oa, mut ra, mut od, mut rd) = (vec![], vec![], vec![], vec![]);
-    for i in 0..pods {
-        oa.push(ours.call("ADD", &format!("seq{i}"), nss[2 * i].path()));
-        ra.push(reference.call("ADD", &format!("seq{i}"), nss[2 * i + 1].path()));
+    let nss: Vec<Vec<te::Netns>> = (0..pods)
+        .map(|_| plugins.iter().map(|_| te::Netns::new()).collect())
+        .collect();
+    let mut add = vec![vec![]; plugins.len()];
+    let mut del = vec![vec![]; plugins.len()];
+    for (i, ns) in nss.iter().enumerate() {
+        for (k, p) in plugins.iter().enumerate() {
+            add[k].push(p.call("ADD", &format!("seq{i}"), ns[k].path()));
+        }
     }
-    for i in 0..pods {
-        od.push(ours.call("DEL", &format!("seq{i}"), nss[2 * i].path()));
-        rd.push(reference.call("DEL", &format!("seq{i}"), nss[2 * i + 1].path()));
+    for (i, ns) in nss.iter().enumerate() {
+        for (k, p) in plugins.iter().enumerate() {
+            del[k].push(p.call("DEL", &format!("seq{i}"), ns[k].path()));
+        }
     }
-    let rows = [("ADD", stats(oa), stats(ra)), ("DEL", stats(od), stats(rd))];
     println!(
-        "{:<4} {:>28} {:>28} {:>22}",
-        "", "leengine p50/p90/p99 ms", "bridge+host-local p50/p90/p99", "ratio p50/p90/p99"
+        "{:<4} {:<20} {:>26}   {:>26}",
+        "", "plugin", "p50/p90/p99 ms", "ours / it p50/p90/p99"
     );
-    for (op, o, r) in rows {
-        println!(
-            "{op:<4} {:>8.1} {:>8.1} {:>8.1}   {:>8.1} {:>8.1} {:>8.1}   {:>6.2} {:>6.2} {:>6.2}",
-            o[0],
-            o[1],
-            o[2],
-            r[0],
-            r[1],
-            r[2],
-            o[0] / r[0],
-            o[1] / r[1],
-            o[2] / r[2]
-        );
+    for (op, lat) in [("ADD", add), ("DEL", del)] {
+        let s: Vec<[f64; 3]> = lat.into_iter().map(stats).collect();
+        for (p, o) in plugins.iter().zip(&s) {
+            let r = &s[0];
+            println!(
+                "{op:<4} {:<20} {:>8.1} {:>8.1} {:>8.1}   {:>8.2} {:>8.2} {:>8.2}",
+                p.label,
+                o[0],
+                o[1],
+                o[2],
+                r[0] / o[0],
+                r[1] / o[1],
+                r[2] / o[2]
+            );
+        }
     }
 
     println!("== concurrent: {concurrent} simultaneous ADDs on one node");
-    for p in [&ours, &reference] {
+    let mut ours_stats = None;
+    for p in &plugins {
         let nss: Vec<Arc<te::Netns>> = (0..concurrent)
             .map(|_| Arc::new(te::Netns::new()))
             .collect();
@@ -199,9 +223,10 @@ fn main() {
         let lat: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let wall = start.elapsed().as_secs_f64() * 1000.0;
         let s = stats(lat);
+        let o = *ours_stats.get_or_insert((wall, s));
         println!(
-            "{:<18} wall {:>8.1} ms   per-ADD p50 {:>7.1} ms  p99 {:>7.1} ms",
-            p.label, wall, s[0], s[2]
+            "{:<20} wall {:>8.1} ms   per-ADD p50 {:>7.1} ms  p99 {:>7.1} ms   ours / it: wall {:.2} p50 {:.2} p99 {:.2}",
+            p.label, wall, s[0], s[2], o.0 / wall, o.1[0] / s[0], o.1[2] / s[2]
         );
         for (i, ns) in nss.iter().enumerate() {
             p.call("DEL", &format!("con{i}"), ns.path());

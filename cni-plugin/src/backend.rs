@@ -8,7 +8,8 @@ use leengine_ovsdb::Client as Ovs;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// How long ADD waits for ovs-vswitchd to give the port an OpenFlow number.
+/// How long the follow-up after ADD waits for ovs-vswitchd to give the
+/// port an OpenFlow number.
 pub const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-request limit for etcd and OVSDB: a dead server must turn into
 /// "try again later" quickly, not hang the runtime.
@@ -21,13 +22,16 @@ pub use leengine_ovsdb::vswitch::ext_ids::{
 };
 
 pub async fn ovs(conf: &NetConf) -> CniResult<Ovs> {
+    ovs_at(&conf.ovsdb).await
+}
+
+/// OVSDB at `url` (`unix:PATH`, `tcp:HOST:PORT`).
+pub async fn ovs_at(url: &str) -> CniResult<Ovs> {
     let opts = leengine_ovsdb::Options {
         connect_timeout: TIMEOUT,
         request_timeout: TIMEOUT,
     };
-    Ovs::connect_with(&conf.ovsdb, opts)
-        .await
-        .map_err(CniError::from)
+    Ovs::connect_with(url, opts).await.map_err(CniError::from)
 }
 
 pub async fn ipam(conf: &NetConf) -> CniResult<Ipam> {

@@ -1,5 +1,13 @@
 //! ADD: IP from etcd, veth born in the pod netns, OVS access port in the
-//! pool's VLAN, L3 setup, gratuitous ARP. Any failure undoes what was done.
+//! pool's VLAN, L3 setup. Any failure undoes what was done.
+//!
+//! Steps that do not need each other run side by side: the veth is made
+//! while etcd and OVSDB are connected and the address is taken; the port is
+//! added while the pod's addresses and routes are set. ADD does not wait
+//! for ovs-vswitchd to bring the port up (its cost grows with the number of
+//! ports on the userspace datapath): nothing in the result depends on it.
+//! The detached follow-up process waits for it and then sends the
+//! gratuitous ARPs; CHECK reports a port that never came up.
 
 use crate::backend::{self, PortIds};
 use crate::config::NetConf;
@@ -10,8 +18,8 @@ use crate::result::{Interface, IpConfig, Route, SuccessResult};
 use leengine_attach::{teardown, Addresses, HostLinks, OvsPorts, Plan, PortScope, Release, Target};
 use leengine_ipam::{AssignRequest, Assignment, Ipam};
 use leengine_netdp::{
-    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, GarpSpec,
-    NetdpError, Netlink, NetnsFile, SandboxConfig, VethSpec,
+    configure_sandbox, create_veth, format_mac, host_veth_name, mac_from_ipv4, GarpSpec, Link,
+    Netlink, NetnsFile, SandboxConfig, VethSpec,
 };
 use leengine_ovsdb::Client as Ovs;
 use serde_json::Value;
@@ -22,6 +30,14 @@ struct Undo {
     ip: bool,
     veth: bool,
     port: bool,
+}
+
+/// The connections, once both answered and the bridge exists.
+struct Backends {
+    ovs: Ovs,
+    ipam: Ipam,
+    /// The bridge is on the userspace (`netdev`) datapath.
+    userspace: bool,
 }
 
 pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
@@ -38,16 +54,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
             format!("interface {ifname} already exists in {}", ns_path.display()),
         ));
     }
-    let (ovs, ipam) = tokio::try_join!(backend::ovs(conf), backend::ipam(conf))?;
-    tracing::debug!("connected to OVSDB and etcd");
-    if !ovs.bridge_exists(&conf.bridge).await? {
-        return Err(CniError::new(
-            NO_BRIDGE,
-            format!("OVS bridge {} does not exist", conf.bridge),
-        ));
-    }
     let host_if = host_veth_name(cid, ifname);
-    let mut undo = Undo::default();
     let ctx = Ctx {
         env,
         conf,
@@ -57,13 +64,34 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
         ns: &ns,
         host: &host,
         sandbox: &sandbox,
-        ovs: &ovs,
-        ipam: &ipam,
     };
-    match ctx.steps(&mut undo).await {
+    // The veth begins at once, so it counts as made from the start.
+    let mut undo = Undo {
+        veth: true,
+        ..Undo::default()
+    };
+    let (assigned, veth) = tokio::join!(ctx.connect_and_assign(), ctx.veth());
+    let (backends, a) = match assigned {
+        Ok((b, Ok(a))) => (b, a),
+        Ok((_, Err(e))) | Err(e) => {
+            // No address was taken (an IPAM failure takes none): the veth is all there is.
+            ctx.rollback(&undo, Err("OVSDB not connected".into()), None)
+                .await;
+            return Err(e);
+        }
+    };
+    // A replayed ADD found the handle of an earlier call: that IP is not
+    // ours to give back if this call fails.
+    undo.ip = a.created;
+    let attached = match veth {
+        Ok(host_link) => ctx.attach(&backends, &a, &host_link, &mut undo).await,
+        Err(e) => Err(e),
+    };
+    match attached {
         Ok(v) => Ok(v),
         Err(e) => {
-            ctx.rollback(&undo).await;
+            ctx.rollback(&undo, Ok(&backends.ovs), Some(&backends.ipam))
+                .await;
             Err(e)
         }
     }
@@ -78,12 +106,25 @@ struct Ctx<'a> {
     ns: &'a NetnsFile,
     host: &'a Netlink,
     sandbox: &'a Netlink,
-    ovs: &'a Ovs,
-    ipam: &'a Ipam,
 }
 
 impl Ctx<'_> {
-    async fn steps(&self, undo: &mut Undo) -> CniResult<Value> {
+    /// Connects to OVSDB (checking the bridge) and etcd side by side, then
+    /// takes the address: only with a bridge to attach to is one worth taking.
+    async fn connect_and_assign(&self) -> CniResult<(Backends, CniResult<Assignment>)> {
+        let bridge = async {
+            let ovs = backend::ovs(self.conf).await?;
+            // One read answers both: the bridge exists, and on which datapath.
+            match ovs.bridge_datapath_type(&self.conf.bridge).await? {
+                Some(t) => Ok((ovs, t == "netdev")),
+                None => Err(CniError::new(
+                    NO_BRIDGE,
+                    format!("OVS bridge {} does not exist", self.conf.bridge),
+                )),
+            }
+        };
+        let ((ovs, userspace), ipam) = tokio::try_join!(bridge, backend::ipam(self.conf))?;
+        tracing::debug!("connected to OVSDB and etcd");
         let req = AssignRequest {
             container_id: self.cid.to_string(),
             ifname: self.ifname.to_string(),
@@ -94,13 +135,21 @@ impl Ctx<'_> {
             pools: self.conf.pools.clone(),
             requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
         };
-        let a: Assignment = self.ipam.assign(&req).await?;
-        // A replayed ADD found the handle of an earlier call: that IP is not
-        // ours to give back if this call fails.
-        undo.ip = a.created;
-        tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
+        let a = ipam.assign(&req).await.map_err(CniError::from);
+        if let Ok(a) = &a {
+            tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
+        }
+        let b = Backends {
+            ovs,
+            ipam,
+            userspace,
+        };
+        Ok((b, a))
+    }
 
-        let mac = self.conf.runtime_mac.unwrap_or_else(|| mac_from_ipv4(a.ip));
+    /// The veth pair, its sandbox end still without the address-derived MAC
+    /// (the address is being taken meanwhile).
+    async fn veth(&self) -> CniResult<Link> {
         // Same name = same attachment (and we hold its lock): anything left by
         // a crashed earlier call is stale.
         self.host.del_link(self.host_if).await?;
@@ -108,12 +157,71 @@ impl Ctx<'_> {
             host_ifname: self.host_if.to_string(),
             sandbox_ifname: self.ifname.to_string(),
             mtu: self.conf.mtu,
-            sandbox_mac: Some(mac),
+            sandbox_mac: self.conf.runtime_mac,
         };
-        undo.veth = true;
         let (host_link, _) = create_veth(self.host, self.sandbox, self.ns, &spec).await?;
         tracing::debug!(host_if = self.host_if, "veth created");
+        Ok(host_link)
+    }
 
+    /// The OVS port and the sandbox's L3 setup, side by side; then the
+    /// follow-up that announces the pod once the port is live.
+    async fn attach(
+        &self,
+        b: &Backends,
+        a: &Assignment,
+        host_link: &Link,
+        undo: &mut Undo,
+    ) -> CniResult<Value> {
+        let mac = self.conf.runtime_mac.unwrap_or_else(|| mac_from_ipv4(a.ip));
+        // Set before the call: when its reply is lost the transaction may
+        // still have committed, and only a delete by name can tell.
+        undo.port = true;
+        let cfg = SandboxConfig {
+            ifname: self.ifname.to_string(),
+            mac: Some(mac),
+            ip: a.ip,
+            prefix_len: a.prefix_len,
+            gateway: Some(a.gateway),
+            arp_notify: true,
+            // The userspace datapath forwards what the veth hands it as is, so
+            // the pod must checksum its own packets (see leengine_netdp::set_tx_checksum).
+            software_tx_checksum: b.userspace,
+        };
+        let (port, configured) = tokio::join!(
+            self.add_port(&b.ovs, a),
+            configure_sandbox(self.sandbox, self.ns, &cfg)
+        );
+        port?;
+        let sandbox_link = configured?;
+        tracing::debug!(ifname = self.ifname, "sandbox configured");
+        if let Some(g) = self.conf.garp {
+            let spec = GarpSpec {
+                ifname: self.ifname.to_string(),
+                mac,
+                ip: a.ip,
+                count: g.count,
+                interval: g.interval,
+            };
+            let port = garp_follow::Port {
+                ovsdb: &self.conf.ovsdb,
+                name: self.host_if,
+            };
+            if let Err(e) = garp_follow::spawn(self.ns.path(), &port, &spec) {
+                tracing::warn!(error = %e, "cannot start the gratuitous ARPs");
+            }
+        }
+        tracing::info!(
+            network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan.id(),
+            port = self.host_if, "attached"
+        );
+        let res = self.result(a, host_link, sandbox_link.mac.unwrap_or(mac))?;
+        Ok(res.to_json(&self.conf.cni_version))
+    }
+
+    /// The access port in the pool's VLAN; a stale one of the same name
+    /// (a crashed earlier call for this attachment) is replaced.
+    async fn add_port(&self, ovs: &Ovs, a: &Assignment) -> CniResult<()> {
         let ids = backend::external_ids(&PortIds {
             network: &self.conf.name,
             container_id: self.cid,
@@ -123,76 +231,18 @@ impl Ctx<'_> {
             ip: a.ip,
         });
         let tag = Some(a.vlan.id());
-        // Set before the call: when its reply is lost the transaction may
-        // still have committed, and only a delete by name can tell.
-        undo.port = true;
-        let added = self
-            .ovs
+        let added = ovs
             .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
             .await;
         if let Err(leengine_ovsdb::OvsdbError::PortExists(_)) = added {
-            self.ovs.del_port(&self.conf.bridge, self.host_if).await?;
-            self.ovs
-                .add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
+            ovs.del_port(&self.conf.bridge, self.host_if).await?;
+            ovs.add_access_port(&self.conf.bridge, self.host_if, tag, &ids)
                 .await?;
         } else {
             added?;
         }
         tracing::debug!(port = self.host_if, "OVS port added");
-        self.ovs
-            .wait_ofport(self.host_if, backend::OFPORT_TIMEOUT)
-            .await?;
-        tracing::debug!(port = self.host_if, "OVS port live");
-
-        // The userspace datapath forwards what the veth hands it as is, so
-        // the pod must checksum its own packets (see leengine_netdp::set_tx_checksum).
-        let userspace = self
-            .ovs
-            .bridge_datapath_type(&self.conf.bridge)
-            .await?
-            .is_some_and(|t| t == "netdev");
-        let cfg = SandboxConfig {
-            ifname: self.ifname.to_string(),
-            ip: a.ip,
-            prefix_len: a.prefix_len,
-            gateway: Some(a.gateway),
-            arp_notify: true,
-            garp_socket: self.conf.garp.is_some(),
-            software_tx_checksum: userspace,
-        };
-        let configured = configure_sandbox(self.sandbox, self.ns, &cfg).await?;
-        let sandbox_link = configured.link;
-        tracing::debug!(ifname = self.ifname, "sandbox configured");
-        if let Some(g) = self.conf.garp {
-            // The first announcement before answering: the pod is reachable
-            // and announced when the runtime gets the result.
-            if let Some(sock) = &configured.garp {
-                sock.send(sandbox_link.index, mac, a.ip)
-                    .map_err(|source| NetdpError::Garp {
-                        ifname: self.ifname.to_string(),
-                        source,
-                    })?;
-            }
-            tracing::debug!(ip = %a.ip, "gratuitous ARP sent");
-            if g.count > 1 {
-                let rest = GarpSpec {
-                    ifname: self.ifname.to_string(),
-                    mac,
-                    ip: a.ip,
-                    count: g.count - 1,
-                    interval: g.interval,
-                };
-                if let Err(e) = garp_follow::spawn(self.ns.path(), &rest) {
-                    tracing::warn!(error = %e, "cannot start follow-up gratuitous ARPs");
-                }
-            }
-        }
-        tracing::info!(
-            network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan.id(),
-            port = self.host_if, "attached"
-        );
-        let res = self.result(&a, &host_link, sandbox_link.mac.unwrap_or(mac))?;
-        Ok(res.to_json(&self.conf.cni_version))
+        Ok(())
     }
 
     fn result(
@@ -239,19 +289,20 @@ impl Ctx<'_> {
     /// is tried, failures are logged, and the IP is given back only when
     /// port and veth are gone (otherwise the handle stays for the runtime's
     /// DEL to finish).
-    async fn rollback(&self, undo: &Undo) {
+    async fn rollback(&self, undo: &Undo, ovs: Result<&Ovs, String>, ipam: Option<&Ipam>) {
         let fresh;
-        let ovs = if undo.port && self.ovs.is_closed() {
-            // A lost reply may have closed the connection: a fresh one removes the port.
-            match backend::ovs(self.conf).await {
-                Ok(c) => {
-                    fresh = c;
-                    Ok(&fresh)
+        let ovs = match ovs {
+            Ok(o) if undo.port && o.is_closed() => {
+                // A lost reply may have closed the connection: a fresh one removes the port.
+                match backend::ovs(self.conf).await {
+                    Ok(c) => {
+                        fresh = c;
+                        Ok(&fresh)
+                    }
+                    Err(e) => Err(e.msg),
                 }
-                Err(e) => Err(e.msg),
             }
-        } else {
-            Ok(self.ovs)
+            other => other,
         };
         let ports = OvsPorts::new(ovs, PortScope::Bridge(&self.conf.bridge));
         let links = HostLinks::new(Ok(self.host));
@@ -260,8 +311,7 @@ impl Ctx<'_> {
             ifname: self.ifname,
             netns: Some(self.ns.path()),
         };
-        if let Err(f) = teardown::run(&links, &ports, rollback_plan(undo, target, self.ipam)).await
-        {
+        if let Err(f) = teardown::run(&links, &ports, rollback_plan(undo, target, ipam)).await {
             if f.datapath_gone() {
                 tracing::error!(container = self.cid, error = %f, "rollback: cannot release IP");
             } else {
@@ -279,15 +329,18 @@ impl Ctx<'_> {
 /// Only what this call made is undone: the port once it was asked for (its
 /// reply may have been lost), the veth once its creation began, the IP only
 /// when this call assigned it (a replayed ADD found an earlier call's).
-fn rollback_plan<'a, A: Addresses>(undo: &Undo, target: Target<'a>, ipam: &'a A) -> Plan<'a, A> {
+fn rollback_plan<'a, A: Addresses>(
+    undo: &Undo,
+    target: Target<'a>,
+    ipam: Option<&'a A>,
+) -> Plan<'a, A> {
     Plan {
         target,
         ports: undo.port,
         links: undo.veth,
-        ip: if undo.ip {
-            Release::Held(ipam)
-        } else {
-            Release::Keep
+        ip: match ipam {
+            Some(ipam) if undo.ip => Release::Held(ipam),
+            _ => Release::Keep,
         },
     }
 }
@@ -310,7 +363,7 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(teardown::run(f, f, rollback_plan(undo, target(), f)))
+            .block_on(teardown::run(f, f, rollback_plan(undo, target(), Some(f))))
     }
 
     #[test]
@@ -322,6 +375,30 @@ mod tests {
         };
         assert!(matches!(rollback(&undo, &f), Ok(IpOutcome::Released(_))));
         assert_eq!(f.calls(), vec![Call::Release("c1/eth0".into())]);
+    }
+
+    #[test]
+    fn rollback_before_an_address_was_taken_removes_just_the_veth() {
+        // The veth is made while etcd and OVSDB are still being reached: a
+        // failure there (no bridge, etcd down, pool full) leaves only it.
+        let f = Recording::new().with_ports(&["br0"]).holding();
+        let undo = Undo {
+            veth: true,
+            ..Undo::default()
+        };
+        let plan = rollback_plan::<Recording>(&undo, target(), None);
+        let run = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(teardown::run(&f, &f, plan));
+        assert_eq!(run.unwrap(), IpOutcome::Kept);
+        assert_eq!(
+            f.calls(),
+            vec![
+                Call::RemoveHostLink(leengine_netdp::host_veth_name("c1", "eth0")),
+                Call::RemoveSandboxLink("/run/netns/pod/eth0".into()),
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, CHECK_MISMATCH, INVALID_CONFIG};
 use crate::result::SuccessResult;
 use leengine_netdp::{format_mac, host_veth_name, inspect, Netlink, NetnsFile};
+use leengine_ovsdb::{Client as Ovs, PortInfo};
+use std::time::Duration;
 
 pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let cid = env.container_id.as_deref().unwrap_or_default();
@@ -98,8 +100,8 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             if p.external_ids.get(EXT_CONTAINER).map(String::as_str) != Some(cid) {
                 diffs.push(format!("OVS port {host_if} belongs to another container"));
             }
-            if p.ofport().is_none_or(|o| o <= 0) {
-                diffs.push(format!("OVS port {host_if} has no OpenFlow port"));
+            if let Some(why) = not_up(&ovs, &host_if, &p).await {
+                diffs.push(format!("OVS port {host_if} has no OpenFlow port: {why}"));
             }
         }
     }
@@ -108,6 +110,29 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     } else {
         Err(CniError::new(CHECK_MISMATCH, diffs.join("; ")))
     }
+}
+
+/// How long CHECK gives a port that ovs-vswitchd has not handled yet.
+const UP_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the port is not up, if it is not. ADD does not wait for ovs-vswitchd
+/// to bring the port up, so a CHECK right after ADD may find it still
+/// coming: it waits a little before calling it a port that never came up.
+async fn not_up(ovs: &Ovs, host_if: &str, p: &PortInfo) -> Option<String> {
+    if p.ofport().is_some_and(|o| o > 0) {
+        return None;
+    }
+    if let Some(e) = p.interfaces.iter().find_map(|i| i.error.clone()) {
+        let failed = leengine_ovsdb::OvsdbError::InterfaceFailed {
+            iface: host_if.to_string(),
+            error: e,
+        };
+        return Some(failed.to_string());
+    }
+    ovs.wait_ofport(host_if, UP_GRACE)
+        .await
+        .err()
+        .map(|e| e.to_string())
 }
 
 struct Expected {

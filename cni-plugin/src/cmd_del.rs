@@ -2,14 +2,19 @@
 //! (`leengine_attach::teardown`: port, veth, then the IP — and the IP only
 //! once both are gone). Missing pieces are fine; a failed teardown keeps the
 //! IP and answers "try again later" so the runtime's next DEL finishes the job.
+//! The IPAM's reads run while the datapath is taken apart; only its commit
+//! waits for the datapath to be gone.
 
 use crate::backend;
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, TRY_AGAIN_LATER};
 use leengine_attach::{
-    teardown, Failures, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release, Target,
+    teardown, Addresses, Failures, HostLinks, IpOutcome, OvsPorts, Plan, PortScope, Release, Target,
 };
+use leengine_ipam::{Attachment, Ipam, IpamError, PreparedRelease};
+use std::sync::Mutex;
+use tokio::task::JoinHandle;
 
 pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let cid = env.container_id.as_deref().unwrap_or_default();
@@ -26,9 +31,13 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         ifname,
         netns: env.netns.as_deref(),
     };
-    let ip = match &ipam {
-        Ok(ipam) => Release::Held(ipam),
-        Err(_) => Release::Keep,
+    let ahead = ipam
+        .as_ref()
+        .ok()
+        .map(|ipam| ReadAhead::start(ipam, cid, ifname));
+    let ip = match &ahead {
+        Some(a) => Release::Held(a),
+        None => Release::Keep,
     };
     match teardown::run(&links, &ports, Plan::all(target, ip)).await {
         Ok(IpOutcome::Released(att)) => {
@@ -44,6 +53,41 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         }
     }
     Ok(())
+}
+
+/// The IPAM with the reads of the release already under way.
+struct ReadAhead<'a> {
+    ipam: &'a Ipam,
+    reads: Mutex<Option<JoinHandle<Result<PreparedRelease, IpamError>>>>,
+}
+
+impl<'a> ReadAhead<'a> {
+    fn start(ipam: &'a Ipam, cid: &str, ifname: &str) -> Self {
+        let (i, c, f) = (ipam.clone(), cid.to_string(), ifname.to_string());
+        let reads = tokio::spawn(async move { i.prepare_release(&c, &f).await });
+        Self {
+            ipam,
+            reads: Mutex::new(Some(reads)),
+        }
+    }
+}
+
+impl Addresses for ReadAhead<'_> {
+    async fn release(&self, cid: &str, ifname: &str) -> Result<Option<Attachment>, IpamError> {
+        let reads = self.reads.lock().ok().and_then(|mut r| r.take());
+        match reads {
+            Some(r) => match r.await {
+                Ok(Ok(prepared)) => self.ipam.release_prepared(prepared).await,
+                // A failed read is retried the ordinary way, which reports it.
+                _ => self.ipam.release(cid, ifname).await,
+            },
+            None => self.ipam.release(cid, ifname).await,
+        }
+    }
+
+    async fn release_if_unchanged(&self, a: &Attachment) -> Result<bool, IpamError> {
+        self.ipam.release_if_unchanged(a).await
+    }
 }
 
 /// The answer when the host side could not be torn down: retryable

@@ -1,39 +1,85 @@
-//! Gratuitous ARPs after the first: sent by a short-lived detached copy of
-//! this binary, so ADD returns as soon as the pod is reachable instead of
-//! sleeping `count × interval` while the runtime waits.
+//! The gratuitous ARPs of a new attachment: sent by a short-lived detached
+//! copy of this binary once ovs-vswitchd has brought the port up, so ADD
+//! neither waits for the port (a wait that grows with the number of ports
+//! on the userspace datapath) nor sleeps `count × interval` while the
+//! runtime waits.
 
+use crate::backend;
 use leengine_netdp::{format_mac, parse_mac, send_garp, GarpSpec, NetnsFile};
+use std::ffi::CString;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// argv[1] that turns the binary into the follow-up sender.
 pub const ARG: &str = "--garp-follow-up";
 
-/// Starts the sender for `spec.count` more announcements, the first one
-/// `spec.interval` from now. Its stdio is /dev/null, so the runtime reading
-/// our stdout never waits for it.
-pub fn spawn(netns: &Path, spec: &GarpSpec) -> std::io::Result<()> {
-    Command::new("/proc/self/exe")
-        .arg(ARG)
-        .arg(netns)
-        .arg(&spec.ifname)
-        .arg(format_mac(&spec.mac))
-        .arg(spec.ip.to_string())
-        .arg(spec.count.to_string())
-        .arg(spec.interval.as_millis().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(drop)
+/// The OVS port whose bring-up the announcements wait for.
+#[derive(Debug)]
+pub struct Port<'a> {
+    pub ovsdb: &'a str,
+    pub name: &'a str,
+}
+
+/// Starts the sender of `spec.count` announcements, the first as soon as
+/// `port` has an OpenFlow port number. Its stdio is /dev/null, so the
+/// runtime reading our stdout never waits for it.
+///
+/// A plain fork: `Command::spawn` (posix_spawn, or fork with an exec-status
+/// pipe) blocks until the child has exec'd, which on a loaded node means
+/// waiting for the child to be scheduled, on ADD's critical path. Only the
+/// exec can fail unseen then, and it is this very binary.
+pub fn spawn(netns: &Path, port: &Port<'_>, spec: &GarpSpec) -> std::io::Result<()> {
+    let args = [
+        ARG.as_bytes().to_vec(),
+        netns.as_os_str().as_bytes().to_vec(),
+        spec.ifname.clone().into_bytes(),
+        format_mac(&spec.mac).into_bytes(),
+        spec.ip.to_string().into_bytes(),
+        spec.count.to_string().into_bytes(),
+        spec.interval.as_millis().to_string().into_bytes(),
+        port.ovsdb.as_bytes().to_vec(),
+        port.name.as_bytes().to_vec(),
+    ];
+    let exe = CString::new("/proc/self/exe")?;
+    let args = std::iter::once(Ok(exe.clone()))
+        .chain(args.into_iter().map(CString::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let argv: Vec<*const libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let null = null.as_raw_fd();
+    // SAFETY: the child only calls async-signal-safe functions (dup2,
+    // execv, _exit) on memory prepared before the fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: as above; `argv` is NULL-terminated and outlives the call.
+            unsafe {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+                libc::_exit(127)
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Entry point of the follow-up process (`args` after [`ARG`]). Errors are
-/// only logged: the pod may be gone already, which is fine.
+/// only logged: the pod (or its port) may be gone already, which is fine;
+/// a port that never comes up is CHECK's to report.
 pub fn run(args: &[String]) -> i32 {
-    let [netns, ifname, mac, ip, count, interval_ms] = args else {
+    let [netns, ifname, mac, ip, count, interval_ms, ovsdb, port] = args else {
         tracing::error!(?args, "bad garp follow-up arguments");
         return 2;
     };
@@ -46,8 +92,6 @@ pub fn run(args: &[String]) -> i32 {
         tracing::error!(?args, "bad garp follow-up arguments");
         return 2;
     };
-    let interval = Duration::from_millis(ms);
-    std::thread::sleep(interval);
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,11 +103,15 @@ pub fn run(args: &[String]) -> i32 {
         mac,
         ip,
         count,
-        interval,
+        interval: Duration::from_millis(ms),
     };
     let sent = rt.block_on(async {
-        let ns = NetnsFile::open(Path::new(netns))?;
-        send_garp(&ns, spec).await
+        let ovs = backend::ovs_at(ovsdb).await.map_err(|e| e.msg)?;
+        ovs.wait_ofport(port, backend::OFPORT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ns = NetnsFile::open(Path::new(netns)).map_err(|e| e.to_string())?;
+        send_garp(&ns, spec).await.map_err(|e| e.to_string())
     });
     match sent {
         Ok(()) => 0,

@@ -205,17 +205,33 @@ fn unreachable_etcd_or_ovsdb_is_try_again_later_and_leaves_nothing() {
 }
 
 #[test]
-fn failure_after_ip_veth_and_port_rolls_everything_back() {
+fn a_port_that_never_comes_up_is_reported_by_check_and_del_removes_it_all() {
     let c = Cluster::new("10.74.0.0/24", "10.74.0.1", 174);
     // The host ends go to a namespace where ovs-vswitchd cannot see them:
-    // IP, veth and port are made, then the port never comes up.
+    // IP, veth and port are made, then the port never comes up. ADD does
+    // not wait for the port, so it succeeds; CHECK is where this shows.
     let elsewhere = te::Netns::new();
     let mut conf = c.conf("1.1.0");
     conf["hostNetns"] = json!(elsewhere.path());
     let ns = te::Netns::new();
-    let out = c.call("ADD", "half-done", Some(ns.path()), "eth0", "", &conf);
-    assert_eq!(out.err_code(), 105, "{}", out.json);
-    assert!(out.msg().contains("OVS"), "{}", out.msg());
+    let r = c
+        .call("ADD", "half-done", Some(ns.path()), "eth0", "", &conf)
+        .ok()
+        .clone();
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let mut cc = conf.clone();
+    cc["prevResult"] = r;
+    let out = c.call("CHECK", "half-done", Some(ns.path()), "eth0", "", &cc);
+    assert_eq!(out.err_code(), 107, "{}", out.json);
+    assert_eq!(
+        out.msg(),
+        format!(
+            "OVS port {host_if} has no OpenFlow port: interface {host_if} failed: \
+             could not open network device {host_if} (No such device)"
+        ),
+    );
+    c.call("DEL", "half-done", Some(ns.path()), "eth0", "", &conf)
+        .ok();
     assert!(!ns_has(&ns, "eth0"));
     assert!(!ns_out(&elsewhere, &["ip", "-o", "link"]).contains(": le"));
     c.assert_clean();

@@ -64,8 +64,7 @@ fn add_check_del_full_cycle() {
     for want in ["cid-one", "eth0", "shop", "web-0", ip.to_string().as_str()] {
         assert!(ext.contains(want), "{want} missing in {ext}");
     }
-    let ofport = c.ovs.vsctl(&["get", "interface", &host_if, "ofport"]);
-    assert!(ofport.parse::<i64>().unwrap() > 0, "{ofport}");
+    c.live_ofport(&host_if);
     // etcd agrees.
     assert_eq!(
         c.handles(),
@@ -253,7 +252,7 @@ fn requested_ip_and_mac_are_honoured() {
 }
 
 #[test]
-fn gratuitous_arps_after_the_first_follow_the_add() {
+fn gratuitous_arps_follow_the_add_once_the_port_is_up() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let c = Cluster::new("10.65.0.0/24", "10.65.0.1", 165);
@@ -272,7 +271,8 @@ fn gratuitous_arps_after_the_first_follow_the_add() {
         .next()
         .unwrap()
         .to_string();
-    // ADD returned after the first; the other two arrive `intervalMs` apart.
+    // ADD returned before any: the follow-up sends all three, `intervalMs`
+    // apart, from when the port is up.
     let mut dump = c
         .ovs
         .command(&[
@@ -303,5 +303,130 @@ fn gratuitous_arps_after_the_first_follow_the_add() {
     assert!(waited.elapsed() < std::time::Duration::from_secs(5));
     c.call("DEL", "garp", Some(ns.path()), "eth0", "", &conf)
         .ok();
+    c.assert_clean();
+}
+
+/// Sends SIGCONT to a stopped ovs-vswitchd when dropped, even on panic.
+struct Stopped(String);
+
+impl Stopped {
+    fn vswitchd(c: &Cluster) -> Stopped {
+        let pid = std::fs::read_to_string(c.ovs.dir().join("vswitchd.pid")).unwrap();
+        let pid = pid.trim().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_pod_reaches_its_gateway_and_peer_after_add_returns_without_waiting_for_the_switch() {
+    let c = Cluster::new("10.66.0.0/24", "10.66.0.1", 166);
+    // The gateway: an internal port in the pool's VLAN on the node.
+    c.ovs.vsctl(&[
+        "add-port",
+        &c.bridge,
+        "gw166",
+        "tag=166",
+        "--",
+        "set",
+        "interface",
+        "gw166",
+        "type=internal",
+    ]);
+    let node = c.ovs.netns();
+    poll("the gateway's device", || {
+        node.exec(&["ip", "link", "show", "gw166"])
+            .status
+            .success()
+            .then_some(())
+    });
+    node.must(&["ip", "addr", "add", "10.66.0.1/24", "dev", "gw166"]);
+    node.must(&["ip", "link", "set", "gw166", "up"]);
+    let conf = c.conf("1.1.0");
+    let peer_ns = te::Netns::new();
+    let peer = c
+        .call("ADD", "peer", Some(peer_ns.path()), "eth0", "", &conf)
+        .ok()
+        .clone();
+    let peer_ip = peer["ips"][0]["address"].as_str().unwrap();
+    let peer_ip = peer_ip.split('/').next().unwrap().to_string();
+
+    // With ovs-vswitchd stopped, ADD still answers: it does not wait for
+    // the port to come up. CHECK sees the port is not up.
+    let ns = te::Netns::new();
+    let stopped = Stopped::vswitchd(&c);
+    let r = c
+        .call("ADD", "pod", Some(ns.path()), "eth0", "", &conf)
+        .ok()
+        .clone();
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let mut cc = conf.clone();
+    cc["prevResult"] = r;
+    let out = c.call("CHECK", "pod", Some(ns.path()), "eth0", "", &cc);
+    assert_eq!(out.err_code(), 107, "{}", out.json);
+    assert!(
+        out.msg()
+            .starts_with(&format!("OVS port {host_if} has no OpenFlow port: ")),
+        "{}",
+        out.msg()
+    );
+
+    // Once the switch runs, the pod reaches its gateway and its peer, and
+    // CHECK passes.
+    drop(stopped);
+    for to in ["10.66.0.1", peer_ip.as_str()] {
+        poll(&format!("the pod to reach {to}"), || {
+            ns.ping(to, 1).then_some(())
+        });
+    }
+    c.live_ofport(&host_if);
+    c.call("CHECK", "pod", Some(ns.path()), "eth0", "", &cc)
+        .ok();
+
+    for (cid, ns) in [("pod", &ns), ("peer", &peer_ns)] {
+        c.call("DEL", cid, Some(ns.path()), "eth0", "", &conf).ok();
+    }
+    c.ovs.vsctl(&["del-port", &c.bridge, "gw166"]);
+    c.assert_clean();
+}
+
+#[test]
+fn each_new_pod_reaches_the_one_before_once_its_add_returned() {
+    // No switch pause: the ordinary case, ADD after ADD, each pod pinging
+    // the one before as soon as its ADD returned.
+    let c = Cluster::new("10.67.0.0/24", "10.67.0.1", 167);
+    let conf = c.conf("1.1.0");
+    let mut pods: Vec<(String, te::Netns, String)> = Vec::new();
+    for i in 0..4 {
+        let ns = te::Netns::new();
+        let cid = format!("chain{i}");
+        let r = c
+            .call("ADD", &cid, Some(ns.path()), "eth0", "", &conf)
+            .ok()
+            .clone();
+        let ip = r["ips"][0]["address"].as_str().unwrap();
+        let ip = ip.split('/').next().unwrap().to_string();
+        if let Some((_, _, prev_ip)) = pods.last() {
+            poll(&format!("{cid} to reach {prev_ip}"), || {
+                ns.ping(prev_ip, 1).then_some(())
+            });
+        }
+        pods.push((cid, ns, ip));
+    }
+    for (cid, ns, _) in &pods {
+        c.call("DEL", cid, Some(ns.path()), "eth0", "", &conf).ok();
+    }
     c.assert_clean();
 }

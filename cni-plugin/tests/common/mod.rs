@@ -127,6 +127,16 @@ impl Cluster {
         self.ovs.vsctl(&["get", "port", port, col])
     }
 
+    /// The port's ofport once ovs-vswitchd has handled it (ADD does not
+    /// wait for that); panics if it never does.
+    pub fn live_ofport(&self, port: &str) -> i64 {
+        poll(&format!("ovs-vswitchd to give {port} an ofport"), || {
+            let out = self.ovs.try_vsctl(&["get", "interface", port, "ofport"]);
+            let n: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            (n > 0).then_some(n)
+        })
+    }
+
     /// Keys of attachment handles in etcd.
     pub fn handles(&self) -> Vec<String> {
         let out = self
@@ -203,4 +213,20 @@ pub fn exec(cmd: &mut Command, env: &[(&str, String)], stdin: &[u8]) -> Out {
 pub fn ns_out(ns: &te::Netns, argv: &[&str]) -> String {
     let out = ns.exec(argv);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it gives a value; panics after 30 s naming `what`. The
+/// bound is about liveness ("it happens"), not speed.
+pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

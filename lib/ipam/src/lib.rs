@@ -46,6 +46,7 @@ pub use model::{
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
 };
 pub use pool::Exclusion;
+pub use release::PreparedRelease;
 pub use vlan::{InvalidVlan, Vlan};
 
 /// Tunables; the defaults suit a Cell.
@@ -132,6 +133,26 @@ impl Ipam {
         ifname: &str,
     ) -> Result<Option<Attachment>, IpamError> {
         release::release(self, container_id, ifname).await
+    }
+
+    /// The reads of [`Ipam::release`], done ahead: DEL reads while it
+    /// removes the datapath, and commits with [`Ipam::release_prepared`]
+    /// once that is gone. The caller holds the attachment's lock.
+    pub async fn prepare_release(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<PreparedRelease, IpamError> {
+        release::prepare_release(self, container_id, ifname).await
+    }
+
+    /// [`Ipam::release`] from reads done ahead; if anything changed since,
+    /// a fresh release.
+    pub async fn release_prepared(
+        &self,
+        prepared: PreparedRelease,
+    ) -> Result<Option<Attachment>, IpamError> {
+        release::release_prepared(self, prepared).await
     }
 
     /// The attachment held by (container id, ifname), if any.

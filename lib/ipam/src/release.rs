@@ -39,6 +39,56 @@ pub(crate) async fn release(
     })
 }
 
+/// The reads of [`release`] done ahead (while the caller tears the
+/// datapath down): the handle and its block as they were then. Its commit
+/// compares both revisions, so a change in between only costs a fresh
+/// release.
+#[derive(Debug)]
+pub struct PreparedRelease {
+    container_id: String,
+    ifname: String,
+    read: Option<(Rec<Attachment>, BlockAt)>,
+}
+
+pub(crate) async fn prepare_release(
+    ipam: &Ipam,
+    container_id: &str,
+    ifname: &str,
+) -> Result<PreparedRelease, IpamError> {
+    let key = ipam.keys.handle(container_id, ifname);
+    let batch = store::read(&ipam.client, vec![store::get(&key)]).await?;
+    let read = match store::decode_one::<Attachment>(&batch.responses[0])? {
+        Some(h) => {
+            let block = read_block(ipam, &h.value).await?;
+            Some((h, block))
+        }
+        None => None,
+    };
+    Ok(PreparedRelease {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        read,
+    })
+}
+
+pub(crate) async fn release_prepared(
+    ipam: &Ipam,
+    p: PreparedRelease,
+) -> Result<Option<Attachment>, IpamError> {
+    match p.read {
+        // Only ADD of this very (container, ifname) makes its handle, and
+        // the caller holds the attachment's lock: none then is none now.
+        None => Ok(None),
+        Some((h, block)) => {
+            if free(ipam, &h, block).await? {
+                Ok(Some(h.value))
+            } else {
+                release(ipam, &p.container_id, &p.ifname).await
+            }
+        }
+    }
+}
+
 pub(crate) async fn release_if_unchanged(
     ipam: &Ipam,
     expected: &Attachment,
@@ -76,6 +126,7 @@ pub(crate) async fn release_if_unchanged(
 }
 
 /// The record of the block an attachment's address is in, and its key.
+#[derive(Debug)]
 struct BlockAt {
     key: String,
     rec: Option<Rec<Block>>,

@@ -398,3 +398,31 @@ async fn an_add_on_an_exhausted_pool_costs_one_read() {
     assert!(exhausted(b.assign(&tiny("late7")).await));
     env.assert_consistent().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_read_ahead_commits_even_when_its_block_changed_meanwhile() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.1.0.0/22", "10.1.0.1", 100, 16, &[])
+        .await;
+    let ipam = env.ipam("n1");
+    let a = ipam.assign(&req("c1")).await.unwrap();
+    let b = ipam.assign(&req("c2")).await.unwrap();
+    let ahead = ipam.prepare_release("c1", "eth0").await.unwrap();
+    let released = ipam.release_prepared(ahead).await.unwrap();
+    assert_eq!(released.map(|x| x.ip), Some(a.ip));
+
+    // Another address of the same block changes the block record after the
+    // reads: the commit's compare fails and a fresh release does the job.
+    let ahead = ipam.prepare_release("c2", "eth0").await.unwrap();
+    let c = ipam.assign(&req("c3")).await.unwrap();
+    assert_eq!(c.attachment.block, b.attachment.block);
+    let released = ipam.release_prepared(ahead).await.unwrap();
+    assert_eq!(released.map(|x| x.ip), Some(b.ip));
+    assert_eq!(ipam.handle("c2", "eth0").await.unwrap(), None);
+
+    // Nothing held: nothing to release.
+    let none = ipam.prepare_release("never-seen", "eth0").await.unwrap();
+    assert_eq!(ipam.release_prepared(none).await.unwrap(), None);
+    assert_eq!(ipam.node_attachments("n1").await.unwrap().len(), 1);
+    env.assert_consistent().await;
+}

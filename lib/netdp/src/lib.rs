@@ -17,12 +17,12 @@ mod pod;
 
 pub use error::NetdpError;
 pub use ethtool::set_tx_checksum;
-pub use garp::{garp_frame, send_garp, GarpSocket, GarpSpec};
+pub use garp::{garp_frame, send_garp, GarpSpec};
 pub use names::{host_veth_name, mac_from_ipv4, parse_mac, MAC_PREFIX};
 pub use netlink::{Link, Netlink, Route};
 pub use netns::{in_netns, in_netns_async, NetnsFile};
 pub use pod::{
-    configure_sandbox, create_veth, del_link_in, inspect, netns_has_ipv4, Configured, IfaceState,
+    configure_sandbox, create_veth, del_link_in, inspect, netns_has_ipv4, IfaceState,
     SandboxConfig, VethSpec,
 };
 

@@ -144,6 +144,18 @@ impl Netlink {
             .map_err(|e| NetdpError::netlink(format!("set link #{index} up"), e))
     }
 
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetdpError::netlink(format!("set MAC of link #{index}"), e))
+    }
+
     pub async fn add_ipv4(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
         self.handle
             .address()

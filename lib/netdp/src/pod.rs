@@ -1,4 +1,3 @@
-use crate::garp::GarpSocket;
 use crate::netlink::{Link, Netlink, Route};
 use crate::netns::{in_netns_async, NetnsFile};
 use crate::{NetdpError, Result};
@@ -18,23 +17,17 @@ pub struct VethSpec {
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
     pub ifname: String,
+    /// Replaces the interface's MAC before it goes up (the veth may be made
+    /// before the address, and so its MAC, is known).
+    pub mac: Option<[u8; 6]>,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
     /// `arp_notify=1`: the kernel announces the address on link changes.
     pub arp_notify: bool,
-    /// Also open a [`GarpSocket`] in the namespace (same trip into it).
-    pub garp_socket: bool,
     /// Checksum transmitted packets in software (needed when the peer sits
     /// on a userspace switch datapath, see [`set_tx_checksum`](crate::set_tx_checksum)).
     pub software_tx_checksum: bool,
-}
-
-/// A configured sandbox interface.
-#[derive(Debug)]
-pub struct Configured {
-    pub link: Link,
-    pub garp: Option<GarpSocket>,
 }
 
 /// An interface as seen from inside its namespace, with the routes through it.
@@ -85,49 +78,43 @@ pub async fn create_veth(
     Ok((host_link, sandbox_link))
 }
 
-/// arp_notify (before link-up, so the up event is announced), address,
-/// link up, default route.
+/// MAC and arp_notify (before link-up, so the up event is announced),
+/// address, link up, default route. Returns the link as it is then.
 pub async fn configure_sandbox(
     sandbox: &Netlink,
     ns: &NetnsFile,
     cfg: &SandboxConfig,
-) -> Result<Configured> {
+) -> Result<Link> {
     let link = sandbox
         .link_by_name(&cfg.ifname)
         .await?
         .ok_or_else(|| NetdpError::LinkMissing(cfg.ifname.clone()))?;
-    let garp = if cfg.arp_notify || cfg.garp_socket || cfg.software_tx_checksum {
-        let (notify, want_sock, sw_csum) =
-            (cfg.arp_notify, cfg.garp_socket, cfg.software_tx_checksum);
+    if let Some(mac) = cfg.mac {
+        sandbox.set_mac(link.index, mac).await?;
+    }
+    if cfg.arp_notify || cfg.software_tx_checksum {
+        let (notify, sw_csum) = (cfg.arp_notify, cfg.software_tx_checksum);
         let key = format!("net/ipv4/conf/{}/arp_notify", cfg.ifname);
         let ifname = cfg.ifname.clone();
-        in_netns_async(ns, move || -> Result<Option<GarpSocket>> {
+        in_netns_async(ns, move || -> Result<()> {
             if notify {
                 std::fs::write(format!("/proc/sys/{key}"), b"1")
                     .map_err(|source| NetdpError::Sysctl { key, source })?;
             }
             if sw_csum {
-                crate::set_tx_checksum(&ifname, false).map_err(|source| NetdpError::Ethtool {
-                    ifname: ifname.clone(),
-                    source,
-                })?;
+                crate::set_tx_checksum(&ifname, false)
+                    .map_err(|source| NetdpError::Ethtool { ifname, source })?;
             }
-            want_sock
-                .then(GarpSocket::open_here)
-                .transpose()
-                .map_err(|source| NetdpError::Garp { ifname, source })
+            Ok(())
         })
-        .await??
-    } else {
-        None
-    };
+        .await??;
+    }
     sandbox.add_ipv4(link.index, cfg.ip, cfg.prefix_len).await?;
     sandbox.set_up(link.index).await?;
     if let Some(gw) = cfg.gateway {
         sandbox.add_default_route(link.index, gw).await?;
     }
-    let link = sandbox.link_by_index(link.index).await?.unwrap_or(link);
-    Ok(Configured { link, garp })
+    Ok(sandbox.link_by_index(link.index).await?.unwrap_or(link))
 }
 
 /// The interface `ifname`, its IPv4 addresses and the routes through it.

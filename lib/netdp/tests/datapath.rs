@@ -86,16 +86,16 @@ async fn veth_into_netns_with_address_route_mac_mtu_and_arp_notify() {
 
     let cfg = SandboxConfig {
         ifname: "eth0".into(),
+        mac: None,
         ip,
         prefix_len: 22,
         gateway: Some(Ipv4Addr::new(10, 99, 0, 1)),
         arp_notify: true,
-        garp_socket: false,
         software_tx_checksum: false,
     };
     let done = configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
-    assert!(done.link.up);
-    assert!(done.garp.is_none());
+    assert!(done.up);
+    assert_eq!(done.mac, Some(mac));
 
     let addr = ns.ip(&["-4", "addr", "show", "eth0"]);
     assert!(addr.contains("10.99.1.5/22"), "{addr}");
@@ -204,14 +204,14 @@ async fn gratuitous_arp_leaves_the_sandbox() {
     create_veth(&host, &sandbox, &nsf, &spec).await.unwrap();
     let cfg = SandboxConfig {
         ifname: "eth0".into(),
+        mac: None,
         ip,
         prefix_len: 24,
         gateway: None,
         arp_notify: false,
-        garp_socket: true,
         software_tx_checksum: false,
     };
-    let done = configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
+    configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
 
     let mut dump = hns
         .0
@@ -232,19 +232,13 @@ async fn gratuitous_arp_leaves_the_sandbox() {
         );
     }
 
-    // One through the socket configure_sandbox opened, two more the slow way.
-    done.garp
-        .as_ref()
-        .unwrap()
-        .send(done.link.index, mac, ip)
-        .unwrap();
     send_garp(
         &nsf,
         GarpSpec {
             ifname: "eth0".into(),
             mac,
             ip,
-            count: 2,
+            count: 3,
             interval: Duration::from_millis(20),
         },
     )
@@ -296,16 +290,19 @@ async fn software_tx_checksum_turns_the_sandbox_offload_off_and_only_when_asked(
             tx_checksumming(&ns, "eth0"),
             "a new veth offloads checksums"
         );
+        // The MAC of a veth made before its address was known.
+        let mac = mac_from_ipv4(Ipv4Addr::new(10, 98, 1, 7));
         let cfg = SandboxConfig {
             ifname: "eth0".into(),
+            mac: Some(mac),
             ip: Ipv4Addr::new(10, 98, 1, 7),
             prefix_len: 24,
             gateway: None,
             arp_notify: false,
-            garp_socket: false,
             software_tx_checksum: software,
         };
-        configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
+        let done = configure_sandbox(&sandbox, &nsf, &cfg).await.unwrap();
+        assert_eq!(done.mac, Some(mac));
         assert_eq!(
             tx_checksumming(&ns, "eth0"),
             !software,
