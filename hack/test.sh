@@ -27,6 +27,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step "web console: npm ci && npm run build (console/dist, served by leengine-core; tests in core/tests/console.rs)"
 (cd console && npm ci --no-audit --no-fund && npm run build)
 
+step "Java build images for the end-to-end test (hack/java-images.sh, cached per machine)"
+bash hack/java-images.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
