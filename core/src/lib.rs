@@ -19,6 +19,7 @@ pub mod builds;
 pub mod cells;
 pub mod deploy;
 pub mod images;
+pub mod monitor;
 pub mod openapi;
 pub mod problem;
 pub mod quantity;

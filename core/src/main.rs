@@ -10,6 +10,7 @@ use leengine_build::validate::Policy;
 use leengine_core::builds::BuildSettings;
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::{reconcile, DeploySettings};
+use leengine_core::monitor::MonitorSettings;
 use leengine_core::quota::Quota;
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
@@ -128,6 +129,9 @@ struct Args {
     /// Serve the API only; never campaign to run the reconciler.
     #[arg(long)]
     no_reconciler: bool,
+    /// Prometheus `host:port` the read API queries (docs/monitoring.md).
+    #[arg(long, env = "LEENGINE_PROMETHEUS")]
+    prometheus: Option<String>,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -188,6 +192,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             resync: args.reconcile_resync,
             drain_timeout: args.drain_timeout,
             robot_rotation: args.robot_rotation,
+        },
+        monitor: MonitorSettings {
+            prometheus: args.prometheus.clone(),
         },
     })
 }

@@ -11,12 +11,15 @@ use axum::Router;
 use crate::auth::{self, Authenticator};
 use crate::cells::CellSettings;
 use crate::deploy::DeploySettings;
+use crate::monitor::MonitorSettings;
 use crate::problem::ApiError;
 use crate::quota::Quota;
 use crate::registry::RegistrySettings;
 use crate::store::Db;
 use crate::users::throttle::{Limits, Throttle};
-use crate::{access, admin, apps, builds, cells, deploy, images, openapi, registry, slb, users};
+use crate::{
+    access, admin, apps, builds, cells, deploy, images, monitor, openapi, registry, slb, users,
+};
 
 /// Operator settings of the core (from the command line of `main`).
 #[derive(Clone, Debug)]
@@ -36,6 +39,8 @@ pub struct Settings {
     pub cells: CellSettings,
     /// Reconciler timings (resync, drain timeout, robot rotation).
     pub deploy: DeploySettings,
+    /// Prometheus, Alertmanager webhook, notification channels.
+    pub monitor: MonitorSettings,
 }
 
 impl Default for Settings {
@@ -53,6 +58,7 @@ impl Default for Settings {
             limits: Limits::default(),
             cells: CellSettings::default(),
             deploy: DeploySettings::default(),
+            monitor: MonitorSettings::default(),
         }
     }
 }
@@ -108,6 +114,7 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(cells::api::router())
         .merge(images::router())
         .merge(admin::router())
+        .merge(monitor::router())
         .merge(registry::router())
         .merge(openapi::router())
         .with_state(core);

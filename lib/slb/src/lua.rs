@@ -11,4 +11,8 @@ pub const MODULES: &[(&str, &str)] = &[
         "leengine/balancer.lua",
         include_str!("lua/leengine/balancer.lua"),
     ),
+    (
+        "leengine/metrics.lua",
+        include_str!("lua/leengine/metrics.lua"),
+    ),
 ];

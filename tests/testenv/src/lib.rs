@@ -17,18 +17,23 @@
 //! A missing tool panics with one line naming the Debian package
 //! (`hack/deps.sh` installs them all).
 
+mod alertmanager;
 mod cell;
 mod cgroup;
 mod dc;
 mod docker;
 mod etcd;
+mod http;
 mod image;
 mod netns;
 mod nginx;
 mod ovs;
 mod pki;
+mod prometheus;
 mod run;
+mod smtp;
 
+pub use alertmanager::Alertmanager;
 pub use cell::{Cell, CellPool, CellSpec, KubeNode, PAUSE_IMAGE};
 pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
@@ -39,4 +44,7 @@ pub use netns::Netns;
 pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
 pub use ovs::Ovs;
 pub use pki::{Ca, CertPair};
+pub use prometheus::Prometheus;
+pub use http::{form, http};
+pub use smtp::Smtp;
 pub use run::{free_port, reap_stale, require_bin, run_dir, unique_name, wait_until};
