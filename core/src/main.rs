@@ -129,9 +129,26 @@ struct Args {
     /// Serve the API only; never campaign to run the reconciler.
     #[arg(long)]
     no_reconciler: bool,
-    /// Prometheus `host:port` the read API queries (docs/monitoring.md).
+    /// Prometheus `host:port` the read API queries and alert rules reload
+    /// (docs/monitoring.md).
     #[arg(long, env = "LEENGINE_PROMETHEUS")]
     prometheus: Option<String>,
+    /// Rule file core renders the apps' alert rules into (in Prometheus'
+    /// `rule_files`); needs --prometheus.
+    #[arg(long, requires = "prometheus")]
+    alert_rules_file: Option<PathBuf>,
+    /// How often the rule file is re-rendered from etcd (other replicas' edits).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    alert_rules_resync: Duration,
+    /// File holding the bearer secret Alertmanager's webhook sends.
+    #[arg(long)]
+    alert_webhook_secret_file: Option<PathBuf>,
+    /// SMTP relay `host:port` for alert e-mail.
+    #[arg(long)]
+    smtp: Option<String>,
+    /// Sender address of alert e-mail.
+    #[arg(long, default_value = "leengine@localhost")]
+    mail_from: String,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -195,6 +212,14 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         },
         monitor: MonitorSettings {
             prometheus: args.prometheus.clone(),
+            rules_file: args.alert_rules_file.clone(),
+            webhook_secret: args
+                .alert_webhook_secret_file
+                .as_ref()
+                .map(read_secret)
+                .transpose()?,
+            smtp: args.smtp.clone(),
+            mail_from: args.mail_from.clone(),
         },
     })
 }
@@ -232,6 +257,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.no_reconciler {
         tokio::spawn(reconcile::run(core.clone()));
+    }
+    if core.settings.monitor.rules_file.is_some() {
+        tokio::spawn(leengine_core::monitor::alerts::sync_loop(
+            core.clone(),
+            args.alert_rules_resync,
+        ));
     }
     let mut shutdown = leengine_cli::Shutdown::install().context("signal handlers")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

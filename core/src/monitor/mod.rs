@@ -2,6 +2,8 @@
 //! agents, and the read API over an app's series. Core builds every query
 //! itself ([`promql`]) with the app's namespace fixed from its record.
 
+pub mod alerts;
+pub mod notify;
 pub mod prom;
 pub mod promql;
 pub mod sd;
@@ -23,10 +25,29 @@ use self::prom::{Prometheus, Series};
 use self::promql::{Metric, Scope};
 
 /// Operator settings of monitoring.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct MonitorSettings {
     /// Prometheus `host:port`; `None`: the read API answers 503.
     pub prometheus: Option<String>,
+    /// The rule file core writes (Prometheus' `rule_files` must include it).
+    pub rules_file: Option<std::path::PathBuf>,
+    /// Bearer secret Alertmanager sends to the webhook; `None`: webhook off.
+    pub webhook_secret: Option<String>,
+    /// SMTP relay `host:port` for alert e-mail; `None`: webhooks only.
+    pub smtp: Option<String>,
+    pub mail_from: String,
+}
+
+/// By hand: the webhook secret must not reach a log.
+impl std::fmt::Debug for MonitorSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorSettings")
+            .field("prometheus", &self.prometheus)
+            .field("rules_file", &self.rules_file)
+            .field("smtp", &self.smtp)
+            .field("mail_from", &self.mail_from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most points one series may have (Prometheus refuses above 11,000).
@@ -40,6 +61,8 @@ pub fn router() -> Router<Core> {
             "/api/v1/apps/{name}/pods/{pod}/metrics/{metric}",
             get(pod_series),
         )
+        .merge(alerts::router())
+        .merge(notify::router())
 }
 
 /// Anonymous on purpose: Prometheus calls it, and the answer holds only

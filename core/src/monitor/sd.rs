@@ -2,13 +2,19 @@
 //! and nginx-agent that registered a metrics address in etcd is a target,
 //! so a new host is scraped without touching Prometheus' configuration.
 //! The registrations are leased, so a dead agent drops out within its TTL.
+//! Node-agents register in their Cell's etcd (with the default prefix, as
+//! the Cell record names it) or, in a one-etcd Region, in the core's own;
+//! nginx-agents in the Region's `/slb/` tree.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use etcd_client::{GetOptions, TxnOp};
 use leengine_store::keys::{parse_slb_agent_key, slb_root_prefix, NodeKey};
+use leengine_store::Keys;
 use serde::{Deserialize, Serialize};
 
+use crate::cells::CellRecord;
 use crate::problem::ApiError;
 use crate::store::Db;
 
@@ -44,23 +50,58 @@ fn advertised(value: &[u8]) -> Option<String> {
         .filter(|a| !a.is_empty())
 }
 
-pub async fn targets(db: &Db) -> Result<Vec<TargetGroup>, ApiError> {
-    let mut kv = db.etcd.kv_client();
-    let nodes = kv
-        .get(
-            db.keys.nodes_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        )
+/// A Cell's etcd that cannot be read leaves out its nodes, not the answer:
+/// Prometheus would otherwise drop every target at once.
+const CELL_ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn nodes(
+    etcd: &etcd_client::Client,
+    keys: &Keys,
+    cell: &str,
+    out: &mut Vec<TargetGroup>,
+) -> Result<(), etcd_client::Error> {
+    let resp = etcd
+        .kv_client()
+        .get(keys.nodes_prefix(), Some(GetOptions::new().with_prefix()))
         .await?;
-    let mut out = Vec::new();
-    for k in nodes.kvs() {
+    for k in resp.kvs() {
         let Ok(key) = k.key_str() else { continue };
-        if let Some(NodeKey::Registration(node)) = db.keys.parse_node_key(key) {
+        if let Some(NodeKey::Registration(node)) = keys.parse_node_key(key) {
             if let Some(addr) = advertised(k.value()) {
-                out.push(group(addr, &[("leengine_role", "node"), ("node", node)]));
+                let labels = [("leengine_role", "node"), ("node", node), ("cell", cell)];
+                out.push(group(addr, &labels));
             }
         }
     }
+    Ok(())
+}
+
+async fn cell_nodes(cell: &CellRecord, out: &mut Vec<TargetGroup>) {
+    let cfg = leengine_store::EtcdConfig::new(cell.etcd.clone());
+    let read = async {
+        let etcd = leengine_store::connect_with_timeout(&cfg, CELL_ETCD_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        nodes(&etcd, &cfg.keys(), &cell.name, out)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(CELL_ETCD_TIMEOUT * 2, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(cell = %cell.name, error = %e, "Cell etcd not read for discovery"),
+        Err(_) => tracing::warn!(cell = %cell.name, "Cell etcd timed out for discovery"),
+    }
+}
+
+pub async fn targets(db: &Db) -> Result<Vec<TargetGroup>, ApiError> {
+    let mut out = Vec::new();
+    nodes(&db.etcd, &db.keys, "", &mut out).await?;
+    for (_, cell) in db.list::<CellRecord>(&db.keys.cells_prefix()).await? {
+        if !cell.etcd.is_empty() {
+            cell_nodes(&cell, &mut out).await;
+        }
+    }
+    let mut kv = db.etcd.kv_client();
     // Keys first: the SLB tree also holds every domain's config.
     let slb = kv
         .get(

@@ -511,6 +511,8 @@ impl Keys {
                 Grant::prefix(self.apps_prefix(), ReadWrite),
                 Grant::prefix(self.drain_requests_prefix(), ReadWrite),
                 Grant::prefix(self.drain_acks_prefix(), Read),
+                // Prometheus service discovery lists the nodes' metrics addresses.
+                Grant::prefix(self.nodes_prefix(), Read),
             ],
             Component::Discovery => vec![
                 Grant::prefix(self.cells_prefix(), Read),
@@ -806,6 +808,8 @@ mod tests {
             Access::ReadWrite
         ));
         assert!(!can(&Component::Core, &k.pool("p"), Access::Read));
+        assert!(can(&Component::Core, &k.node("n1"), Access::Read));
+        assert!(!can(&Component::Core, &k.node("n1"), Access::ReadWrite));
         // Every grant of every component stays under its prefix or /slb/.
         for c in [
             Component::Core,

@@ -5,12 +5,27 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// `(status, body)`; `None` when nothing answered.
+/// `(status, body)`; `None` when nothing answered. The body is a form.
 pub fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    exchange(method, port, path, "application/x-www-form-urlencoded", body)
+}
+
+/// Like [`http`] with a JSON body.
+pub fn http_json(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    exchange(method, port, path, "application/json", body)
+}
+
+fn exchange(
+    method: &str,
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;

@@ -45,6 +45,6 @@ pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
 pub use ovs::Ovs;
 pub use pki::{Ca, CertPair};
 pub use prometheus::Prometheus;
-pub use http::{form, http};
+pub use http::{form, http, http_json};
 pub use smtp::Smtp;
 pub use run::{free_port, reap_stale, require_bin, run_dir, unique_name, wait_until};
