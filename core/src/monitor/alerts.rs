@@ -407,12 +407,16 @@ async fn replace(
     access::authorize(&core.db, Some(&caller), Kind::App, &app, Action::Update).await?;
     let rule = parse_rule(&body, Some(&name), &caller.user)?;
     let key = core.db.keys.core_alert_rule(&app, &name);
-    core.db
+    let done = core
+        .db
         .commit(
-            vec![],
+            vec![store::present(&key)],
             vec![store::put(&key, &rule), event(&core, &caller, &app, "alert_rule_updated", &rule)],
         )
         .await?;
+    if !done.applied() {
+        return Err(not_found(&name));
+    }
     synced(&core).await;
     Ok(Json(rule))
 }

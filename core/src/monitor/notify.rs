@@ -93,7 +93,8 @@ async fn set_contact(
         ));
     }
     let key = core.db.keys.core_notify(&caller.user);
-    core.db.commit(vec![], vec![store::put(&key, &c)]).await?;
+    // No compare: the caller's own record, last write wins.
+    let _ = core.db.commit(vec![], vec![store::put(&key, &c)]).await?;
     Ok(Json(c))
 }
 

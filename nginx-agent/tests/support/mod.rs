@@ -31,6 +31,8 @@ pub struct Host {
     pub debounce: &'static str,
     /// The agent's `--shared-dict-size` (its default when `None`).
     pub shared_dict_size: Option<&'static str>,
+    /// More agent flags (e.g. `--metrics-listen`).
+    pub extra_args: Vec<String>,
 }
 
 impl Host {
@@ -58,6 +60,7 @@ impl Host {
             etcd: client,
             debounce: "50ms",
             shared_dict_size: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Host {
                     .map(|s| vec!["--shared-dict-size", s])
                     .unwrap_or_default(),
             )
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))

@@ -604,6 +604,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if n.reclaim { "on" } else { "off" }.into(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", n.agent_port),
+            // Metrics of this kubelet's containers (its --cgroup-root).
+            "--container-roots".into(),
+            format!("{}/kubepods", n.cgroup_root.trim_start_matches('/')),
         ];
         let bin = bin.display().to_string();
         let mut argv: Vec<&str> = vec![bin.as_str()];

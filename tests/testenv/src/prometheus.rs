@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::http::{form, http};
+use crate::netns::Netns;
 use crate::run::{free_port, new_dir, require_bin, wait_until, Daemon};
 
 #[derive(Debug)]
 pub struct Prometheus {
     daemon: Daemon,
+    /// Where this process reaches the API (a forward when it runs in a netns).
     port: u16,
     dir: PathBuf,
 }
@@ -19,15 +21,30 @@ pub struct Prometheus {
 impl Prometheus {
     /// `config`: prometheus.yml text; rule files may live under [`Self::dir`].
     pub fn start(config: impl FnOnce(&Path) -> String) -> Prometheus {
+        Self::spawn(None, config)
+    }
+
+    /// Runs inside `netns` (e.g. a Cell's node namespace, where the agents
+    /// listen on loopback); the API is reached through a forward.
+    pub fn start_in(netns: &Netns, config: impl FnOnce(&Path) -> String) -> Prometheus {
+        Self::spawn(Some(netns), config)
+    }
+
+    fn spawn(netns: Option<&Netns>, config: impl FnOnce(&Path) -> String) -> Prometheus {
         let bin = require_bin("prometheus", "prometheus");
         let dir = new_dir("prometheus");
-        let port = free_port();
+        let listen = free_port();
         let conf = dir.join("prometheus.yml");
         fs::write(&conf, config(&dir)).expect("write prometheus.yml");
-        let mut cmd = std::process::Command::new(bin);
+        let bin = bin.display().to_string();
+        let mut cmd = match netns {
+            Some(ns) => ns.command(&[&bin]),
+            None => std::process::Command::new(&bin),
+        };
+        let port = netns.map_or(listen, |ns| ns.expose_tcp(listen));
         cmd.arg(format!("--config.file={}", conf.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{listen}"))
             .arg("--web.enable-lifecycle");
         let mut daemon = Daemon::spawn("prometheus", &dir, &mut cmd);
         let up = wait_until(Duration::from_secs(30), || {
