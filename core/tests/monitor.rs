@@ -45,7 +45,14 @@ impl NodeAgent {
             .args(["--etcd-prefix", etcd.keys().prefix()])
             .args(etcd.tls_args(&te::Component::node_agent(node)))
             .args(["--ovsdb", "unix:/nonexistent/leengine-test.sock"])
-            .args(["--lease-ttl", "3s", "--scan-interval", "1s", "--reclaim", "off"])
+            .args([
+                "--lease-ttl",
+                "3s",
+                "--scan-interval",
+                "1s",
+                "--reclaim",
+                "off",
+            ])
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -170,11 +177,25 @@ async fn alert_rules_need_a_master_are_validated_and_prometheus_loads_them() {
     let (owner, master, dev) = app_with_members(&env).await;
     let rule = json!({"name": "cpu-high", "metric": "cpu_percent", "comparison": ">", "threshold": 50, "for": "5s"});
     let (st, v) = env
-        .call(&dev, Method::POST, "/api/v1/apps/web/alerts", Some(rule.clone()))
+        .call(
+            &dev,
+            Method::POST,
+            "/api/v1/apps/web/alerts",
+            Some(rule.clone()),
+        )
         .await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "a Developer may not add rules: {v}");
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "a Developer may not add rules: {v}"
+    );
     let (st, v) = env
-        .call(&master, Method::POST, "/api/v1/apps/web/alerts", Some(rule.clone()))
+        .call(
+            &master,
+            Method::POST,
+            "/api/v1/apps/web/alerts",
+            Some(rule.clone()),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let (st, v) = env
@@ -185,24 +206,43 @@ async fn alert_rules_need_a_master_are_validated_and_prometheus_loads_them() {
             Some(json!({"metric": "cpu_percent", "comparison": ">", "threshold": 1})),
         )
         .await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "a Developer may not edit rules: {v}");
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "a Developer may not edit rules: {v}"
+    );
     let mut bad = rule.clone();
     bad["comparison"] = json!("!=");
     let (st, v) = env
         .call(&owner, Method::POST, "/api/v1/apps/web/alerts", Some(bad))
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_alert_rule")));
-    assert!(v["detail"].as_str().unwrap().starts_with("comparison:"), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_alert_rule"))
+    );
+    assert!(
+        v["detail"].as_str().unwrap().starts_with("comparison:"),
+        "{v}"
+    );
     // Developers see the rules (view rights), and so does the activity feed.
-    let (st, v) = env.call(&dev, Method::GET, "/api/v1/apps/web/alerts", None).await;
-    assert_eq!((st, v[0]["name"].as_str()), (StatusCode::OK, Some("cpu-high")), "{v}");
+    let (st, v) = env
+        .call(&dev, Method::GET, "/api/v1/apps/web/alerts", None)
+        .await;
+    assert_eq!(
+        (st, v[0]["name"].as_str()),
+        (StatusCode::OK, Some("cpu-high")),
+        "{v}"
+    );
 
     // Prometheus loaded the rendered file through its reload endpoint.
     let (st, v) = te::http("GET", prom.port(), "/api/v1/rules", "").unwrap();
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&v).unwrap();
     let groups = v["data"]["groups"].as_array().unwrap().clone();
-    let app_group = groups.iter().find(|g| g["name"] == "app-web").expect("app-web group");
+    let app_group = groups
+        .iter()
+        .find(|g| g["name"] == "app-web")
+        .expect("app-web group");
     let r = &app_group["rules"][0];
     assert_eq!(r["labels"]["leengine_rule"], "cpu-high");
     assert!(
@@ -219,7 +259,12 @@ async fn alert_rules_need_a_master_are_validated_and_prometheus_loads_them() {
     );
     // Deleting the last rule removes the app's group.
     let (st, _) = env
-        .call(&owner, Method::DELETE, "/api/v1/apps/web/alerts/cpu-high", None)
+        .call(
+            &owner,
+            Method::DELETE,
+            "/api/v1/apps/web/alerts/cpu-high",
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (_, text) = te::http("GET", prom.port(), "/api/v1/rules", "").unwrap();
@@ -242,12 +287,23 @@ async fn read_api_fixes_the_namespace_and_refuses_other_apps() {
     let (st, v) = env
         .call(&dev, Method::GET, "/api/v1/apps/other/metrics/cpu", None)
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("app_not_found")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("app_not_found"))
+    );
     let (st, v) = env
-        .call(&dev, Method::GET, "/api/v1/apps/web/metrics/cpu?start=100&end=200&step=10", None)
+        .call(
+            &dev,
+            Method::GET,
+            "/api/v1/apps/web/metrics/cpu?start=100&end=200&step=10",
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!((v["unit"].as_str(), v["step"].as_u64()), (Some("cores"), Some(10)));
+    assert_eq!(
+        (v["unit"].as_str(), v["step"].as_u64()),
+        (Some("cores"), Some(10))
+    );
     assert!(v["series"].as_array().unwrap().is_empty());
     // A pod name cannot carry PromQL.
     let (st, v) = env
@@ -258,18 +314,37 @@ async fn read_api_fixes_the_namespace_and_refuses_other_apps() {
             None,
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_pod")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_pod"))
+    );
     let (st, v) = env
-        .call(&owner, Method::GET, "/api/v1/apps/web/metrics/cpu?start=5&end=1", None)
+        .call(
+            &owner,
+            Method::GET,
+            "/api/v1/apps/web/metrics/cpu?start=5&end=1",
+            None,
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_range")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_range"))
+    );
     let (st, v) = env
         .call(&owner, Method::GET, "/api/v1/apps/web/metrics/up", None)
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_metric")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_metric"))
+    );
     // Prometheus' own series exist; none of them reaches an app.
     let (st, v) = env
-        .call(&owner, Method::GET, "/api/v1/apps/web/metrics/requests", None)
+        .call(
+            &owner,
+            Method::GET,
+            "/api/v1/apps/web/metrics/requests",
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert!(v["series"].as_array().unwrap().is_empty(), "{v}");
@@ -348,7 +423,10 @@ async fn alertmanager_alerts_reach_owner_and_master_once_and_the_activity_feed()
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(mails_to(&smtp, "olga@example.com").len(), 1);
     assert_eq!(mails_to(&smtp, "max@example.com").len(), 1);
-    assert!(mails_to(&smtp, "dora@example.com").is_empty(), "a Developer was mailed");
+    assert!(
+        mails_to(&smtp, "dora@example.com").is_empty(),
+        "a Developer was mailed"
+    );
     let m = &mails_to(&smtp, "olga@example.com")[0];
     assert!(m.contains("Subject: [firing] web: cpu-high"), "{m}");
 
@@ -377,6 +455,12 @@ async fn alertmanager_alerts_reach_owner_and_master_once_and_the_activity_feed()
     );
     assert_eq!(actions.iter().filter(|a| **a == "alert_firing").count(), 1);
     // The webhook refuses callers without the secret.
-    let (st, _) = te::http_json("POST", core, "/api/v1/monitor/alertmanager", "{\"alerts\":[]}").unwrap();
+    let (st, _) = te::http_json(
+        "POST",
+        core,
+        "/api/v1/monitor/alertmanager",
+        "{\"alerts\":[]}",
+    )
+    .unwrap();
     assert_eq!(st, 401);
 }

@@ -26,7 +26,9 @@ const BURN_SECS: u32 = 120;
 fn mails_to(smtp: &te::Smtp, to: &str, status: &str) -> usize {
     smtp.messages()
         .iter()
-        .filter(|m| m.contains(&format!("To: <{to}>")) && m.contains(&format!("Subject: [{status}]")))
+        .filter(|m| {
+            m.contains(&format!("To: <{to}>")) && m.contains(&format!("Subject: [{status}]"))
+        })
         .count()
 }
 
@@ -39,7 +41,8 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
     std::fs::write(&secret_file, "am-secret").unwrap();
     let rules = dir.path().join("rules.json");
     let smtp = te::Smtp::start();
-    let cell = tokio::task::block_in_place(|| start_cell(140, Some(sibling("leengine-node-agent"))));
+    let cell =
+        tokio::task::block_in_place(|| start_cell(140, Some(sibling("leengine-node-agent"))));
     let node_ns = cell.ovs().netns();
 
     // Core on a real port; Prometheus runs in the node's namespace (the
@@ -107,7 +110,12 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
     let master = env.user("max", false).await;
     let dev = env.user("dora", false).await;
     let (st, v) = env
-        .call(&owner, Method::POST, "/api/v1/apps", Some(json!({"name": "burn"})))
+        .call(
+            &owner,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"name": "burn"})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     for (u, role) in [("max", "Master"), ("dora", "Developer")] {
@@ -134,14 +142,26 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
     }
     let rule = json!({"name": "cpu-high", "metric": "cpu_percent", "comparison": ">", "threshold": 30, "for": "5s"});
     let (st, _) = env
-        .call(&dev, Method::POST, "/api/v1/apps/burn/alerts", Some(rule.clone()))
+        .call(
+            &dev,
+            Method::POST,
+            "/api/v1/apps/burn/alerts",
+            Some(rule.clone()),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, v) = env
-        .call(&master, Method::POST, "/api/v1/apps/burn/alerts", Some(rule))
+        .call(
+            &master,
+            Method::POST,
+            "/api/v1/apps/burn/alerts",
+            Some(rule),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
-    let (_, v) = env.call(&owner, Method::GET, "/api/v1/apps/burn", None).await;
+    let (_, v) = env
+        .call(&owner, Method::GET, "/api/v1/apps/burn", None)
+        .await;
     let ns = v["desired"]["namespace"].as_str().unwrap().to_string();
 
     // The pod: burns BURN_SECS, then idles.
@@ -164,9 +184,18 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
             ))
             .is_empty()
     });
-    assert!(labelled, "no labelled CPU series; targets {:?}", prom.active_targets());
+    assert!(
+        labelled,
+        "no labelled CPU series; targets {:?}",
+        prom.active_targets()
+    );
     let (st, v) = env
-        .call(&dev, Method::GET, "/api/v1/apps/burn/pods/burner/metrics/cpu?step=5", None)
+        .call(
+            &dev,
+            Method::GET,
+            "/api/v1/apps/burn/pods/burner/metrics/cpu?step=5",
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["series"][0]["labels"]["container"], "main", "{v}");
@@ -175,19 +204,33 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
         mails_to(&smtp, "olga@example.com", "firing") >= 1
             && mails_to(&smtp, "max@example.com", "firing") >= 1
     });
-    assert!(fired, "no alert mail; Prometheus alerts {:?}", prom.alerts());
+    assert!(
+        fired,
+        "no alert mail; Prometheus alerts {:?}",
+        prom.alerts()
+    );
     let resolved = te::wait_until(PATIENCE + Duration::from_secs(u64::from(BURN_SECS)), || {
         mails_to(&smtp, "olga@example.com", "resolved") >= 1
             && mails_to(&smtp, "max@example.com", "resolved") >= 1
     });
-    assert!(resolved, "no resolution mail; Prometheus alerts {:?}", prom.alerts());
+    assert!(
+        resolved,
+        "no resolution mail; Prometheus alerts {:?}",
+        prom.alerts()
+    );
     for who in ["olga", "max"] {
         let to = format!("{who}@example.com");
         assert_eq!(mails_to(&smtp, &to, "firing"), 1, "{who}: one firing mail");
-        assert_eq!(mails_to(&smtp, &to, "resolved"), 1, "{who}: one resolution mail");
+        assert_eq!(
+            mails_to(&smtp, &to, "resolved"),
+            1,
+            "{who}: one resolution mail"
+        );
     }
     assert!(
-        smtp.messages().iter().all(|m| !m.contains("dora@example.com")),
+        smtp.messages()
+            .iter()
+            .all(|m| !m.contains("dora@example.com")),
         "a Developer was mailed"
     );
     let (_, feed) = env
@@ -199,7 +242,15 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions.iter().filter(|a| **a == "alert_firing").count(), 1, "{actions:?}");
-    assert_eq!(actions.iter().filter(|a| **a == "alert_resolved").count(), 1, "{actions:?}");
+    assert_eq!(
+        actions.iter().filter(|a| **a == "alert_firing").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "alert_resolved").count(),
+        1,
+        "{actions:?}"
+    );
     drop(am);
 }

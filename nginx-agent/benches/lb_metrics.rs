@@ -40,12 +40,20 @@ fn main() {
         h.wait_status("serving", |s| s.domains.len() == 1);
         h.start_nginx();
         let port = h.http_port;
-        assert!(te::wait_until(Duration::from_secs(10), || get(port, DOMAIN, "/").status == 200));
+        assert!(te::wait_until(Duration::from_secs(10), || get(
+            port, DOMAIN, "/"
+        )
+        .status
+            == 200));
     }
     let (mut rps_on, mut rps_off) = (0.0, 0.0);
     for k in 0..SEGMENTS {
         // Alternate which goes first.
-        let order = if k % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if k % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for which in order {
             let port = if which { on.http_port } else { off.http_port };
             let r = wrk(port, seg) / f64::from(SEGMENTS);
@@ -59,7 +67,9 @@ fn main() {
     let counted = get(on.admin_port, "127.0.0.1", "/leengine/metrics").body;
     let line = counted
         .lines()
-        .find(|l| l.starts_with("leengine_lb_requests_total{domain=\"bench.example.com\",class=\"2xx\"}"))
+        .find(|l| {
+            l.starts_with("leengine_lb_requests_total{domain=\"bench.example.com\",class=\"2xx\"}")
+        })
         .unwrap_or("none")
         .to_string();
     println!(
@@ -69,14 +79,23 @@ fn main() {
     );
     println!("| lua counters | rps |\n|---|---|");
     println!("| on | {rps_on:.0} |\n| off | {rps_off:.0} |");
-    println!("\nratio on/off: {:.1}% (target >= 97%)", 100.0 * rps_on / rps_off);
+    println!(
+        "\nratio on/off: {:.1}% (target >= 97%)",
+        100.0 * rps_on / rps_off
+    );
     println!("counted by lua on the 'on' host: {line}");
 }
 
 /// Requests per second wrk measured.
 fn wrk(port: u16, secs: u64) -> f64 {
     let out = Command::new("wrk")
-        .args(["-t2", "-c50", &format!("-d{secs}s"), "-H", &format!("Host: {DOMAIN}")])
+        .args([
+            "-t2",
+            "-c50",
+            &format!("-d{secs}s"),
+            "-H",
+            &format!("Host: {DOMAIN}"),
+        ])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("wrk (apt install wrk)");

@@ -101,7 +101,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let shared = Arc::new(shared);
     if let Some(l) = metrics {
-        tokio::spawn(metrics::serve(l, shared.clone(), args.admin_port, args.lb_metrics));
+        tokio::spawn(metrics::serve(
+            l,
+            shared.clone(),
+            args.admin_port,
+            args.lb_metrics,
+        ));
     }
     let admin = admin::Admin {
         port: args.admin_port,

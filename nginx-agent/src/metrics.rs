@@ -74,12 +74,16 @@ async fn lua_counters(admin_port: u16) -> Result<String, String> {
         .await
         .map_err(|e| format!("admin 127.0.0.1:{admin_port}: {e}"))?;
     let req = format!("GET {METRICS_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&resp);
     match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
             Ok(body.to_string())
         }
         _ => Err(format!(
@@ -124,7 +128,10 @@ fn agent_families(shared: &Shared, lb: bool) -> String {
             u64::from(lb),
         ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
     out
 }

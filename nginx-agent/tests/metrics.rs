@@ -57,14 +57,20 @@ fn requests_through_nginx_show_up_in_the_domains_series() {
     );
     assert_eq!(value(&prom, ok), base + 25.0, "each request counted once");
     let bad = "leengine_lb_requests_total{domain=\"b.example.com\",class=\"5xx\"}";
-    assert!(te::wait_until(Duration::from_secs(30), || value(&prom, bad) == 3.0));
+    assert!(te::wait_until(Duration::from_secs(30), || value(
+        &prom, bad
+    ) == 3.0));
     assert!(
         prom.query("leengine_lb_requests_total{domain=\"unknown.example.com\"}")
             .is_empty(),
         "the catch-all server is nobody's domain"
     );
     let count = "leengine_lb_upstream_response_seconds_count{domain=\"a.example.com\"}";
-    assert!(value(&prom, count) >= base + 25.0, "histogram count {}", value(&prom, count));
+    assert!(
+        value(&prom, count) >= base + 25.0,
+        "histogram count {}",
+        value(&prom, count)
+    );
     let inf = "leengine_lb_upstream_response_seconds_bucket{domain=\"a.example.com\",le=\"+Inf\"}";
     assert_eq!(value(&prom, inf), value(&prom, count));
     assert_eq!(value(&prom, "leengine_nginx_lb_metrics_enabled"), 1.0);

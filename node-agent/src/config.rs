@@ -304,10 +304,8 @@ impl Config {
                     .with_context(|| format!("invalid metrics listen address {addr:?}"))?,
             ),
         };
-        let metrics_advertise = advertise(
-            metrics_listen,
-            a.metrics_advertise.or(f.metrics.advertise),
-        )?;
+        let metrics_advertise =
+            advertise(metrics_listen, a.metrics_advertise.or(f.metrics.advertise))?;
         let on = |x: Option<OnOff>| x.map(|v| v == OnOff::On);
         Ok(Config {
             node,
@@ -356,10 +354,7 @@ impl Config {
 
 /// What the registration tells Prometheus to scrape: a wildcard listen
 /// address says nothing about where the host is reachable.
-fn advertise(
-    listen: Option<SocketAddr>,
-    given: Option<String>,
-) -> anyhow::Result<Option<String>> {
+fn advertise(listen: Option<SocketAddr>, given: Option<String>) -> anyhow::Result<Option<String>> {
     match (listen, given) {
         (None, _) => Ok(None),
         (Some(_), Some(a)) => {

@@ -719,7 +719,9 @@ mod tests {
         assert!(l.contains(&"leengine_app_blkio_write_bytes_total{app=\"shop\"} 7"));
         let c1 = "id=\"c1\",namespace=\"shop\",pod=\"web-1\",container=\"app\",app=\"shop\",version=\"2\"";
         assert!(l.contains(&format!("leengine_container_cpu_seconds_total{{{c1}}} 1.5").as_str()));
-        assert!(l.contains(&format!("leengine_container_memory_working_set_bytes{{{c1}}} 8").as_str()));
+        assert!(
+            l.contains(&format!("leengine_container_memory_working_set_bytes{{{c1}}} 8").as_str())
+        );
         assert!(l.contains(&format!("leengine_container_blkio_read_ops_total{{{c1}}} 3").as_str()));
         let st = "namespace=\"shop\",pod=\"web-1\",container=\"app\",app=\"shop\",version=\"2\"";
         assert!(l.contains(&format!("leengine_container_restarts_total{{{st}}} 3").as_str()));
@@ -748,10 +750,7 @@ mod tests {
             !t.contains("leengine_container_memory_bytes{id=\"odd"),
             "no memory value: no sample"
         );
-        assert!(
-            t.contains("id=\"odd\\\"name\""),
-            "quotes escaped: {t}"
-        );
+        assert!(t.contains("id=\"odd\\\"name\""), "quotes escaped: {t}");
         let mut seen = std::collections::BTreeSet::new();
         for l in t.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = l.split_whitespace().nth(2).unwrap();

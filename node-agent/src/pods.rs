@@ -47,13 +47,15 @@ impl PodIndex {
             if !c.id.is_empty() {
                 by_id.insert(c.id.clone(), c.clone());
             }
-            by_uid.entry(c.pod_uid.clone()).or_insert_with(|| ContainerInfo {
-                id: String::new(),
-                container: "POD".into(),
-                restarts: 0,
-                oom_killed: false,
-                ..c.clone()
-            });
+            by_uid
+                .entry(c.pod_uid.clone())
+                .or_insert_with(|| ContainerInfo {
+                    id: String::new(),
+                    container: "POD".into(),
+                    restarts: 0,
+                    oom_killed: false,
+                    ..c.clone()
+                });
         }
         Self { by_id, by_uid, all }
     }
@@ -128,7 +130,9 @@ mod tests {
         assert_eq!(pod_uid("docker/abc"), None);
         let idx = PodIndex::new(vec![info("abc", "1234-ab", "app")]);
         assert_eq!(
-            idx.lookup("kubepods/pod1234-ab/abc", "abc").unwrap().container,
+            idx.lookup("kubepods/pod1234-ab/abc", "abc")
+                .unwrap()
+                .container,
             "app"
         );
         let sandbox = idx.lookup("kubepods/pod1234-ab/fff", "fff").unwrap();

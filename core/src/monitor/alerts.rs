@@ -385,7 +385,10 @@ async fn create(
         .db
         .commit(
             vec![store::absent(&key)],
-            vec![store::put(&key, &rule), event(&core, &caller, &app, "alert_rule_created", &rule)],
+            vec![
+                store::put(&key, &rule),
+                event(&core, &caller, &app, "alert_rule_created", &rule),
+            ],
         )
         .await?;
     if !done.applied() {
@@ -411,7 +414,10 @@ async fn replace(
         .db
         .commit(
             vec![store::present(&key)],
-            vec![store::put(&key, &rule), event(&core, &caller, &app, "alert_rule_updated", &rule)],
+            vec![
+                store::put(&key, &rule),
+                event(&core, &caller, &app, "alert_rule_updated", &rule),
+            ],
         )
         .await?;
     if !done.applied() {
@@ -433,7 +439,10 @@ async fn remove(
         .db
         .commit(
             vec![store::present(&key)],
-            vec![store::delete(&key), activity::op(&core.db.keys, Kind::App, &app, &ev)],
+            vec![
+                store::delete(&key),
+                activity::op(&core.db.keys, Kind::App, &app, &ev),
+            ],
         )
         .await?;
     if !done.applied() {
@@ -443,7 +452,13 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn event(core: &Core, caller: &Caller, app: &str, action: &str, r: &AlertRule) -> etcd_client::TxnOp {
+fn event(
+    core: &Core,
+    caller: &Caller,
+    app: &str,
+    action: &str,
+    r: &AlertRule,
+) -> etcd_client::TxnOp {
     let ev = activity::event(&caller.user, action, json!({ "rule": r }));
     activity::op(&core.db.keys, Kind::App, app, &ev)
 }
@@ -486,7 +501,10 @@ mod tests {
         }
         let mut no_threshold = ok.clone();
         no_threshold.as_object_mut().unwrap().remove("threshold");
-        assert!(parse(no_threshold).unwrap_err().detail.starts_with("threshold:"));
+        assert!(parse(no_threshold)
+            .unwrap_err()
+            .detail
+            .starts_with("threshold:"));
         let mut mem = ok;
         mem["metric"] = json!("memory_percent");
         mem["threshold"] = json!(150);

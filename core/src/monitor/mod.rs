@@ -212,15 +212,30 @@ mod tests {
     #[test]
     fn ranges_are_checked() {
         let r = |start, end, step| Range { start, end, step };
-        assert_eq!(check_range(&r(None, None, None), 7200).unwrap(), (3600, 7200, 15));
+        assert_eq!(
+            check_range(&r(None, None, None), 7200).unwrap(),
+            (3600, 7200, 15)
+        );
         assert_eq!(
             check_range(&r(Some(10), Some(20), Some(1)), 0).unwrap(),
             (10, 20, 1)
         );
-        assert_eq!(check_range(&r(Some(20), Some(10), None), 0).unwrap_err().code, "invalid_range");
-        assert_eq!(check_range(&r(Some(0), Some(10), Some(0)), 0).unwrap_err().code, "invalid_step");
         assert_eq!(
-            check_range(&r(Some(0), Some(100_000), Some(1)), 0).unwrap_err().code,
+            check_range(&r(Some(20), Some(10), None), 0)
+                .unwrap_err()
+                .code,
+            "invalid_range"
+        );
+        assert_eq!(
+            check_range(&r(Some(0), Some(10), Some(0)), 0)
+                .unwrap_err()
+                .code,
+            "invalid_step"
+        );
+        assert_eq!(
+            check_range(&r(Some(0), Some(100_000), Some(1)), 0)
+                .unwrap_err()
+                .code,
             "invalid_step"
         );
     }

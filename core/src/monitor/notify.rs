@@ -67,11 +67,17 @@ pub fn parse_webhook(url: &str) -> Option<(String, String)> {
 pub fn router() -> Router<Core> {
     Router::new()
         .route("/api/v1/monitor/alertmanager", post(receive))
-        .route("/api/v1/user/notifications", get(show_contact).put(set_contact))
+        .route(
+            "/api/v1/user/notifications",
+            get(show_contact).put(set_contact),
+        )
 }
 
 async fn show_contact(State(core): State<Core>, caller: Caller) -> Result<Json<Contact>, ApiError> {
-    let c = core.db.get::<Contact>(&core.db.keys.core_notify(&caller.user)).await?;
+    let c = core
+        .db
+        .get::<Contact>(&core.db.keys.core_notify(&caller.user))
+        .await?;
     Ok(Json(c.map(|c| c.value).unwrap_or_default()))
 }
 
@@ -151,7 +157,12 @@ async fn app_of(db: &Db, a: &Alert) -> Result<Option<String>, ApiError> {
     let specs = db.list::<Value>(&db.keys.apps_prefix()).await?;
     Ok(specs
         .into_iter()
-        .filter(|(k, _)| matches!(db.keys.parse_app_key(k), Some(leengine_store::keys::AppKey::App(_))))
+        .filter(|(k, _)| {
+            matches!(
+                db.keys.parse_app_key(k),
+                Some(leengine_store::keys::AppKey::App(_))
+            )
+        })
         .filter_map(|(_, v)| serde_json::from_value::<AppSpec>(v).ok())
         .find(|s| &s.namespace == ns)
         .map(|s| s.name))
@@ -188,9 +199,16 @@ async fn handle(core: &Core, a: &Alert) -> Result<(), ApiError> {
             store::unchanged(&key, s.as_ref().map(|s| s.mod_revision)),
             store::put(&key, &json!({ "startsAt": a.starts_at })),
         ),
-        (Some(s), false) => (store::unchanged(&key, Some(s.mod_revision)), store::delete(&key)),
+        (Some(s), false) => (
+            store::unchanged(&key, Some(s.mod_revision)),
+            store::delete(&key),
+        ),
     };
-    let action = if firing { "alert_firing" } else { "alert_resolved" };
+    let action = if firing {
+        "alert_firing"
+    } else {
+        "alert_resolved"
+    };
     let ev = activity::event("alertmanager", action, json!({ "alert": a }));
     let ops: Vec<TxnOp> = vec![op, activity::op(&db.keys, Kind::App, &app, &ev)];
     if !db.commit(vec![compare], ops).await?.applied() {
@@ -276,7 +294,9 @@ pub async fn send_mail(
     text: &str,
 ) -> Result<(), String> {
     let talk = async {
-        let s = TcpStream::connect(server).await.map_err(|e| format!("{server}: {e}"))?;
+        let s = TcpStream::connect(server)
+            .await
+            .map_err(|e| format!("{server}: {e}"))?;
         let (r, mut w) = s.into_split();
         let mut r = BufReader::new(r);
         reply(&mut r, 220).await?;
@@ -286,19 +306,29 @@ pub async fn send_mail(
             (format!("RCPT TO:<{to}>"), 250),
             ("DATA".to_string(), 354),
         ] {
-            w.write_all(format!("{cmd}\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+            w.write_all(format!("{cmd}\r\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             reply(&mut r, want).await?;
         }
         let body: String = text
             .lines()
-            .map(|l| if l.starts_with('.') { format!(".{l}\r\n") } else { format!("{l}\r\n") })
+            .map(|l| {
+                if l.starts_with('.') {
+                    format!(".{l}\r\n")
+                } else {
+                    format!("{l}\r\n")
+                }
+            })
             .collect();
         let msg = format!(
             "From: <{from}>\r\nTo: <{to}>\r\nSubject: {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}.\r\n",
             subject.replace(['\r', '\n'], " "),
             chrono::Utc::now().to_rfc2822()
         );
-        w.write_all(msg.as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(msg.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         reply(&mut r, 250).await?;
         let _ = w.write_all(b"QUIT\r\n").await;
         Ok::<_, String>(())
@@ -311,18 +341,25 @@ pub async fn send_mail(
 async fn post_webhook(url: &str, body: &str) -> Result<(), String> {
     let (hostport, path) = parse_webhook(url).ok_or("not http://host:port/path")?;
     let talk = async {
-        let mut s = TcpStream::connect(&hostport).await.map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(&hostport)
+            .await
+            .map_err(|e| e.to_string())?;
         let req = format!(
             "POST {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
         let head = String::from_utf8_lossy(&resp);
         match head.split(' ').nth(1) {
             Some(c) if c.starts_with('2') => Ok(()),
-            _ => Err(format!("answered {}", head.lines().next().unwrap_or("nothing"))),
+            _ => Err(format!(
+                "answered {}",
+                head.lines().next().unwrap_or("nothing")
+            )),
         }
     };
     tokio::time::timeout(TIMEOUT, talk)
@@ -343,7 +380,10 @@ mod tests {
             parse_webhook("http://127.0.0.1:8000/hook"),
             Some(("127.0.0.1:8000".into(), "/hook".into()))
         );
-        assert_eq!(parse_webhook("http://h:1"), Some(("h:1".into(), "/".into())));
+        assert_eq!(
+            parse_webhook("http://h:1"),
+            Some(("h:1".into(), "/".into()))
+        );
         assert_eq!(parse_webhook("https://h:1/x"), None);
         assert_eq!(parse_webhook("http://h/x"), None);
         assert_eq!(parse_webhook("http://h:1/a b"), None);

@@ -88,7 +88,9 @@ async fn cell_nodes(cell: &CellRecord, out: &mut Vec<TargetGroup>) {
     };
     match tokio::time::timeout(CELL_ETCD_TIMEOUT * 2, read).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(cell = %cell.name, error = %e, "Cell etcd not read for discovery"),
+        Ok(Err(e)) => {
+            tracing::warn!(cell = %cell.name, error = %e, "Cell etcd not read for discovery")
+        }
         Err(_) => tracing::warn!(cell = %cell.name, "Cell etcd timed out for discovery"),
     }
 }
@@ -119,7 +121,10 @@ pub async fn targets(db: &Db) -> Result<Vec<TargetGroup>, ApiError> {
     if agents.is_empty() {
         return Ok(out);
     }
-    let reads = agents.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+    let reads = agents
+        .iter()
+        .map(|k| TxnOp::get(k.as_str(), None))
+        .collect();
     let batch = leengine_store::record::read(&db.etcd, reads).await?;
     for (key, get) in agents.iter().zip(&batch.responses) {
         let Some((grp, host)) = parse_slb_agent_key(key) else {

@@ -269,7 +269,11 @@ mod tests {
             "metadata": {"name": "x", "namespace": "ns"},
             "status": {"containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
         }));
-        assert_eq!(pod_containers(&[bare])[0].app, "ns", "no label: the namespace is the app");
+        assert_eq!(
+            pod_containers(&[bare])[0].app,
+            "ns",
+            "no label: the namespace is the app"
+        );
     }
 
     #[test]

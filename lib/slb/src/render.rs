@@ -415,7 +415,7 @@ server {
         assert!(text.contains("location = /leengine/metrics {"));
         let off = render_main(&MainParams {
             lb_metrics: false,
-            ..p.clone()
+            ..p
         });
         assert!(!off.contains("leengine.metrics") && !off.contains("leengine_metrics"));
         assert!(text.contains("load_module \"/usr/lib/nginx/modules/ngx_http_lua_module.so\";"));

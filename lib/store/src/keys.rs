@@ -657,7 +657,10 @@ mod tests {
 
     #[test]
     fn slb_agent_keys_parse() {
-        assert_eq!(parse_slb_agent_key(&slb_agent("g1", "h1")), Some(("g1", "h1")));
+        assert_eq!(
+            parse_slb_agent_key(&slb_agent("g1", "h1")),
+            Some(("g1", "h1"))
+        );
         assert_eq!(parse_slb_agent_key(&slb_domain_config("g1", "a.com")), None);
         assert_eq!(parse_slb_agent_key("/slb/g1/agents/"), None);
         assert_eq!(parse_slb_agent_key("/leengine/nodes/n1"), None);

@@ -32,7 +32,11 @@ impl Alertmanager {
             daemon.assert_running();
             http("GET", port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
         });
-        assert!(up, "alertmanager did not become ready; log {}", daemon.log.display());
+        assert!(
+            up,
+            "alertmanager did not become ready; log {}",
+            daemon.log.display()
+        );
         Alertmanager { daemon, port, dir }
     }
 

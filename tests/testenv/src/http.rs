@@ -7,7 +7,13 @@ use std::time::Duration;
 
 /// `(status, body)`; `None` when nothing answered. The body is a form.
 pub fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    exchange(method, port, path, "application/x-www-form-urlencoded", body)
+    exchange(
+        method,
+        port,
+        path,
+        "application/x-www-form-urlencoded",
+        body,
+    )
 }
 
 /// Like [`http`] with a JSON body.

@@ -43,7 +43,10 @@ impl Prometheus {
         };
         let port = netns.map_or(listen, |ns| ns.expose_tcp(listen));
         cmd.arg(format!("--config.file={}", conf.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{listen}"))
             .arg("--web.enable-lifecycle");
         let mut daemon = Daemon::spawn("prometheus", &dir, &mut cmd);
@@ -51,7 +54,11 @@ impl Prometheus {
             daemon.assert_running();
             http("GET", port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
         });
-        assert!(up, "prometheus did not become ready; log {}", daemon.log.display());
+        assert!(
+            up,
+            "prometheus did not become ready; log {}",
+            daemon.log.display()
+        );
         Prometheus { daemon, port, dir }
     }
 
