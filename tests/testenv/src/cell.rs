@@ -611,7 +611,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let bin = bin.display().to_string();
         let mut argv: Vec<&str> = vec![bin.as_str()];
         argv.extend(args.iter().map(String::as_str));
-        let mut cmd = self.ovs.command(&argv);
+        // nsenter, not `ip netns exec`: that remounts /sys, and the agent's
+        // metrics and swap guard need the host's cgroup mounts.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.ovs.netns().path().display()))
+            .args(&argv);
         cmd.env("RUST_LOG", "info");
         let d = Daemon::spawn("node-agent", &n.dir, &mut cmd);
         self.nodes[i].node_agent = Some(d);
