@@ -9,7 +9,7 @@ PKGS=(
   etcd-server etcd-client openvswitch-switch nginx libnginx-mod-http-lua lua-resty-core
   docker.io docker-registry podman containernetworking-plugins protobuf-compiler libprotobuf-dev
   iproute2 iputils-ping tcpdump busybox-static git wrk jq procps psmisc curl ca-certificates
-  prometheus hyperfine containerd runc openssl time ethtool
+  prometheus prometheus-alertmanager python3-aiosmtpd hyperfine containerd runc openssl time ethtool
   debootstrap systemd man-db openjdk-17-jdk-headless maven
   chromium fonts-dejavu-core
 )
@@ -51,7 +51,7 @@ fi
 
 # System instances on default ports would collide with nothing of ours (we use
 # free ports), but a system dockerd/etcd eats memory and confuses observers.
-for svc in etcd nginx docker containerd openvswitch-switch prometheus docker-registry; do
+for svc in etcd nginx docker containerd openvswitch-switch prometheus prometheus-alertmanager docker-registry; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" >/dev/null 2>&1 || true
   fi

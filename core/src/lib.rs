@@ -20,6 +20,7 @@ pub mod cells;
 pub mod console;
 pub mod deploy;
 pub mod images;
+pub mod monitor;
 pub mod openapi;
 pub mod problem;
 pub mod quantity;

@@ -10,6 +10,7 @@ use leengine_build::validate::Policy;
 use leengine_core::builds::BuildSettings;
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::{reconcile, DeploySettings};
+use leengine_core::monitor::MonitorSettings;
 use leengine_core::quota::Quota;
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::{self, Core, Settings};
@@ -139,6 +140,26 @@ struct Args {
     /// Serve no web console (the API only).
     #[arg(long, conflicts_with = "console_dir")]
     no_console: bool,
+    /// Prometheus `host:port` the read API queries and alert rules reload
+    /// (docs/monitoring.md).
+    #[arg(long, env = "LEENGINE_PROMETHEUS")]
+    prometheus: Option<String>,
+    /// Rule file core renders the apps' alert rules into (in Prometheus'
+    /// `rule_files`); needs --prometheus.
+    #[arg(long, requires = "prometheus")]
+    alert_rules_file: Option<PathBuf>,
+    /// How often the rule file is re-rendered from etcd (other replicas' edits).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    alert_rules_resync: Duration,
+    /// File holding the bearer secret Alertmanager's webhook sends.
+    #[arg(long)]
+    alert_webhook_secret_file: Option<PathBuf>,
+    /// SMTP relay `host:port` for alert e-mail.
+    #[arg(long)]
+    smtp: Option<String>,
+    /// Sender address of alert e-mail.
+    #[arg(long, default_value = "leengine@localhost")]
+    mail_from: String,
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
@@ -201,6 +222,17 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             robot_rotation: args.robot_rotation,
         },
         console_dir: (!args.no_console).then(|| args.console_dir.clone()),
+        monitor: MonitorSettings {
+            prometheus: args.prometheus.clone(),
+            rules_file: args.alert_rules_file.clone(),
+            webhook_secret: args
+                .alert_webhook_secret_file
+                .as_ref()
+                .map(read_secret)
+                .transpose()?,
+            smtp: args.smtp.clone(),
+            mail_from: args.mail_from.clone(),
+        },
     })
 }
 
@@ -237,6 +269,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.no_reconciler {
         tokio::spawn(reconcile::run(core.clone()));
+    }
+    if core.settings.monitor.rules_file.is_some() {
+        tokio::spawn(leengine_core::monitor::alerts::sync_loop(
+            core.clone(),
+            args.alert_rules_resync,
+        ));
     }
     let mut shutdown = leengine_cli::Shutdown::install().context("signal handlers")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

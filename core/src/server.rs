@@ -12,13 +12,15 @@ use axum::Router;
 use crate::auth::{self, Authenticator};
 use crate::cells::CellSettings;
 use crate::deploy::DeploySettings;
+use crate::monitor::MonitorSettings;
 use crate::problem::ApiError;
 use crate::quota::Quota;
 use crate::registry::RegistrySettings;
 use crate::store::Db;
 use crate::users::throttle::{Limits, Throttle};
 use crate::{
-    access, admin, apps, builds, cells, console, deploy, images, openapi, registry, slb, users,
+    access, admin, apps, builds, cells, console, deploy, images, monitor, openapi, registry, slb,
+    users,
 };
 
 /// Operator settings of the core (from the command line of `main`).
@@ -42,6 +44,8 @@ pub struct Settings {
     /// The built web console (`console/dist`) served at `/` and `/boss`;
     /// `None`: the API only.
     pub console_dir: Option<PathBuf>,
+    /// Prometheus, Alertmanager webhook, notification channels.
+    pub monitor: MonitorSettings,
 }
 
 impl Default for Settings {
@@ -60,6 +64,7 @@ impl Default for Settings {
             cells: CellSettings::default(),
             deploy: DeploySettings::default(),
             console_dir: None,
+            monitor: MonitorSettings::default(),
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(cells::api::router())
         .merge(images::router())
         .merge(admin::router())
+        .merge(monitor::router())
         .merge(registry::router())
         .merge(openapi::router())
         .with_state(core);

@@ -77,6 +77,16 @@ pub struct Args {
     /// `generated` (a server block per domain, every change reloads).
     #[arg(long, value_enum, default_value_t = Routing::Lua)]
     pub routing: Routing,
+    /// Address of `GET /metrics` for Prometheus; off when not given.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `host:port` Prometheus scrapes, published in the status for core's
+    /// service discovery (default: the listen address unless a wildcard).
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_advertise: Option<String>,
+    /// Count requests per domain in lua (`true`/`false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub lb_metrics: bool,
     /// Lease TTL of the status key.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub status_ttl: Duration,

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod files;
+pub mod metrics;
 pub mod nginx;
 pub mod pusher;
 pub mod reconcile;
@@ -70,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         user: args.nginx_user,
         shared_dict_size: args.shared_dict_size,
         names_hash: NamesHash::for_files(applied.values().map(String::as_str)),
+        lb_metrics: args.lb_metrics,
     };
     // A fresh host gets a main config at once, so nginx can start before
     // etcd is reachable; later changes to it go through nginx -t.
@@ -85,11 +87,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dumped_upstreams = dump.upstreams.len(), dumped_routes = dump.routes.len(),
         "starting"
     );
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         args.group,
         host,
         Desired::from_dump(dump, args.admin_port, args.routing),
-    ));
+    );
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            shared.metrics_address = args
+                .metrics_advertise
+                .or_else(|| (!addr.ip().is_unspecified()).then(|| addr.to_string()));
+            Some(l)
+        }
+        None => None,
+    };
+    let shared = Arc::new(shared);
+    if let Some(l) = metrics {
+        tokio::spawn(metrics::serve(
+            l,
+            shared.clone(),
+            args.admin_port,
+            args.lb_metrics,
+        ));
+    }
     let admin = admin::Admin {
         port: args.admin_port,
         secret,

@@ -21,6 +21,8 @@ pub struct Shared {
     pub repush: Notify,
     pub report: Mutex<Report>,
     pub report_changed: Notify,
+    /// Published in the status for Prometheus' discovery.
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,7 @@ impl Shared {
             repush: Notify::new(),
             report: Mutex::new(Report::default()),
             report_changed: Notify::new(),
+            metrics_address: None,
         }
     }
 
@@ -73,6 +76,7 @@ impl Shared {
             shared_dict_refusals: r.shared_dict_refusals,
             last_reload: r.last_reload.clone(),
             updated: now(),
+            metrics_address: self.metrics_address.clone(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Shared {
     pub cgroups: Cgroups,
     pub host: Mutex<Host>,
     pub state: Mutex<ScanState>,
+    /// Pods of this node for metrics labels (`None` without `--kubeconfig`
+    /// or before the first list).
+    pub pods: Mutex<Option<crate::pods::PodIndex>>,
     ovs: Mutex<Option<leengine_ovsdb::Client>>,
     started: Instant,
     pub started_wall: u64,
@@ -82,6 +85,7 @@ impl Shared {
                 blocks: Vec::new(),
                 swap_unconstrained: Vec::new(),
             }),
+            pods: Mutex::new(None),
             ovs: Mutex::new(None),
             started: Instant::now(),
             started_wall: now_secs(),

@@ -50,6 +50,12 @@ pub struct Usage {
     pub memory_limit: Option<u64>,
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
+    pub io_read_ops: Option<u64>,
+    pub io_write_ops: Option<u64>,
+    /// Usage minus inactive page cache (what the OOM killer looks at).
+    pub working_set: Option<u64>,
+    /// Swap charged to the container (v1 needs swap accounting).
+    pub swap_bytes: Option<u64>,
     pub pids: Vec<i32>,
 }
 
@@ -141,10 +147,18 @@ impl Cgroups {
                 let io = read("blkio", "blkio.throttle.io_service_bytes_recursive")
                     .or_else(|| read("blkio", "blkio.io_service_bytes_recursive"))
                     .map(|t| parse_blkio_v1(&t));
+                let ops = read("blkio", "blkio.throttle.io_serviced_recursive")
+                    .or_else(|| read("blkio", "blkio.io_serviced_recursive"))
+                    .map(|t| parse_blkio_v1(&t));
+                let memory = read("memory", "memory.usage_in_bytes").and_then(|t| parse_u64(&t));
+                let stat = read("memory", "memory.stat").unwrap_or_default();
                 Usage {
                     cpu_ns: read("cpuacct", "cpuacct.usage").and_then(|t| parse_u64(&t)),
-                    memory_bytes: read("memory", "memory.usage_in_bytes")
-                        .and_then(|t| parse_u64(&t)),
+                    working_set: working_set(memory, parse_keyed(&stat, "total_inactive_file")),
+                    swap_bytes: parse_keyed(&stat, "total_swap"),
+                    io_read_ops: ops.map(|x| x.0),
+                    io_write_ops: ops.map(|x| x.1),
+                    memory_bytes: memory,
                     memory_limit: read("memory", "memory.limit_in_bytes")
                         .and_then(|t| parse_u64(&t))
                         .filter(|l| *l < UNLIMITED),
@@ -154,12 +168,20 @@ impl Cgroups {
                 }
             }
             Layout::V2 => {
-                let io = read("", "io.stat").map(|t| parse_io_stat_v2(&t));
+                let io_stat = read("", "io.stat");
+                let io = io_stat.as_deref().map(parse_io_stat_v2);
+                let ops = io_stat.as_deref().map(|t| sum_io_stat(t, "rios", "wios"));
+                let memory = read("", "memory.current").and_then(|t| parse_u64(&t));
+                let stat = read("", "memory.stat").unwrap_or_default();
                 Usage {
+                    working_set: working_set(memory, parse_keyed(&stat, "inactive_file")),
+                    swap_bytes: read("", "memory.swap.current").and_then(|t| parse_u64(&t)),
+                    io_read_ops: ops.map(|x| x.0),
+                    io_write_ops: ops.map(|x| x.1),
                     cpu_ns: read("", "cpu.stat")
                         .and_then(|t| parse_keyed(&t, "usage_usec"))
                         .map(|us| us.saturating_mul(1000)),
-                    memory_bytes: read("", "memory.current").and_then(|t| parse_u64(&t)),
+                    memory_bytes: memory,
                     memory_limit: read("", "memory.max").and_then(|t| parse_u64(&t)),
                     io_read_bytes: io.map(|x| x.0),
                     io_write_bytes: io.map(|x| x.1),
@@ -276,18 +298,28 @@ pub fn parse_blkio_v1(text: &str) -> (u64, u64) {
 
 /// v2 `io.stat`: `MAJ:MIN rbytes=N wbytes=N ...` per device → summed (read, write).
 pub fn parse_io_stat_v2(text: &str) -> (u64, u64) {
+    sum_io_stat(text, "rbytes", "wbytes")
+}
+
+/// `io.stat` fields `rk` and `wk` summed over devices.
+pub fn sum_io_stat(text: &str, rk: &str, wk: &str) -> (u64, u64) {
     let (mut r, mut w) = (0u64, 0u64);
     for field in text.split_whitespace() {
         if let Some((k, v)) = field.split_once('=') {
             let Ok(n) = v.parse::<u64>() else { continue };
-            match k {
-                "rbytes" => r = r.saturating_add(n),
-                "wbytes" => w = w.saturating_add(n),
-                _ => {}
+            if k == rk {
+                r = r.saturating_add(n);
+            } else if k == wk {
+                w = w.saturating_add(n);
             }
         }
     }
     (r, w)
+}
+
+/// cAdvisor's working set: usage without the inactive file cache.
+pub fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
+    usage.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)))
 }
 
 /// v1 writes that stop swapping: swappiness 0 always; memory+swap = memory
@@ -325,6 +357,15 @@ mod tests {
         let text = "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n\
                     259:0 rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n";
         assert_eq!(parse_io_stat_v2(text), (101, 202));
+        assert_eq!(sum_io_stat(text, "rios", "wios"), (2, 3));
+    }
+
+    #[test]
+    fn working_set_leaves_out_inactive_file_cache() {
+        assert_eq!(working_set(Some(100), Some(30)), Some(70));
+        assert_eq!(working_set(Some(10), Some(30)), Some(0));
+        assert_eq!(working_set(Some(10), None), Some(10));
+        assert_eq!(working_set(None, Some(1)), None);
     }
 
     #[test]
@@ -494,8 +535,10 @@ mod tests {
         std::fs::create_dir_all(&c).unwrap();
         std::fs::write(c.join("cpu.stat"), "usage_usec 3\nuser_usec 2\n").unwrap();
         std::fs::write(c.join("memory.current"), "10\n").unwrap();
+        std::fs::write(c.join("memory.stat"), "anon 6\ninactive_file 4\n").unwrap();
+        std::fs::write(c.join("memory.swap.current"), "2\n").unwrap();
         std::fs::write(c.join("memory.max"), "max\n").unwrap();
-        std::fs::write(c.join("io.stat"), "8:0 rbytes=7 wbytes=9 rios=1 wios=1\n").unwrap();
+        std::fs::write(c.join("io.stat"), "8:0 rbytes=7 wbytes=9 rios=1 wios=3\n").unwrap();
         let cg = Cgroups::new(d.path());
         assert_eq!(cg.layout(), Layout::V2);
         let ctr = &cg.containers(&["kubepods".into()])[0];
@@ -505,6 +548,8 @@ mod tests {
         assert_eq!(u.memory_bytes, Some(10));
         assert_eq!(u.memory_limit, None);
         assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(7), Some(9)));
+        assert_eq!((u.io_read_ops, u.io_write_ops), (Some(1), Some(3)));
+        assert_eq!((u.working_set, u.swap_bytes), (Some(6), Some(2)));
         // A plain file accepts the write: the guard reads back "0".
         assert_eq!(cg.guard_swap(ctr), Ok(()));
     }

@@ -21,6 +21,8 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
         .iter()
         .filter_map(|l| Some((l.ns_id?, l.attachment.pod_namespace.clone()?)))
         .collect();
+    let index = sh.pods.lock().await.clone().unwrap_or_default();
+    let statuses = index.all.clone();
     let cg = sh.cgroups.clone();
     let roots = sh.cfg.container_roots.clone();
     let containers = tokio::task::spawn_blocking(move || {
@@ -28,24 +30,41 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
             .into_iter()
             .map(|c| {
                 let u = cg.usage(&c);
-                let app = u
-                    .pids
-                    .iter()
-                    .find_map(|p| ns_id(Path::new(&format!("/proc/{p}/ns/net"))))
-                    .and_then(|id| apps.get(&id).cloned())
-                    .unwrap_or_default();
                 let (tr, tw) = tasks_io(&u.pids);
-                ContainerStat {
-                    name: c.name,
-                    app,
+                let mut stat = ContainerStat {
                     cpu_ns: u.cpu_ns,
                     memory: u.memory_bytes,
+                    working_set: u.working_set,
                     memory_limit: u.memory_limit,
+                    swap: u.swap_bytes,
                     blkio_read: u.io_read_bytes,
                     blkio_write: u.io_write_bytes,
+                    read_ops: u.io_read_ops,
+                    write_ops: u.io_write_ops,
                     task_io_read: tr,
                     task_io_write: tw,
+                    ..Default::default()
+                };
+                match index.lookup(&c.rel, &c.name) {
+                    Some(p) => {
+                        stat.namespace.clone_from(&p.namespace);
+                        stat.pod.clone_from(&p.pod);
+                        stat.container.clone_from(&p.container);
+                        stat.app.clone_from(&p.app);
+                        stat.version.clone_from(&p.version);
+                    }
+                    // No pod claims it: the netns its tasks run in may.
+                    None => {
+                        stat.app = u
+                            .pids
+                            .iter()
+                            .find_map(|p| ns_id(Path::new(&format!("/proc/{p}/ns/net"))))
+                            .and_then(|id| apps.get(&id).cloned())
+                            .unwrap_or_default();
+                    }
                 }
+                stat.name = c.name;
+                stat
             })
             .collect::<Vec<_>>()
     })
@@ -56,7 +75,8 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
             let a = l.attachment;
             let stats = netns_if_stats(Path::new(&a.netns), &a.ifname).await?;
             Some(PodNet {
-                pod: a.pod().unwrap_or_default(),
+                pod: a.pod_name.clone().unwrap_or_default(),
+                namespace: a.pod_namespace.clone().unwrap_or_default(),
                 app: a.pod_namespace.clone().unwrap_or_default(),
                 container_id: a.container_id,
                 ifname: a.ifname,
@@ -92,5 +112,6 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
         blocks,
         bond,
         counters,
+        statuses,
     }
 }

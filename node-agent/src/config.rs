@@ -79,6 +79,11 @@ pub struct Args {
     /// Address of the metrics / control HTTP endpoint ("off" disables it).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// `host:port` Prometheus scrapes, published in the registration for
+    /// core's service discovery (default: the listen address unless it is a
+    /// wildcard).
+    #[arg(long)]
+    pub metrics_advertise: Option<String>,
     /// One reconcile pass (bootstrap, scan + report, swap guard), then exit.
     #[arg(long)]
     pub once: bool,
@@ -181,6 +186,7 @@ struct FileSwap {
 #[serde(deny_unknown_fields)]
 struct FileMetrics {
     listen: Option<String>,
+    advertise: Option<String>,
 }
 
 /// The effective, validated configuration.
@@ -207,6 +213,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     pub container_roots: Vec<String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Published as `metricsAddress`; `None`: not discoverable.
+    pub metrics_advertise: Option<String>,
     pub once: bool,
     pub log_format: LogFormat,
 }
@@ -296,6 +304,8 @@ impl Config {
                     .with_context(|| format!("invalid metrics listen address {addr:?}"))?,
             ),
         };
+        let metrics_advertise =
+            advertise(metrics_listen, a.metrics_advertise.or(f.metrics.advertise))?;
         let on = |x: Option<OnOff>| x.map(|v| v == OnOff::On);
         Ok(Config {
             node,
@@ -335,9 +345,29 @@ impl Config {
                         .collect()
                 }),
             metrics_listen,
+            metrics_advertise,
             once: a.once,
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
         })
+    }
+}
+
+/// What the registration tells Prometheus to scrape: a wildcard listen
+/// address says nothing about where the host is reachable.
+fn advertise(listen: Option<SocketAddr>, given: Option<String>) -> anyhow::Result<Option<String>> {
+    match (listen, given) {
+        (None, _) => Ok(None),
+        (Some(_), Some(a)) => {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                bail!("invalid metrics advertise address {a:?}: want host:port");
+            }
+            Ok(Some(a))
+        }
+        (Some(l), None) if l.ip().is_unspecified() => Ok(None),
+        (Some(l), None) => Ok(Some(l.to_string())),
     }
 }
 
@@ -415,6 +445,7 @@ mod tests {
             ("[ovs]\nbond_mode = \"round-robin\"", "bond_mode"),
             ("node = \"a/b\"", "node"),
             ("[metrics]\nlisten = \"nowhere\"", "metrics"),
+            ("[metrics]\nadvertise = \"nohost\"", "advertise"),
             ("[registration]\nlease_ttl = \"1s\"", "lease_ttl"),
             ("[ovs]\nbogus = 1", "bogus"),
         ] {

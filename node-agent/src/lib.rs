@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod leak;
 pub mod metrics;
+pub mod pods;
 pub mod podview;
 pub mod procfs;
 pub mod record;
@@ -70,6 +71,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(register::run(sh.clone())),
         tokio::spawn(scan_loop(sh.clone(), scan_rx)),
     ];
+    if let Some(client) = sh.kube.clone() {
+        tasks.push(tokio::spawn(pods::run(sh.clone(), client)));
+    }
     if let Some(l) = listener {
         tracing::info!(addr = %l.local_addr()?, "HTTP endpoint listening");
         tasks.push(tokio::spawn(http::serve(l, sh.clone(), scan_tx.clone())));

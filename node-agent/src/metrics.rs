@@ -13,6 +13,8 @@ pub struct Snapshot {
     pub blocks: Vec<BlockUse>,
     pub bond: Option<BondHealth>,
     pub counters: Counters,
+    /// Container statuses of this node's pods (restarts, OOM kills).
+    pub statuses: Vec<leengine_apiserver::ContainerInfo>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -36,21 +38,47 @@ pub struct DiskStat {
 
 #[derive(Clone, Debug, Default)]
 pub struct ContainerStat {
+    /// The cgroup leaf (label `id`).
     pub name: String,
-    /// Pod namespace of the pod whose netns the container's tasks are in; "" if none.
+    /// The pod's app (its namespace or `leengine.io/app` label); for a cgroup
+    /// no pod claims, the namespace of the pod netns its tasks run in; "" if none.
     pub app: String,
+    /// From the kubelet's pods; "" when no pod claims the cgroup.
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub version: String,
     pub cpu_ns: Option<u64>,
     pub memory: Option<u64>,
+    pub working_set: Option<u64>,
     pub memory_limit: Option<u64>,
+    pub swap: Option<u64>,
     pub blkio_read: Option<u64>,
     pub blkio_write: Option<u64>,
+    pub read_ops: Option<u64>,
+    pub write_ops: Option<u64>,
     pub task_io_read: u64,
     pub task_io_write: u64,
+}
+
+impl ContainerStat {
+    fn labels(&self) -> [(&str, &str); 6] {
+        [
+            ("id", &self.name),
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("container", &self.container),
+            ("app", &self.app),
+            ("version", &self.version),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct PodNet {
     pub container_id: String,
+    pub namespace: String,
+    /// The pod's name.
     pub pod: String,
     pub app: String,
     pub ifname: String,
@@ -285,7 +313,7 @@ fn render_node(o: &mut Out, s: &Snapshot) {
 
 fn render_containers(o: &mut Out, s: &Snapshot) {
     type Get = fn(&ContainerStat) -> Option<f64>;
-    let families: [(&str, &str, &str, Get); 7] = [
+    let families: [(&str, &str, &str, Get); 12] = [
         (
             "leengine_container_cpu_seconds_total",
             "counter",
@@ -299,10 +327,22 @@ fn render_containers(o: &mut Out, s: &Snapshot) {
             |c| c.memory.map(|m| m as f64),
         ),
         (
+            "leengine_container_memory_working_set_bytes",
+            "gauge",
+            "Memory charged minus inactive file cache.",
+            |c| c.working_set.map(|m| m as f64),
+        ),
+        (
             "leengine_container_memory_limit_bytes",
             "gauge",
             "Memory limit (absent: unlimited).",
             |c| c.memory_limit.map(|m| m as f64),
+        ),
+        (
+            "leengine_container_swap_bytes",
+            "gauge",
+            "Swap charged to the container (absent: not accounted).",
+            |c| c.swap.map(|m| m as f64),
         ),
         (
             "leengine_container_blkio_read_bytes_total",
@@ -317,6 +357,18 @@ fn render_containers(o: &mut Out, s: &Snapshot) {
             |c| c.blkio_write.map(|m| m as f64),
         ),
         (
+            "leengine_container_blkio_read_ops_total",
+            "counter",
+            "Read operations on block devices (blkio io_serviced / io.stat rios).",
+            |c| c.read_ops.map(|m| m as f64),
+        ),
+        (
+            "leengine_container_blkio_write_ops_total",
+            "counter",
+            "Write operations on block devices (blkio io_serviced / io.stat wios).",
+            |c| c.write_ops.map(|m| m as f64),
+        ),
+        (
             "leengine_container_task_io_read_bytes_total",
             "counter",
             "Storage bytes read by the container's live tasks (/proc/PID/io).",
@@ -328,13 +380,52 @@ fn render_containers(o: &mut Out, s: &Snapshot) {
             "Storage bytes written by the container's live tasks (/proc/PID/io).",
             |c| Some(c.task_io_write as f64),
         ),
+        (
+            "leengine_container_info",
+            "gauge",
+            "1 per container cgroup, with the pod it belongs to.",
+            |_| Some(1.0),
+        ),
     ];
     for (name, kind, help, get) in families {
         o.family(name, kind, help);
         for c in &s.containers {
             if let Some(v) = get(c) {
-                o.sample(name, &[("container", &c.name), ("app", &c.app)], v);
+                o.sample(name, &c.labels(), v);
             }
+        }
+    }
+    render_statuses(o, s);
+}
+
+/// From the pods' container statuses: they outlive each container's cgroup.
+fn render_statuses(o: &mut Out, s: &Snapshot) {
+    type Get = fn(&leengine_apiserver::ContainerInfo) -> f64;
+    let families: [(&str, &str, &str, Get); 2] = [
+        (
+            "leengine_container_restarts_total",
+            "counter",
+            "Restarts of the pod's container (kubelet's restartCount).",
+            |c| c.restarts as f64,
+        ),
+        (
+            "leengine_container_oom_killed",
+            "gauge",
+            "1 when the container's last termination was the OOM killer's.",
+            |c| f64::from(u8::from(c.oom_killed)),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        o.family(name, kind, help);
+        for c in &s.statuses {
+            let labels = [
+                ("namespace", c.namespace.as_str()),
+                ("pod", &c.pod),
+                ("container", &c.container),
+                ("app", &c.app),
+                ("version", &c.version),
+            ];
+            o.sample(name, &labels, get(c));
         }
     }
 }
@@ -368,6 +459,7 @@ fn render_pods(o: &mut Out, s: &Snapshot) {
         for p in &s.pods {
             let labels = [
                 ("container_id", p.container_id.as_str()),
+                ("namespace", &p.namespace),
                 ("pod", &p.pod),
                 ("app", &p.app),
                 ("interface", &p.ifname),
@@ -545,6 +637,12 @@ mod tests {
                 ContainerStat {
                     name: "c1".into(),
                     app: "shop".into(),
+                    namespace: "shop".into(),
+                    pod: "web-1".into(),
+                    container: "app".into(),
+                    version: "2".into(),
+                    working_set: Some(8),
+                    read_ops: Some(3),
                     cpu_ns: Some(1_500_000_000),
                     memory: Some(10),
                     blkio_write: Some(7),
@@ -565,7 +663,8 @@ mod tests {
             ],
             pods: vec![PodNet {
                 container_id: "sb1".into(),
-                pod: "shop/web-1".into(),
+                namespace: "shop".into(),
+                pod: "web-1".into(),
                 app: "shop".into(),
                 ifname: "eth0".into(),
                 stats: IfStats {
@@ -590,6 +689,16 @@ mod tests {
                 released: 4,
                 ..Default::default()
             },
+            statuses: vec![leengine_apiserver::ContainerInfo {
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                container: "app".into(),
+                app: "shop".into(),
+                version: "2".into(),
+                restarts: 3,
+                oom_killed: true,
+                ..Default::default()
+            }],
         }
     }
 
@@ -608,15 +717,21 @@ mod tests {
         assert!(l.contains(&"leengine_app_memory_bytes{app=\"shop\"} 15"));
         assert!(l.contains(&"leengine_app_network_transmit_bytes_total{app=\"shop\"} 200"));
         assert!(l.contains(&"leengine_app_blkio_write_bytes_total{app=\"shop\"} 7"));
+        let c1 = "id=\"c1\",namespace=\"shop\",pod=\"web-1\",container=\"app\",app=\"shop\",version=\"2\"";
+        assert!(l.contains(&format!("leengine_container_cpu_seconds_total{{{c1}}} 1.5").as_str()));
         assert!(
-            l.contains(&"leengine_container_cpu_seconds_total{container=\"c1\",app=\"shop\"} 1.5")
+            l.contains(&format!("leengine_container_memory_working_set_bytes{{{c1}}} 8").as_str())
         );
+        assert!(l.contains(&format!("leengine_container_blkio_read_ops_total{{{c1}}} 3").as_str()));
+        let st = "namespace=\"shop\",pod=\"web-1\",container=\"app\",app=\"shop\",version=\"2\"";
+        assert!(l.contains(&format!("leengine_container_restarts_total{{{st}}} 3").as_str()));
+        assert!(l.contains(&format!("leengine_container_oom_killed{{{st}}} 1").as_str()));
         assert!(
             !l.iter()
                 .any(|x| x.starts_with("leengine_app_") && x.contains("app=\"\"")),
             "containers without an app are not summed"
         );
-        assert!(l.contains(&"leengine_pod_network_receive_bytes_total{container_id=\"sb1\",pod=\"shop/web-1\",app=\"shop\",interface=\"eth0\"} 100"));
+        assert!(l.contains(&"leengine_pod_network_receive_bytes_total{container_id=\"sb1\",namespace=\"shop\",pod=\"web-1\",app=\"shop\",interface=\"eth0\"} 100"));
         assert!(l.contains(&"leengine_node_ip_block_used{pool=\"p1\",block=\"10.0.0.16/28\"} 3"));
         assert!(l.contains(&"leengine_node_bond_member_up{bond=\"bond1\",member=\"eth3\"} 0"));
         assert!(l.contains(&"leengine_node_bond_active_member{bond=\"bond1\",member=\"eth2\"} 1"));
@@ -632,13 +747,10 @@ mod tests {
             "unlimited: no sample"
         );
         assert!(
-            !t.contains("leengine_container_memory_bytes{container=\"odd"),
+            !t.contains("leengine_container_memory_bytes{id=\"odd"),
             "no memory value: no sample"
         );
-        assert!(
-            t.contains("container=\"odd\\\"name\""),
-            "quotes escaped: {t}"
-        );
+        assert!(t.contains("id=\"odd\\\"name\""), "quotes escaped: {t}");
         let mut seen = std::collections::BTreeSet::new();
         for l in t.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = l.split_whitespace().nth(2).unwrap();

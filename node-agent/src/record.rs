@@ -24,6 +24,9 @@ pub struct NodeRecord {
     /// Containers the swap guard could not constrain (when it is on).
     #[serde(default)]
     pub swap_unconstrained: Vec<String>,
+    /// Where Prometheus scrapes this agent (core's service discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,10 +201,12 @@ mod tests {
             bond_error: Some("OVSDB unavailable".into()),
             reclaim: true,
             swap_unconstrained: vec![],
+            metrics_address: Some("10.0.0.1:9477".into()),
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["capacity"]["memoryBytes"], 8);
         assert_eq!(v["bondError"], "OVSDB unavailable");
+        assert_eq!(v["metricsAddress"], "10.0.0.1:9477");
         assert_eq!(serde_json::from_value::<NodeRecord>(v).unwrap(), r);
     }
 }

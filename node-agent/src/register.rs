@@ -31,6 +31,7 @@ pub async fn record(sh: &Shared) -> NodeRecord {
         bond_error,
         reclaim: sh.cfg.reclaim,
         swap_unconstrained: sh.state.lock().await.swap_unconstrained.clone(),
+        metrics_address: sh.cfg.metrics_advertise.clone(),
     }
 }
 

@@ -194,7 +194,7 @@ fn metrics_follow_traffic_and_disk_io_swap_guard_and_prometheus_scrape() {
         &[("app", "shop")],
     )
     .unwrap();
-    let ctr = [("container", "ctr"), ("app", "shop")];
+    let ctr = [("id", "ctr"), ("app", "shop")];
     let w0 = sample(
         &before,
         "leengine_container_task_io_write_bytes_total",

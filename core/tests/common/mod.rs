@@ -262,11 +262,16 @@ pub fn registry_settings(
 /// A one-node Cell whose pool `web` (VLAN `vlan`) is created in its etcd
 /// with cnictl, as network operators do.
 pub fn start_cell_with_pool(vlan: u16) -> te::Cell {
+    start_cell(vlan, None)
+}
+
+/// Like [`start_cell_with_pool`], with `node_agent` on every node.
+pub fn start_cell(vlan: u16, node_agent: Option<std::path::PathBuf>) -> te::Cell {
     let cell = te::Cell::start(te::CellSpec {
         nodes: 1,
         pools: vec![("web".into(), vlan)],
         cni_plugin: sibling("leengine-cni"),
-        node_agent: None,
+        node_agent,
         reclaim: false,
     });
     let pool = cell.pools()[0].clone();

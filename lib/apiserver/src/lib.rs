@@ -165,12 +165,115 @@ pub fn live_pod_ips(pods: &[Pod]) -> BTreeMap<Ipv4Addr, String> {
         .collect()
 }
 
+/// Labels the core's deploy puts on every pod it makes (core/src/deploy/objects.rs).
+pub const APP_LABEL: &str = "leengine.io/app";
+pub const VERSION_LABEL: &str = "leengine.io/version";
+
+/// One container of a pod, as metrics label it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerInfo {
+    /// Runtime id without the `containerd://` scheme; empty before the
+    /// container first started.
+    pub id: String,
+    pub pod_uid: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// `leengine.io/app`, else the namespace (one app = one namespace).
+    pub app: String,
+    pub version: String,
+    pub restarts: u64,
+    /// The last termination was the OOM killer's.
+    pub oom_killed: bool,
+}
+
+/// Every container status of `pods`, with the pod's identity and labels.
+pub fn pod_containers(pods: &[Pod]) -> Vec<ContainerInfo> {
+    let mut out = Vec::new();
+    for p in pods {
+        let m = &p.metadata;
+        let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
+            continue;
+        };
+        let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k)).cloned();
+        let statuses = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten();
+        for c in statuses {
+            let oom = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or(c.state.as_ref().and_then(|s| s.terminated.as_ref()))
+                .and_then(|t| t.reason.as_deref())
+                == Some("OOMKilled");
+            out.push(ContainerInfo {
+                id: c
+                    .container_id
+                    .as_deref()
+                    .map(|id| id.split_once("://").map_or(id, |(_, i)| i).to_string())
+                    .unwrap_or_default(),
+                pod_uid: m.uid.clone().unwrap_or_default(),
+                namespace: ns.clone(),
+                pod: name.clone(),
+                container: c.name.clone(),
+                app: label(APP_LABEL).unwrap_or_else(|| ns.clone()),
+                version: label(VERSION_LABEL).unwrap_or_default(),
+                restarts: u64::try_from(c.restart_count).unwrap_or(0),
+                oom_killed: oom,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn container_statuses_carry_pod_labels_and_restarts() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "web-u1", "uid": "u-1",
+                         "labels": {"leengine.io/app": "web", "leengine.io/version": "3"}},
+            "status": {"containerStatuses": [
+                {"name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 2,
+                 "containerID": "containerd://abc", "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+                {"name": "side", "image": "i", "imageID": "", "ready": false, "restartCount": 0}
+            ]}
+        }));
+        let c = pod_containers(&[p]);
+        assert_eq!(
+            c[0],
+            ContainerInfo {
+                id: "abc".into(),
+                pod_uid: "u-1".into(),
+                namespace: "web-u1".into(),
+                pod: "web-1".into(),
+                container: "app".into(),
+                app: "web".into(),
+                version: "3".into(),
+                restarts: 2,
+                oom_killed: true,
+            }
+        );
+        assert_eq!((c[1].id.as_str(), c[1].oom_killed), ("", false));
+        let bare = pod(serde_json::json!({
+            "metadata": {"name": "x", "namespace": "ns"},
+            "status": {"containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }));
+        assert_eq!(
+            pod_containers(&[bare])[0].app,
+            "ns",
+            "no label: the namespace is the app"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The lua modules nginx loads (`leengine.upstreams`: shared-dict store,
-//! admin endpoint, dump loader; `leengine.balancer`: peer selection; `leengine.router`: lua routing). The
-//! agent writes them under `{lua_dir}/leengine/`.
+//! admin endpoint, dump loader; `leengine.balancer`: peer selection; `leengine.router`: lua
+//! routing; `leengine.metrics`: per-domain request counters). The agent writes them under `{lua_dir}/leengine/`.
 
 pub const MODULES: &[(&str, &str)] = &[
     (
@@ -14,5 +14,9 @@ pub const MODULES: &[(&str, &str)] = &[
     (
         "leengine/router.lua",
         include_str!("lua/leengine/router.lua"),
+    ),
+    (
+        "leengine/metrics.lua",
+        include_str!("lua/leengine/metrics.lua"),
     ),
 ];

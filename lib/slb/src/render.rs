@@ -47,6 +47,9 @@ pub struct MainParams {
     /// Worker user (`user` directive); nginx's default (`nobody`) when `None`.
     pub user: Option<String>,
     pub shared_dict_size: String,
+    /// Per-domain request counters (`leengine.metrics`), served on the
+    /// admin server at [`METRICS_PATH`].
+    pub lb_metrics: bool,
     pub names_hash: NamesHash,
 }
 
@@ -88,6 +91,9 @@ impl NamesHash {
     }
 }
 
+/// Path of the Prometheus text of the lua counters on the admin server.
+pub const METRICS_PATH: &str = "/leengine/metrics";
+
 /// The main `nginx.conf`; `domains_dir` differs between the staged copy used
 /// by `nginx -t` and the live one, nothing else does.
 pub fn render_main(p: &MainParams) -> String {
@@ -116,7 +122,7 @@ http {{\n\
     lua_package_path {pkg};\n\
     lua_shared_dict {SHARED_DICT} {dict_size};\n\
     init_by_lua_block {{ local u = require(\"leengine.upstreams\"); u.load_secret({secret}); u.load_dump({dump}) }}\n\
-    log_by_lua_block {{ require(\"leengine.balancer\").log() }}\n\
+    {metrics_dict}log_by_lua_block {{ require(\"leengine.balancer\").log(){metrics_log} }}\n\
     server_tokens off;\n\
     server_names_hash_max_size {hash_max};\n\
     server_names_hash_bucket_size {hash_bucket};\n\
@@ -131,7 +137,7 @@ http {{\n\
         location = {ADMIN_PATH} {{\n\
             content_by_lua_block {{ require(\"leengine.upstreams\").admin() }}\n\
         }}\n\
-        location / {{\n            return 404;\n        }}\n\
+        {metrics_location}location / {{\n            return 404;\n        }}\n\
     }}\n\
     include {include};\n\
 }}\n",
@@ -151,6 +157,13 @@ http {{\n\
         secret = lua_string(&p.secret_file.display().to_string()),
         admin_port = p.admin_port,
         include = d(&p.domains_dir.join("*.conf")),
+        metrics_dict = if p.lb_metrics { "lua_shared_dict leengine_metrics 8m;\n    " } else { "" },
+        metrics_log = if p.lb_metrics { " require(\"leengine.metrics\").log()" } else { "" },
+        metrics_location = if p.lb_metrics {
+            format!("location = {METRICS_PATH} {{\n            content_by_lua_block {{ require(\"leengine.metrics\").render() }}\n        }}\n        ")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -246,6 +259,8 @@ pub fn render_domain(domain: &str, cfg: &DomainConfig) -> String {
         .map(|n| quote(n))
         .collect();
     let _ = writeln!(s, "    server_name {};", names.join(" "));
+    // The lua counters' label: server_name may list other names first.
+    let _ = writeln!(s, "    set $leengine_domain {};", quote(domain));
     if let Some(t) = &cfg.tls {
         let _ = writeln!(s, "    ssl_certificate {};", quote(&t.certificate));
         let _ = writeln!(s, "    ssl_certificate_key {};", quote(&t.certificate_key));
@@ -381,6 +396,7 @@ upstream leengine_a.example.com {
 server {
     listen 8080;
     server_name \"a.example.com\";
+    set $leengine_domain \"a.example.com\";
     add_header \"X-A\" \"1\" always;
     location = \"/api\" {
         rewrite \"^/x(.*)$\" \"/$1\" break;
@@ -441,9 +457,20 @@ server {
             worker_processes: Some(2),
             user: Some("www-data".into()),
             shared_dict_size: "32m".into(),
+            lb_metrics: true,
             names_hash: NamesHash::for_names(["a.com"]),
         };
         let text = render_main(&p);
+        assert!(text.contains("lua_shared_dict leengine_metrics 8m;"));
+        assert!(text.contains(
+            "log_by_lua_block { require(\"leengine.balancer\").log() require(\"leengine.metrics\").log() }"
+        ));
+        assert!(text.contains("location = /leengine/metrics {"));
+        let off = render_main(&MainParams {
+            lb_metrics: false,
+            ..p
+        });
+        assert!(!off.contains("leengine.metrics") && !off.contains("leengine_metrics"));
         assert!(text.contains("load_module \"/usr/lib/nginx/modules/ngx_http_lua_module.so\";"));
         assert!(text.contains("listen 127.0.0.1:9876;"));
         assert!(text.contains("include \"/etc/le/domains/*.conf\";"));

@@ -33,6 +33,9 @@ pub struct AgentStatus {
     pub last_reload: Option<String>,
     /// RFC 3339 time this record was written.
     pub updated: String,
+    /// Where Prometheus scrapes this agent (core's service discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -263,6 +263,25 @@ impl Keys {
     pub fn core_image_tombstone(&self, image: &str) -> String {
         self.core_item("tombstones/image", image)
     }
+    /// Alert rules of every app (core renders them into one rule file).
+    pub fn core_alert_rules_root(&self) -> String {
+        self.core_collection("alerts")
+    }
+    pub fn core_alert_rules_prefix(&self, app: &str) -> String {
+        format!("{}{app}/", self.core_alert_rules_root())
+    }
+    pub fn core_alert_rule(&self, app: &str, rule: &str) -> String {
+        format!("{}{rule}", self.core_alert_rules_prefix(app))
+    }
+    /// Last notified state of one alert (Alertmanager's fingerprint), so a
+    /// repeated webhook call notifies nobody twice.
+    pub fn core_alert_state(&self, app: &str, fingerprint: &str) -> String {
+        format!("{}alert-state/{app}/{fingerprint}", self.core_prefix())
+    }
+    /// A user's notification channels (e-mail, webhook).
+    pub fn core_notify(&self, user: &str) -> String {
+        self.core_item("notify", user)
+    }
 }
 
 // ---- the app layer (ARCHITECTURE.md §6): Cells, desired state, drains ----
@@ -512,6 +531,8 @@ impl Keys {
                 Grant::prefix(self.apps_prefix(), ReadWrite),
                 Grant::prefix(self.drain_requests_prefix(), ReadWrite),
                 Grant::prefix(self.drain_acks_prefix(), Read),
+                // Prometheus service discovery lists the nodes' metrics addresses.
+                Grant::prefix(self.nodes_prefix(), Read),
             ],
             Component::Discovery => vec![
                 Grant::prefix(self.cells_prefix(), Read),
@@ -602,6 +623,19 @@ pub fn slb_agent(group: &str, host: &str) -> String {
     format!("{}{host}", slb_agents_prefix(group))
 }
 
+/// Every SLB group's keys (service discovery looks for agents under it).
+pub fn slb_root_prefix() -> String {
+    format!("{SLB_ROOT}/")
+}
+
+/// `(group, host)` of an agent status key `/slb/{group}/agents/{host}`.
+pub fn parse_slb_agent_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(SLB_ROOT)?.strip_prefix('/')?;
+    let (group, rest) = rest.split_once('/')?;
+    let host = rest.strip_prefix("agents/")?;
+    (!group.is_empty() && !host.is_empty() && !host.contains('/')).then_some((group, host))
+}
+
 /// What a key under `/slb/{group}/domains/` names.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SlbDomainKey<'a> {
@@ -649,6 +683,17 @@ mod tests {
         assert_eq!(parse_block_segment(&seg), Some((ip, 28)));
         assert_eq!(parse_block_segment("10.0.4.16-33"), None);
         assert_eq!(parse_block_segment("garbage"), None);
+    }
+
+    #[test]
+    fn slb_agent_keys_parse() {
+        assert_eq!(
+            parse_slb_agent_key(&slb_agent("g1", "h1")),
+            Some(("g1", "h1"))
+        );
+        assert_eq!(parse_slb_agent_key(&slb_domain_config("g1", "a.com")), None);
+        assert_eq!(parse_slb_agent_key("/slb/g1/agents/"), None);
+        assert_eq!(parse_slb_agent_key("/leengine/nodes/n1"), None);
     }
 
     #[test]
@@ -796,6 +841,8 @@ mod tests {
             Access::ReadWrite
         ));
         assert!(!can(&Component::Core, &k.pool("p"), Access::Read));
+        assert!(can(&Component::Core, &k.node("n1"), Access::Read));
+        assert!(!can(&Component::Core, &k.node("n1"), Access::ReadWrite));
         // Every grant of every component stays under its prefix or /slb/.
         for c in [
             Component::Core,

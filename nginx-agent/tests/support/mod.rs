@@ -35,6 +35,8 @@ pub struct Host {
     pub routing: &'static str,
     /// The SLB group this host serves.
     pub group: &'static str,
+    /// More agent flags (e.g. `--metrics-listen`).
+    pub extra_args: Vec<String>,
 }
 
 impl Host {
@@ -69,6 +71,7 @@ impl Host {
             shared_dict_size: None,
             routing: "lua",
             group,
+            extra_args: Vec::new(),
         }
     }
 
@@ -118,6 +121,7 @@ impl Host {
                     .map(|s| vec!["--shared-dict-size", s])
                     .unwrap_or_default(),
             )
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))

@@ -604,11 +604,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if n.reclaim { "on" } else { "off" }.into(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", n.agent_port),
+            // Metrics of this kubelet's containers (its --cgroup-root).
+            "--container-roots".into(),
+            format!("{}/kubepods", n.cgroup_root.trim_start_matches('/')),
         ];
         let bin = bin.display().to_string();
         let mut argv: Vec<&str> = vec![bin.as_str()];
         argv.extend(args.iter().map(String::as_str));
-        let mut cmd = self.ovs.command(&argv);
+        // nsenter, not `ip netns exec`: that remounts /sys, and the agent's
+        // metrics and swap guard need the host's cgroup mounts.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.ovs.netns().path().display()))
+            .args(&argv);
         cmd.env("RUST_LOG", "info");
         let d = Daemon::spawn("node-agent", &n.dir, &mut cmd);
         self.nodes[i].node_agent = Some(d);

@@ -17,12 +17,14 @@
 //! A missing tool panics with one line naming the Debian package
 //! (`hack/deps.sh` installs them all).
 
+mod alertmanager;
 mod cell;
 mod cgroup;
 mod dc;
 mod docker;
 mod etcd;
 mod git;
+mod http;
 mod image;
 mod java;
 mod lb;
@@ -30,13 +32,17 @@ mod netns;
 mod nginx;
 mod ovs;
 mod pki;
+mod prometheus;
 mod run;
+mod smtp;
 
+pub use alertmanager::Alertmanager;
 pub use cell::{Cell, CellPool, CellSpec, KubeNode, PAUSE_IMAGE};
 pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
 pub use etcd::{Etcd, TlsFiles};
 pub use git::{git, GitServer};
+pub use http::{form, http, http_json};
 pub use image::Image;
 pub use java::{load_java_images, MavenMirror, COMPILE_IMAGE, JRE_IMAGE};
 pub use lb::{http_get, http_get_host, Discovery, Load, LoadCount, NginxAgent};
@@ -45,4 +51,6 @@ pub use netns::Netns;
 pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
 pub use ovs::Ovs;
 pub use pki::{Ca, CertPair};
+pub use prometheus::Prometheus;
 pub use run::{free_port, reap_stale, require_bin, run_dir, unique_name, wait_until};
+pub use smtp::Smtp;

@@ -92,6 +92,30 @@ impl Netns {
         port
     }
 
+    /// The reverse of [`Netns::forward_tcp`]: listens on `127.0.0.1:PORT` in
+    /// the caller's namespace and forwards to `127.0.0.1:target` inside this
+    /// one; returns PORT (e.g. a test reading a Prometheus that must run in
+    /// a node's namespace). Lives until the process ends.
+    pub fn expose_tcp(&self, target: u16) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("local addr").port();
+        let file = std::fs::File::open(&self.path).expect("open netns");
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this thread with a valid namespace fd; the
+            // listener was bound before, so it stays in the caller's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            for down in listener.incoming().flatten() {
+                let Ok(up) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                pump(down, up);
+            }
+        });
+        port
+    }
+
     /// Deletes the namespace now (what a crashed runtime's cleanup might do
     /// without calling CNI DEL).
     pub fn delete(&mut self) {

@@ -1,0 +1,209 @@
+//! The PromQL the core sends: built here from fixed templates, with the
+//! app's namespace (and a validated pod name) as the only inputs, escaped
+//! as PromQL string literals. No request text reaches a query otherwise.
+
+use serde::Serialize;
+
+/// A series the read API serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// CPU cores in use (rate of CPU seconds).
+    Cpu,
+    /// Working set bytes.
+    Memory,
+    MemoryLimit,
+    NetworkRx,
+    NetworkTx,
+    DiskRead,
+    DiskWrite,
+    DiskReadOps,
+    DiskWriteOps,
+    Restarts,
+    /// Requests per second through the app's LB domain, by status class.
+    Requests,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 11] = [
+        Metric::Cpu,
+        Metric::Memory,
+        Metric::MemoryLimit,
+        Metric::NetworkRx,
+        Metric::NetworkTx,
+        Metric::DiskRead,
+        Metric::DiskWrite,
+        Metric::DiskReadOps,
+        Metric::DiskWriteOps,
+        Metric::Restarts,
+        Metric::Requests,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cpu => "cpu",
+            Metric::Memory => "memory",
+            Metric::MemoryLimit => "memory_limit",
+            Metric::NetworkRx => "network_rx",
+            Metric::NetworkTx => "network_tx",
+            Metric::DiskRead => "disk_read",
+            Metric::DiskWrite => "disk_write",
+            Metric::DiskReadOps => "disk_read_ops",
+            Metric::DiskWriteOps => "disk_write_ops",
+            Metric::Restarts => "restarts",
+            Metric::Requests => "requests",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Cpu => "cores",
+            Metric::Memory | Metric::MemoryLimit => "bytes",
+            Metric::NetworkRx | Metric::NetworkTx | Metric::DiskRead | Metric::DiskWrite => {
+                "bytes/s"
+            }
+            Metric::DiskReadOps | Metric::DiskWriteOps => "ops/s",
+            Metric::Restarts => "restarts",
+            Metric::Requests => "requests/s",
+        }
+    }
+
+    /// The node-agent family behind a container metric; `None` for
+    /// `requests`, which nginx counts per domain.
+    fn family(self) -> Option<(&'static str, bool)> {
+        let f = match self {
+            Metric::Cpu => ("leengine_container_cpu_seconds_total", true),
+            Metric::Memory => ("leengine_container_memory_working_set_bytes", false),
+            Metric::MemoryLimit => ("leengine_container_memory_limit_bytes", false),
+            Metric::NetworkRx => ("leengine_pod_network_receive_bytes_total", true),
+            Metric::NetworkTx => ("leengine_pod_network_transmit_bytes_total", true),
+            Metric::DiskRead => ("leengine_container_blkio_read_bytes_total", true),
+            Metric::DiskWrite => ("leengine_container_blkio_write_bytes_total", true),
+            Metric::DiskReadOps => ("leengine_container_blkio_read_ops_total", true),
+            Metric::DiskWriteOps => ("leengine_container_blkio_write_ops_total", true),
+            Metric::Restarts => ("leengine_container_restarts_total", false),
+            Metric::Requests => return None,
+        };
+        Some(f)
+    }
+}
+
+/// A PromQL double-quoted string literal holding exactly `s`.
+pub fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whose series: an app (its namespace), optionally one pod of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub pod: Option<&'a str>,
+    /// The app's LB domain, for `requests`.
+    pub domain: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn selector(&self) -> String {
+        let mut s = format!("namespace={}", literal(self.namespace));
+        if let Some(p) = self.pod {
+            s.push_str(&format!(",pod={}", literal(p)));
+        }
+        s
+    }
+}
+
+/// The query for `metric` in `scope`: per container for a pod, per pod for
+/// an app; `None` when the app has no LB domain and `requests` is asked.
+pub fn query(metric: Metric, scope: &Scope<'_>, rate_window: &str) -> Option<String> {
+    let Some((family, counter)) = metric.family() else {
+        let domain = literal(scope.domain?);
+        return Some(format!(
+            "sum by (class) (rate(leengine_lb_requests_total{{domain={domain}}}[{rate_window}]))"
+        ));
+    };
+    let by = if scope.pod.is_some() {
+        "pod, container"
+    } else {
+        "pod"
+    };
+    let sel = format!("{family}{{{}}}", scope.selector());
+    Some(if counter {
+        format!("sum by ({by}) (rate({sel}[{rate_window}]))")
+    } else {
+        format!("sum by ({by}) ({sel})")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_cannot_leave_the_string() {
+        assert_eq!(literal("web-u1"), "\"web-u1\"");
+        assert_eq!(literal("a\"}or{x=\"1"), "\"a\\\"}or{x=\\\"1\"");
+        assert_eq!(literal("a\\\"b"), "\"a\\\\\\\"b\"");
+        assert_eq!(literal("x\ny\u{1}"), "\"x\\ny\\u0001\"");
+    }
+
+    #[test]
+    fn app_and_pod_queries_fix_the_namespace() {
+        let app = Scope {
+            namespace: "web-u1",
+            pod: None,
+            domain: Some("web.example.com"),
+        };
+        assert_eq!(
+            query(Metric::Cpu, &app, "1m").unwrap(),
+            "sum by (pod) (rate(leengine_container_cpu_seconds_total{namespace=\"web-u1\"}[1m]))"
+        );
+        assert_eq!(
+            query(Metric::Memory, &app, "1m").unwrap(),
+            "sum by (pod) (leengine_container_memory_working_set_bytes{namespace=\"web-u1\"})"
+        );
+        assert_eq!(
+            query(Metric::Requests, &app, "1m").unwrap(),
+            "sum by (class) (rate(leengine_lb_requests_total{domain=\"web.example.com\"}[1m]))"
+        );
+        let pod = Scope {
+            pod: Some("web-1\"} or vector(1) or {a=\""),
+            ..app
+        };
+        let q = query(Metric::NetworkRx, &pod, "30s").unwrap();
+        assert_eq!(
+            q,
+            "sum by (pod, container) (rate(leengine_pod_network_receive_bytes_total{namespace=\"web-u1\",pod=\"web-1\\\"} or vector(1) or {a=\\\"\"}[30s]))"
+        );
+        let no_lb = Scope {
+            domain: None,
+            ..app
+        };
+        assert_eq!(query(Metric::Requests, &no_lb, "1m"), None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in Metric::ALL {
+            assert_eq!(Metric::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(Metric::parse("up"), None);
+    }
+}
