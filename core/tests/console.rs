@@ -155,7 +155,7 @@ async fn a_missing_console_is_a_problem_naming_the_directory() {
 
 /// Plays the build host `id`: registers it (as the agent does) and takes
 /// every task placed on it through clone, compile, build and push.
-async fn builder(etcd: etcd_client::Client, keys: Keys, id: &str) {
+async fn builder(etcd: etcd_client::Client, keys: Keys, id: &str, registry: String) {
     let mut c = etcd;
     let lease = c.lease_grant(600, None).await.unwrap().id();
     let info = serde_json::json!({"id": id, "capacity": 2, "running": 0, "startedAt": Utc::now()});
@@ -178,19 +178,20 @@ async fn builder(etcd: etcd_client::Client, keys: Keys, id: &str) {
         for kv in tasks.kvs() {
             let task: BuildTask = serde_json::from_slice(kv.value()).unwrap();
             if done.insert(task.run.clone()) {
-                build(&mut c, &keys, &task).await;
+                build(&mut c, &keys, &task, &registry).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
+async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask, registry: &str) {
     let key = keys.build_run(&task.config, &task.run);
     let read = c.get(key.as_str(), None).await.unwrap();
     let mut run: BuildRun = serde_json::from_slice(read.kvs()[0].value()).unwrap();
     let mut log = BoundedLog::new(leengine_build::log::DEFAULT_LOG_TAIL_BYTES);
     let commit = "3f2a9c1d0e4b";
+    let pushed = format!("pushed {registry}/team/web:3f2a9c1");
     for (stage, lines) in [
         (
             Stage::Clone,
@@ -201,7 +202,7 @@ async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
             Stage::Build,
             &["Step 1/2 : FROM busybox", "Successfully built"][..],
         ),
-        (Stage::Push, &["pushed 127.0.0.1:5000/team/web:3f2a9c1"][..]),
+        (Stage::Push, &[pushed.as_str()][..]),
     ] {
         run.start_stage(stage, Utc::now());
         for l in lines {
@@ -217,7 +218,7 @@ async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
     }
     run.status = RunStatus::Succeeded;
     run.commit = Some(commit.into());
-    run.image = Some(format!("{REGISTRY}/team/web:{commit}"));
+    run.image = Some(format!("{registry}/team/web:{commit}"));
     run.finished_at = Some(Utc::now());
     c.put(key.as_str(), serde_json::to_vec(&run).unwrap(), None)
         .await
@@ -228,7 +229,20 @@ async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask) {
 async fn console_and_boss_in_chromium() {
     let dist = console_dist();
     let dir = tempfile::tempdir().unwrap();
-    let (key_pem, cert_pem, _) = common::token_keypair(dir.path());
+    let (key_pem, cert_pem, cert_path) = common::token_keypair(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let core_port = listener.local_addr().unwrap().port();
+    // A real registry with the core's token auth: a deploy asks it whether
+    // the tag exists. Its own notifications stay off: the page test posts
+    // the push events itself, so the boss's counts are exactly the test's.
+    let registry = te::Registry::start_with(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+        common::SERVICE,
+        common::ISSUER,
+        cert_path.display()
+    ));
+    let reg = registry.addr();
     let env = Env::start(Settings {
         // Notifications on: pushes reach image feeds (the deploy dialog's tags).
         registry: Some(RegistrySettings {
@@ -239,6 +253,10 @@ async fn console_and_boss_in_chromium() {
             ttl: Duration::from_secs(300),
             notify_secret: Some(NOTIFY_SECRET.into()),
         }),
+        builds: BuildSettings {
+            policy: Policy::new(Some(reg.clone()), &[GIT]).unwrap(),
+            ..Default::default()
+        },
         ..settings(Some(dist))
     })
     .await;
@@ -251,9 +269,8 @@ async fn console_and_boss_in_chromium() {
         env.core.db.etcd.clone(),
         env.core.db.keys.clone(),
         "builder-1",
+        reg.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let app = env
         .app
         .clone()
@@ -261,13 +278,29 @@ async fn console_and_boss_in_chromium() {
     tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
         listener, app,
     )));
+    // The image group the apps' image lives in (a deploy needs pull on it),
+    // and the tags the pages deploy, really in the registry.
+    let mia = Auth::Basic("mia".into(), PASSWORD.into());
+    let (st, v) = env
+        .call(
+            &mia,
+            Method::POST,
+            "/api/v1/groups",
+            Some(serde_json::json!({"name": "team"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let push = common::registry_token(core_port, "repository:team/web:push,pull", "mia", PASSWORD);
+    for tag in ["v1", "v2", "v7"] {
+        te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
+    }
     run_node(
         "tests/console.test.mjs",
         &[
             ("CONSOLE_URL", url),
             ("CONSOLE_PASSWORD", PASSWORD.into()),
             ("CONSOLE_GIT", GIT.into()),
-            ("CONSOLE_REGISTRY", REGISTRY.into()),
+            ("CONSOLE_REGISTRY", reg.clone()),
             ("CONSOLE_NOTIFY_SECRET", NOTIFY_SECRET.into()),
         ],
     )
