@@ -42,13 +42,6 @@ fn pods(cell: &te::Cell, ns: &str, version: u64) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
 fn names(pods: &[Value]) -> Vec<String> {
     let mut v: Vec<String> = pods
         .iter()
@@ -70,7 +63,7 @@ fn wait_ready(cell: &te::Cell, ns: &str, version: u64, n: usize) {
             .collect();
         live.len() == n
             && live.iter().all(|p| {
-                ready(p)
+                te::pod_ready(p)
                     && p["status"]["podIP"]
                         .as_str()
                         .is_some_and(|ip| ip.starts_with(&net))
