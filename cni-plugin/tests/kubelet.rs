@@ -97,10 +97,10 @@ impl World {
         let mut last = Vec::new();
         let ok = te::wait_until(PATIENCE, || {
             last = self.pods(selector);
-            last.len() == n && last.iter().all(ready)
+            last.len() == n && last.iter().all(te::pod_ready)
         });
         if !ok {
-            let summary: Vec<String> = last.iter().map(describe).collect();
+            let summary: Vec<String> = last.iter().map(te::describe_pod).collect();
             panic!(
                 "{n} ready pods for {selector} not reached: {summary:#?}\n{}",
                 self.cell.logs()
@@ -184,27 +184,6 @@ async fn ipam(cell: &te::Cell) -> Ipam {
     let cfg = leengine_store::EtcdConfig::new(vec![cell.etcd_endpoint()]);
     let client = leengine_store::connect(&cfg).await.unwrap();
     Ipam::new(client, cfg.keys(), "observer")
-}
-
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .unwrap_or(false)
-}
-
-fn describe(p: &Value) -> String {
-    format!(
-        "{} on {} ip={} phase={} ready={}",
-        p["metadata"]["name"].as_str().unwrap_or("?"),
-        p["spec"]["nodeName"].as_str().unwrap_or("-"),
-        p["status"]["podIP"].as_str().unwrap_or("-"),
-        p["status"]["phase"].as_str().unwrap_or("-"),
-        ready(p)
-    )
 }
 
 fn name(p: &Value) -> String {
@@ -305,7 +284,7 @@ fn deployment_on_two_nodes_gets_pool_ips_vlan_and_l2_reach_then_scales_to_zero()
     for p in &pods {
         let a = by_ip
             .get(&ip(p))
-            .unwrap_or_else(|| panic!("{} has no IPAM allocation", describe(p)));
+            .unwrap_or_else(|| panic!("{} has no IPAM allocation", te::describe_pod(p)));
         assert_eq!(a.pod_name.as_deref(), Some(name(p).as_str()));
         assert_eq!(a.pod_namespace.as_deref(), Some("default"));
         assert_eq!(a.node, node(p), "allocated by its own node");
@@ -416,12 +395,12 @@ spec:
     let mut after = Vec::new();
     let recreated = te::wait_until(PATIENCE, || {
         after = w.pods("app=db");
-        after.len() == 1 && after[0]["metadata"]["uid"] != old_uid && ready(&after[0])
+        after.len() == 1 && after[0]["metadata"]["uid"] != old_uid && te::pod_ready(&after[0])
     });
     assert!(
         recreated,
         "db-0 not re-created: {:?}",
-        after.iter().map(describe).collect::<Vec<_>>()
+        after.iter().map(te::describe_pod).collect::<Vec<_>>()
     );
     assert_eq!(
         ip(&after[0]),
@@ -466,12 +445,14 @@ fn runtime_crash_leaks_are_found_by_cnictl_against_the_apiserver_and_reclaimed_b
     let mut back = Vec::new();
     let rebuilt = te::wait_until(PATIENCE, || {
         back = w.pods("app=web");
-        back.len() == 4 && back.iter().all(ready) && back.iter().all(|p| !dead.contains(&ip(p)))
+        back.len() == 4
+            && back.iter().all(te::pod_ready)
+            && back.iter().all(|p| !dead.contains(&ip(p)))
     });
     assert!(
         rebuilt,
         "pods not back with new sandboxes: {:?}",
-        back.iter().map(describe).collect::<Vec<_>>()
+        back.iter().map(te::describe_pod).collect::<Vec<_>>()
     );
     let live = ips(&back);
 

@@ -84,10 +84,12 @@ impl World {
         let mut last = Vec::new();
         let ok = te::wait_until(PATIENCE, || {
             last = self.pods(ns, selector);
-            last.len() == n && last.iter().all(ready) && app_ips(&self.cell, ns).len() == allocated
+            last.len() == n
+                && last.iter().all(te::pod_ready)
+                && app_ips(&self.cell, ns).len() == allocated
         });
         if !ok {
-            let summary: Vec<String> = last.iter().map(describe).collect();
+            let summary: Vec<String> = last.iter().map(te::describe_pod).collect();
             panic!(
                 "{n} ready pods for {ns}/{selector} with {allocated} addresses not reached: {summary:#?} {:?}\n{}",
                 app_ips(&self.cell, ns),
@@ -121,27 +123,6 @@ fn app_ips(cell: &te::Cell, ns: &str) -> BTreeSet<Ipv4Addr> {
             .map(|a| a.ip)
             .collect()
     })
-}
-
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .unwrap_or(false)
-}
-
-fn describe(p: &Value) -> String {
-    format!(
-        "{} on {} ip={} phase={} ready={}",
-        p["metadata"]["name"].as_str().unwrap_or("?"),
-        p["spec"]["nodeName"].as_str().unwrap_or("-"),
-        p["status"]["podIP"].as_str().unwrap_or("-"),
-        p["status"]["phase"].as_str().unwrap_or("-"),
-        ready(p)
-    )
 }
 
 fn ips(pods: &[Value]) -> BTreeSet<Ipv4Addr> {

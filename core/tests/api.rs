@@ -372,10 +372,7 @@ async fn cpu_and_memory_requests_are_charged_to_the_quota() {
     );
 
     // 4 × 500m = 2 cores and 4 × 256Mi = 1Gi: exactly the quota.
-    let (st, v) = env
-        .call(&u, Method::POST, versions, Some(fields(4, "500m", "256Mi")))
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let v = env.create(&u, versions, fields(4, "500m", "256Mi")).await;
     let version = v["version"].as_u64().unwrap();
     assert_eq!(usage(&me().await.1), (Some(4), Some(2000), Some(1 << 30)));
     // Neither a second version with requests nor a scale-up fits.
@@ -403,10 +400,7 @@ async fn cpu_and_memory_requests_are_charged_to_the_quota() {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(usage(&me().await.1), (Some(2), Some(1000), Some(512 << 20)));
-    let (st, v) = env
-        .call(&u, Method::POST, versions, Some(fields(2, "500m", "256Mi")))
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    env.create(&u, versions, fields(2, "500m", "256Mi")).await;
     assert_eq!(usage(&me().await.1), (Some(4), Some(2000), Some(1 << 30)));
 
     // Deleting a version frees its share; deleting the app frees the rest.
@@ -610,15 +604,8 @@ async fn group_roles_reach_existing_images_and_pushes_are_recorded() {
     )
     .await;
     for (u, r) in [("rita", "Reporter"), ("dan", "Developer")] {
-        let (st, _) = env
-            .call(
-                &owner,
-                Method::PUT,
-                &format!("/api/v1/groups/team/members/{u}"),
-                Some(json!({"role": r})),
-            )
+        env.set_role(&owner, &format!("/api/v1/groups/team/members/{u}"), r)
             .await;
-        assert_eq!(st, StatusCode::OK);
     }
     // A Reporter of the group may not create images in it; a Developer may.
     let (st, _) = env

@@ -11,8 +11,8 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use common::{
-    jwt_claims, registry_settings, registry_token, start_cell_with_pool, token_keypair, Auth, Env,
-    ISSUER, SERVICE,
+    jwt_claims, registry_settings, registry_token, start_cell_with_pool, token_keypair,
+    token_registry, Auth, Env,
 };
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::drain::DrainRequest;
@@ -42,13 +42,6 @@ fn pods(cell: &te::Cell, ns: &str, version: u64) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
 fn names(pods: &[Value]) -> Vec<String> {
     let mut v: Vec<String> = pods
         .iter()
@@ -70,7 +63,7 @@ fn wait_ready(cell: &te::Cell, ns: &str, version: u64, n: usize) {
             .collect();
         live.len() == n
             && live.iter().all(|p| {
-                ready(p)
+                te::pod_ready(p)
                     && p["status"]["podIP"]
                         .as_str()
                         .is_some_and(|ip| ip.starts_with(&net))
@@ -172,17 +165,9 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         ..Default::default()
     })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let core_port = listener.local_addr().unwrap().port();
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        env.app.clone(),
-    )));
+    let core_port = env.serve().await;
     tokio::spawn(reconcile::run(env.core.clone()));
-    let registry = te::Registry::start_with(&format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-        cert_path.display()
-    ));
+    let registry = token_registry(core_port, &cert_path);
     let reg = registry.addr();
 
     let admin = env.user("root", true).await;
@@ -198,8 +183,7 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         ("/api/v1/images", json!({"name": "team/web"})),
         ("/api/v1/images", json!({"name": "team/other"})),
     ] {
-        let (st, v) = env.call(&olga, Method::POST, path, Some(body)).await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
+        env.create(&olga, path, body).await;
     }
     let push = registry_token(
         core_port,
@@ -225,18 +209,14 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     // ---- Cells registry ----
     for (name, cell) in [("cella", &ca), ("cellb", &cb)] {
         std::fs::copy(cell.kubeconfig(), creds.join(format!("{name}.kubeconfig"))).unwrap();
-        let (st, v) = env
-            .call(
+        let v = env
+            .create(
                 &admin,
-                Method::POST,
                 "/api/v1/admin/cells",
-                Some(
-                    json!({"name": name, "kubeconfig": format!("{name}.kubeconfig"),
+                json!({"name": name, "kubeconfig": format!("{name}.kubeconfig"),
                     "etcd": [cell.etcd_endpoint()], "nginx_groups": [GROUP]}),
-                ),
             )
             .await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
         assert_eq!(v["api_url"], cell.api_url());
     }
     let (st, v) = env
@@ -278,40 +258,24 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         (st, v["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("too_few_cells"))
     );
-    let (st, app) = env
-        .call(
+    let app = env
+        .create(
             &olga,
-            Method::POST,
             "/api/v1/apps",
-            Some(json!({"name": "web", "image": format!("{reg}/team/web"),
-                "lb": {"domain": DOMAIN, "group": GROUP}})),
+            json!({"name": "web", "image": format!("{reg}/team/web"),
+                "lb": {"domain": DOMAIN, "group": GROUP}}),
         )
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{app}");
     assert_eq!(app["desired"]["cells"], json!(["cella", "cellb"]));
     let ns = app["desired"]["namespace"].as_str().unwrap().to_string();
     let uid = app["desired"]["uid"].as_str().unwrap().to_string();
     for (user, role) in [("mary", "Master"), ("dan", "Developer"), ("pat", "Master")] {
-        let (st, v) = env
-            .call(
-                &olga,
-                Method::PUT,
-                &format!("/api/v1/apps/web/members/{user}"),
-                Some(json!({"role": role})),
-            )
+        env.set_role(&olga, &format!("/api/v1/apps/web/members/{user}"), role)
             .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
     }
     for user in ["mary", "dan"] {
-        let (st, v) = env
-            .call(
-                &olga,
-                Method::PUT,
-                &format!("/api/v1/images/team/web/members/{user}"),
-                Some(json!({"role": "Reporter"})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
+        let member = format!("/api/v1/images/team/web/members/{user}");
+        env.set_role(&olga, &member, "Reporter").await;
     }
     let mut robot_password = String::new();
     for c in [&ca, &cb] {
@@ -374,10 +338,7 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         (st, v["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("image_pull_forbidden"))
     );
-    let (st, v) = env
-        .call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v1))
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let v = env.create(&mary, "/api/v1/apps/web/versions", v1).await;
     assert_eq!(v["version"], 1);
     let (_, me) = env.call(&olga, Method::GET, "/api/v1/user", None).await;
     assert_eq!(
@@ -431,10 +392,7 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
     let mut v2 = tpl.clone();
     v2["tag"] = json!("v2");
     v2["replicas"] = json!(1);
-    let (st, v) = env
-        .call(&mary, Method::POST, "/api/v1/apps/web/versions", Some(v2))
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    env.create(&mary, "/api/v1/apps/web/versions", v2).await;
     sync(|| {
         wait_ready(&ca, &ns, 2, 1);
         wait_ready(&cb, &ns, 2, 1);
@@ -585,16 +543,13 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         .call(&dan, Method::GET, "/api/v1/apps/web/containers", None)
         .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    let (st, v) = env
-        .call(
-            &mary,
-            Method::POST,
-            "/api/v1/apps/web/versions",
-            Some(json!({"tag": "v3", "replicas": 1,
-            "health": {"path": "/healthz", "period_seconds": 2}})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    env.create(
+        &mary,
+        "/api/v1/apps/web/versions",
+        json!({"tag": "v3", "replicas": 1,
+            "health": {"path": "/healthz", "period_seconds": 2}}),
+    )
+    .await;
     sync(|| wait_ready(&ca, &ns, 3, 1));
     let mut status = Value::Null;
     for _ in 0..120 {

@@ -6,11 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
 use base64::Engine;
 use common::{
-    registry_settings, registry_token, start_cell_with_pool, token_keypair, Auth, Env, ISSUER,
-    SERVICE,
+    registry_settings, registry_token, start_cell_with_pool, token_keypair, token_registry, Auth,
+    Env,
 };
 use leengine_core::server::Settings;
 use leengine_testenv as te;
@@ -48,16 +47,8 @@ async fn kubelet_pulls_a_private_image_with_a_pull_secret_through_the_core_token
         ..Default::default()
     })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let core = listener.local_addr().unwrap().port();
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        env.app.clone(),
-    )));
-    let registry = te::Registry::start_with(&format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:{core}/v2/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-        cert_path.display()
-    ));
+    let core = env.serve().await;
+    let registry = token_registry(core, &cert_path);
     let reg = registry.addr();
 
     let owner = env.user("olga", false).await;
@@ -69,17 +60,13 @@ async fn kubelet_pulls_a_private_image_with_a_pull_secret_through_the_core_token
         ("/api/v1/groups", json!({"name": "team"})),
         ("/api/v1/images", json!({"name": "team/private"})),
     ] {
-        let (st, v) = env.call(&owner, Method::POST, path, Some(body)).await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
+        env.create(&owner, path, body).await;
     }
     for (path, role) in [
         ("/api/v1/groups/team/members/dan", "Developer"),
         ("/api/v1/images/team/private/members/rita", "Reporter"),
     ] {
-        let (st, v) = env
-            .call(&owner, Method::PUT, path, Some(json!({"role": role})))
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
+        env.set_role(&owner, path, role).await;
     }
     let push = registry_token(core, "repository:team/private:push,pull", "dan", &dan);
     te::Image::web(8080).push(&reg, "team/private", "v1", Some(&push));

@@ -363,15 +363,8 @@ notifications:\n  endpoints:\n    - name: core\n      url: http://127.0.0.1:{cor
             .unwrap();
     }
     let mia = Auth::Basic("mia".into(), PASSWORD.into());
-    let (st, v) = env
-        .call(
-            &mia,
-            Method::POST,
-            "/api/v1/groups",
-            Some(serde_json::json!({"name": "team"})),
-        )
+    env.create(&mia, "/api/v1/groups", serde_json::json!({"name": "team"}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     let push = common::registry_token(core_port, "repository:team/web:push,pull", "mia", PASSWORD);
     for tag in ["v1", "v2"] {
         te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
@@ -395,18 +388,13 @@ notifications:\n  endpoints:\n    - name: core\n      url: http://127.0.0.1:{cor
     cell.trust_registry(&reg);
     std::fs::copy(cell.kubeconfig(), creds.join("cella.kubeconfig")).unwrap();
     let root = Auth::Basic("root".into(), PASSWORD.into());
-    let (st, v) = env
-        .call(
-            &root,
-            Method::POST,
-            "/api/v1/admin/cells",
-            Some(
-                serde_json::json!({"name": "cella", "kubeconfig": "cella.kubeconfig",
+    env.create(
+        &root,
+        "/api/v1/admin/cells",
+        serde_json::json!({"name": "cella", "kubeconfig": "cella.kubeconfig",
                 "etcd": [cell.etcd_endpoint()], "nginx_groups": ["edge"]}),
-            ),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    )
+    .await;
     run_node(
         "tests/cell.test.mjs",
         &[

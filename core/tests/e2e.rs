@@ -644,11 +644,7 @@ fn pods(cell: &te::Cell, ns: &str, version: u64) -> Vec<Value> {
 }
 
 fn ready(p: &Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null()
-        && p["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+    p["metadata"]["deletionTimestamp"].is_null() && te::pod_ready(p)
 }
 
 /// Waits for `n` Ready pods of `version` with addresses of the Cell's pool;

@@ -131,26 +131,16 @@ async fn app_with_members(env: &Env) -> (Auth, Auth, Auth) {
     let master = env.user("max", false).await;
     let dev = env.user("dora", false).await;
     for (app, lb) in [("web", "web.example.com"), ("other", "other.example.com")] {
-        let (st, v) = env
-            .call(
-                &owner,
-                Method::POST,
-                "/api/v1/apps",
-                Some(json!({"name": app, "lb": {"domain": lb, "group": "g1"}})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
+        env.create(
+            &owner,
+            "/api/v1/apps",
+            json!({"name": app, "lb": {"domain": lb, "group": "g1"}}),
+        )
+        .await;
     }
     for (u, role) in [("max", "Master"), ("dora", "Developer")] {
-        let (st, v) = env
-            .call(
-                &owner,
-                Method::PUT,
-                &format!("/api/v1/apps/web/members/{u}"),
-                Some(json!({"role": role})),
-            )
+        env.set_role(&owner, &format!("/api/v1/apps/web/members/{u}"), role)
             .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
     }
     (owner, master, dev)
 }
@@ -189,15 +179,8 @@ async fn alert_rules_need_a_master_are_validated_and_prometheus_loads_them() {
         StatusCode::FORBIDDEN,
         "a Developer may not add rules: {v}"
     );
-    let (st, v) = env
-        .call(
-            &master,
-            Method::POST,
-            "/api/v1/apps/web/alerts",
-            Some(rule.clone()),
-        )
+    env.create(&master, "/api/v1/apps/web/alerts", rule.clone())
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     let (st, v) = env
         .call(
             &dev,

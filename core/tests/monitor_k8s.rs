@@ -99,37 +99,20 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
 
     let admin = env.user("root", true).await;
     std::fs::copy(cell.kubeconfig(), creds.join("cella.kubeconfig")).unwrap();
-    let (st, v) = env
-        .call(
-            &admin,
-            Method::POST,
-            "/api/v1/admin/cells",
-            Some(json!({"name": "cella", "kubeconfig": "cella.kubeconfig", "etcd": [cell.etcd_endpoint()]})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    env.create(
+        &admin,
+        "/api/v1/admin/cells",
+        json!({"name": "cella", "kubeconfig": "cella.kubeconfig", "etcd": [cell.etcd_endpoint()]}),
+    )
+    .await;
     let owner = env.user("olga", false).await;
     let master = env.user("max", false).await;
     let dev = env.user("dora", false).await;
-    let (st, v) = env
-        .call(
-            &owner,
-            Method::POST,
-            "/api/v1/apps",
-            Some(json!({"name": "burn"})),
-        )
+    env.create(&owner, "/api/v1/apps", json!({"name": "burn"}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     for (u, role) in [("max", "Master"), ("dora", "Developer")] {
-        let (st, v) = env
-            .call(
-                &owner,
-                Method::PUT,
-                &format!("/api/v1/apps/burn/members/{u}"),
-                Some(json!({"role": role})),
-            )
+        env.set_role(&owner, &format!("/api/v1/apps/burn/members/{u}"), role)
             .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
     }
     for (u, who) in [(&owner, "olga"), (&master, "max"), (&dev, "dora")] {
         let (st, _) = env
@@ -152,15 +135,7 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
         )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, v) = env
-        .call(
-            &master,
-            Method::POST,
-            "/api/v1/apps/burn/alerts",
-            Some(rule),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    env.create(&master, "/api/v1/apps/burn/alerts", rule).await;
     let (_, v) = env
         .call(&owner, Method::GET, "/api/v1/apps/burn", None)
         .await;

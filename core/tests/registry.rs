@@ -101,12 +101,7 @@ async fn docker_push_pull_through_token_auth() {
         ..Default::default()
     })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let core_port = listener.local_addr().unwrap().port();
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        env.app.clone(),
-    )));
+    let core_port = env.serve().await;
 
     let registry = te::Registry::start_with(&registry_yaml(core_port, &cert_path));
     let reg = registry.addr();
@@ -129,17 +124,13 @@ async fn docker_push_pull_through_token_auth() {
             json!({"name": "team/public", "public": true}),
         ),
     ] {
-        let (st, v) = env.call(&owner, Method::POST, path, Some(body)).await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
+        env.create(&owner, path, body).await;
     }
     for (path, role) in [
         ("/api/v1/groups/team/members/dan", "Developer"),
         ("/api/v1/images/team/private/members/rita", "Reporter"),
     ] {
-        let (st, v) = env
-            .call(&owner, Method::PUT, path, Some(json!({"role": role})))
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
+        env.set_role(&owner, path, role).await;
     }
 
     let cfg = |n: &str| {
@@ -258,15 +249,8 @@ async fn docker_push_pull_through_token_auth() {
         unreachable!()
     };
     let mallory_auth = Auth::Bearer(mallory_token.clone());
-    let (st, v) = env
-        .call(
-            &mallory_auth,
-            Method::POST,
-            "/api/v1/groups",
-            Some(json!({"name": "team"})),
-        )
+    env.create(&mallory_auth, "/api/v1/groups", json!({"name": "team"}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     let mallory = cfg("mallory");
     login(&dockerd, &mallory, &reg, "mallory", &mallory_token);
     for image in [&private, &public] {

@@ -17,7 +17,7 @@ use leengine_testenv as te;
 use serde_json::{json, Value};
 
 use super::{registry_settings, registry_token, sibling, start_cell_with_pool, token_keypair};
-use super::{Auth, Env, ISSUER, SERVICE};
+use super::{token_registry, Auth, Env};
 
 pub const GROUP: &str = "g1";
 pub const DOMAIN: &str = "web.example.com";
@@ -61,17 +61,9 @@ impl LbRegion {
             ..Default::default()
         })
         .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let core_port = listener.local_addr().unwrap().port();
-        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener,
-            env.app.clone(),
-        )));
+        let core_port = env.serve().await;
         tokio::spawn(reconcile::run(env.core.clone()));
-        let registry = te::Registry::start_with(&format!(
-            "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-            cert_path.display()
-        ));
+        let registry = token_registry(core_port, &cert_path);
         let admin = env.user("root", true).await;
         let Auth::Bearer(token) = env.user("olga", false).await else {
             unreachable!()

@@ -121,6 +121,39 @@ impl Env {
         assert_eq!(st, StatusCode::CREATED, "create image {name}: {v}");
     }
 
+    /// `POST path` with `body` as `by`; asserts 201 Created and returns the body.
+    pub async fn create(&self, by: &Auth, path: &str, body: Value) -> Value {
+        let (st, v) = self.call(by, Method::POST, path, Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "POST {path}: {v}");
+        v
+    }
+
+    /// `PUT member` (a `.../members/{user}` path) with `role` as `by`;
+    /// asserts 200 OK.
+    pub async fn set_role(&self, by: &Auth, member: &str, role: &str) {
+        let (st, v) = self
+            .call(
+                by,
+                Method::PUT,
+                member,
+                Some(serde_json::json!({"role": role})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "PUT {member}: {v}");
+    }
+
+    /// Serves the router on a free loopback port (for the registry's token
+    /// realm and other real clients) and returns the port.
+    pub async fn serve(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener,
+            self.app.clone(),
+        )));
+        port
+    }
+
     /// [`Env::call`] as if over a socket from `peer` (the address the
     /// throttle of password checks keys on).
     pub async fn call_from(
@@ -217,6 +250,15 @@ pub fn token_keypair(dir: &std::path::Path) -> (String, String, std::path::PathB
 
 pub const SERVICE: &str = "leengine-registry";
 pub const ISSUER: &str = "leengine-core";
+
+/// A registry whose token realm is the core on `core_port`, trusting the
+/// token certificate at `cert`.
+pub fn token_registry(core_port: u16, cert: &std::path::Path) -> te::Registry {
+    te::Registry::start_with(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+        cert.display()
+    ))
+}
 
 /// Another binary of the workspace, next to this crate's.
 pub fn sibling(name: &str) -> std::path::PathBuf {

@@ -3,10 +3,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::http::http;
-use crate::run::{free_port, new_dir, require_bin, wait_until, Daemon};
+use crate::run::{free_port, new_dir, require_bin, Daemon};
 
 #[derive(Debug)]
 pub struct Alertmanager {
@@ -27,16 +26,7 @@ impl Alertmanager {
             .arg(format!("--storage.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=");
-        let mut daemon = Daemon::spawn("alertmanager", &dir, &mut cmd);
-        let up = wait_until(Duration::from_secs(30), || {
-            daemon.assert_running();
-            http("GET", port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
-        });
-        assert!(
-            up,
-            "alertmanager did not become ready; log {}",
-            daemon.log.display()
-        );
+        let daemon = Daemon::spawn_ready("alertmanager", &dir, &mut cmd, port);
         Alertmanager { daemon, port, dir }
     }
 

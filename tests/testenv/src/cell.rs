@@ -84,6 +84,26 @@ pub struct KubeNode {
 }
 
 /// Where the Kubernetes binaries are (`hack/k8s.sh --print`).
+/// Whether a pod (as `kubectl get -o json` shows it) has condition Ready.
+pub fn pod_ready(p: &serde_json::Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// One line about a pod for assertion messages: name, node, IP, phase, Ready.
+pub fn describe_pod(p: &serde_json::Value) -> String {
+    format!(
+        "{} on {} ip={} phase={} ready={}",
+        p["metadata"]["name"].as_str().unwrap_or("?"),
+        p["spec"]["nodeName"].as_str().unwrap_or("-"),
+        p["status"]["podIP"].as_str().unwrap_or("-"),
+        p["status"]["phase"].as_str().unwrap_or("-"),
+        pod_ready(p)
+    )
+}
+
 fn k8s_bin(tool: &str) -> PathBuf {
     static ENV: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     let (k8s, etcd) = ENV.get_or_init(|| {

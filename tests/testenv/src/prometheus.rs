@@ -4,11 +4,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::http::{form, http};
 use crate::netns::Netns;
-use crate::run::{free_port, new_dir, require_bin, wait_until, Daemon};
+use crate::run::{free_port, new_dir, require_bin, Daemon};
 
 #[derive(Debug)]
 pub struct Prometheus {
@@ -49,16 +48,7 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{listen}"))
             .arg("--web.enable-lifecycle");
-        let mut daemon = Daemon::spawn("prometheus", &dir, &mut cmd);
-        let up = wait_until(Duration::from_secs(30), || {
-            daemon.assert_running();
-            http("GET", port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
-        });
-        assert!(
-            up,
-            "prometheus did not become ready; log {}",
-            daemon.log.display()
-        );
+        let daemon = Daemon::spawn_ready("prometheus", &dir, &mut cmd, port);
         Prometheus { daemon, port, dir }
     }
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::http::http;
+
 const ROOT: &str = "/tmp/leengine-testenv";
 
 /// `/tmp/leengine-testenv/run-{pid}-{starttime}`: everything this test process
@@ -193,6 +195,23 @@ impl Daemon {
             name: name.to_string(),
             log,
         }
+    }
+
+    /// Spawns `cmd` like [`Self::spawn`] and waits until `GET /-/ready` on
+    /// `port` answers 200 (the readiness endpoint of Prometheus and
+    /// Alertmanager); panics with the log's path when it does not in 30 s.
+    pub fn spawn_ready(name: &str, dir: &Path, cmd: &mut Command, port: u16) -> Daemon {
+        let mut daemon = Daemon::spawn(name, dir, cmd);
+        let up = wait_until(Duration::from_secs(30), || {
+            daemon.assert_running();
+            http("GET", port, "/-/ready", "").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(
+            up,
+            "{name} did not become ready; log {}",
+            daemon.log.display()
+        );
+        daemon
     }
 
     pub fn pid(&self) -> u32 {
