@@ -236,15 +236,11 @@ async fn console_and_boss_in_chromium() {
     // A real registry with the core's token auth: a deploy asks it whether
     // the tag exists. Its own notifications stay off: the page test posts
     // the push events itself, so the boss's counts are exactly the test's.
-    let registry = te::Registry::start_with(&format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:{core_port}/v2/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-        common::SERVICE,
-        common::ISSUER,
-        cert_path.display()
-    ));
+    let registry = common::token_registry(core_port, &cert_path);
     let reg = registry.addr();
     let env = Env::start(Settings {
-        // Notifications on: pushes reach image feeds (the deploy dialog's tags).
+        // The token server, and the notification secret the page test's
+        // push events carry (they fill the deploy dialog's tags).
         registry: Some(RegistrySettings {
             service: "leengine-registry".into(),
             issuer: "leengine-core".into(),
@@ -281,15 +277,8 @@ async fn console_and_boss_in_chromium() {
     // The image group the apps' image lives in (a deploy needs pull on it),
     // and the tags the pages deploy, really in the registry.
     let mia = Auth::Basic("mia".into(), PASSWORD.into());
-    let (st, v) = env
-        .call(
-            &mia,
-            Method::POST,
-            "/api/v1/groups",
-            Some(serde_json::json!({"name": "team"})),
-        )
+    env.create(&mia, "/api/v1/groups", serde_json::json!({"name": "team"}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     let push = common::registry_token(core_port, "repository:team/web:push,pull", "mia", PASSWORD);
     for tag in ["v1", "v2", "v7"] {
         te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
