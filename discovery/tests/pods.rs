@@ -42,13 +42,7 @@ fn pods(cell: &te::Cell, variant: &str) -> (Pods, bool) {
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .collect();
-    let ready = items.iter().all(|p| {
-        p["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    let ready = items.iter().all(|p| te::pod_ready(p));
     let pods = items
         .into_iter()
         .filter_map(|p| {

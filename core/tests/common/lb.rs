@@ -207,13 +207,7 @@ impl LbRegion {
             .flatten()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
-        let ready = items.iter().all(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
+        let ready = items.iter().all(|p| te::pod_ready(p));
         let pods = items
             .iter()
             .map(|p| {

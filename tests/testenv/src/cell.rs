@@ -83,7 +83,6 @@ pub struct KubeNode {
     pub agent_port: u16,
 }
 
-/// Where the Kubernetes binaries are (`hack/k8s.sh --print`).
 /// Whether a pod (as `kubectl get -o json` shows it) has condition Ready.
 pub fn pod_ready(p: &serde_json::Value) -> bool {
     p["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -104,6 +103,7 @@ pub fn describe_pod(p: &serde_json::Value) -> String {
     )
 }
 
+/// Where the Kubernetes binaries are (`hack/k8s.sh --print`).
 fn k8s_bin(tool: &str) -> PathBuf {
     static ENV: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     let (k8s, etcd) = ENV.get_or_init(|| {
