@@ -38,6 +38,12 @@ pub struct Args {
     /// nginx master pid file; written into nginx.conf and signalled on reload.
     #[arg(long, default_value = "/run/nginx.pid")]
     pub pid_file: PathBuf,
+    /// This host's own address: domain listens that name no address bind
+    /// it (`listen ADDR:PORT`), in both routing modes. Lets several nginx
+    /// hosts of a group share a machine (127.0.0.2, 127.0.0.3, ...) and keeps
+    /// the host's other addresses free. All addresses when not given.
+    #[arg(long, env = "LEENGINE_LISTEN_ADDRESS")]
+    pub listen_address: Option<std::net::IpAddr>,
     /// Port of the 127.0.0.1-only admin server inside nginx.
     #[arg(long, default_value_t = 8999)]
     pub admin_port: u16,

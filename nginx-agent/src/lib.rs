@@ -84,13 +84,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(
         group = %args.group, host = %host, domains = applied.len(), routing = ?args.routing,
+        listen_address = ?args.listen_address,
         dumped_upstreams = dump.upstreams.len(), dumped_routes = dump.routes.len(),
         "starting"
     );
     let mut shared = Shared::new(
         args.group,
         host,
-        Desired::from_dump(dump, args.admin_port, args.routing),
+        Desired::from_dump(dump, args.admin_port, args.routing)
+            .with_listen_address(args.listen_address),
     );
     let metrics = match args.metrics_listen {
         Some(addr) => {

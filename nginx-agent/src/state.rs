@@ -2,6 +2,7 @@
 //! the watch events. Pure: the tasks share it behind a mutex.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use leengine_slb::model::validate_domain;
 use leengine_slb::render::render_domain;
@@ -78,6 +79,8 @@ pub struct Desired {
     /// The admin server's port: a config listening on it is invalid here.
     admin_port: u16,
     routing: Routing,
+    /// This host's bind address for listens naming none (`--listen-address`).
+    listen_address: Option<IpAddr>,
 }
 
 impl Desired {
@@ -112,7 +115,14 @@ impl Desired {
             synced: false,
             admin_port,
             routing,
+            listen_address: None,
         }
+    }
+
+    /// Binds the listens naming no address to `addr` (this host's own).
+    pub fn with_listen_address(mut self, addr: Option<IpAddr>) -> Self {
+        self.listen_address = addr;
+        self
     }
 
     /// Replaces everything with a full read taken at `revision`.
@@ -150,6 +160,7 @@ impl Desired {
             (SlbDomainKey::Config(_), Some((v, rev))) => {
                 let cfg = DomainConfig::parse(domain, v)
                     .and_then(|c| c.check_reserved_port(self.admin_port).map(|()| c))
+                    .map(|c| c.bound_to(self.listen_address))
                     .map_err(|e| e.to_string());
                 entry.set_config(domain, rev, cfg, routing);
             }
@@ -444,5 +455,24 @@ mod tests {
         // The dump restores routes and names.
         let again = Desired::from_dump(s.pushed(), 8999, Routing::Lua);
         assert_eq!(again.pushed(), s.pushed());
+    }
+
+    #[test]
+    fn a_listen_address_binds_both_routing_modes_to_this_host() {
+        let addr = Some("127.0.0.2".parse().unwrap());
+        let port = br#"{"listen":[{"port":8080}]}"#;
+        let mut lua =
+            Desired::from_dump(State::default(), 8999, Routing::Lua).with_listen_address(addr);
+        lua.apply(G, &key("a.com", "config"), Some((port, 3)));
+        assert_eq!(lua.pushed().hosts["127.0.0.2:8080|a.com"], "a.com");
+        let router = &lua.files(&BTreeMap::new()).0[ROUTER];
+        assert!(
+            router.contains("listen 127.0.0.2:8080 default_server;"),
+            "{router}"
+        );
+        let mut gen = generated().with_listen_address(addr);
+        gen.apply(G, &key("a.com", "config"), Some((port, 3)));
+        let file = &gen.files(&BTreeMap::new()).0["a.com"];
+        assert!(file.contains("    listen 127.0.0.2:8080;\n"), "{file}");
     }
 }

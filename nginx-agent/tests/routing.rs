@@ -368,3 +368,45 @@ fn lua_routing_changes_without_reload_and_isolates_refusals() {
     );
     assert_eq!(h.get("a.example.com", "/").status, 404);
 }
+
+/// Two hosts of one group on one machine, in both routing modes: each binds
+/// the domain's port on its own address (`--listen-address`), so both start
+/// on the same port, each serves the domain, and nothing binds the port on
+/// the addresses they were not given.
+#[test]
+fn hosts_of_a_group_share_a_port_on_their_own_addresses() {
+    let etcd = te::Etcd::start();
+    for (group, routing) in [("shared-lua", "lua"), ("shared-generated", "generated")] {
+        let port = te::free_port();
+        let mut hosts: Vec<Host> = [("h1", "127.0.0.2"), ("h2", "127.0.0.3")]
+            .into_iter()
+            .map(|(name, addr)| {
+                let mut h = Host::in_group(&etcd, group);
+                (h.routing, h.name, h.listen_address, h.http_port) =
+                    (routing, name, Some(addr), port);
+                h
+            })
+            .collect();
+        let backend = Backend::start(&hosts[0].rt, "A");
+        hosts[0].put_domain(
+            "a.com",
+            &hosts[0].domain_config(),
+            &upstream_of(&[&backend]),
+        );
+        for h in &mut hosts {
+            h.start_agent();
+            h.wait_status("serving a.com", |s| {
+                s.domains.len() == 1 && s.errors.is_empty()
+            });
+            h.start_nginx();
+        }
+        for h in &hosts {
+            h.wait_body("a.com", "A");
+        }
+        assert_eq!(
+            request(port, "GET", "a.com", "/", &[], "").status,
+            0,
+            "{routing}: 127.0.0.1:{port} is nobody's"
+        );
+    }
+}

@@ -198,6 +198,18 @@ impl DomainConfig {
         Ok(cfg)
     }
 
+    /// The config as one host serves it: a listen entry naming no address
+    /// binds `host` (the host's own address, `--listen-address`), so several
+    /// hosts of a group can share one machine's ports, or a host keeps its
+    /// other addresses free. An entry naming its address keeps it. `None`
+    /// leaves every entry as written (all addresses).
+    pub fn bound_to(mut self, host: Option<IpAddr>) -> Self {
+        for l in &mut self.listen {
+            l.address = l.address.or(host);
+        }
+        self
+    }
+
     /// Refuses a listen entry on `port` (the agent's admin port): on the
     /// same address its catch-all `default_server` would take the admin
     /// server's requests; on another it would expose the port. Checked by
@@ -537,6 +549,20 @@ mod tests {
             err_field(DomainConfig::parse("a/b", b"{}").unwrap_err()),
             "domain"
         );
+    }
+
+    #[test]
+    fn a_host_address_binds_only_the_entries_naming_none() {
+        let c = DomainConfig::parse(
+            "a.com",
+            br#"{"listen":[{"port":80},{"port":81,"address":"10.0.0.9"}]}"#,
+        )
+        .unwrap();
+        let host: IpAddr = "127.0.0.2".parse().unwrap();
+        let bound = c.clone().bound_to(Some(host));
+        let addrs: Vec<_> = bound.listen.iter().map(|l| l.address).collect();
+        assert_eq!(addrs, [Some(host), Some("10.0.0.9".parse().unwrap())]);
+        assert_eq!(c.clone().bound_to(None), c);
     }
 
     #[test]

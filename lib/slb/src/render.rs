@@ -442,6 +442,30 @@ server {
     }
 
     #[test]
+    fn a_host_bound_domain_and_its_catch_all_listen_on_the_host_address() {
+        let c: DomainConfig =
+            serde_json::from_str(r#"{"listen":[{"port":8080},{"port":8443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"}}"#)
+                .unwrap();
+        let c = c.bound_to(Some("127.0.0.2".parse().unwrap()));
+        let file = render_domain("a.com", &c);
+        assert!(file.contains("    listen 127.0.0.2:8080;\n"), "{file}");
+        assert!(file.contains("    listen 127.0.0.2:8443 ssl;\n"), "{file}");
+        assert!(!file.contains("listen 8080"), "{file}");
+        let text = render_default_servers([file.as_str()]);
+        assert!(
+            text.contains("listen 127.0.0.2:8080 default_server;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("listen 127.0.0.2:8443 ssl default_server;"),
+            "{text}"
+        );
+        let v6: DomainConfig = serde_json::from_str(r#"{"listen":[{"port":80}]}"#).unwrap();
+        let v6 = render_domain("b.com", &v6.bound_to(Some("fd00::2".parse().unwrap())));
+        assert!(v6.contains("    listen [fd00::2]:80;\n"), "{v6}");
+    }
+
+    #[test]
     fn main_includes_domains_and_admin() {
         let p = MainParams {
             module_dir: "/usr/lib/nginx/modules".into(),

@@ -384,6 +384,23 @@ rw={{\"^/api/(.*)$\",\"/$1\",\"break\"},}},\
     }
 
     #[test]
+    fn a_host_bound_route_and_its_router_agree_on_the_host_address() {
+        let c = cfg(r#"{"listen":[{"port":8080}]}"#).bound_to(Some("127.0.0.3".parse().unwrap()));
+        let r = render_route("a.com", &c).unwrap();
+        assert_eq!(r.listens, vec!["127.0.0.3:8080"]);
+        assert_eq!(r.hosts, vec!["127.0.0.3:8080|a.com"]);
+        let text = render_router(r.listens.iter().map(String::as_str));
+        assert!(
+            text.contains("listen 127.0.0.3:8080 default_server;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("set $leengine_listen \"127.0.0.3:8080\";"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn router_file_marks_its_listens_default() {
         let text = render_router(["80", "[::1]:81"]);
         assert!(text.contains("listen 80 default_server;"));

@@ -37,6 +37,10 @@ pub struct Host {
     pub group: &'static str,
     /// More agent flags (e.g. `--metrics-listen`).
     pub extra_args: Vec<String>,
+    /// The agent's `--host` (its status key).
+    pub name: &'static str,
+    /// The agent's `--listen-address`; requests go to it (else 127.0.0.1).
+    pub listen_address: Option<&'static str>,
 }
 
 impl Host {
@@ -72,6 +76,8 @@ impl Host {
             routing: "lua",
             group,
             extra_args: Vec::new(),
+            name: "h1",
+            listen_address: None,
         }
     }
 
@@ -88,7 +94,7 @@ impl Host {
                 "--routing",
                 self.routing,
                 "--host",
-                "h1",
+                self.name,
                 "--etcd",
                 &self.etcd_endpoint,
             ])
@@ -122,6 +128,11 @@ impl Host {
                     .unwrap_or_default(),
             )
             .args(&self.extra_args)
+            .args(
+                self.listen_address
+                    .map(|a| vec!["--listen-address", a])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -256,7 +267,7 @@ impl Host {
         let mut c = self.etcd.clone();
         let resp = self
             .rt
-            .block_on(c.get(leengine_store::keys::slb_agent(self.group, "h1"), None))
+            .block_on(c.get(leengine_store::keys::slb_agent(self.group, self.name), None))
             .ok()?;
         let kv = resp.kvs().first()?;
         serde_json::from_slice(kv.value()).ok()
@@ -293,7 +304,8 @@ impl Host {
     }
 
     pub fn get(&self, host: &str, path: &str) -> Response {
-        get(self.http_port, host, path)
+        let addr = self.listen_address.unwrap_or("127.0.0.1");
+        request_to(addr, self.http_port, "GET", host, path, &[], "")
     }
 
     /// The secret the agent keeps for the admin endpoint.
@@ -363,8 +375,21 @@ pub fn request(
     headers: &[&str],
     body: &str,
 ) -> Response {
+    request_to("127.0.0.1", port, method, host, path, headers, body)
+}
+
+/// [`request`] to `addr` instead of 127.0.0.1.
+pub fn request_to(
+    addr: &str,
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> Response {
     let attempt = || -> std::io::Result<Response> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        let mut s = TcpStream::connect((addr, port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
         write!(
