@@ -7,8 +7,11 @@
 #   nothing the second), builds the image on the JRE base, pushes it with the
 #   core's token -> the core deploys it to 2 Kubernetes Cells (real apiserver,
 #   kubelet, containerd, the LeEngine CNI plugin on OVS, pool IPs from etcd)
-#   -> discovery puts the Ready pods behind nginx -> v2 replaces v1 under load
-#   -> everything is torn down.
+#   -> discovery puts the Ready pods behind nginx group `public` of 2 nginx
+#   hosts (127.0.0.2 and 127.0.0.3, each agent with its --listen-address) ->
+#   v2 replaces v1 under load through both, 0 failed -> v2 scaled 2 -> 3 -> 2
+#   per Cell under load -> containers, events, activity and the admin's daily
+#   counts through core's API -> everything is torn down.
 # It is the end-to-end test core/tests/e2e.rs run with its narration shown
 # (one flow, one implementation). Needs root. Installs its own dependencies.
 #   hack/demo.sh            the whole flow
@@ -52,6 +55,29 @@ rc=${PIPESTATUS[0]}
 set -e
 say "Summary"
 sed -n '/^== SUMMARY/,/^== END SUMMARY/p' "$log" | sed '1d;$d'
-[ "$rc" = 0 ] && echo "every step checked; nothing left behind (processes, netns, OVS ports, IPs)" \
-  || echo "hack/demo.sh: the flow failed (exit $rc); full output in $log"
+# What the test process left once it exited: processes naming its harness
+# run dir, and the network namespaces it recorded there (each Cell node's,
+# each pod's, and the one ovs-vswitchd and its ports lived in).
+run=$(sed -n 's/^   harness run dir //p' "$log" | head -1)
+procs=0 netns=0 made=0
+if [ -n "$run" ]; then
+  for f in /proc/[0-9]*/cmdline; do
+    c=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+    [[ $c == *"$run"* ]] && procs=$((procs + 1))
+  done
+  live=$(ip netns list 2>/dev/null | cut -d' ' -f1)
+  while read -r ns; do
+    [ -n "$ns" ] || continue
+    made=$((made + 1))
+    grep -qxF "$ns" <<<"$live" && netns=$((netns + 1))
+  done <"$run/netns"
+fi
+echo "left behind: $procs processes naming $run, $netns of its $made network namespaces (pod IPs released: asserted by the test)"
+if [ "$rc" = 0 ] && [ -n "$run" ] && [ "$procs" = 0 ] && [ "$netns" = 0 ]; then
+  echo "every step checked; nothing left behind"
+elif [ "$rc" = 0 ]; then
+  echo "hack/demo.sh: the flow passed but left things behind (see above); full output in $log"; rc=1
+else
+  echo "hack/demo.sh: the flow failed (exit $rc); full output in $log"
+fi
 exit "$rc"

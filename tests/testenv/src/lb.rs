@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -159,6 +159,9 @@ fn http_request(port: u16, host: &str, method: &str, path: &str) -> Option<(u16,
 #[derive(Debug)]
 pub struct NginxAgent {
     pub host: String,
+    /// Its `--listen-address`: where its domains are served (127.0.0.1 when
+    /// started without one, nginx then binding every address).
+    pub address: IpAddr,
     pub dir: PathBuf,
     pub admin_port: u16,
     pub agent: Option<Child>,
@@ -169,16 +172,30 @@ impl NginxAgent {
     /// Starts the agent binary `bin` for `group` as `host`, then nginx on
     /// the config it writes.
     pub fn start(bin: &Path, etcd: &Etcd, group: &str, host: &str) -> NginxAgent {
+        Self::start_on(bin, etcd, group, host, None)
+    }
+
+    /// [`NginxAgent::start`] with `--listen-address address`: several hosts
+    /// of one group on this machine, each on its own loopback address
+    /// (127.0.0.2, 127.0.0.3, ...: all of 127/8 is local on Linux).
+    pub fn start_on(
+        bin: &Path,
+        etcd: &Etcd,
+        group: &str,
+        host: &str,
+        address: Option<IpAddr>,
+    ) -> NginxAgent {
         let dir = new_dir("agent");
         std::fs::create_dir_all(dir.join("logs")).expect("mkdir logs");
         let mut a = NginxAgent {
             host: host.into(),
+            address: address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             admin_port: free_port(),
             dir,
             agent: None,
             nginx: None,
         };
-        a.start_agent(bin, etcd, group);
+        a.start_agent(bin, etcd, group, address);
         a.start_nginx();
         a
     }
@@ -187,7 +204,7 @@ impl NginxAgent {
         self.dir.join(rel)
     }
 
-    fn start_agent(&mut self, bin: &Path, etcd: &Etcd, group: &str) {
+    fn start_agent(&mut self, bin: &Path, etcd: &Etcd, group: &str, address: Option<IpAddr>) {
         let log = std::fs::File::create(self.path("logs/agent.log")).expect("agent log");
         let child = Command::new(bin)
             .args(["--group", group, "--host", &self.host])
@@ -206,6 +223,7 @@ impl NginxAgent {
             .args(["--admin-port", &self.admin_port.to_string()])
             .args(["--worker-processes", "1", "--debounce", "50ms"])
             .args(["--status-ttl", "4s"])
+            .args(address.map(|a| format!("--listen-address={a}")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
