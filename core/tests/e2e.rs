@@ -155,9 +155,7 @@ impl Platform {
         let mirror = sync(|| te::MavenMirror::start(&gateway));
         sync(|| te::load_java_images(&dockerd, &mirror.url()));
         let admin = env.user("root", true).await;
-        let Auth::Bearer(olga_token) = env.user("olga", false).await else {
-            unreachable!()
-        };
+        let olga_token = developer(&env, &admin, "olga").await;
         let mut p = Platform {
             env,
             core_port,
@@ -425,6 +423,36 @@ impl Platform {
             })
             .unwrap_or_default()
     }
+}
+
+/// The admin (the installer's bootstrap user) creates developer `name`
+/// through the API; the developer logs in. Returns the login token.
+async fn developer(env: &Env, admin: &Auth, name: &str) -> String {
+    let password = format!("{name}-demo-password");
+    let (st, v) = env
+        .call(
+            admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": name, "password": password})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = env
+        .call(
+            &Auth::Anonymous,
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"user": name, "password": password})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    show(&format!(
+        "admin root created user {name} (POST /api/v1/users); {name} logged in (token {}, expires {})",
+        v["id"].as_str().unwrap_or(""),
+        v["expires"].as_str().unwrap_or("never")
+    ));
+    v["token"].as_str().unwrap().to_string()
 }
 
 /// Maven's own count: one `Downloaded from` line per file fetched.
