@@ -1379,16 +1379,10 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
         });
         assert!(freed, "{}: pod IPs released", cell.name);
     }
-    // Not asserted empty: discovery keeps the last upstream of a domain no
-    // binding points at any more (docs/discovery.md), so the deleted pods'
-    // addresses stay in nginx. Shown, so the demo does not hide it.
-    for n in &nginx {
-        show(&format!(
-            "{} still holds {:?} for {DOMAIN} (discovery keeps an unbound domain's last upstream)",
-            n.host,
-            peer_ips(n)
-        ));
-    }
+    // The domain lost its last binding: discovery takes its servers out,
+    // so no address handed to another pod later gets shop.demo's requests.
+    wait_upstreams(&nginx, &BTreeSet::new());
+    show("both nginx hosts hold no server for shop.demo any more");
     let (st, _) = p
         .call(&p.olga, Method::GET, &format!("/api/v1/apps/{APP}"), None)
         .await;

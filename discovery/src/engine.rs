@@ -15,7 +15,7 @@ use crate::drain::{self, DrainId};
 use crate::election::Term;
 use crate::follow::follow;
 use crate::hub::Hub;
-use crate::model::{DomainRef, World};
+use crate::model::{self, DomainRef, World};
 use crate::pace::Pacer;
 use crate::registry::{self, Task};
 use crate::writer::{self, Current, Outcome};
@@ -90,6 +90,8 @@ pub async fn run_term(
         pending_since: HashMap::new(),
         effective: BTreeMap::new(),
         waiting: BTreeMap::new(),
+        bound: BTreeSet::new(),
+        released: BTreeSet::new(),
     };
     let mut resync_at = Instant::now() + settings.resync;
     loop {
@@ -127,6 +129,11 @@ struct Engine {
     acked: BTreeSet<DrainId>,
     /// Drains whose upstream is written, waiting for the agents.
     waiting: BTreeMap<DrainId, i64>,
+    /// Domains bound in the last round.
+    bound: BTreeSet<DomainRef>,
+    /// Domains that lost their last binding in this term and whose servers
+    /// are not yet taken out (`model::released`).
+    released: BTreeSet<DomainRef>,
 }
 
 impl Engine {
@@ -154,11 +161,22 @@ impl Engine {
         since: Option<Instant>,
         term: &Term,
     ) -> Result<Option<Instant>, TermEnd> {
-        let desired = world.upstreams();
+        let bound = world.bound_domains();
+        self.released = model::released(&self.bound, &bound, &self.released);
+        self.bound = bound;
+        let mut desired = world.upstreams();
+        for d in &self.released {
+            desired.entry(d.clone()).or_default();
+        }
         self.effective.retain(|d, _| desired.contains_key(d));
         let mut next: Option<Instant> = None;
         for (d, servers) in &desired {
             let cur = self.current(d).await?;
+            if self.released.contains(d) && (!cur.config || cur.servers().is_none()) {
+                // No config or no upstream: nothing to take out.
+                self.released.remove(d);
+                continue;
+            }
             if !cur.config {
                 // Not cached: looked at again every NO_CONFIG_RETRY.
                 self.effective.remove(d);
@@ -169,6 +187,7 @@ impl Engine {
             if cur.servers().as_ref() == Some(servers) {
                 self.effective.insert(d.clone(), cur.mod_revision);
                 self.pending_since.remove(d);
+                self.released.remove(d);
                 continue;
             }
             self.effective.remove(d);
@@ -191,7 +210,11 @@ impl Engine {
                     self.hub.record_lag((done - arrived).as_secs_f64());
                     self.pending_since.remove(d);
                     self.effective.insert(d.clone(), revision);
-                    tracing::info!(domain = %d, servers = servers.len(), revision, "upstream written");
+                    if self.released.remove(d) {
+                        tracing::info!(domain = %d, revision, "domain lost its last binding: its servers taken out");
+                    } else {
+                        tracing::info!(domain = %d, servers = servers.len(), revision, "upstream written");
+                    }
                     self.cache.insert(
                         d.clone(),
                         Current {

@@ -82,6 +82,24 @@ impl Drain {
     }
 }
 
+/// The domains whose servers discovery must still take out: those bound
+/// `before` and not `now`, and those already `pending` and still unbound.
+/// An unbound domain's last upstream names pods that are going away, and
+/// their addresses go back to the pools for other pods: kept, they would
+/// send the domain's requests to whoever gets them next. Rebinding cancels.
+pub fn released(
+    before: &BTreeSet<DomainRef>,
+    now: &BTreeSet<DomainRef>,
+    pending: &BTreeSet<DomainRef>,
+) -> BTreeSet<DomainRef> {
+    before
+        .iter()
+        .chain(pending)
+        .filter(|d| !now.contains(*d))
+        .cloned()
+        .collect()
+}
+
 /// Everything the upstreams are computed from.
 #[derive(Clone, Debug, Default)]
 pub struct World {
@@ -95,6 +113,15 @@ pub struct World {
 }
 
 impl World {
+    /// Every domain some binding points at, decided or not.
+    pub fn bound_domains(&self) -> BTreeSet<DomainRef> {
+        self.bindings
+            .values()
+            .chain(self.app_bindings.values())
+            .map(|b| b.target.clone())
+            .collect()
+    }
+
     /// The servers of every domain that can be decided now.
     pub fn upstreams(&self) -> BTreeMap<DomainRef, BTreeSet<SocketAddr>> {
         let mut out: BTreeMap<DomainRef, BTreeSet<SocketAddr>> = BTreeMap::new();
@@ -386,6 +413,48 @@ mod tests {
             w.upstreams()[&dom("a.com")],
             addrs(&["10.0.0.1:8080", "10.0.1.1:8080"])
         );
+    }
+
+    #[test]
+    fn a_domain_losing_its_last_binding_is_released_until_bound_again() {
+        let d = |n: &str| DomainRef {
+            group: "public".into(),
+            domain: n.into(),
+        };
+        let set = |v: &[&str]| v.iter().map(|n| d(n)).collect::<BTreeSet<_>>();
+        let none = BTreeSet::new();
+        // a.demo lost its binding; b.demo kept it.
+        let r = released(&set(&["a.demo", "b.demo"]), &set(&["b.demo"]), &none);
+        assert_eq!(r, set(&["a.demo"]));
+        // Still pending while unbound, even when it was not bound last round.
+        assert_eq!(released(&none, &none, &r), set(&["a.demo"]));
+        // Bound again: nothing to take out.
+        assert_eq!(released(&none, &set(&["a.demo"]), &r), none);
+        // A domain never bound in this term is never touched.
+        assert_eq!(released(&none, &none, &none), none);
+    }
+
+    #[test]
+    fn bound_domains_include_undecided_ones() {
+        let mut w = World::default();
+        let target = DomainRef {
+            group: "public".into(),
+            domain: "shop.demo".into(),
+        };
+        w.cells.insert("c1".into(), None);
+        w.app_bindings.insert(
+            ServiceRef {
+                cell: "c1".into(),
+                namespace: "shop".into(),
+                service: "app".into(),
+            },
+            Binding {
+                target: target.clone(),
+                port: None,
+            },
+        );
+        assert!(w.upstreams().is_empty(), "c1 was never listed");
+        assert_eq!(w.bound_domains(), BTreeSet::from([target]));
     }
 
     #[test]
