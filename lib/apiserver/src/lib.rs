@@ -195,12 +195,25 @@ pub struct ContainerInfo {
 /// `2`, `0.5` (the forms the apiserver serialises CPU in); `None` for
 /// anything else.
 pub fn cpu_millis(q: &str) -> Option<u64> {
-    let v = match q.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().ok()?,
-        None => q.parse::<f64>().ok()? * 1000.0,
+    let (num, per_unit) = match q.strip_suffix('m') {
+        Some(n) => (n, 1u128),
+        None => (q, 1000),
     };
-    // Bounded above so the cast cannot saturate silently.
-    (v.is_finite() && (0.0..1e15).contains(&v)).then(|| v.ceil() as u64)
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 18 {
+        return None;
+    }
+    let parse = |d: &str| {
+        if d.is_empty() {
+            Some(0)
+        } else {
+            d.parse::<u128>().ok()
+        }
+    };
+    let denom = 10u128.pow(u32::try_from(frac.len()).ok()?);
+    let frac_units = (parse(frac)? * per_unit).div_ceil(denom);
+    u64::try_from(parse(whole)?.checked_mul(per_unit)? + frac_units).ok()
 }
 
 /// `(limit, request)` of container `name`'s CPU in the pod spec.
