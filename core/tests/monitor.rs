@@ -447,3 +447,139 @@ async fn alertmanager_alerts_reach_owner_and_master_once_and_the_activity_feed()
     .unwrap();
     assert_eq!(st, 401);
 }
+
+fn hooks_for(sink: &te::HttpSink, user: &str) -> Vec<Value> {
+    sink.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/hooks/{user}"))
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_each_members_webhook_and_region_alerts_reach_the_admins() {
+    let smtp = te::Smtp::start();
+    let sink = te::HttpSink::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("webhook.secret");
+    std::fs::write(&secret_file, "am-secret").unwrap();
+    let env = Env::start(Settings {
+        monitor: MonitorSettings {
+            webhook_secret: Some("am-secret".into()),
+            smtp: Some(smtp.addr()),
+            mail_from: "leengine@test".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let core = serve(&env).await;
+    let (owner, master, dev) = app_with_members(&env).await;
+    let admin = env.user("root", true).await;
+    let hook = |who: &str| format!("http://127.0.0.1:{}/hooks/{who}", sink.port());
+    for (u, who, contact) in [
+        (&owner, "olga", json!({"webhook": hook("olga")})),
+        (
+            &master,
+            "max",
+            json!({"webhook": hook("max"), "email": "max@example.com"}),
+        ),
+        (&dev, "dora", json!({"webhook": hook("dora")})),
+        (
+            &admin,
+            "root",
+            json!({"email": "root@example.com", "webhook": hook("root")}),
+        ),
+    ] {
+        let (st, v) = env
+            .call(u, Method::PUT, "/api/v1/user/notifications", Some(contact))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{who}: {v}");
+    }
+    let (st, v) = env
+        .call(
+            &owner,
+            Method::PUT,
+            "/api/v1/user/notifications",
+            Some(json!({"webhook": "https://example.com/x"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_contact"))
+    );
+    let am = te::Alertmanager::start(|_| {
+        format!(
+            "route:\n  receiver: core\n  group_by: ['alertname', 'leengine_app', 'leengine_rule']\n  \
+             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: core\n    webhook_configs:\n      - url: http://127.0.0.1:{core}/api/v1/monitor/alertmanager\n        \
+             send_resolved: true\n        http_config:\n          authorization:\n            \
+             type: Bearer\n            credentials_file: {}\n",
+            secret_file.display()
+        )
+    });
+    let post = |labels: Value| {
+        let body = json!([{
+            "labels": labels,
+            "annotations": {"summary": "s", "value": "1"},
+            "startsAt": "2026-01-01T00:00:00Z",
+            "endsAt": "2099-01-01T00:00:00Z",
+        }])
+        .to_string();
+        let (st, v) = te::http_json("POST", am.port(), "/api/v2/alerts", &body).unwrap();
+        assert_eq!(st, 200, "{v}");
+    };
+    post(
+        json!({"alertname": "LeengineAppRule", "leengine_app": "web", "leengine_rule": "cpu-high"}),
+    );
+    assert!(
+        te::wait_until(PATIENCE, || hooks_for(&sink, "olga").len() == 1
+            && hooks_for(&sink, "max").len() == 1
+            && mails_to(&smtp, "max@example.com").len() == 1),
+        "Owner's and Master's webhooks not called: {:?}",
+        sink.requests()
+    );
+    let h = &hooks_for(&sink, "max")[0];
+    assert_eq!(
+        (h["app"].as_str(), h["user"].as_str()),
+        (Some("web"), Some("max"))
+    );
+    assert_eq!(h["alert"]["status"], "firing");
+    assert_eq!(h["alert"]["labels"]["leengine_rule"], "cpu-high");
+
+    // A node's swap guard: no app; the admins hear of it, nobody else.
+    post(
+        json!({"alertname": "LeengineSwapGuardUnconstrained", "leengine_default": "swap_guard", "node": "n1"}),
+    );
+    assert!(
+        te::wait_until(PATIENCE, || mails_to(&smtp, "root@example.com").len() == 1
+            && hooks_for(&sink, "root").len() == 1),
+        "the admin was not told of the swap guard: {:?} {:?}",
+        smtp.messages(),
+        sink.requests()
+    );
+    let m = &mails_to(&smtp, "root@example.com")[0];
+    assert!(
+        m.contains("Subject: [firing] region: LeengineSwapGuardUnconstrained"),
+        "{m}"
+    );
+    // Alertmanager repeats nothing new; settle, then count once more.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        hooks_for(&sink, "olga").len(),
+        1,
+        "Owner: the app alert only"
+    );
+    assert_eq!(hooks_for(&sink, "max").len(), 1);
+    assert_eq!(mails_to(&smtp, "max@example.com").len(), 1);
+    assert!(
+        hooks_for(&sink, "dora").is_empty(),
+        "a Developer was called"
+    );
+    assert_eq!(
+        hooks_for(&sink, "root").len(),
+        1,
+        "admin: the region alert only"
+    );
+    assert_eq!(mails_to(&smtp, "root@example.com").len(), 1);
+}

@@ -43,6 +43,8 @@ pub struct Shared {
     /// Pods of this node for metrics labels (`None` without `--kubeconfig`
     /// or before the first list).
     pub pods: Mutex<Option<crate::pods::PodIndex>>,
+    /// This node's pod deletions (with `--kubeconfig`).
+    pub deletions: Mutex<crate::deletions::Deletions>,
     ovs: Mutex<Option<leengine_ovsdb::Client>>,
     started: Instant,
     pub started_wall: u64,
@@ -86,6 +88,7 @@ impl Shared {
                 swap_unconstrained: Vec::new(),
             }),
             pods: Mutex::new(None),
+            deletions: Mutex::new(Default::default()),
             ovs: Mutex::new(None),
             started: Instant::now(),
             started_wall: now_secs(),

@@ -23,6 +23,7 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
         .collect();
     let index = sh.pods.lock().await.clone().unwrap_or_default();
     let statuses = index.all.clone();
+    let deletions = sh.deletions.lock().await.rows();
     let cg = sh.cgroups.clone();
     let roots = sh.cfg.container_roots.clone();
     let containers = tokio::task::spawn_blocking(move || {
@@ -113,5 +114,6 @@ pub async fn snapshot(sh: &Shared) -> Snapshot {
         bond,
         counters,
         statuses,
+        deletions,
     }
 }

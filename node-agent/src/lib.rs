@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod cgroup;
 pub mod collect;
 pub mod config;
+pub mod deletions;
 pub mod http;
 pub mod leak;
 pub mod metrics;
@@ -72,7 +73,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(scan_loop(sh.clone(), scan_rx)),
     ];
     if let Some(client) = sh.kube.clone() {
-        tasks.push(tokio::spawn(pods::run(sh.clone(), client)));
+        tasks.push(tokio::spawn(pods::run(sh.clone(), client.clone())));
+        tasks.push(tokio::spawn(deletions::run(sh.clone(), client)));
     }
     if let Some(l) = listener {
         tracing::info!(addr = %l.local_addr()?, "HTTP endpoint listening");

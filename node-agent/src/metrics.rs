@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Container statuses of this node's pods (restarts, OOM kills).
     pub statuses: Vec<leengine_apiserver::ContainerInfo>,
+    /// `(namespace, app, by, count)` of this node's deleted pods.
+    pub deletions: Vec<(String, String, crate::deletions::By, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -396,23 +398,49 @@ fn render_containers(o: &mut Out, s: &Snapshot) {
         }
     }
     render_statuses(o, s);
+    render_deletions(o, s);
+}
+
+fn render_deletions(o: &mut Out, s: &Snapshot) {
+    let name = "leengine_pod_deletions_total";
+    o.family(
+        name,
+        "counter",
+        "Pods of this node deleted, by whether the platform asked (by=platform|other).",
+    );
+    for (ns, app, by, n) in &s.deletions {
+        let labels = [("namespace", ns.as_str()), ("app", app), ("by", by.label())];
+        o.sample(name, &labels, *n as f64);
+    }
 }
 
 /// From the pods' container statuses: they outlive each container's cgroup.
 fn render_statuses(o: &mut Out, s: &Snapshot) {
-    type Get = fn(&leengine_apiserver::ContainerInfo) -> f64;
-    let families: [(&str, &str, &str, Get); 2] = [
+    type Get = fn(&leengine_apiserver::ContainerInfo) -> Option<f64>;
+    let families: [(&str, &str, &str, Get); 4] = [
         (
             "leengine_container_restarts_total",
             "counter",
             "Restarts of the pod's container (kubelet's restartCount).",
-            |c| c.restarts as f64,
+            |c| Some(c.restarts as f64),
         ),
         (
             "leengine_container_oom_killed",
             "gauge",
             "1 when the container's last termination was the OOM killer's.",
-            |c| f64::from(u8::from(c.oom_killed)),
+            |c| Some(f64::from(u8::from(c.oom_killed))),
+        ),
+        (
+            "leengine_container_cpu_limit_cores",
+            "gauge",
+            "CPU limit of the container in the pod spec (absent: none).",
+            |c| c.cpu_limit_millis.map(|m| m as f64 / 1000.0),
+        ),
+        (
+            "leengine_container_cpu_request_cores",
+            "gauge",
+            "CPU request of the container in the pod spec (absent: none).",
+            |c| c.cpu_request_millis.map(|m| m as f64 / 1000.0),
         ),
     ];
     for (name, kind, help, get) in families {
@@ -425,7 +453,9 @@ fn render_statuses(o: &mut Out, s: &Snapshot) {
                 ("app", &c.app),
                 ("version", &c.version),
             ];
-            o.sample(name, &labels, get(c));
+            if let Some(v) = get(c) {
+                o.sample(name, &labels, v);
+            }
         }
     }
 }
@@ -697,8 +727,10 @@ mod tests {
                 version: "2".into(),
                 restarts: 3,
                 oom_killed: true,
+                cpu_limit_millis: Some(1500),
                 ..Default::default()
             }],
+            deletions: vec![("shop".into(), "shop".into(), crate::deletions::By::Other, 2)],
         }
     }
 
@@ -726,6 +758,15 @@ mod tests {
         let st = "namespace=\"shop\",pod=\"web-1\",container=\"app\",app=\"shop\",version=\"2\"";
         assert!(l.contains(&format!("leengine_container_restarts_total{{{st}}} 3").as_str()));
         assert!(l.contains(&format!("leengine_container_oom_killed{{{st}}} 1").as_str()));
+        assert!(l.contains(&format!("leengine_container_cpu_limit_cores{{{st}}} 1.5").as_str()));
+        assert!(
+            !l.iter()
+                .any(|x| x.starts_with("leengine_container_cpu_request_cores")),
+            "no request: no sample"
+        );
+        assert!(l.contains(
+            &"leengine_pod_deletions_total{namespace=\"shop\",app=\"shop\",by=\"other\"} 2"
+        ));
         assert!(
             !l.iter()
                 .any(|x| x.starts_with("leengine_app_") && x.contains("app=\"\"")),

@@ -54,6 +54,8 @@ impl PodIndex {
                     container: "POD".into(),
                     restarts: 0,
                     oom_killed: false,
+                    cpu_limit_millis: None,
+                    cpu_request_millis: None,
                     ..c.clone()
                 });
         }
@@ -111,6 +113,8 @@ mod tests {
             version: "2".into(),
             restarts: 3,
             oom_killed: false,
+            cpu_limit_millis: None,
+            cpu_request_millis: None,
         }
     }
 

@@ -22,6 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leengine_store::keys::AppKey;
+use leengine_store::region::{REMOVAL_ANNOTATION, REMOVAL_BY_PLATFORM};
 use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainRequest, PodFacts, Progress};
@@ -413,7 +414,7 @@ impl CellRun<'_> {
                 let chosen = drain::pick(&facts, (current - desired) as usize, &already);
                 let pending = self.drain(app, lb, &base, chosen, &live).await?;
                 let named = pending.pods;
-                self.mark_for_deletion(app, &named).await;
+                self.mark_for_deletion(&app.namespace, &named).await;
                 match pending.progress {
                     Progress::Waiting => {
                         replicas = current;
@@ -429,6 +430,12 @@ impl CellRun<'_> {
                     }
                 }
             }
+        } else if let Some(current) = current.filter(|c| *c > desired) {
+            // No LB, no drain; still mark the pods that go, so the
+            // deletion counts as the platform's (and the marked ones go).
+            let facts = pod_facts(&self.version_pods(app, v.version).await?);
+            let chosen = drain::pick(&facts, (current - desired) as usize, &BTreeSet::new());
+            self.mark_for_deletion(&app.namespace, &chosen).await;
         }
         let d = objects::deployment(app, v, replicas);
         let applied = Api::<Deployment>::namespaced(self.client.clone(), &app.namespace)
@@ -478,11 +485,15 @@ impl CellRun<'_> {
     }
 
     /// The lowest deletion cost makes the ReplicaSet controller remove
-    /// exactly the drained pods when the count goes down.
-    async fn mark_for_deletion(&self, app: &AppSpec, pods: &[String]) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &app.namespace);
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {objects::DELETION_COST: "-1000"}}});
+    /// exactly the drained pods when the count goes down; the removal mark
+    /// tells the node-agents the platform asked for the deletion
+    /// (docs/monitoring.md#deleted-pods).
+    async fn mark_for_deletion(&self, namespace: &str, pods: &[String]) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            objects::DELETION_COST: "-1000",
+            REMOVAL_ANNOTATION: REMOVAL_BY_PLATFORM,
+        }}});
         for p in pods {
             if let Err(e) = api
                 .patch(p, &PatchParams::default(), &Patch::Merge(&patch))
@@ -501,8 +512,8 @@ impl CellRun<'_> {
         version: u64,
         name: &str,
     ) -> Result<(), ApiError> {
+        let live = live_names(&pod_facts(&self.version_pods(app, version).await?));
         if let Some(lb) = &app.lb {
-            let live = live_names(&pod_facts(&self.version_pods(app, version).await?));
             let base = version_base(app, self.cell, version);
             if !live.is_empty() {
                 let all = live.iter().cloned().collect();
@@ -514,6 +525,8 @@ impl CellRun<'_> {
                 }
             }
         }
+        let all: Vec<String> = live.into_iter().collect();
+        self.mark_for_deletion(&app.namespace, &all).await;
         self.delete_deployment(app, name).await
     }
 
@@ -633,6 +646,12 @@ impl CellRun<'_> {
             if !self.drain_namespace(&ns, &name).await? {
                 continue;
             }
+            let pods = Api::<Pod>::namespaced(self.client.clone(), &name)
+                .list(&ListParams::default())
+                .await
+                .map_err(self.err())?;
+            let all: Vec<String> = live_names(&pod_facts(&pods.items)).into_iter().collect();
+            self.mark_for_deletion(&name, &all).await;
             match Api::<Namespace>::all(self.client.clone())
                 .delete(&name, &DeleteParams::background())
                 .await

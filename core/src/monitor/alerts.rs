@@ -26,7 +26,8 @@ use crate::{access, activity};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleMetric {
-    /// CPU in percent of one core (100 = one core busy), per pod.
+    /// CPU in percent of the container's limit (else its request, else
+    /// one core), per container.
     CpuPercent,
     /// Working set in percent of the memory limit, per container.
     MemoryPercent,
@@ -40,10 +41,13 @@ pub enum RuleMetric {
     Restarts,
     /// 1 when the container's last termination was the OOM killer's.
     OomKilled,
+    /// Pods of the app deleted in the last 10 minutes without the platform
+    /// asking (by hand, an eviction, another controller), per app.
+    PodsDeleted,
 }
 
 impl RuleMetric {
-    pub const ALL: [RuleMetric; 10] = [
+    pub const ALL: [RuleMetric; 11] = [
         RuleMetric::CpuPercent,
         RuleMetric::MemoryPercent,
         RuleMetric::NetworkRxBytes,
@@ -54,6 +58,7 @@ impl RuleMetric {
         RuleMetric::DiskWriteOps,
         RuleMetric::Restarts,
         RuleMetric::OomKilled,
+        RuleMetric::PodsDeleted,
     ];
 
     fn name(self) -> String {
@@ -68,9 +73,7 @@ impl RuleMetric {
         let sel = format!("{{namespace={}}}", literal(ns));
         let rate = |family: &str| format!("sum by (pod) (rate({family}{sel}[1m]))");
         match self {
-            RuleMetric::CpuPercent => {
-                format!("100 * {}", rate("leengine_container_cpu_seconds_total"))
-            }
+            RuleMetric::CpuPercent => super::promql::cpu_percent(ns),
             RuleMetric::MemoryPercent => format!(
                 "100 * max by (pod, container) (leengine_container_memory_working_set_bytes{sel} / leengine_container_memory_limit_bytes{sel})"
             ),
@@ -86,6 +89,7 @@ impl RuleMetric {
             RuleMetric::OomKilled => {
                 format!("max by (pod, container) (leengine_container_oom_killed{sel})")
             }
+            RuleMetric::PodsDeleted => super::promql::pods_deleted(ns),
         }
     }
 }
@@ -218,6 +222,8 @@ pub fn parse_rule(body: &Value, name: Option<&str>, actor: &str) -> Result<Alert
 /// Label every app alert carries: the webhook finds the app by it.
 pub const APP_LABEL: &str = "leengine_app";
 pub const RULE_LABEL: &str = "leengine_rule";
+/// Label of the Region's default alerts; those of no app reach the admins.
+pub const DEFAULT_LABEL: &str = "leengine_default";
 
 fn rule_json(app: &str, ns: &str, r: &AlertRule) -> Value {
     json!({
@@ -241,14 +247,14 @@ fn default_rules() -> Value {
                 "alert": "LeengineContainerSwapping",
                 "expr": "leengine_container_swap_bytes{namespace!=\"\"} > 0",
                 "for": "1m",
-                "labels": { "leengine_default": "swap" },
+                "labels": { DEFAULT_LABEL: "swap" },
                 "annotations": { "summary": "a container uses swap", "value": "{{ $value }}" },
             },
             {
                 "alert": "LeengineSwapGuardUnconstrained",
                 "expr": "leengine_node_swap_guard_containers{state=\"unconstrained\"} > 0",
                 "for": "1m",
-                "labels": { "leengine_default": "swap_guard" },
+                "labels": { DEFAULT_LABEL: "swap_guard" },
                 "annotations": { "summary": "the swap guard could not constrain containers", "value": "{{ $value }}" },
             },
         ],
@@ -523,7 +529,7 @@ mod tests {
         let rule = &v["groups"][0]["rules"][0];
         assert_eq!(
             rule["expr"],
-            "100 * sum by (pod) (rate(leengine_container_cpu_seconds_total{namespace=\"web-\\\"u1\"}[1m])) >= 80"
+            format!("{} >= 80", super::super::promql::cpu_percent("web-\"u1"))
         );
         assert_eq!(rule["for"], "60s");
         assert_eq!(rule["labels"]["leengine_app"], "web");

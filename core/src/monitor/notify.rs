@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::alerts::{APP_LABEL, RULE_LABEL};
+use super::alerts::{APP_LABEL, DEFAULT_LABEL, RULE_LABEL};
 use crate::access::{Kind, Member, Role};
 use crate::activity;
 use crate::auth::{constant_time_eq, credentials, Caller, Credentials};
@@ -26,6 +26,7 @@ use crate::deploy::spec::AppSpec;
 use crate::problem::{ApiError, Json};
 use crate::server::Core;
 use crate::store::{self, Db};
+use crate::users::User;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -172,6 +173,27 @@ fn key_safe(f: &str) -> bool {
     !f.is_empty() && f.len() <= 64 && f.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Who hears of an alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The app's current Owners and Masters (and its activity feed).
+    App(String),
+    /// The Region's administrators: a default alert that belongs to no app
+    /// (a node's swap guard, a container outside every app swapping).
+    Admins,
+    /// Logged only.
+    Nobody,
+}
+
+/// Pure: `app` is the app [`app_of`] found for the alert.
+pub fn audience(a: &Alert, app: Option<String>) -> Audience {
+    match app {
+        Some(app) => Audience::App(app),
+        None if a.labels.contains_key(DEFAULT_LABEL) => Audience::Admins,
+        None => Audience::Nobody,
+    }
+}
+
 async fn handle(core: &Core, a: &Alert) -> Result<(), ApiError> {
     let firing = match a.status.as_str() {
         "firing" => true,
@@ -185,12 +207,16 @@ async fn handle(core: &Core, a: &Alert) -> Result<(), ApiError> {
         tracing::warn!(fingerprint = %a.fingerprint, "alert with a bad fingerprint ignored");
         return Ok(());
     }
-    let Some(app) = app_of(&core.db, a).await? else {
-        tracing::warn!(labels = ?a.labels, status = %a.status, "alert of no app: logged only");
-        return Ok(());
-    };
     let db = &core.db;
-    let key = db.keys.core_alert_state(&app, &a.fingerprint);
+    let who = audience(a, app_of(db, a).await?);
+    let key = match &who {
+        Audience::App(app) => db.keys.core_alert_state(app, &a.fingerprint),
+        Audience::Admins => db.keys.core_region_alert_state(&a.fingerprint),
+        Audience::Nobody => {
+            tracing::warn!(labels = ?a.labels, status = %a.status, "alert of no app: logged only");
+            return Ok(());
+        }
+    };
     let seen = db.get::<Value>(&key).await?;
     let (compare, op) = match (&seen, firing) {
         (Some(s), true) if s.value["startsAt"] == a.starts_at.as_str() => return Ok(()),
@@ -204,23 +230,40 @@ async fn handle(core: &Core, a: &Alert) -> Result<(), ApiError> {
             store::delete(&key),
         ),
     };
-    let action = if firing {
-        "alert_firing"
-    } else {
-        "alert_resolved"
-    };
-    let ev = activity::event("alertmanager", action, json!({ "alert": a }));
-    let ops: Vec<TxnOp> = vec![op, activity::op(&db.keys, Kind::App, &app, &ev)];
+    let mut ops: Vec<TxnOp> = vec![op];
+    if let Audience::App(app) = &who {
+        let action = if firing {
+            "alert_firing"
+        } else {
+            "alert_resolved"
+        };
+        let ev = activity::event("alertmanager", action, json!({ "alert": a }));
+        ops.push(activity::op(&db.keys, Kind::App, app, &ev));
+    }
     if !db.commit(vec![compare], ops).await?.applied() {
         // Another replica recorded this transition and notifies.
         return Ok(());
     }
-    let recipients = recipients(db, &app).await?;
-    tracing::info!(%app, status = %a.status, recipients = ?recipients.iter().map(|r| &r.0).collect::<Vec<_>>(), "alert");
+    let (subject_app, recipients) = match &who {
+        Audience::App(app) => (app.as_str(), recipients(db, app).await?),
+        _ => ("region", admins(db).await?),
+    };
+    tracing::info!(audience = ?who, status = %a.status, recipients = ?recipients.iter().map(|r| &r.0).collect::<Vec<_>>(), "alert");
     for (user, contact) in recipients {
-        deliver(core, &app, a, &user, &contact).await;
+        deliver(core, subject_app, a, &user, &contact).await;
     }
     Ok(())
+}
+
+/// The Region's administrators (users with the admin flag) with their contacts.
+async fn admins(db: &Db) -> Result<Vec<(String, Contact)>, ApiError> {
+    let users = db.list::<User>(&db.keys.core_users_prefix()).await?;
+    let mut out = Vec::new();
+    for (_, u) in users.into_iter().filter(|(_, u)| u.admin) {
+        let c = db.get::<Contact>(&db.keys.core_notify(&u.name)).await?;
+        out.push((u.name, c.map(|c| c.value).unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// Current Owners and Masters with their contacts.
@@ -370,6 +413,39 @@ async fn post_webhook(url: &str, body: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alert(labels: &[(&str, &str)]) -> Alert {
+        Alert {
+            status: "firing".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: Default::default(),
+            starts_at: String::new(),
+            ends_at: String::new(),
+            fingerprint: "f1".into(),
+        }
+    }
+
+    #[test]
+    fn default_alerts_of_no_app_go_to_the_admins() {
+        let guard = alert(&[
+            ("alertname", "LeengineSwapGuardUnconstrained"),
+            (DEFAULT_LABEL, "swap_guard"),
+            ("node", "n1"),
+        ]);
+        assert_eq!(audience(&guard, None), Audience::Admins);
+        let swapping = alert(&[(DEFAULT_LABEL, "swap"), ("namespace", "web-u1")]);
+        assert_eq!(
+            audience(&swapping, Some("web".into())),
+            Audience::App("web".into()),
+            "a container of an app swapping: the app's Owners and Masters"
+        );
+        assert_eq!(audience(&swapping, None), Audience::Admins);
+        let stray = alert(&[("alertname", "SomethingElse")]);
+        assert_eq!(audience(&stray, None), Audience::Nobody);
+    }
 
     #[test]
     fn contacts_are_checked() {

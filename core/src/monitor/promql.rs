@@ -152,9 +152,48 @@ pub fn query(metric: Metric, scope: &Scope<'_>, rate_window: &str) -> Option<Str
     })
 }
 
+/// CPU in percent of each container's own allowance in namespace `ns`:
+/// its CPU limit, else its CPU request (both from the pod spec, exported
+/// by the node-agent), else one core. `or` keeps the first basis a
+/// container has, since all three sides carry the same `(pod, container)`.
+pub fn cpu_percent(ns: &str) -> String {
+    let sel = format!("{{namespace={}}}", literal(ns));
+    let used =
+        format!("sum by (pod, container) (rate(leengine_container_cpu_seconds_total{sel}[1m]))");
+    let basis = |family: &str| format!("max by (pod, container) ({family}{sel} > 0)");
+    format!(
+        "100 * (({used} / on (pod, container) ({} or {})) or {used})",
+        basis("leengine_container_cpu_limit_cores"),
+        basis("leengine_container_cpu_request_cores"),
+    )
+}
+
+/// Pods of namespace `ns` deleted in the last 10 minutes without the
+/// platform asking, summed over the nodes that saw them go.
+pub fn pods_deleted(ns: &str) -> String {
+    format!(
+        "sum by (namespace) (increase(leengine_pod_deletions_total{{namespace={},by=\"other\"}}[10m]))",
+        literal(ns)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_percent_is_of_the_limit_else_the_request_else_one_core() {
+        let used = "sum by (pod, container) (rate(leengine_container_cpu_seconds_total{namespace=\"web-u1\"}[1m]))";
+        assert_eq!(
+            cpu_percent("web-u1"),
+            format!(
+                "100 * (({used} / on (pod, container) (\
+                 max by (pod, container) (leengine_container_cpu_limit_cores{{namespace=\"web-u1\"}} > 0) or \
+                 max by (pod, container) (leengine_container_cpu_request_cores{{namespace=\"web-u1\"}} > 0))) or {used})"
+            )
+        );
+        assert!(cpu_percent("a\"}or{b=\"").contains("namespace=\"a\\\"}or{b=\\\"\""));
+    }
 
     #[test]
     fn literals_cannot_leave_the_string() {
@@ -197,6 +236,14 @@ mod tests {
             ..app
         };
         assert_eq!(query(Metric::Requests, &no_lb, "1m"), None);
+    }
+
+    #[test]
+    fn deleted_pods_count_only_what_the_platform_did_not_ask() {
+        assert_eq!(
+            pods_deleted("web-u1"),
+            "sum by (namespace) (increase(leengine_pod_deletions_total{namespace=\"web-u1\",by=\"other\"}[10m]))"
+        );
     }
 
     #[test]

@@ -185,6 +185,51 @@ pub struct ContainerInfo {
     pub restarts: u64,
     /// The last termination was the OOM killer's.
     pub oom_killed: bool,
+    /// The container's CPU limit and request in millicores (pod spec);
+    /// `None` when unset or not a CPU quantity.
+    pub cpu_limit_millis: Option<u64>,
+    pub cpu_request_millis: Option<u64>,
+}
+
+/// A CPU quantity in millicores, rounded up as Kubernetes does: `250m`,
+/// `2`, `0.5` (the forms the apiserver serialises CPU in); `None` for
+/// anything else.
+pub fn cpu_millis(q: &str) -> Option<u64> {
+    let (num, per_unit) = match q.strip_suffix('m') {
+        Some(n) => (n, 1u128),
+        None => (q, 1000),
+    };
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 18 {
+        return None;
+    }
+    let parse = |d: &str| {
+        if d.is_empty() {
+            Some(0)
+        } else {
+            d.parse::<u128>().ok()
+        }
+    };
+    let denom = 10u128.pow(u32::try_from(frac.len()).ok()?);
+    let frac_units = (parse(frac)? * per_unit).div_ceil(denom);
+    u64::try_from(parse(whole)?.checked_mul(per_unit)? + frac_units).ok()
+}
+
+/// `(limit, request)` of container `name`'s CPU in the pod spec.
+fn cpu_of(p: &Pod, name: &str) -> (Option<u64>, Option<u64>) {
+    let Some(r) = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == name))
+        .and_then(|c| c.resources.as_ref())
+    else {
+        return (None, None);
+    };
+    let get = |m: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| { m.and_then(|m| m.get("cpu")).and_then(|q| cpu_millis(&q.0)) };
+    (get(r.limits.as_ref()), get(r.requests.as_ref()))
 }
 
 /// Every container status of `pods`, with the pod's identity and labels.
@@ -210,6 +255,7 @@ pub fn pod_containers(pods: &[Pod]) -> Vec<ContainerInfo> {
                 .or(c.state.as_ref().and_then(|s| s.terminated.as_ref()))
                 .and_then(|t| t.reason.as_deref())
                 == Some("OOMKilled");
+            let (cpu_limit_millis, cpu_request_millis) = cpu_of(p, &c.name);
             out.push(ContainerInfo {
                 id: c
                     .container_id
@@ -224,6 +270,8 @@ pub fn pod_containers(pods: &[Pod]) -> Vec<ContainerInfo> {
                 version: label(VERSION_LABEL).unwrap_or_default(),
                 restarts: u64::try_from(c.restart_count).unwrap_or(0),
                 oom_killed: oom,
+                cpu_limit_millis,
+                cpu_request_millis,
             });
         }
     }
@@ -243,6 +291,10 @@ mod tests {
         let p = pod(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "web-u1", "uid": "u-1",
                          "labels": {"leengine.io/app": "web", "leengine.io/version": "3"}},
+            "spec": {"containers": [
+                {"name": "app", "image": "i", "resources": {"limits": {"cpu": "1500m"}, "requests": {"cpu": "250m"}}},
+                {"name": "side", "image": "i", "resources": {"requests": {"cpu": "2"}}}
+            ]},
             "status": {"containerStatuses": [
                 {"name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 2,
                  "containerID": "containerd://abc", "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
@@ -262,9 +314,15 @@ mod tests {
                 version: "3".into(),
                 restarts: 2,
                 oom_killed: true,
+                cpu_limit_millis: Some(1500),
+                cpu_request_millis: Some(250),
             }
         );
         assert_eq!((c[1].id.as_str(), c[1].oom_killed), ("", false));
+        assert_eq!(
+            (c[1].cpu_limit_millis, c[1].cpu_request_millis),
+            (None, Some(2000))
+        );
         let bare = pod(serde_json::json!({
             "metadata": {"name": "x", "namespace": "ns"},
             "status": {"containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
@@ -274,6 +332,17 @@ mod tests {
             "ns",
             "no label: the namespace is the app"
         );
+    }
+
+    #[test]
+    fn cpu_quantities_read_as_millicores_rounded_up() {
+        assert_eq!(cpu_millis("250m"), Some(250));
+        assert_eq!(cpu_millis("2"), Some(2000));
+        assert_eq!(cpu_millis("0.5"), Some(500));
+        assert_eq!(cpu_millis("0.0001"), Some(1));
+        assert_eq!(cpu_millis("1Gi"), None);
+        assert_eq!(cpu_millis("-1"), None);
+        assert_eq!(cpu_millis(""), None);
     }
 
     #[test]

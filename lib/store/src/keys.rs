@@ -278,6 +278,11 @@ impl Keys {
     pub fn core_alert_state(&self, app: &str, fingerprint: &str) -> String {
         format!("{}alert-state/{app}/{fingerprint}", self.core_prefix())
     }
+    /// Last notified state of one Region alert (a default alert of no app,
+    /// notified to the admins).
+    pub fn core_region_alert_state(&self, fingerprint: &str) -> String {
+        format!("{}region-alert-state/{fingerprint}", self.core_prefix())
+    }
     /// A user's notification channels (e-mail, webhook).
     pub fn core_notify(&self, user: &str) -> String {
         self.core_item("notify", user)

@@ -89,6 +89,13 @@ pub struct DrainAck {
     pub acked: String,
 }
 
+/// Pod annotation core sets before every deletion it causes (scale-down,
+/// version removal, app removal); the node-agent counts a deleted pod
+/// without it as deleted without the platform asking (docs/monitoring.md).
+pub const REMOVAL_ANNOTATION: &str = "leengine.io/removal";
+/// Its value.
+pub const REMOVAL_BY_PLATFORM: &str = "platform";
+
 #[cfg(test)]
 mod tests {
     use super::*;

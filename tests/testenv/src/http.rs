@@ -55,3 +55,77 @@ pub fn form(s: &str) -> String {
         })
         .collect()
 }
+
+/// One request an [`HttpSink`] received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+/// A real HTTP server on a free loopback port that answers every request
+/// `200` and records it: the far end of a webhook under test.
+#[derive(Debug)]
+pub struct HttpSink {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpSink {
+    pub fn start() -> HttpSink {
+        let port = crate::run::free_port();
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the HTTP sink");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        // Ends with the test process; the listener holds no other resource.
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                if let Some(r) = receive(s) {
+                    keep.lock().expect("sink lock").push(r);
+                }
+            }
+        });
+        HttpSink { port, got }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Received> {
+        self.got.lock().expect("sink lock").clone()
+    }
+}
+
+fn receive(mut s: TcpStream) -> Option<Received> {
+    use std::io::BufRead;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut r = std::io::BufReader::new(s.try_clone().ok()?);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .ok()?;
+    Some(Received {
+        method,
+        path,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

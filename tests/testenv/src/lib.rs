@@ -42,7 +42,7 @@ pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
 pub use etcd::{Etcd, TlsFiles};
 pub use git::{git, GitServer};
-pub use http::{form, http, http_json};
+pub use http::{form, http, http_json, HttpSink, Received};
 pub use image::Image;
 pub use java::{load_java_images, MavenMirror, COMPILE_IMAGE, JRE_IMAGE};
 pub use lb::{http_get, http_get_host, Discovery, Load, LoadCount, NginxAgent};
