@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leengine_slb::wire::{self, State};
+use leengine_slb::wire;
 use leengine_slb::DomainError;
 
 use crate::admin::{Admin, PushError, Refusal};
@@ -29,14 +29,16 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     );
-    // None: nginx's state is unknown, the next push is a full replace.
-    let mut pushed: Option<Items> = None;
-    // What nginx (or the dump it loads) holds, also while `pushed` is unknown.
+    // false: nginx's state is unknown, the next push is a full replace.
+    let mut known = false;
+    // What nginx (or the dump it loads) holds, also while that is unknown.
     let mut holds: Items = std::fs::read_to_string(&dump)
         .ok()
         .and_then(|t| wire::decode_all(&t).ok())
         .map(|d| d.items())
         .unwrap_or_default();
+    // What nginx should hold, kept up to date item by item.
+    let mut want = Items::new();
     let mut last_error: Option<String> = None;
     let mut reported = -1;
     // Items refused at the last push, with the reason.
@@ -46,27 +48,30 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
     loop {
         tokio::select! {
             () = shared.upstream_changed.notified() => {}
-            () = shared.repush.notified() => pushed = None,
+            () = shared.repush.notified() => known = false,
             _ = tick.tick() => {
-                if pushed.is_some() && admin.gen().await.ok().as_deref() != Some(token.as_str()) {
+                if known && admin.gen().await.ok().as_deref() != Some(token.as_str()) {
                     tracing::info!("nginx does not hold the last push (reloaded or restarted); pushing all");
-                    pushed = None;
+                    known = false;
                 }
             }
         }
-        let (state, revision) = {
-            let d = shared.desired();
-            (d.pushed(), d.revision)
+        let revision = {
+            let mut d = shared.desired();
+            refresh(&mut want, &mut d);
+            d.revision
         };
-        let desired = state.items();
-        let result = push(&admin, &dump, &token, pushed.as_ref(), &desired, &state).await;
+        let result = push(&admin, &token, known, &holds, &want).await;
         match result {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(items = n, revision, "pushed to nginx");
+            Ok(sent) => {
+                if sent.n > 0 {
+                    tracing::info!(items = sent.n, revision, "pushed to nginx");
                 }
-                holds.clone_from(&desired);
-                pushed = Some(desired);
+                if sent.n > 0 || sent.replace {
+                    settle(&mut holds, &want, &sent, &BTreeMap::new());
+                    write_dump(&dump, &holds);
+                }
+                known = true;
                 last_error = None;
                 if revision != reported || !refused.is_empty() {
                     reported = revision;
@@ -77,16 +82,7 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                     });
                 }
             }
-            Err(PushError::Refused(list)) => {
-                // What nginx holds now: refused items kept their previous
-                // value (or none); the next diff retries them.
-                let mut held = desired.clone();
-                for r in &list {
-                    match holds.get(&r.key) {
-                        Some(old) => held.insert(r.key.clone(), old.clone()),
-                        None => held.remove(&r.key),
-                    };
-                }
+            Err(Failed::Refused(sent, list)) => {
                 let now_refused: BTreeMap<String, Refusal> =
                     list.into_iter().map(|r| (r.key.clone(), r)).collect();
                 let new = now_refused
@@ -99,20 +95,18 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                         "nginx refused pushed items (previous ones kept)"
                     );
                 }
-                let errors = refusal_errors(&shared, &state, now_refused.values());
-                // A restarted nginx must load what this one holds, not
-                // what it refused.
-                let text: String = held.values().map(String::as_str).collect();
-                if let Err(e) = write_atomic(&dump, &text) {
-                    tracing::warn!(error = %e, "writing the dump");
-                }
+                let errors = refusal_errors(&shared, &want, now_refused.values());
+                // What nginx holds now: refused items kept their previous
+                // value (or none); the next diff retries them. A restarted
+                // nginx must load that, not what it refused.
+                settle(&mut holds, &want, &sent, &now_refused);
+                write_dump(&dump, &holds);
                 let new_full = now_refused
                     .values()
                     .filter(|r| r.full && !refused.contains_key(&r.key))
                     .count();
-                holds.clone_from(&held);
                 // The push token itself not stored: the next check repushes.
-                pushed = (!now_refused.contains_key("-")).then_some(held);
+                known = !now_refused.contains_key("-");
                 refused = now_refused;
                 reported = revision;
                 last_error = None;
@@ -122,14 +116,75 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                     r.shared_dict_refusals += u64::try_from(new_full).unwrap_or(u64::MAX);
                 });
             }
-            Err(PushError::Failed(e)) => {
+            Err(Failed::Other(e)) => {
                 if last_error.as_ref() != Some(&e) {
                     tracing::warn!(error = %e, "push to nginx failed; will retry");
                 }
                 last_error = Some(e);
-                pushed = None;
+                known = false;
             }
         }
+    }
+}
+
+/// Brings `want` up to date: only the items etcd events touched, all of
+/// them after a full sync.
+fn refresh(want: &mut Items, d: &mut crate::state::Desired) {
+    match d.take_touched() {
+        None => *want = d.pushed().items(),
+        Some(keys) => {
+            for k in keys {
+                match d.item(&k) {
+                    Some(text) => want.insert(k, text),
+                    None => want.remove(&k),
+                };
+            }
+        }
+    }
+}
+
+/// What one push sent.
+struct Sent {
+    /// Changed keys (a merge); all of `want` for a replace.
+    keys: Vec<String>,
+    replace: bool,
+    n: usize,
+}
+
+enum Failed {
+    /// Some items were refused, the others stored.
+    Refused(Sent, Vec<Refusal>),
+    Other(String),
+}
+
+/// Brings `held` (what nginx holds) to `want` for what was sent, except
+/// the refused items, which keep their previous value.
+fn settle(held: &mut Items, want: &Items, sent: &Sent, refused: &BTreeMap<String, Refusal>) {
+    if sent.replace {
+        let mut next = want.clone();
+        for k in refused.keys() {
+            match held.get(k) {
+                Some(old) => next.insert(k.clone(), old.clone()),
+                None => next.remove(k),
+            };
+        }
+        *held = next;
+        return;
+    }
+    for k in sent.keys.iter().filter(|k| !refused.contains_key(*k)) {
+        match want.get(k) {
+            Some(text) => held.insert(k.clone(), text.clone()),
+            None => held.remove(k),
+        };
+    }
+}
+
+/// An nginx restart loads this; one that comes between a push and this
+/// write loads the older dump, and the token check then pushes all.
+fn write_dump(dump: &std::path::Path, held: &Items) {
+    let text: String = held.values().map(String::as_str).collect();
+    if let Err(e) = write_atomic(dump, &text) {
+        tracing::warn!(path = %dump.display(), error = %e, "writing the dump");
     }
 }
 
@@ -139,7 +194,7 @@ type Items = BTreeMap<String, String>;
 /// Status errors of refused items, by domain.
 fn refusal_errors<'a>(
     shared: &Shared,
-    state: &State,
+    want: &Items,
     refused: impl Iterator<Item = &'a Refusal>,
 ) -> BTreeMap<String, DomainError> {
     let d = shared.desired();
@@ -147,8 +202,9 @@ fn refusal_errors<'a>(
     for r in refused {
         let domain = match wire::item_domain(&r.key) {
             Some(domain) => domain,
-            None => match r.key.strip_prefix("h:").and_then(|h| state.hosts.get(h)) {
-                Some(domain) => domain.as_str(),
+            // A server name's item text ends with its domain.
+            None => match want.get(&r.key).and_then(|t| t.trim_end().rsplit_once(' ')) {
+                Some((_, domain)) => domain,
                 None => continue,
             },
         };
@@ -172,41 +228,50 @@ fn refusal_errors<'a>(
     out
 }
 
-/// Sends the change, then writes what nginx now holds to the dump (a
-/// refusal writes what it kept instead, in the caller). An nginx restart
-/// in between loads the older dump: the token check then pushes all.
-/// Returns how many items were sent.
+/// Sends what differs from what nginx holds: a merge of the changed
+/// items, or the whole state as a replace when that is unknown.
 async fn push(
     admin: &Admin,
-    dump: &std::path::Path,
     token: &str,
-    pushed: Option<&Items>,
-    desired: &Items,
-    state: &State,
-) -> Result<usize, PushError> {
-    let (body, n, replace) = match pushed {
-        Some(p) => {
-            let mut body = String::new();
-            let mut n = 0;
-            for (k, text) in desired {
-                if p.get(k) != Some(text) {
-                    body.push_str(text);
-                    n += 1;
-                }
+    known: bool,
+    held: &Items,
+    want: &Items,
+) -> Result<Sent, Failed> {
+    let (body, sent) = if known {
+        let mut body = String::new();
+        let mut keys = Vec::new();
+        for (k, text) in want {
+            if held.get(k) != Some(text) {
+                body.push_str(text);
+                keys.push(k.clone());
             }
-            for k in p.keys().filter(|k| !desired.contains_key(*k)) {
-                body.push_str(&wire::removal(k));
-                n += 1;
-            }
-            if n == 0 {
-                return Ok(0);
-            }
-            (body, n, false)
         }
-        None => (desired.values().cloned().collect(), desired.len(), true),
+        for k in held.keys().filter(|k| !want.contains_key(*k)) {
+            body.push_str(&wire::removal(k));
+            keys.push(k.clone());
+        }
+        let n = keys.len();
+        let sent = Sent {
+            keys,
+            replace: false,
+            n,
+        };
+        if n == 0 {
+            return Ok(sent);
+        }
+        (body, sent)
+    } else {
+        let body: String = want.values().map(String::as_str).collect();
+        let sent = Sent {
+            keys: Vec::new(),
+            replace: true,
+            n: want.len(),
+        };
+        (body, sent)
     };
-    admin.post(&body, replace.then_some(token)).await?;
-    write_atomic(dump, &wire::encode_all(state))
-        .map_err(|e| PushError::Failed(format!("writing {}: {e}", dump.display())))?;
-    Ok(n)
+    match admin.post(&body, (!known).then_some(token)).await {
+        Ok(()) => Ok(sent),
+        Err(PushError::Refused(list)) => Err(Failed::Refused(sent, list)),
+        Err(PushError::Failed(e)) => Err(Failed::Other(e)),
+    }
 }

@@ -1,13 +1,13 @@
 //! What etcd says the group should look like, folded from the full sync and
 //! the watch events. Pure: the tasks share it behind a mutex.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use leengine_slb::model::validate_domain;
 use leengine_slb::render::render_domain;
 use leengine_slb::route::{lua_routable, render_route, render_router, Route};
-use leengine_slb::wire::State;
+use leengine_slb::wire::{self, State};
 use leengine_slb::{classify, Change, DomainConfig, DomainError, Upstream};
 use leengine_store::keys::{parse_slb_domain_key, SlbDomainKey};
 
@@ -81,6 +81,10 @@ pub struct Desired {
     routing: Routing,
     /// This host's bind address for listens naming none (`--listen-address`).
     listen_address: Option<IpAddr>,
+    /// Item keys (`wire::State::items`) that may have changed since the
+    /// pusher last took them; `None`: all of them (start, full sync), so a
+    /// change costs the pusher its own items, not the whole group's.
+    touched: Option<BTreeSet<String>>,
 }
 
 impl Desired {
@@ -116,6 +120,7 @@ impl Desired {
             admin_port,
             routing,
             listen_address: None,
+            touched: None,
         }
     }
 
@@ -138,6 +143,37 @@ impl Desired {
         }
         self.revision = revision;
         self.synced = true;
+        self.touched = None;
+    }
+
+    /// The item keys touched since the last call (`None`: all).
+    pub fn take_touched(&mut self) -> Option<BTreeSet<String>> {
+        self.touched.replace(BTreeSet::new())
+    }
+
+    /// Item `key` as [`Desired::pushed`] has it (`None`: not pushed).
+    pub fn item(&self, key: &str) -> Option<String> {
+        let (kind, name) = key.split_once(':')?;
+        match kind {
+            "u" => {
+                let up = self.domains.get(name)?.upstream.as_ref()?;
+                Some(wire::upstream_item(name, up))
+            }
+            "r" => {
+                let route = self.domains.get(name)?.route.as_ref()?;
+                Some(wire::route_item(name, &route.text))
+            }
+            "h" => self
+                .domains
+                .iter()
+                .find(|(_, e)| {
+                    e.route
+                        .as_ref()
+                        .is_some_and(|r| r.hosts.iter().any(|h| h == name))
+                })
+                .map(|(d, _)| wire::host_item(name, d)),
+            _ => None,
+        }
     }
 
     /// Folds in one put (`Some`) or delete (`None`) and says what it means
@@ -192,6 +228,12 @@ impl Desired {
             Change::None if old_route != entry.route => Change::Route,
             c => c,
         };
+        if let Some(t) = &mut self.touched {
+            t.insert(format!("u:{domain}"));
+            t.insert(format!("r:{domain}"));
+            let hosts = old_route.iter().chain(entry.route.iter());
+            t.extend(hosts.flat_map(|r| r.hosts.iter().map(|h| format!("h:{h}"))));
+        }
         if entry.config.is_none() && entry.upstream.is_none() && entry.upstream_error.is_none() {
             self.domains.remove(domain);
         }
@@ -474,5 +516,43 @@ mod tests {
         gen.apply(G, &key("a.com", "config"), Some((port, 3)));
         let file = &gen.files(&BTreeMap::new()).0["a.com"];
         assert!(file.contains("    listen 127.0.0.2:8080;\n"), "{file}");
+    }
+
+    /// The pusher's incremental items must be exactly what a full push
+    /// sends: same texts, same owner of a contested server name.
+    fn assert_items_match_full(s: &Desired) {
+        let full = s.pushed().items();
+        for (k, text) in &full {
+            assert_eq!(s.item(k).as_ref(), Some(text), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_change_touches_only_its_domains_items() {
+        let mut s = Desired::from_dump(State::default(), 8999, Routing::Lua);
+        assert_eq!(s.take_touched(), None, "before the first take: everything");
+        let k = key("a.com", "config");
+        s.reset(G, [(k.as_str(), &b"{}"[..], 3)], 3);
+        assert_eq!(s.take_touched(), None, "a full sync: everything");
+        let both = br#"{"serverNames":["a.com","b.com"]}"#;
+        s.apply(G, &key("b.com", "config"), Some((both, 4)));
+        let up = br#"{"servers":[{"address":"10.0.0.1:80"}]}"#;
+        s.apply(G, &key("b.com", "upstream"), Some((up, 5)));
+        let touched = s.take_touched().expect("incremental");
+        let want: BTreeSet<String> = ["u:b.com", "r:b.com", "h:80|a.com", "h:80|b.com"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(touched, want);
+        assert_items_match_full(&s);
+        // a.com keeps the name it shares with b.com (name order).
+        assert_eq!(s.item("h:80|a.com").as_deref(), Some(">80|a.com a.com\n"));
+        // Deleting a.com hands the shared name to b.com.
+        s.apply(G, &key("a.com", "config"), None);
+        let touched = s.take_touched().expect("incremental");
+        assert!(touched.contains("h:80|a.com") && touched.contains("r:a.com"));
+        assert_eq!(s.item("r:a.com"), None);
+        assert_eq!(s.item("h:80|a.com").as_deref(), Some(">80|a.com b.com\n"));
+        assert_items_match_full(&s);
     }
 }

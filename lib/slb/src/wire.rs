@@ -69,16 +69,31 @@ impl State {
     pub fn items(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (d, u) in &self.upstreams {
-            out.insert(format!("u:{d}"), encode([(d.as_str(), Some(u))]));
+            out.insert(format!("u:{d}"), upstream_item(d, u));
         }
         for (d, r) in &self.routes {
-            out.insert(format!("r:{d}"), format!("={d} {r}\n"));
+            out.insert(format!("r:{d}"), route_item(d, r));
         }
         for (h, d) in &self.hosts {
-            out.insert(format!("h:{h}"), format!(">{h} {d}\n"));
+            out.insert(format!("h:{h}"), host_item(h, d));
         }
         out
     }
+}
+
+/// The wire text of item `u:{domain}`.
+pub fn upstream_item(domain: &str, up: &Upstream) -> String {
+    encode([(domain, Some(up))])
+}
+
+/// The wire text of item `r:{domain}`.
+pub fn route_item(domain: &str, text: &str) -> String {
+    format!("={domain} {text}\n")
+}
+
+/// The wire text of item `h:{host}`.
+pub fn host_item(host: &str, domain: &str) -> String {
+    format!(">{host} {domain}\n")
 }
 
 /// The wire line removing the item `key`.
