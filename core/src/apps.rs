@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::deploy::spec::{namespace_for, AppSpec, Lb, VersionFields};
 use crate::problem::{ApiError, Json, Path};
 use crate::quota::{self, Delta};
 use crate::server::Core;
+use crate::slb::dns::GroupDns;
 use crate::stats::{self, Metric};
 use crate::store;
 
@@ -49,6 +50,35 @@ pub struct AppView {
     /// Namespace, Cells, image, LB (on create and show).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<AppSpec>,
+    /// The LB and what to configure in DNS for it (on show and LB changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<LbDns>,
+}
+
+/// The app's domain, its nginx group and the group's DNS record: the user
+/// makes `domain` a CNAME of `cname`, or gives it `vips` as A/AAAA records.
+/// Both empty: the admins have not set the group's record yet.
+#[derive(Debug, Serialize)]
+pub struct LbDns {
+    pub domain: String,
+    pub group: String,
+    pub cname: Option<String>,
+    pub vips: Vec<std::net::IpAddr>,
+}
+
+async fn lb_dns(core: &Core, lb: &Lb) -> Result<LbDns, ApiError> {
+    let rec = core
+        .db
+        .get::<GroupDns>(&leengine_store::keys::slb_group_dns(&lb.group))
+        .await?
+        .map(|r| r.value)
+        .unwrap_or_default();
+    Ok(LbDns {
+        domain: lb.domain.clone(),
+        group: lb.group.clone(),
+        cname: rec.cname,
+        vips: rec.vips,
+    })
 }
 
 fn view(r: Resource, role: Option<Role>) -> AppView {
@@ -61,6 +91,7 @@ fn view(r: Resource, role: Option<Role>) -> AppView {
         created: r.created,
         role,
         desired: None,
+        dns: None,
     }
 }
 
@@ -73,6 +104,7 @@ pub fn router() -> Router<Core> {
         )
         .route("/api/v1/apps/{name}/deploy", post(deploy))
         .route("/api/v1/apps/{name}/scale", post(scale))
+        .route("/api/v1/apps/{name}/lb", put(put_lb).delete(delete_lb))
 }
 
 async fn list(State(core): State<Core>, caller: Caller) -> Result<Json<Vec<AppView>>, ApiError> {
@@ -106,7 +138,7 @@ pub struct NewApp {
 }
 
 /// A domain name as nginx and DNS take it.
-fn valid_domain(d: &str) -> bool {
+pub(crate) fn valid_domain(d: &str) -> bool {
     !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|l| {
@@ -125,12 +157,7 @@ fn check_new_app(body: &NewApp) -> Result<(), ApiError> {
         check_image_ref(i, "latest")?;
     }
     if let Some(lb) = &body.lb {
-        if !valid_domain(&lb.domain) || !access::valid_name(&lb.group) {
-            return Err(ApiError::bad_request(
-                "invalid_lb",
-                "the LB is a lower-case domain name and an nginx group name",
-            ));
-        }
+        check_lb(lb)?;
     }
     if body.port == Some(0) {
         return Err(ApiError::bad_request(
@@ -252,8 +279,82 @@ async fn show(
     let g = access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::View).await?;
     let desired = core.db.get::<AppSpec>(&core.db.keys.app(&name)).await?;
     let mut v = view(g.resource.value, g.role);
+    if let Some(lb) = desired.as_ref().and_then(|d| d.value.lb.as_ref()) {
+        v.dns = Some(lb_dns(&core, lb).await?);
+    }
     v.desired = desired.map(|d| d.value);
     Ok(Json(v))
+}
+
+fn check_lb(lb: &Lb) -> Result<(), ApiError> {
+    if !valid_domain(&lb.domain) || !access::valid_name(&lb.group) {
+        return Err(ApiError::bad_request(
+            "invalid_lb",
+            "the LB is a lower-case domain name and an nginx group name",
+        ));
+    }
+    Ok(())
+}
+
+/// Sets (`Some`) or removes (`None`) the app's LB, compared against the
+/// spec read, with its activity event. The reconciler re-annotates the
+/// Service and discovery moves the upstream to the new domain.
+async fn set_lb(
+    core: &Core,
+    caller: &Caller,
+    name: &str,
+    lb: Option<&Lb>,
+) -> Result<AppView, ApiError> {
+    let keys = &core.db.keys;
+    let (g, spec) = store::optimistic(move || async move {
+        let g = access::authorize(&core.db, Some(caller), Kind::App, name, Action::Deploy).await?;
+        let mut spec = core
+            .db
+            .get::<AppSpec>(&keys.app(name))
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict("app_incomplete", format!("app {name} has no desired state"))
+            })?;
+        spec.value.lb = lb.cloned();
+        let ev = activity::event(&caller.user, "lb_changed", serde_json::json!({ "lb": lb }));
+        let done = core
+            .db
+            .commit(
+                vec![spec.unchanged(), g.resource.unchanged()],
+                vec![
+                    store::put(keys.app(name), &spec.value),
+                    activity::op(keys, Kind::App, name, &ev),
+                ],
+            )
+            .await?;
+        Ok(done.applied().then_some((g, spec.value)))
+    })
+    .await?;
+    tracing::info!(user = %caller.user, app = %name, lb = ?lb, "app lb changed");
+    let mut v = view(g.resource.value, g.role);
+    if let Some(lb) = &spec.lb {
+        v.dns = Some(lb_dns(core, lb).await?);
+    }
+    v.desired = Some(spec);
+    Ok(v)
+}
+
+async fn put_lb(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(lb): Json<Lb>,
+) -> Result<Json<AppView>, ApiError> {
+    check_lb(&lb)?;
+    Ok(Json(set_lb(&core, &caller, &name, Some(&lb)).await?))
+}
+
+async fn delete_lb(
+    State(core): State<Core>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<AppView>, ApiError> {
+    Ok(Json(set_lb(&core, &caller, &name, None).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -324,7 +324,7 @@ fn core_schemas() -> Value {
         "App": { "type": "object", "required": ["name", "creator", "public", "description", "created", "state"], "properties": {
             "name": { "type": "string" }, "creator": { "type": "string" }, "public": { "type": "boolean" },
             "description": { "type": "string" }, "created": ts, "state": schema_ref("AppState"), "role": nullable_role,
-            "desired": schema_ref("AppSpec") } },
+            "desired": schema_ref("AppSpec"), "dns": schema_ref("LbDns") } },
         "Resource": { "type": "object", "required": ["name", "creator", "public", "description", "created"], "properties": {
             "name": { "type": "string" }, "creator": { "type": "string" }, "public": { "type": "boolean" },
             "description": { "type": "string" }, "created": ts, "role": nullable_role } },

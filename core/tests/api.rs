@@ -916,3 +916,91 @@ async fn owners_removing_each_other_leave_one_and_admin_bootstrap_keeps_password
         json!([])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_lb_is_changed_by_masters_and_shows_the_groups_dns() {
+    let (env, _d) = env_with_registry().await;
+    let admin = env.user("root", true).await;
+    let owner = env.user("olga", false).await;
+    let master = env.user("max", false).await;
+    let dev = env.user("dora", false).await;
+    let lb = json!({"domain": "web.example.com", "group": "public"});
+    let (st, _) = env
+        .call(
+            &owner,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"name": "web", "lb": lb})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    for (u, role) in [("max", "Master"), ("dora", "Developer")] {
+        let (st, _) = env
+            .call(
+                &owner,
+                Method::PUT,
+                &format!("/api/v1/apps/web/members/{u}"),
+                Some(json!({"role": role})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (_, v) = env.call(&dev, Method::GET, "/api/v1/apps/web", None).await;
+    assert_eq!(
+        v["dns"],
+        json!({"domain": "web.example.com", "group": "public", "cname": null, "vips": []})
+    );
+    let dns = json!({"cname": "public.lb.example.com", "vips": ["10.9.0.1"]});
+    let (st, _) = env
+        .call(
+            &admin,
+            Method::PUT,
+            "/api/v1/slb/groups/public/dns",
+            Some(dns),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, v) = env.call(&dev, Method::GET, "/api/v1/apps/web", None).await;
+    assert_eq!(v["dns"]["cname"], "public.lb.example.com");
+    assert_eq!(v["dns"]["vips"], json!(["10.9.0.1"]));
+
+    let moved = json!({"domain": "www.example.com", "group": "public"});
+    let u = "/api/v1/apps/web/lb";
+    let (st, v) = env.call(&dev, Method::PUT, u, Some(moved.clone())).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{v}"
+    );
+    let (st, v) = env.call(&dev, Method::DELETE, u, None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let bad = json!({"domain": "Bad_Domain", "group": "public"});
+    let (st, v) = env.call(&master, Method::PUT, u, Some(bad)).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_lb"))
+    );
+    let (st, v) = env.call(&master, Method::PUT, u, Some(moved.clone())).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["desired"]["lb"], moved);
+    assert_eq!(v["dns"]["domain"], "www.example.com");
+    let (_, v) = env.call(&dev, Method::GET, "/api/v1/apps/web", None).await;
+    assert_eq!(v["desired"]["lb"], moved);
+
+    let (st, v) = env.call(&master, Method::DELETE, u, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        v["desired"]["lb"].is_null() && v.get("dns").is_none(),
+        "{v}"
+    );
+    let (_, feed) = env
+        .call(&owner, Method::GET, "/api/v1/apps/web/activity", None)
+        .await;
+    let changes = feed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "lb_changed")
+        .count();
+    assert_eq!(changes, 2, "{feed}");
+}

@@ -503,3 +503,75 @@ async fn status_per_agent_and_concurrent_creates() {
         r.text
     );
 }
+
+#[tokio::test]
+async fn group_dns_is_set_by_admins_validated_and_read_by_users() {
+    let etcd = te::Etcd::start();
+    let (app, _client) = app(&etcd).await;
+    let u = "/api/v1/slb/groups/g1/dns";
+    let r = call(&app, "GET", u, Some("user"), None, None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("dns_not_found"))
+    );
+    let good = json!({"cname": "g1.lb.example.com", "vips": ["10.1.0.10", "2001:db8::10"]});
+    let r = call(&app, "PUT", u, Some("user"), Some(good.clone()), None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("admin_only"))
+    );
+    for (bad, code) in [
+        (json!({}), "invalid_dns"),
+        (json!({"cname": "G1.example.com"}), "invalid_cname"),
+        (json!({"cname": "a..b"}), "invalid_cname"),
+        (json!({"vips": ["127.0.0.1"]}), "invalid_vip"),
+        (json!({"vips": ["10.1.0.10", "10.1.0.10"]}), "invalid_vip"),
+    ] {
+        let r = call(&app, "PUT", u, Some("admin"), Some(bad.clone()), None).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{bad}"
+        );
+    }
+    let r = call(
+        &app,
+        "PUT",
+        u,
+        Some("admin"),
+        Some(json!({"vips": ["10.1.0.300"]})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    assert_eq!(
+        call(&app, "GET", u, Some("user"), None, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let r = call(&app, "PUT", u, Some("admin"), Some(good.clone()), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = call(&app, "GET", u, Some("user"), None, None).await;
+    assert_eq!((r.status, r.json), (StatusCode::OK, good));
+    // The record is no domain: the group's domain list does not show it.
+    let r = call(&app, "GET", D, Some("user"), None, None).await;
+    assert_eq!(r.json, json!([]));
+
+    assert_eq!(
+        call(&app, "DELETE", u, Some("user"), None, None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&app, "DELETE", u, Some("admin"), None, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = call(&app, "DELETE", u, Some("admin"), None, None).await;
+    assert_eq!(r.json["code"].as_str(), Some("dns_not_found"));
+}

@@ -20,7 +20,7 @@ pub struct Lb {
     pub group: String,
 }
 
-/// `{prefix}/apps/{app}`: fixed at creation.
+/// `{prefix}/apps/{app}`: fixed at creation but for the LB (`PUT`/`DELETE …/lb`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
     pub name: String,

@@ -25,6 +25,11 @@ fn cell_counts() -> Value {
 pub(super) fn paths(p: &mut Map<String, Value>) {
     let name = [path_param("name")];
     let version = [path_param("name"), path_param("version")];
+    p.insert("/api/v1/apps/{name}/lb".into(), json!({
+        "put": op("setAppLb", "set or move the app's LB: domain and nginx group (Master+)", true, &name,
+            Some(schema_ref("Lb")), ok_json("200", schema_ref("App"))),
+        "delete": op("deleteAppLb", "take the app off its LB (Master+)", true, &name, None, ok_json("200", schema_ref("App"))),
+    }));
     p.insert("/api/v1/apps/{name}/versions".into(), json!({
         "get": cell_unavailable(op("appVersions", "versions with desired and ready replicas per Cell, read from the Cells (Guest+)",
             true, &name, None, ok_json("200", array("VersionView")))),
@@ -166,6 +171,11 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
             "lb": { "allOf": [schema_ref("Lb")], "nullable": true }, "port": { "type": "integer" } } },
         "Lb": { "type": "object", "required": ["domain", "group"], "additionalProperties": false, "properties": {
             "domain": { "type": "string" }, "group": { "type": "string" } } },
+        "LbDns": { "type": "object", "required": ["domain", "group", "cname", "vips"],
+            "description": "what to configure in DNS: the domain as a CNAME of cname, or A/AAAA records of vips", "properties": {
+            "domain": { "type": "string" }, "group": { "type": "string" },
+            "cname": { "type": "string", "nullable": true },
+            "vips": { "type": "array", "items": { "type": "string" } } } },
     });
     if let Value::Object(m) = defs {
         s.extend(m);

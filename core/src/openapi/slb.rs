@@ -69,9 +69,36 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
     p.insert("/api/v1/slb/groups/{group}/agents".into(), json!({
         "get": op("listSlbAgents", "live nginx agents of the group", true, &group, None, ok_json("200", array("AgentStatus"))),
     }));
+    let mut get_dns = op(
+        "getSlbGroupDns",
+        "what users point their domains at: CNAME target and/or VIPs",
+        true,
+        &group,
+        None,
+        ok_json("200", schema_ref("GroupDns")),
+    );
+    get_dns["responses"]["404"] = problem("no DNS record for the group (`dns_not_found`)");
+    let mut del_dns = op(
+        "deleteSlbGroupDns",
+        &format!("remove the group's DNS record{admin}"),
+        true,
+        &group,
+        None,
+        super::no_content(),
+    );
+    del_dns["responses"]["404"] = problem("no DNS record for the group (`dns_not_found`)");
+    p.insert("/api/v1/slb/groups/{group}/dns".into(), json!({
+        "get": get_dns,
+        "put": op("setSlbGroupDns", &format!("set the group's CNAME target and/or VIPs{admin}"), true, &group,
+            Some(schema_ref("GroupDns")), ok_json("200", schema_ref("GroupDns"))),
+        "delete": del_dns,
+    }));
 }
 
 pub(super) fn schemas(s: &mut Map<String, Value>) {
+    s.insert("GroupDns".into(), json!({ "type": "object", "additionalProperties": false, "properties": {
+        "cname": { "type": "string", "nullable": true, "description": "lower-case DNS name" },
+        "vips": { "type": "array", "maxItems": 16, "items": { "type": "string", "description": "unicast IPv4 or IPv6 address" } } } }));
     let nstr = json!({ "type": "string", "nullable": true });
     let uint = json!({ "type": "integer", "minimum": 0, "maximum": 4294967295u64 });
     let domain_error = json!({ "type": "object", "required": ["revision", "kind", "message"], "properties": {

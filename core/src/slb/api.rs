@@ -37,6 +37,12 @@ pub fn router(state: SlbState) -> Router {
             get(status),
         )
         .route("/api/v1/slb/groups/{group}/agents", get(agents))
+        .route(
+            "/api/v1/slb/groups/{group}/dns",
+            get(super::dns::show)
+                .put(super::dns::set)
+                .delete(super::dns::remove),
+        )
         .with_state(state)
 }
 
@@ -49,7 +55,7 @@ struct CreateBody {
     upstream: Upstream,
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.admin {
         Ok(())
     } else {
@@ -60,7 +66,7 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-fn check_group(group: &str) -> Result<(), ApiError> {
+pub(super) fn check_group(group: &str) -> Result<(), ApiError> {
     validate_domain(group).map_err(|_| {
         ApiError::bad_request(
             "invalid_group",

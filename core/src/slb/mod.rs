@@ -5,6 +5,7 @@
 //! the domain's existence (and, with `If-Match`, its config revision).
 
 mod api;
+pub mod dns;
 mod view;
 
 use leengine_store::Keys;

@@ -621,6 +621,11 @@ pub fn slb_domain_config(group: &str, domain: &str) -> String {
 pub fn slb_domain_upstream(group: &str, domain: &str) -> String {
     format!("{}upstream", slb_domain_prefix(group, domain))
 }
+/// `/slb/{group}/dns`: what users point their DNS at (CNAME target, VIPs).
+/// Outside `domains/` and `agents/`, so nginx agents pass it by.
+pub fn slb_group_dns(group: &str) -> String {
+    format!("{}dns", slb_group_prefix(group))
+}
 pub fn slb_agents_prefix(group: &str) -> String {
     format!("{}agents/", slb_group_prefix(group))
 }
