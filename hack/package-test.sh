@@ -34,7 +34,14 @@ leengine-discovery   /usr/bin/leengine-discovery    /etc/leengine/discovery.env 
 '
 
 work=$(mktemp -d /tmp/leengine-pkgtest.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# Daemons this script starts (the console check), stopped by their pid.
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 root="$work/root"
 failures=0
 checks=0
@@ -184,6 +191,35 @@ for page in cnictl cnictl-pool cnictl-pool-add cnictl-check cnictl-release; do
 done
 check "cnictl-pool-add(1) documents --cidr" \
   bash -c 'MANWIDTH=100 man -l "$1" 2>/dev/null | grep -q -- "--cidr"' _ "$root/usr/share/man/man1/cnictl-pool-add.1.gz"
+
+echo "==> the installed core serves the installed console"
+console=/usr/share/leengine-core/console
+check "leengine-core ships $console/index.html" grep -qx "$console/index.html" <(q -L leengine-core)
+check "core.env points LEENGINE_CONSOLE_DIR at it" grep -qx "LEENGINE_CONSOLE_DIR=$console" "$root/etc/leengine/core.env"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+etcd_port=$(free_port) peer_port=$(free_port) core_port=$(free_port)
+etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" --initial-cluster "default=http://127.0.0.1:$peer_port" \
+  >"$work/etcd.log" 2>&1 &
+pids+=($!)
+# The installed binary in the root, with the console directory of the
+# installed core.env (the unit's EnvironmentFile).
+chroot "$root" env "$(grep '^LEENGINE_CONSOLE_DIR=' "$root/etc/leengine/core.env")" /usr/bin/leengine-core \
+  --listen "127.0.0.1:$core_port" --etcd "http://127.0.0.1:$etcd_port" --prefix /pkgtest --no-reconciler \
+  >"$work/core.log" 2>&1 &
+pids+=($!)
+for page in / /boss; do
+  check "the installed core serves $page from $console/index.html" \
+    bash -c 'cmp <(curl -fsS --retry 60 --retry-delay 1 --retry-all-errors "$1") "$2"' _ "http://127.0.0.1:$core_port$page" "$root$console/index.html"
+done
+asset=$(grep -o '/assets/[^"]*\.js' "$root$console/index.html" | head -1)
+check "the installed core serves the script index.html names ($asset)" \
+  bash -c 'cmp <(curl -fsS "$1") "$2"' _ "http://127.0.0.1:$core_port$asset" "$root$console$asset"
+[ "$failures" -eq 0 ] || { echo "    core's log:"; tail -5 "$work/core.log" | sed 's/^/    /'; }
+kill "${pids[@]}" 2>/dev/null || true
+wait "${pids[@]}" 2>/dev/null || true
+pids=()
 
 echo "==> conffiles survive an upgrade, go with purge"
 echo "# edited by the operator" >>"$root/etc/leengine/core.env"

@@ -49,6 +49,19 @@ case "$profile" in
   *) profile_dir="$target_dir/$profile" ;;
 esac
 
+# leengine-core ships the web console (docs/console.md): console/dist, built
+# here when missing; without node and npm the package cannot be made.
+build_console() {
+  [ -f console/dist/index.html ] && return
+  command -v npm >/dev/null || die "console/dist is missing and npm is not installed (hack/deps.sh installs nodejs npm)"
+  echo "hack/package.sh: building console/dist (npm ci && npm run build)"
+  (cd console && npm ci --no-audit --no-fund && npm run build) >&2 || die "building the console (npm ci && npm run build in console/) failed"
+  [ -f console/dist/index.html ] || die "npm run build made no console/dist/index.html"
+}
+for c in "${crates[@]}"; do
+  [ "$c" != leengine-core ] || build_console
+done
+
 # One build for every binary: the shared dependencies compile once.
 pkg_args=()
 for c in "${crates[@]}"; do pkg_args+=(-p "$c"); done

@@ -242,10 +242,17 @@ export interface Cell {
   apps: number;
   created: string;
 }
+/** Why an agent does not serve a domain's latest config (lib/slb's DomainError). */
+export interface DomainError {
+  revision: number;
+  /** invalid, invalid-upstream, nginx-test, reload, shared-dict-full */
+  kind: string;
+  message: string;
+}
 export interface AgentStatus {
   host: string;
   appliedRevision: number;
-  errors?: Record<string, unknown>;
+  errors?: Record<string, DomainError>;
   error?: string;
   domains?: string[];
   reloads: number;
@@ -264,7 +271,7 @@ export interface DomainStatus {
   domain: string;
   configRevision: number;
   upstreamRevision: number;
-  agents: { host: string; appliedRevision: number; inSync: boolean; error?: unknown; updated: string }[];
+  agents: { host: string; appliedRevision: number; inSync: boolean; error?: DomainError; updated: string }[];
 }
 
 // ---- roles: the server's own table decides what the UI offers ----

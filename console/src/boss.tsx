@@ -10,6 +10,7 @@ import {
   type AgentStatus,
   type Cell,
   type DayStats,
+  type DomainError,
   type DomainStatus,
   type DomainView,
   type User,
@@ -449,7 +450,7 @@ function Group({ group }: { group: string }) {
             </thead>
             <tbody>
               {list.map((a) => (
-                <tr>
+                <tr data-host={a.host}>
                   <td>{a.host}</td>
                   <td>{a.appliedRevision}</td>
                   <td>{a.reloads}</td>
@@ -457,7 +458,9 @@ function Group({ group }: { group: string }) {
                   <td>{age(a.updated)} ago</td>
                   <td>
                     {a.error || (a.errors && Object.keys(a.errors).length) ? (
-                      <pre class="error">{a.error ?? JSON.stringify(a.errors, null, 2)}</pre>
+                      <pre class="error">
+                        {[a.error, ...Object.entries(a.errors ?? {}).map(([d, e]) => `${d}: ${domainError(e)}`)].filter(Boolean).join('\n')}
+                      </pre>
                     ) : (
                       <Badge tone="ok">ok</Badge>
                     )}
@@ -486,6 +489,11 @@ function Group({ group }: { group: string }) {
       {editing ? <DomainEditor group={group} domain={editing} onClose={() => setEditing(undefined)} /> : null}
     </>
   );
+}
+
+/** An agent's refusal as nginx worded it, after what refused it (`nginx-test: …`). */
+function domainError(e: DomainError): string {
+  return `${e.kind}: ${e.message} (config r${e.revision})`;
 }
 
 /** The admin-only domain config editor: JSON, saved with If-Match; agents' `nginx -t` errors below. */
@@ -537,9 +545,9 @@ function DomainEditor({ group, domain, onClose }: { group: string; domain: strin
         {(s) => (
           <ul aria-label="domain status">
             {s.agents.map((a) => (
-              <li>
+              <li data-host={a.host}>
                 {a.host}: <Badge tone={a.inSync ? 'ok' : 'warn'}>{a.inSync ? 'in sync' : `at r${a.appliedRevision}`}</Badge>
-                {a.error ? <pre class="error">{typeof a.error === 'string' ? a.error : JSON.stringify(a.error, null, 2)}</pre> : null}
+                {a.error ? <pre class="error">{domainError(a.error)}</pre> : null}
               </li>
             ))}
           </ul>

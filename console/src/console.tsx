@@ -648,7 +648,7 @@ function ResourceTable({ rows, href }: { rows: Resource[]; href: (n: string) => 
       </thead>
       <tbody>
         {rows.map((r) => (
-          <tr>
+          <tr data-name={r.name}>
             <td>
               <a href={href(r.name)}>{r.name}</a>
               <div class="sub">{r.description}</div>
@@ -816,7 +816,7 @@ export function BuildsPage() {
 }
 
 function NewBuildConfig() {
-  const [f, setF] = useState({ id: '', repo: '', branch: 'main', image: '' });
+  const [f, setF] = useState({ id: '', repo: '', branch: 'main', image: '', compileImage: '', compileScript: '', outputs: '' });
   const [made, setMade] = useState<BuildConfig>();
   const [busy, error, run] = useAction();
   const set = (k: keyof typeof f) => (e: { currentTarget: HTMLInputElement }) => setF({ ...f, [k]: e.currentTarget.value });
@@ -826,7 +826,14 @@ function NewBuildConfig() {
       <form
         onSubmit={(e) => {
           e.preventDefault();
-          run(async () => setMade(await post<BuildConfig>('/api/v1/builds/configs', f)));
+          const { compileImage, compileScript, outputs, ...spec } = f;
+          const body = {
+            ...spec,
+            // Without a compile image the Dockerfile builds from the sources.
+            compile: compileImage.trim() ? { image: compileImage.trim(), script: compileScript.trim() } : undefined,
+            outputs: outputs.split(',').map((o) => o.trim()).filter(Boolean),
+          };
+          run(async () => setMade(await post<BuildConfig>('/api/v1/builds/configs', body)));
         }}
       >
         <Field label="Id">
@@ -840,6 +847,15 @@ function NewBuildConfig() {
         </Field>
         <Field label="Target image" hint="registry/group/repo, without tag">
           <input required value={f.image} onInput={set('image')} />
+        </Field>
+        <Field label="Compile image" hint="optional: runs the compile script before the Dockerfile">
+          <input value={f.compileImage} onInput={set('compileImage')} />
+        </Field>
+        <Field label="Compile script" hint="in the repository, e.g. build.sh">
+          <input required={f.compileImage.trim() !== ''} value={f.compileScript} onInput={set('compileScript')} />
+        </Field>
+        <Field label="Outputs" hint="comma separated paths the Dockerfile copies, e.g. target/app.jar">
+          <input value={f.outputs} onInput={set('outputs')} />
         </Field>
         <button type="submit" disabled={busy}>
           Create build config

@@ -9,14 +9,20 @@ import { chromium } from 'playwright-core';
 
 const URL = process.env.CONSOLE_URL;
 const PASSWORD = process.env.CONSOLE_PASSWORD;
-const GIT = process.env.CONSOLE_GIT;
+/** The real git daemon's repository the real build agent clones, and its commit. */
+const GIT_REPO = process.env.CONSOLE_GIT_REPO;
+const COMMIT = process.env.CONSOLE_COMMIT;
+/** The compile and base image, built locally in the build host's dockerd. */
+const BASE_IMAGE = process.env.CONSOLE_BASE_IMAGE;
 const REGISTRY = process.env.CONSOLE_REGISTRY;
 const NOTIFY_SECRET = process.env.CONSOLE_NOTIFY_SECRET;
+/** A free port for the domain the real nginx agent of group `lbg` serves. */
+const NGINX_PORT = Number(process.env.CONSOLE_NGINX_PORT);
 const SHOTS = new globalThis.URL('../test-results/', import.meta.url).pathname;
 const WIDE = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
 
-assert.ok(URL && PASSWORD && GIT && REGISTRY && NOTIFY_SECRET, 'run through core/tests/console.rs (it sets CONSOLE_URL, …)');
+assert.ok(URL && PASSWORD && GIT_REPO && COMMIT && BASE_IMAGE && REGISTRY && NOTIFY_SECRET && NGINX_PORT, 'run through core/tests/console.rs (it sets CONSOLE_URL, …)');
 mkdirSync(SHOTS, { recursive: true });
 
 let browser;
@@ -247,14 +253,123 @@ test('an image page lists its pushed tags with the docker pull line', async () =
   await p.context().close();
 });
 
-test('a build run: manual trigger, a bar per stage, the live log', async () => {
+test('an Owner adds members to an image group and an image; each member sees it with the role', async () => {
+  // ivy and quin are new: root creates quin in boss's form, ivy through the API.
+  assert.equal((await api('POST', '/api/v1/users', 'root', { name: 'ivy', password: PASSWORD })).status, 201);
+  const b = await page();
+  await signIn(b, 'root', '/boss');
+  await b.getByLabel('New user name').fill('quin');
+  await b.getByLabel('Initial password').fill(PASSWORD);
+  await b.getByRole('button', { name: 'Create user' }).click();
+  await b.locator('tr[data-user="quin"]').waitFor();
+  await b.context().close();
+
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.evaluate(() => (location.hash = '#/groups/team/members'));
+  await p.getByRole('heading', { name: 'Image group team' }).waitFor();
+  await p.getByLabel('User name').fill('quin');
+  await p.getByRole('combobox', { name: 'Role', exact: true }).selectOption('Developer');
+  await p.getByRole('button', { name: 'Add member' }).click();
+  await p.locator('tr[data-member="quin"]').waitFor();
+  assert.match(await p.locator('tr[data-member="quin"]').innerText(), /Developer/);
+  await shot(p, 'group-members');
+  await p.evaluate(() => (location.hash = '#/images/team/web/members'));
+  await p.getByRole('heading', { name: 'Image team/web' }).waitFor();
+  await p.getByLabel('User name').fill('ivy');
+  await p.getByRole('combobox', { name: 'Role', exact: true }).selectOption('Reporter');
+  await p.getByRole('button', { name: 'Add member' }).click();
+  await p.locator('tr[data-member="ivy"]').waitFor();
+  assert.match(await p.locator('tr[data-member="ivy"]').innerText(), /Reporter/);
+  await shot(p, 'image-members');
+  await p.context().close();
+
+  const q = await page();
+  await signIn(q, 'quin');
+  await q.getByRole('link', { name: 'Image groups' }).click();
+  const group = q.locator('tr[data-name="team"]');
+  await group.waitFor();
+  assert.match(await group.innerText(), /Developer/);
+  await q.context().close();
+
+  const i = await page();
+  await signIn(i, 'ivy');
+  await i.getByRole('link', { name: 'Images' }).click();
+  const image = i.locator('tr[data-name="team/web"]');
+  await image.waitFor();
+  assert.match(await image.innerText(), /Reporter/);
+  await i.getByRole('link', { name: 'team/web' }).click();
+  await i.getByText('your role: Reporter').waitFor();
+  // A Reporter may pull, not change the image: no visibility switch.
+  assert.equal(await i.getByRole('button', { name: /Make (public|private)/ }).count(), 0);
+  await i.getByRole('table', { name: 'tags' }).waitFor();
+  await shot(i, 'image-reporter-view');
+  await i.context().close();
+});
+
+test("an admin sets a user's quota in boss; beyond it the user's create and deploy show the server's detail", async () => {
+  const b = await page();
+  await signIn(b, 'root', '/boss');
+  await b.getByRole('button', { name: 'Quota of quin' }).click();
+  const dlg = b.getByRole('dialog', { name: 'Quota of quin' });
+  await dlg.getByLabel('Apps').fill('1');
+  await dlg.getByLabel('Containers').fill('2');
+  await dlg.getByRole('button', { name: 'Save quota' }).click();
+  await dlg.waitFor({ state: 'detached' });
+  const row = b.locator('tr[data-user="quin"]');
+  // The list reloads after the save.
+  await row.getByRole('cell', { name: '0 / 1', exact: true }).waitFor();
+  assert.match(await row.innerText(), /0 \/ 1\s+0 \/ 2/);
+  await shot(b, 'boss-quota');
+  await b.context().close();
+  const quin = (await api('GET', '/api/v1/users', 'root')).body.find((u) => u.name === 'quin');
+  assert.deepEqual([quin.quota.max_apps, quin.quota.max_containers], [1, 2], JSON.stringify(quin));
+
+  const p = await page();
+  await signIn(p, 'quin');
+  await p.getByText(/Quota: 0 of 1 apps/).waitFor();
+  const create = async (name) => {
+    await p.getByRole('button', { name: 'New app' }).click();
+    const d = p.getByRole('dialog', { name: 'New app' });
+    await d.getByLabel('Name').fill(name);
+    await d.getByLabel('Image repository').fill(`${REGISTRY}/team/web`);
+    await d.getByRole('button', { name: 'Create app' }).click();
+    return d;
+  };
+  await create('quin1');
+  await p.getByRole('heading', { name: /App quin1/ }).waitFor();
+  // Three containers where two are allowed: refused, with the numbers.
+  await p.getByRole('button', { name: 'Deploy' }).click();
+  let dlg2 = p.getByRole('dialog', { name: 'Deploy quin1' });
+  await dlg2.getByLabel('Tag', { exact: true }).fill('v1');
+  await dlg2.getByLabel('Replicas per Cell').fill('3');
+  await dlg2.getByRole('button', { name: 'Deploy version 1' }).click();
+  await dlg2.getByRole('alert').waitFor();
+  assert.match(await dlg2.getByRole('alert').innerText(), /quota exceeded: at most 2 containers \(in use 0, asked \+3\)/);
+  await shot(p, 'deploy-quota-error');
+  await p.keyboard.press('Escape');
+  assert.equal((await api('GET', '/api/v1/apps/quin1/versions', 'quin')).body.length, 0, 'nothing was deployed');
+  // A second app where one is allowed.
+  await p.getByRole('link', { name: 'Apps' }).click();
+  const d = await create('quin2');
+  await d.getByRole('alert').waitFor();
+  assert.match(await d.getByRole('alert').innerText(), /quota exceeded: at most 1 apps/);
+  await shot(p, 'create-quota-error');
+  assert.equal((await api('GET', '/api/v1/apps/quin2', 'root')).status, 404, 'no half-made app');
+  await p.context().close();
+});
+
+test('a build run on a real build agent: manual trigger, a bar per stage, the live log', async () => {
   const p = await page();
   await signIn(p, 'mia');
   await p.getByRole('link', { name: 'Builds' }).click();
   await p.getByText('New build config').click();
   await p.getByLabel('Id', { exact: true }).fill('web');
-  await p.getByLabel('Git repository').fill(`${GIT}/team/web.git`);
+  await p.getByLabel('Git repository').fill(GIT_REPO);
   await p.getByLabel('Target image').fill(`${REGISTRY}/team/web`);
+  await p.getByLabel('Compile image').fill(BASE_IMAGE);
+  await p.getByLabel('Compile script').fill('build.sh');
+  await p.getByLabel('Outputs').fill('target/app.txt');
   await p.getByRole('button', { name: 'Create build config' }).click();
   const hook = p.getByRole('definition').filter({ hasText: 'shown only now' });
   await hook.waitFor();
@@ -263,13 +378,18 @@ test('a build run: manual trigger, a bar per stage, the live log', async () => {
   assert.match(await p.locator('dl[aria-label=webhook]').innerText(), /\/api\/v1\/builds\/configs\/web\/webhook/);
   await p.getByRole('button', { name: 'Build now' }).click();
   const log = p.getByRole('region', { name: 'build log' });
-  await log.getByText('live').waitFor();
-  await log.getByText('Cloning into').waitFor();
+  // The compile script sleeps between its two lines: the first shows
+  // while the run is live.
+  await log.getByText('live').waitFor({ timeout: 120000 });
+  await log.getByText('compiling web').waitFor({ timeout: 120000 });
   await shot(p, 'build-live');
-  await log.getByText('succeeded').waitFor({ timeout: 20000 });
+  await log.getByText('succeeded').waitFor({ timeout: 180000 });
   // The list polls on its own: wait for it to show the finished run too.
-  await p.locator('.stages').first().locator('[data-stage="push"].ok').waitFor();
-  assert.ok((await log.innerText()).includes(`pushed ${REGISTRY}/team/web:3f2a9c1`), 'the push stage names the image');
+  await p.locator('.stages').first().locator('[data-stage="push"].ok').waitFor({ timeout: 30000 });
+  const text = await log.innerText();
+  for (const line of ['==> clone', '==> compile', 'compiled web', '==> build', '==> push', `pushed ${REGISTRY}/team/web:${COMMIT}`]) {
+    assert.ok(text.includes(line), `the log has ${line}:\n${text}`);
+  }
   const bars = p.locator('.stages').first().locator('[data-stage]');
   assert.deepEqual(await bars.evaluateAll((els) => els.map((e) => e.dataset.stage)), ['clone', 'compile', 'build', 'push']);
   for (const t of await bars.allInnerTexts()) assert.match(t, /\d+\.\d s/);
@@ -339,6 +459,49 @@ test("load balancer: the app's tab renders the nginx config; boss edits the doma
   await dlg.getByRole('alert').waitFor({ state: 'detached' });
   const saved = await api('GET', `/api/v1/slb/groups/edge/domains/${domain}`, 'root');
   assert.equal(saved.body.config.clientMaxBodySize, '8m');
+  await b.context().close();
+});
+
+test("boss shows a real agent's nginx -t refusal of a domain config, and its recovery", async () => {
+  const domain = 'refused.example';
+  const good = { serverNames: [domain], listen: [{ port: NGINX_PORT }], locations: [{ path: '/' }] };
+  const made = await api('POST', '/api/v1/slb/groups/lbg/domains', 'root', { domain, config: good });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+
+  const b = await page();
+  await signIn(b, 'root', '/boss');
+  await b.getByRole('link', { name: 'Nginx groups' }).click();
+  await b.getByLabel('Open group').fill('lbg');
+  await b.getByRole('button', { name: 'Open', exact: true }).click();
+  const agent = b.getByRole('table', { name: 'agents' }).locator('tr[data-host="h1"]');
+  await agent.getByText('ok', { exact: true }).waitFor({ timeout: 60000 });
+  await b.getByRole('button', { name: `Edit ${domain}` }).click();
+  const dlg = b.getByRole('dialog', { name: `Domain ${domain}` });
+  const status = dlg.getByRole('list', { name: 'domain status' });
+  await status.locator('li[data-host="h1"]').getByText('in sync', { exact: true }).waitFor({ timeout: 60000 });
+  // A certificate no nginx host has: the core cannot know (the files are
+  // the hosts'), the agent's nginx -t refuses, and the agent reports it.
+  const text = dlg.getByLabel('Domain configuration (JSON)');
+  const tls = { certificate: '/etc/leengine/tls/absent-cert.pem', certificateKey: '/etc/leengine/tls/absent-key.pem' };
+  await text.fill(JSON.stringify({ ...good, listen: [{ port: NGINX_PORT, ssl: true }], tls }, null, 2));
+  await dlg.getByRole('button', { name: 'Save configuration' }).click();
+  const refusal = status.locator('pre.error');
+  await refusal.waitFor({ timeout: 60000 });
+  const said = await refusal.innerText();
+  assert.match(said, /^nginx-test: /);
+  assert.match(said, /cannot load certificate "\/etc\/leengine\/tls\/absent-cert\.pem"/);
+  await shot(b, 'boss-nginx-test-error');
+  await b.keyboard.press('Escape');
+  // The group's agent table says the same.
+  await agent.getByText(/absent-cert\.pem/).waitFor({ timeout: 30000 });
+
+  // Fixing the config clears it.
+  await b.getByRole('button', { name: `Edit ${domain}` }).click();
+  await text.fill(JSON.stringify(good, null, 2));
+  await dlg.getByRole('button', { name: 'Save configuration' }).click();
+  await status.locator('li[data-host="h1"]').getByText('in sync', { exact: true }).waitFor({ timeout: 60000 });
+  assert.equal(await status.locator('pre.error').count(), 0);
+  await agent.getByText('ok', { exact: true }).waitFor({ timeout: 30000 });
   await b.context().close();
 });
 

@@ -3,9 +3,9 @@
 //! Chromium through playwright-core (`console/tests/console.test.mjs`).
 //! Screenshots go to `console/test-results/`.
 //!
-//! Build runs: like `builds_api.rs`, a builder is registered in etcd and
-//! this test plays its part, writing the run's stages and log with
-//! `leengine_build`'s run model, as the build agent does (docs/build-farm.md).
+//! A real nginx agent reports to the boss's nginx-group page; a real build
+//! agent (its own dockerd, a git daemon with a tiny project) runs the build
+//! the page triggers.
 
 mod common;
 
@@ -16,18 +16,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Method;
 use axum::http::{header, Request, StatusCode};
-use chrono::Utc;
 use common::{Auth, Env};
-use etcd_client::{GetOptions, PutOptions};
 use leengine_build::validate::Policy;
-use leengine_build::{BoundedLog, BuildRun, BuildTask, RunStatus, Stage};
 use leengine_core::builds::BuildSettings;
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::{reconcile, DeploySettings};
 use leengine_core::registry::RegistrySettings;
 use leengine_core::server::Settings;
 use leengine_core::users;
-use leengine_store::Keys;
 use leengine_testenv as te;
 use tower::ServiceExt as _;
 
@@ -153,76 +149,70 @@ async fn a_missing_console_is_a_problem_naming_the_directory() {
     assert!(v["detail"].as_str().unwrap().contains("absent"), "{v}");
 }
 
-/// Plays the build host `id`: registers it (as the agent does) and takes
-/// every task placed on it through clone, compile, build and push.
-async fn builder(etcd: etcd_client::Client, keys: Keys, id: &str, registry: String) {
-    let mut c = etcd;
-    let lease = c.lease_grant(600, None).await.unwrap().id();
-    let info = serde_json::json!({"id": id, "capacity": 2, "running": 0, "startedAt": Utc::now()});
-    c.put(
-        keys.builder(id),
-        info.to_string(),
-        Some(PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .unwrap();
-    let mut done = std::collections::HashSet::new();
-    loop {
-        let tasks = c
-            .get(
-                keys.builder_tasks_prefix(id),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
-        for kv in tasks.kvs() {
-            let task: BuildTask = serde_json::from_slice(kv.value()).unwrap();
-            if done.insert(task.run.clone()) {
-                build(&mut c, &keys, &task, &registry).await;
-            }
+/// The base and compile image of the build: a local FROM-scratch busybox
+/// (nothing is pulled).
+const BASE_IMAGE: &str = "leengine-test/base:1";
+
+/// The git server with `team/web.git`, a tiny project whose compile
+/// script takes a few seconds, so the page sees the run live; and the
+/// commit it holds.
+fn web_repo(dir: &Path) -> (te::GitServer, String) {
+    let git = te::GitServer::start();
+    let src = dir.join("web-src");
+    std::fs::create_dir(&src).unwrap();
+    let dockerfile = format!("FROM {BASE_IMAGE}\nCOPY target/app.txt /app.txt\n");
+    for (name, text) in [
+        (
+            "build.sh",
+            "set -e\necho \"compiling web\"\nsleep 3\nmkdir -p target\necho hello > target/app.txt\necho \"compiled web\"\n",
+        ),
+        ("Dockerfile", dockerfile.as_str()),
+    ] {
+        std::fs::write(src.join(name), text).unwrap();
+    }
+    let commit = git.commit_dir("team/web.git", &src, "web: first");
+    (git, commit)
+}
+
+/// A real build host: its own dockerd with the base image built locally,
+/// and `leengine-build-agent` as a process.
+struct BuildHost {
+    _dockerd: te::Dockerd,
+    agent: std::process::Child,
+}
+
+impl BuildHost {
+    fn start(etcd: &te::Etcd, registry: &str, git_host: &str, dir: &Path) -> BuildHost {
+        let dockerd = te::Dockerd::start();
+        te::build_busybox_image(&dockerd, BASE_IMAGE);
+        let log = std::fs::File::create(dir.join("build-agent.log")).unwrap();
+        let agent = Command::new(common::sibling("leengine-build-agent"))
+            .args(["--id", "builder-1", "--etcd", &etcd.endpoint()])
+            .args(["--prefix", etcd.keys().prefix()])
+            .args(etcd.tls_args(&te::Component::build_agent("builder-1")))
+            .args(["--docker", &dockerd.host(), "--registry", registry])
+            .args(["--git-host", git_host, "--ttl", "3s"])
+            .arg("--work-dir")
+            .arg(dir.join("build-work"))
+            .arg("--cache-dir")
+            .arg(dir.join("build-cache"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leengine-build-agent");
+        BuildHost {
+            _dockerd: dockerd,
+            agent,
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-async fn build(c: &mut etcd_client::Client, keys: &Keys, task: &BuildTask, registry: &str) {
-    let key = keys.build_run(&task.config, &task.run);
-    let read = c.get(key.as_str(), None).await.unwrap();
-    let mut run: BuildRun = serde_json::from_slice(read.kvs()[0].value()).unwrap();
-    let mut log = BoundedLog::new(leengine_build::log::DEFAULT_LOG_TAIL_BYTES);
-    let commit = "3f2a9c1d0e4b";
-    let pushed = format!("pushed {registry}/team/web:3f2a9c1");
-    for (stage, lines) in [
-        (
-            Stage::Clone,
-            &["Cloning into 'src'...", "HEAD is now at 3f2a9c1"][..],
-        ),
-        (Stage::Compile, &["[INFO] BUILD SUCCESS"][..]),
-        (
-            Stage::Build,
-            &["Step 1/2 : FROM busybox", "Successfully built"][..],
-        ),
-        (Stage::Push, &[pushed.as_str()][..]),
-    ] {
-        run.start_stage(stage, Utc::now());
-        for l in lines {
-            log.push_line(l);
-        }
-        run.log = log.text().to_string();
-        c.put(key.as_str(), serde_json::to_vec(&run).unwrap(), None)
-            .await
-            .unwrap();
-        // Long enough for the page to show the run live.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        run.close_stage(true, Utc::now());
+impl Drop for BuildHost {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
     }
-    run.status = RunStatus::Succeeded;
-    run.commit = Some(commit.into());
-    run.image = Some(format!("{registry}/team/web:{commit}"));
-    run.finished_at = Some(Utc::now());
-    c.put(key.as_str(), serde_json::to_vec(&run).unwrap(), None)
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +228,7 @@ async fn console_and_boss_in_chromium() {
     // the push events itself, so the boss's counts are exactly the test's.
     let registry = common::token_registry(core_port, &cert_path);
     let reg = registry.addr();
+    let (git, commit) = tokio::task::block_in_place(|| web_repo(dir.path()));
     let env = Env::start(Settings {
         // The token server, and the notification secret the page test's
         // push events carry (they fill the deploy dialog's tags).
@@ -250,7 +241,7 @@ async fn console_and_boss_in_chromium() {
             notify_secret: Some(NOTIFY_SECRET.into()),
         }),
         builds: BuildSettings {
-            policy: Policy::new(Some(reg.clone()), &[GIT]).unwrap(),
+            policy: Policy::new(Some(reg.clone()), &[git.host()]).unwrap(),
             ..Default::default()
         },
         ..settings(Some(dist))
@@ -261,12 +252,8 @@ async fn console_and_boss_in_chromium() {
             .await
             .unwrap();
     }
-    tokio::spawn(builder(
-        env.core.db.etcd.clone(),
-        env.core.db.keys.clone(),
-        "builder-1",
-        reg.clone(),
-    ));
+    let _builder =
+        tokio::task::block_in_place(|| BuildHost::start(&env.etcd, &reg, &git.host(), dir.path()));
     let app = env
         .app
         .clone()
@@ -283,12 +270,26 @@ async fn console_and_boss_in_chromium() {
     for tag in ["v1", "v2", "v7"] {
         te::Image::web(8080).push(&reg, "team/web", tag, Some(&push));
     }
+    // A real nginx agent of group `lbg` with its nginx: the boss page
+    // shows what it reports, `nginx -t` refusals included.
+    let nginx_port = te::free_port();
+    let _agent = tokio::task::block_in_place(|| {
+        te::NginxAgent::start(
+            &common::sibling("leengine-nginx-agent"),
+            &env.etcd,
+            "lbg",
+            "h1",
+        )
+    });
     run_node(
         "tests/console.test.mjs",
         &[
+            ("CONSOLE_NGINX_PORT", nginx_port.to_string()),
             ("CONSOLE_URL", url),
             ("CONSOLE_PASSWORD", PASSWORD.into()),
-            ("CONSOLE_GIT", GIT.into()),
+            ("CONSOLE_GIT_REPO", git.url("team/web.git")),
+            ("CONSOLE_COMMIT", commit),
+            ("CONSOLE_BASE_IMAGE", BASE_IMAGE.into()),
             ("CONSOLE_REGISTRY", reg.clone()),
             ("CONSOLE_NOTIFY_SECRET", NOTIFY_SECRET.into()),
         ],
