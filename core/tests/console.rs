@@ -37,7 +37,14 @@ fn console_src() -> PathBuf {
 }
 
 /// `console/dist`, built here when missing (hack/test.sh builds it first).
+/// Built once per test process: tests run in parallel, and two `vite build`s into the same
+/// `dist/` empty it under each other.
 fn console_dist() -> PathBuf {
+    static DIST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIST.get_or_init(build_console).clone()
+}
+
+fn build_console() -> PathBuf {
     let src = console_src();
     let npm = |args: &[&str]| {
         let st = Command::new("npm")
