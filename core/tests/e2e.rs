@@ -965,7 +965,7 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
         })
         .collect();
     let addrs: Vec<IpAddr> = nginx.iter().map(|n| n.address).collect();
-    let _discovery = te::Discovery::start(
+    let discovery = te::Discovery::start(
         &sibling("leengine-discovery"),
         etcd,
         &p.creds,
@@ -1381,7 +1381,17 @@ async fn git_push_to_traffic_through_nginx_with_a_grey_upgrade() {
     }
     // The domain lost its last binding: discovery takes its servers out,
     // so no address handed to another pod later gets shop.demo's requests.
-    wait_upstreams(&nginx, &BTreeSet::new());
+    for n in &nginx {
+        let emptied = te::wait_until(PATIENCE, || peer_ips(n).is_empty());
+        assert!(
+            emptied,
+            "{} still holds {:?} for {DOMAIN}\ndiscovery:\n{}\nagent:\n{}",
+            n.host,
+            peer_ips(n),
+            discovery.log(),
+            n.log()
+        );
+    }
     show("both nginx hosts hold no server for shop.demo any more");
     let (st, _) = p
         .call(&p.olga, Method::GET, &format!("/api/v1/apps/{APP}"), None)
