@@ -125,9 +125,26 @@ export interface AppSpec {
   lb?: Lb | null;
   port: number;
 }
+/** What the user configures in DNS for the app's domain (the nginx group's record, set by admins). */
+export interface LbDns {
+  domain: string;
+  group: string;
+  cname: string | null;
+  vips: string[];
+}
+
+/** `GET /apps/{name}/ip-ranges`: the app's bound IP ranges in one Cell. */
+export interface CellRanges {
+  cell: string;
+  binding: { pools: string[]; shared_fallback: boolean; reserve_secs: number } | null;
+  ranges: { cell: string; pool: string; cidr: string; gateway: string; vlan: number; shared_with: string[] }[];
+  reserved: number;
+}
+
 export interface App extends Resource {
   state: AppState;
   desired?: AppSpec | null;
+  dns?: LbDns | null;
 }
 export interface Placement {
   cell: string;

@@ -327,7 +327,10 @@ export function CellsPage() {
         )}
       </Show>
       {(loaded.data ?? []).map((c) => (
-        <CellNodes cell={c.name} />
+        <>
+          <CellNodes cell={c.name} />
+          <CellPools cell={c.name} />
+        </>
       ))}
     </section>
   );
@@ -384,6 +387,68 @@ function CellNodes({ cell }: { cell: string }) {
                     <Usage used={n.memory_requested_bytes} of={n.memory_allocatable_bytes} show={bytes} />
                   </td>
                   <td>{n.pods}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </Show>
+    </section>
+  );
+}
+
+interface PoolView {
+  name: string;
+  cidr: string;
+  gateway: string;
+  vlan: number;
+  ips_assignable: number;
+  ips_used: number;
+  ips_reserved: number;
+  ips_free: number;
+  blocks_claimed: number;
+  blocks_total: number;
+  apps: string[];
+}
+
+/** The Cell's IP pools, from its IPAM (as `cnictl pool list` shows them). */
+function CellPools({ cell }: { cell: string }) {
+  const loaded = useLoad(() => get<PoolView[]>(`/api/v1/admin/cells/${enc(cell)}/pools`), [cell], 10000);
+  return (
+    <section aria-label={`IP pools of ${cell}`}>
+      <h2>IP pools of {cell}</h2>
+      <Show loaded={loaded} empty={(p) => p.length === 0} emptyText="No IP pools in this Cell's IPAM.">
+        {(pools) => (
+          <table aria-label={`IP pools of ${cell}`}>
+            <thead>
+              <tr>
+                <th>Pool</th>
+                <th>Range</th>
+                <th>VLAN</th>
+                <th>Addresses used / assignable</th>
+                <th>Reserved</th>
+                <th>Free</th>
+                <th>Blocks claimed / total</th>
+                <th>Apps</th>
+              </tr>
+            </thead>
+            <tbody>
+              {pools.map((p) => (
+                <tr data-pool={p.name}>
+                  <td>{p.name}</td>
+                  <td>
+                    <code>{p.cidr}</code> via <code>{p.gateway}</code>
+                  </td>
+                  <td>{p.vlan}</td>
+                  <td>
+                    <Usage used={p.ips_used} of={p.ips_assignable} show={String} />
+                  </td>
+                  <td>{p.ips_reserved}</td>
+                  <td>{p.ips_free}</td>
+                  <td>
+                    {p.blocks_claimed} / {p.blocks_total}
+                  </td>
+                  <td>{p.apps.join(', ') || 'shared'}</td>
                 </tr>
               ))}
             </tbody>

@@ -12,9 +12,11 @@ import {
   type App,
   type BuildConfig,
   type BuildRun,
+  type CellRanges,
   type Container,
   type FeedEvent,
   type KubeEvent,
+  type LbDns,
   type PermissionRow,
   type Resource,
   type User,
@@ -152,7 +154,7 @@ function NewApp({ onClose }: { onClose: () => void }) {
   );
 }
 
-const APP_TABS = ['versions', 'containers', 'events', 'load balancer', 'members', 'activity'];
+const APP_TABS = ['versions', 'containers', 'events', 'load balancer', 'ip ranges', 'members', 'activity'];
 
 export function AppPage({ me, name, tab }: Me & { name: string; tab: string }) {
   const loaded = useLoad(() => get<App>(`/api/v1/apps/${enc(name)}`), [name]);
@@ -187,6 +189,7 @@ export function AppPage({ me, name, tab }: Me & { name: string; tab: string }) {
           {current === 'containers' ? <Containers base={base} /> : null}
           {current === 'events' ? <Events base={base} /> : null}
           {current === 'load balancer' ? <LoadBalancer app={app} /> : null}
+          {current === 'ip ranges' ? <IpRanges base={base} /> : null}
           {current === 'members' ? <Members kind="app" base={base} role={app.role} admin={me.admin} /> : null}
           {current === 'activity' ? <Activity base={base} /> : null}
         </section>
@@ -561,12 +564,92 @@ function LoadBalancer({ app }: { app: App }) {
         <dd>{lb.group}</dd>
         <dt>DNS</dt>
         <dd>
-          CNAME <code>{lb.domain}</code> to the VIP of nginx group <code>{lb.group}</code>
+          <DnsRecord domain={lb.domain} group={lb.group} dns={app.dns} />
         </dd>
       </dl>
       <h2>Rendered nginx configuration</h2>
       <Show loaded={loaded}>{(text) => <pre class="code" aria-label="nginx configuration">{text}</pre>}</Show>
     </section>
+  );
+}
+
+/** The IP pools bound to the app in each Cell: what a firewall rule admits ("that is app X"). */
+function IpRanges({ base }: { base: string }) {
+  const loaded = useLoad(() => get<CellRanges[]>(`${base}/ip-ranges`), [base]);
+  return (
+    <Show loaded={loaded} empty={(c) => c.length === 0} emptyText="The app runs in no Cell.">
+      {(cells) => (
+        <section aria-label="ip ranges">
+          <table aria-label="IP ranges">
+            <thead>
+              <tr>
+                <th>Cell</th>
+                <th>Range</th>
+                <th>Pool</th>
+                <th>VLAN</th>
+                <th>Shared with</th>
+                <th>Reserved for the app</th>
+              </tr>
+            </thead>
+            <tbody>
+              {cells.flatMap((c) =>
+                c.ranges.length === 0
+                  ? [
+                      <tr data-cell={c.cell}>
+                        <td>{c.cell}</td>
+                        <td colSpan={4}>shared pools (no range of its own)</td>
+                        <td>{c.reserved}</td>
+                      </tr>,
+                    ]
+                  : c.ranges.map((r) => (
+                      <tr data-cell={c.cell}>
+                        <td>{c.cell}</td>
+                        <td>
+                          <code>{r.cidr}</code>
+                        </td>
+                        <td>{r.pool}</td>
+                        <td>{r.vlan}</td>
+                        <td>{r.shared_with.join(', ') || '—'}</td>
+                        <td>{c.reserved}</td>
+                      </tr>
+                    )),
+              )}
+            </tbody>
+          </table>
+          <p class="sub">
+            For a firewall request: <code>GET {base}/ip-ranges?format=text</code>. Administrators bind pools (and
+            delegate pools that Owners may bind).
+          </p>
+        </section>
+      )}
+    </Show>
+  );
+}
+
+/** The records to create for the domain: a CNAME of the group's name and/or A/AAAA records of its VIPs. */
+function DnsRecord({ domain, group, dns }: { domain: string; group: string; dns?: LbDns | null }) {
+  const cname = dns?.cname;
+  const vips = dns?.vips ?? [];
+  if (!cname && vips.length === 0) {
+    return (
+      <span class="empty">
+        The administrators have not published nginx group <code>{group}</code>'s DNS record yet.
+      </span>
+    );
+  }
+  return (
+    <ul class="dns" aria-label="DNS records">
+      {cname && (
+        <li>
+          <code>{domain}</code> CNAME <code>{cname}</code>
+        </li>
+      )}
+      {vips.length > 0 && (
+        <li>
+          <code>{domain}</code> A/AAAA <code>{vips.join(', ')}</code> (where a CNAME cannot be used, e.g. at the zone apex)
+        </li>
+      )}
+    </ul>
   );
 }
 

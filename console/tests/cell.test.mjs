@@ -77,6 +77,21 @@ test('scale to 2: both pods ready, the containers tab shows IP, node and Cell', 
   await p.getByRole('table', { name: 'events' }).getByText('Scheduled').first().waitFor(PATIENCE);
 });
 
+test("the app's IP ranges tab shows the pool an admin bound to it", async () => {
+  const auth = 'Basic ' + Buffer.from(`root:${PASSWORD}`).toString('base64');
+  const r = await fetch(`${URL}/api/v1/apps/shop/ip-pools/cella/web`, {
+    method: 'PUT',
+    headers: { authorization: auth, 'content-type': 'application/json' },
+    body: '{}',
+  });
+  assert.equal(r.status, 200, await r.text());
+  await p.getByRole('link', { name: 'ip ranges' }).click();
+  const row = p.getByRole('table', { name: 'IP ranges' }).locator('tr[data-cell="cella"]');
+  await row.waitFor();
+  assert.match(await row.innerText(), /cella\s+10\.\d+\.\d+\.0\/24\s+web\s+133/);
+  await shot('app-ip-ranges');
+});
+
 test('boss lists the Cell with its app', async () => {
   await p.getByRole('button', { name: 'Sign out' }).click();
   await p.goto(`${URL}/boss#/cells`);
@@ -92,5 +107,11 @@ test('boss lists the Cell with its app', async () => {
   const node = nodes.locator('tbody tr').first();
   assert.match(await node.innerText(), /Ready/);
   assert.match(await node.innerText(), /\d+m \/ [1-9]\d*m/);
+  // Its IP pool, from the Cell's IPAM: the two pods' addresses are in use, in a claimed node block.
+  const pool = p.getByRole('table', { name: 'IP pools of cella' }).locator('tr[data-pool="web"]');
+  await pool.waitFor();
+  const [, used, assignable] = (await pool.innerText()).match(/(\d+) \/ (\d+) \(\d+%\)/) ?? [];
+  assert.ok(Number(used) >= 2 && Number(assignable) > Number(used), `pool row: ${await pool.innerText()}`);
+  assert.match(await pool.innerText(), /\b[1-9]\d* \/ [1-9]\d*\s+shop$/, 'bound to the app');
   await shot('boss-cells');
 });

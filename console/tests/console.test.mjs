@@ -437,6 +437,19 @@ test("load balancer: the app's tab renders the nginx config; boss edits the doma
   const conf = p.getByLabel('nginx configuration');
   await conf.waitFor();
   assert.match(await conf.innerText(), /server_name "front\.example";/);
+  await p.getByText("have not published nginx group edge's DNS record yet").waitFor();
+  // The admins publish the group's record: the tab shows what to create for the domain.
+  const dns = await api('PUT', '/api/v1/slb/groups/edge/dns', 'root', { cname: 'edge.lb.example.net', vips: ['192.0.2.10'] });
+  assert.equal(dns.status, 200, JSON.stringify(dns.body));
+  // The session lives in the page's memory: leave the app and come back rather than reload.
+  await p.evaluate(() => (location.hash = '#/apps'));
+  await p.getByRole('heading', { name: /App front/ }).waitFor({ state: 'detached' });
+  await p.evaluate(() => (location.hash = '#/apps/front/load balancer'));
+  const records = p.getByRole('list', { name: 'DNS records' });
+  await records.waitFor();
+  assert.match(await records.innerText(), /front\.example CNAME edge\.lb\.example\.net/);
+  assert.match(await records.innerText(), /front\.example A\/AAAA 192\.0\.2\.10/);
+  await shot(p, 'console-lb-tab');
   await p.context().close();
 
   const b = await page();

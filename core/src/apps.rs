@@ -50,7 +50,7 @@ pub struct AppView {
     /// Namespace, Cells, image, LB (on create and show).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<AppSpec>,
-    /// The LB and what to configure in DNS for it (on show and LB changes).
+    /// The LB and what to configure in DNS for it (on create, show and LB changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<LbDns>,
 }
@@ -258,8 +258,7 @@ async fn create(
         app: Some(AppState::default()),
         ..r
     };
-    let mut v = view(r, Some(Role::Owner));
-    v.desired = Some(spec);
+    let v = with_desired(core, view(r, Some(Role::Owner)), Some(spec)).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -278,12 +277,23 @@ async fn show(
 ) -> Result<Json<AppView>, ApiError> {
     let g = access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::View).await?;
     let desired = core.db.get::<AppSpec>(&core.db.keys.app(&name)).await?;
-    let mut v = view(g.resource.value, g.role);
-    if let Some(lb) = desired.as_ref().and_then(|d| d.value.lb.as_ref()) {
-        v.dns = Some(lb_dns(&core, lb).await?);
+    let v = view(g.resource.value, g.role);
+    Ok(Json(
+        with_desired(&core, v, desired.map(|d| d.value)).await?,
+    ))
+}
+
+/// The view with the app's spec and, when it has an LB, its DNS record.
+async fn with_desired(
+    core: &Core,
+    mut v: AppView,
+    spec: Option<AppSpec>,
+) -> Result<AppView, ApiError> {
+    if let Some(lb) = spec.as_ref().and_then(|s| s.lb.as_ref()) {
+        v.dns = Some(lb_dns(core, lb).await?);
     }
-    v.desired = desired.map(|d| d.value);
-    Ok(Json(v))
+    v.desired = spec;
+    Ok(v)
 }
 
 fn check_lb(lb: &Lb) -> Result<(), ApiError> {
@@ -331,12 +341,7 @@ async fn set_lb(
     })
     .await?;
     tracing::info!(user = %caller.user, app = %name, lb = ?lb, "app lb changed");
-    let mut v = view(g.resource.value, g.role);
-    if let Some(lb) = &spec.lb {
-        v.dns = Some(lb_dns(core, lb).await?);
-    }
-    v.desired = Some(spec);
-    Ok(v)
+    with_desired(core, view(g.resource.value, g.role), Some(spec)).await
 }
 
 async fn put_lb(

@@ -23,7 +23,9 @@ pub mod images;
 pub mod monitor;
 pub mod openapi;
 pub mod problem;
-pub mod quantity;
+/// Kubernetes quantities, read the same way by the quota, the deploy check
+/// and the node-agent's metrics.
+pub use leengine_apiserver::quantity;
 pub mod quota;
 pub mod registry;
 pub mod server;

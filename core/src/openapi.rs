@@ -4,6 +4,7 @@
 
 mod apps;
 mod builds;
+mod monitor;
 mod slb;
 
 use axum::routing::get;
@@ -279,6 +280,7 @@ fn paths() -> Map<String, Value> {
     p.insert("/api/v1/registry/events".into(), json!({ "post": events }));
     apps::paths(&mut p);
     builds::paths(&mut p);
+    monitor::paths(&mut p);
     slb::paths(&mut p);
     p
 }
@@ -287,6 +289,7 @@ fn schemas() -> Value {
     let mut all = core_schemas().as_object().cloned().unwrap_or_default();
     apps::schemas(&mut all);
     builds::schemas(&mut all);
+    monitor::schemas(&mut all);
     slb::schemas(&mut all);
     Value::Object(all)
 }
@@ -397,6 +400,15 @@ mod tests {
             "/api/v1/apps/{name}/containers",
             "/api/v1/apps/{name}/events",
             "/api/v1/admin/cells/{cell}",
+            "/api/v1/admin/cells/{cell}/pools",
+            "/api/v1/apps/{name}/ip-ranges",
+            "/api/v1/apps/{name}/ip-pools/{cell}/{pool}",
+            "/api/v1/apps/{name}/metrics/{metric}",
+            "/api/v1/apps/{name}/pods/{pod}/metrics/{metric}",
+            "/api/v1/apps/{name}/alerts/{rule}",
+            "/api/v1/user/notifications",
+            "/api/v1/monitor/targets",
+            "/api/v1/monitor/alertmanager",
         ] {
             assert!(paths.contains_key(p), "{p} is not documented");
         }

@@ -1004,3 +1004,72 @@ async fn app_lb_is_changed_by_masters_and_shows_the_groups_dns() {
         .count();
     assert_eq!(changes, 2, "{feed}");
 }
+
+/// A kubeconfig naming an apiserver that is never asked: the pools route
+/// reads only the Cell's etcd.
+fn cell_settings(dir: &std::path::Path) -> Settings {
+    std::fs::write(
+        dir.join("far.kubeconfig"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: far\n  cluster: {server: 'https://127.0.0.1:1'}\n\
+         contexts:\n- name: far\n  context: {cluster: far, user: far}\ncurrent-context: far\n\
+         users:\n- name: far\n  user: {token: unused}\n",
+    )
+    .unwrap();
+    let mut settings = Settings::default();
+    settings.cells.credentials_dir = dir.to_path_buf();
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_pools_name_each_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::start(cell_settings(dir.path())).await;
+    let admin = env.user("root", true).await;
+    let ann = env.user("ann", false).await;
+    env.create(
+        &admin,
+        "/api/v1/admin/cells",
+        json!({"name": "far", "kubeconfig": "far.kubeconfig"}),
+    )
+    .await;
+    let code = |(st, v): (StatusCode, Value)| (st, v["code"].as_str().map(String::from));
+    let pools = "/api/v1/admin/cells/far/pools";
+
+    assert_eq!(
+        code(env.call(&ann, Method::GET, pools, None).await).0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        code(
+            env.call(&admin, Method::GET, "/api/v1/admin/cells/none/pools", None)
+                .await
+        ),
+        (StatusCode::NOT_FOUND, Some("cell_not_found".into()))
+    );
+    let (st, v) = env.call(&admin, Method::GET, pools, None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("cell_etcd_unset")),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().unwrap().contains("far"), "{v}");
+
+    // An etcd that does not answer: 503 naming the Cell, not a stalled request.
+    let dead = format!("http://127.0.0.1:{}", leengine_testenv::free_port());
+    let (st, _) = env
+        .call(
+            &admin,
+            Method::PATCH,
+            "/api/v1/admin/cells/far",
+            Some(json!({"etcd": [dead]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = env.call(&admin, Method::GET, pools, None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().unwrap().contains("far"), "{v}");
+}

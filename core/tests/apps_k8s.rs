@@ -372,6 +372,120 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
             && c["phase"] == "Running"),
         "{containers}"
     );
+    // Boss's view of the Cell's IPAM: cella's two pods hold addresses of its pool.
+    let (st, pools) = env
+        .call(&admin, Method::GET, "/api/v1/admin/cells/cella/pools", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{pools}");
+    let web = &pools[0];
+    assert_eq!(
+        (pools.as_array().unwrap().len(), web["name"].as_str()),
+        (1, Some("web")),
+        "{pools}"
+    );
+    assert_eq!(
+        (web["vlan"].as_u64(), web["cidr"].as_str()),
+        (Some(130), Some(ca.pools()[0].cidr.as_str()))
+    );
+    let n = |k: &str| web[k].as_u64().unwrap();
+    assert!(n("ips_used") >= 2 && n("blocks_claimed") >= 1, "{web}");
+    assert_eq!(
+        n("ips_used") + n("ips_reserved") + n("ips_free"),
+        n("ips_assignable"),
+        "{web}"
+    );
+    let (st, _) = env
+        .call(&olga, Method::GET, "/api/v1/admin/cells/cella/pools", None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // ---- the app's IP range: bound by its Owner once delegated, exported ----
+    let bind = "/api/v1/apps/web/ip-pools/cella/web";
+    let (st, v) = env.call(&olga, Method::PUT, bind, Some(json!({}))).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("pool_not_delegated")),
+        "{v}"
+    );
+    let (st, _) = env
+        .call(
+            &admin,
+            Method::PATCH,
+            "/api/v1/admin/cells/cella",
+            Some(json!({"delegated_pools": ["web"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = env.call(&mary, Method::PUT, bind, Some(json!({}))).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("owner_only")),
+        "a Master: {v}"
+    );
+    let (st, v) = env
+        .call(&olga, Method::PUT, bind, Some(json!({"reserve_secs": 300})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["binding"],
+        json!({"pools": ["web"], "shared_fallback": false, "reserve_secs": 300})
+    );
+    assert_eq!(
+        v["ranges"][0]["cidr"].as_str(),
+        Some(ca.pools()[0].cidr.as_str())
+    );
+    let (st, v) = env
+        .call(
+            &olga,
+            Method::PUT,
+            "/api/v1/apps/web/ip-pools/cella/nopool",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "not delegated either: {v}");
+    let (st, v) = env
+        .call(
+            &admin,
+            Method::PUT,
+            "/api/v1/apps/web/ip-pools/cella/nopool",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("pool_not_found")),
+        "{v}"
+    );
+    // The export covers every Cell of the app in one call: only cella binds a range.
+    let (st, all) = env
+        .call(&dan, Method::GET, "/api/v1/apps/web/ip-ranges", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{all}");
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    assert_eq!(
+        (all[1]["cell"].as_str(), all[1]["binding"].is_null()),
+        (Some("cellb"), true),
+        "{all}"
+    );
+    let (st, text) = env
+        .call(
+            &dan,
+            Method::GET,
+            "/api/v1/apps/web/ip-ranges?format=text",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let want = format!("cella {} web web vlan=130\n", ca.pools()[0].cidr);
+    assert_eq!(text.as_str(), Some(want.as_str()));
+    let (st, _) = env.call(&olga, Method::DELETE, bind, None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = env.call(&olga, Method::DELETE, bind, None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("pool_not_bound")),
+        "{v}"
+    );
     let (st, tpl) = env
         .call(
             &dan,

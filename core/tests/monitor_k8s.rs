@@ -3,7 +3,8 @@
 //! pods, Prometheus (in the node's namespace) finding that agent through
 //! core's service discovery and evaluating the app's rule, Alertmanager
 //! routing to core's webhook, e-mail through a real SMTP server to the
-//! app's Owner and Master — and the resolution when the burn stops.
+//! app's Owner and Master — and the resolution when the burn stops; then
+//! the pod deleted by hand and the app's `pods_deleted` rule firing.
 
 mod common;
 
@@ -136,6 +137,9 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     env.create(&master, "/api/v1/apps/burn/alerts", rule).await;
+    let deleted = json!({"name": "pods-deleted", "metric": "pods_deleted", "comparison": ">", "threshold": 0});
+    env.create(&owner, "/api/v1/apps/burn/alerts", deleted)
+        .await;
     let (_, v) = env
         .call(&owner, Method::GET, "/api/v1/apps/burn", None)
         .await;
@@ -236,5 +240,39 @@ async fn a_pod_burning_cpu_alerts_owner_and_master_once_and_resolves() {
         1,
         "{actions:?}"
     );
+
+    // The pod deleted by hand (not by the platform): the node-agent counts
+    // it `by="other"` from the watch's last state, and the app's
+    // pods_deleted rule reaches the Owner and the Master, not the Developer.
+    let out = cell.kubectl(&["-n", &ns, "delete", "pod", "burner", "--wait=false"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let subject = "[firing] burn: pods-deleted";
+    let fired = te::wait_until(PATIENCE, || {
+        mails_about(&smtp, "olga@example.com", subject) >= 1
+            && mails_about(&smtp, "max@example.com", subject) >= 1
+    });
+    assert!(
+        fired,
+        "no mail about the deleted pod; deletions {:?}, alerts {:?}",
+        prom.query(&format!(
+            "leengine_pod_deletions_total{{namespace=\"{ns}\"}}"
+        )),
+        prom.alerts()
+    );
+    assert_eq!(mails_about(&smtp, "dora@example.com", subject), 0);
     drop(am);
+}
+
+fn mails_about(smtp: &te::Smtp, to: &str, subject: &str) -> usize {
+    smtp.messages()
+        .iter()
+        .filter(|m| {
+            let line = |want: String| m.lines().any(|l| l.trim_end() == want);
+            line(format!("To: <{to}>")) && line(format!("Subject: {subject}"))
+        })
+        .count()
 }

@@ -64,10 +64,10 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
         let result = push(&admin, &token, known, &holds, &want).await;
         match result {
             Ok(sent) => {
-                if sent.n > 0 {
-                    tracing::info!(items = sent.n, revision, "pushed to nginx");
+                if sent.items() > 0 {
+                    tracing::info!(items = sent.items(), revision, "pushed to nginx");
                 }
-                if sent.n > 0 || sent.replace {
+                if sent.items() > 0 || sent.replace {
                     settle(&mut holds, &want, &sent, &BTreeMap::new());
                     write_dump(&dump, &holds);
                 }
@@ -148,7 +148,12 @@ struct Sent {
     /// Changed keys (a merge); all of `want` for a replace.
     keys: Vec<String>,
     replace: bool,
-    n: usize,
+}
+
+impl Sent {
+    fn items(&self) -> usize {
+        self.keys.len()
+    }
 }
 
 enum Failed {
@@ -250,22 +255,19 @@ async fn push(
             body.push_str(&wire::removal(k));
             keys.push(k.clone());
         }
-        let n = keys.len();
         let sent = Sent {
             keys,
             replace: false,
-            n,
         };
-        if n == 0 {
+        if sent.items() == 0 {
             return Ok(sent);
         }
         (body, sent)
     } else {
         let body: String = want.values().map(String::as_str).collect();
         let sent = Sent {
-            keys: Vec::new(),
+            keys: want.keys().cloned().collect(),
             replace: true,
-            n: want.len(),
         };
         (body, sent)
     };

@@ -25,6 +25,12 @@ pub fn router() -> Router<Core> {
             get(show).patch(update).delete(remove),
         )
         .route("/api/v1/admin/cells/{cell}/nodes", get(super::nodes::nodes))
+        .route("/api/v1/admin/cells/{cell}/pools", get(super::pools::pools))
+        .route("/api/v1/apps/{name}/ip-ranges", get(super::ranges::export))
+        .route(
+            "/api/v1/apps/{name}/ip-pools/{cell}/{pool}",
+            axum::routing::put(super::ranges::bind).delete(super::ranges::unbind),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +43,8 @@ pub struct NewCell {
     pub etcd: Vec<String>,
     #[serde(default)]
     pub nginx_groups: Vec<String>,
+    #[serde(default)]
+    pub delegated_pools: Vec<String>,
 }
 
 fn check_groups(groups: &[String]) -> Result<(), ApiError> {
@@ -47,10 +55,6 @@ fn check_groups(groups: &[String]) -> Result<(), ApiError> {
         )),
         None => Ok(()),
     }
-}
-
-fn not_found(cell: &str) -> ApiError {
-    ApiError::not_found("cell_not_found", format!("cell {cell} is not registered"))
 }
 
 async fn register(
@@ -78,6 +82,7 @@ async fn register(
         api_url,
         etcd: body.etcd,
         nginx_groups: body.nginx_groups,
+        delegated_pools: body.delegated_pools,
         state: CellState::Active,
         apps: 0,
         created: Utc::now(),
@@ -113,7 +118,7 @@ async fn show(
     caller.require_admin()?;
     let c = super::get(&core.db, &cell)
         .await?
-        .ok_or_else(|| not_found(&cell))?;
+        .ok_or_else(|| super::not_found(&cell))?;
     Ok(Json(c.value))
 }
 
@@ -126,6 +131,8 @@ pub struct CellPatch {
     pub nginx_groups: Option<Vec<String>>,
     #[serde(default)]
     pub etcd: Option<Vec<String>>,
+    #[serde(default)]
+    pub delegated_pools: Option<Vec<String>>,
 }
 
 async fn update(
@@ -142,7 +149,7 @@ async fn update(
     let rec = store::optimistic(move || async move {
         let cur = super::get(&core.db, cell)
             .await?
-            .ok_or_else(|| not_found(cell))?;
+            .ok_or_else(|| super::not_found(cell))?;
         let mut rec = cur.value.clone();
         if let Some(s) = p.state {
             rec.state = s;
@@ -152,6 +159,9 @@ async fn update(
         }
         if let Some(e) = &p.etcd {
             rec.etcd = e.clone();
+        }
+        if let Some(d) = &p.delegated_pools {
+            rec.delegated_pools = d.clone();
         }
         let put = store::put(core.db.keys.cell(cell), &rec);
         let done = core.db.commit(vec![cur.unchanged()], vec![put]).await?;
@@ -171,7 +181,7 @@ async fn remove(
     caller.require_admin()?;
     let cur = super::get(&core.db, &cell)
         .await?
-        .ok_or_else(|| not_found(&cell))?;
+        .ok_or_else(|| super::not_found(&cell))?;
     if cur.value.apps > 0 {
         return Err(ApiError::conflict(
             "cell_not_empty",

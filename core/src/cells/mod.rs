@@ -8,12 +8,15 @@
 
 pub mod api;
 pub mod nodes;
+pub mod pools;
+pub mod ranges;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use leengine_store::Keys;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
@@ -43,6 +46,9 @@ pub struct CellRecord {
     /// The nginx groups that serve this Cell's apps.
     #[serde(default)]
     pub nginx_groups: Vec<String>,
+    /// IP pools an app's Owner may bind to the app (administrators bind any).
+    #[serde(default)]
+    pub delegated_pools: Vec<String>,
     #[serde(default)]
     pub state: CellState,
     /// Apps placed here; kept in the same transactions as app creation and
@@ -76,6 +82,34 @@ pub fn unavailable(cell: &str, e: impl std::fmt::Display) -> ApiError {
         "cell_unavailable",
         format!("cell {cell} is unavailable: {e}"),
     )
+}
+
+pub fn not_found(cell: &str) -> ApiError {
+    ApiError::not_found("cell_not_found", format!("cell {cell} is not registered"))
+}
+
+/// Connect and request timeout for a Cell's etcd: a dead Cell must turn
+/// into a quick 503, not a stalled answer.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client of the Cell's etcd (its IPAM and its nodes' registrations) and
+/// the default key prefix its agents write under. The record naming no
+/// etcd → 409 `cell_etcd_unset`; an etcd that does not answer → 503.
+pub async fn etcd(cell: &CellRecord) -> Result<(etcd_client::Client, Keys), ApiError> {
+    if cell.etcd.is_empty() {
+        return Err(ApiError::conflict(
+            "cell_etcd_unset",
+            format!(
+                "cell {} has no etcd registered (PATCH the Cell's etcd)",
+                cell.name
+            ),
+        ));
+    }
+    let cfg = leengine_store::EtcdConfig::new(cell.etcd.clone());
+    let client = leengine_store::connect_with_timeout(&cfg, ETCD_TIMEOUT)
+        .await
+        .map_err(|e| unavailable(&cell.name, e))?;
+    Ok((client, cfg.keys()))
 }
 
 /// Maps a Kubernetes client error of `cell` onto the API's problems: the
@@ -216,6 +250,7 @@ mod tests {
             api_url: String::new(),
             etcd: vec![],
             nginx_groups: vec![],
+            delegated_pools: vec![],
             state,
             apps: 0,
             created: Utc::now(),

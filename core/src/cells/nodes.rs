@@ -34,9 +34,9 @@ pub async fn nodes(
     Path(cell): Path<String>,
 ) -> Result<Json<Vec<NodeUsage>>, ApiError> {
     caller.require_admin()?;
-    let rec = super::get(&core.db, &cell).await?.ok_or_else(|| {
-        ApiError::not_found("cell_not_found", format!("cell {cell} is not registered"))
-    })?;
+    let rec = super::get(&core.db, &cell)
+        .await?
+        .ok_or_else(|| super::not_found(&cell))?;
     let client = super::client(&core.settings.cells, &rec.value).await?;
     let kube = |e| super::kube_error(&cell, e);
     let nodes = Api::<Node>::all(client.clone())

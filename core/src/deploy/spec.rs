@@ -269,6 +269,23 @@ pub fn check(f: &VersionFields, app_cells: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Every app's spec, skipping the other records under `apps/` (versions,
+/// status, robot). A spec that does not decode is skipped, not fatal: one
+/// bad record must not hide every app from a listing.
+pub async fn all(db: &crate::store::Db) -> Result<Vec<AppSpec>, ApiError> {
+    let specs = db.list::<serde_json::Value>(&db.keys.apps_prefix()).await?;
+    Ok(specs
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                db.keys.parse_app_key(k),
+                Some(leengine_store::keys::AppKey::App(_))
+            )
+        })
+        .filter_map(|(_, v)| serde_json::from_value::<AppSpec>(v).ok())
+        .collect())
+}
+
 /// A Kubernetes DNS label from an app name (`_` and `.` become `-`) with
 /// the uid's first characters: unique, and never the namespace of an
 /// earlier app of the same name.

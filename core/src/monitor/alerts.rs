@@ -61,7 +61,7 @@ impl RuleMetric {
         RuleMetric::PodsDeleted,
     ];
 
-    fn name(self) -> String {
+    pub fn name(self) -> String {
         serde_json::to_value(self)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

@@ -22,7 +22,6 @@ use super::alerts::{APP_LABEL, DEFAULT_LABEL, RULE_LABEL};
 use crate::access::{Kind, Member, Role};
 use crate::activity;
 use crate::auth::{constant_time_eq, credentials, Caller, Credentials};
-use crate::deploy::spec::AppSpec;
 use crate::problem::{ApiError, Json};
 use crate::server::Core;
 use crate::store::{self, Db};
@@ -155,16 +154,9 @@ async fn app_of(db: &Db, a: &Alert) -> Result<Option<String>, ApiError> {
     let Some(ns) = a.labels.get("namespace") else {
         return Ok(None);
     };
-    let specs = db.list::<Value>(&db.keys.apps_prefix()).await?;
-    Ok(specs
+    Ok(crate::deploy::spec::all(db)
+        .await?
         .into_iter()
-        .filter(|(k, _)| {
-            matches!(
-                db.keys.parse_app_key(k),
-                Some(leengine_store::keys::AppKey::App(_))
-            )
-        })
-        .filter_map(|(_, v)| serde_json::from_value::<AppSpec>(v).ok())
         .find(|s| &s.namespace == ns)
         .map(|s| s.name))
 }

@@ -7,7 +7,6 @@
 //! nginx-agents in the Region's `/slb/` tree.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use etcd_client::{GetOptions, TxnOp};
 use leengine_store::keys::{parse_slb_agent_key, slb_root_prefix, NodeKey};
@@ -50,10 +49,6 @@ fn advertised(value: &[u8]) -> Option<String> {
         .filter(|a| !a.is_empty())
 }
 
-/// A Cell's etcd that cannot be read leaves out its nodes, not the answer:
-/// Prometheus would otherwise drop every target at once.
-const CELL_ETCD_TIMEOUT: Duration = Duration::from_secs(3);
-
 async fn nodes(
     etcd: &etcd_client::Client,
     keys: &Keys,
@@ -76,17 +71,16 @@ async fn nodes(
     Ok(())
 }
 
+/// A Cell's etcd that cannot be read leaves out its nodes, not the answer:
+/// Prometheus would otherwise drop every target at once.
 async fn cell_nodes(cell: &CellRecord, out: &mut Vec<TargetGroup>) {
-    let cfg = leengine_store::EtcdConfig::new(cell.etcd.clone());
     let read = async {
-        let etcd = leengine_store::connect_with_timeout(&cfg, CELL_ETCD_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        nodes(&etcd, &cfg.keys(), &cell.name, out)
+        let (etcd, keys) = crate::cells::etcd(cell).await.map_err(|e| e.detail)?;
+        nodes(&etcd, &keys, &cell.name, out)
             .await
             .map_err(|e| e.to_string())
     };
-    match tokio::time::timeout(CELL_ETCD_TIMEOUT * 2, read).await {
+    match tokio::time::timeout(crate::cells::ETCD_TIMEOUT * 2, read).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(cell = %cell.name, error = %e, "Cell etcd not read for discovery")

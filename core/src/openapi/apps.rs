@@ -79,7 +79,8 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
                 "name": { "type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" },
                 "kubeconfig": { "type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$" },
                 "etcd": { "type": "array", "items": { "type": "string" } },
-                "nginx_groups": { "type": "array", "items": { "type": "string" } } } })),
+                "nginx_groups": { "type": "array", "items": { "type": "string" } },
+                "delegated_pools": { "type": "array", "items": { "type": "string" } } } })),
             ok_json("201", schema_ref("Cell"))),
     }));
     p.insert("/api/v1/admin/cells/{cell}".into(), json!({
@@ -88,7 +89,9 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
             Some(json!({ "type": "object", "additionalProperties": false, "properties": {
                 "state": { "type": "string", "enum": ["active", "draining"] },
                 "etcd": { "type": "array", "items": { "type": "string" } },
-                "nginx_groups": { "type": "array", "items": { "type": "string" } } } })),
+                "nginx_groups": { "type": "array", "items": { "type": "string" } },
+                "delegated_pools": { "type": "array", "items": { "type": "string" },
+                    "description": "IP pools an app's Owner may bind to the app" } } })),
             ok_json("200", schema_ref("Cell"))),
         "delete": cell_unavailable(op("removeCell", &format!("remove an empty Cell (no app, no namespace of ours left){admin}"),
             true, &cell, None, no_content())),
@@ -97,6 +100,51 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
         "get": cell_unavailable(op("cellNodes", &format!("the Cell's nodes: allocatable CPU and memory vs the requests of the pods on them, live{admin}"),
             true, &cell, None, ok_json("200", array("NodeUsage")))),
     }));
+    let mut pools = op(
+        "cellPools",
+        &format!("the Cell's IP pools and their use, from its IPAM (as `cnictl pool list`){admin}"),
+        true,
+        &cell,
+        None,
+        ok_json("200", array("PoolUsage")),
+    );
+    pools["responses"]["409"] = problem("the Cell has no etcd registered (`cell_etcd_unset`)");
+    pools["responses"]["502"] = problem("the Cell's IPAM records could not be read (`cell_error`)");
+    pools["responses"]["503"] =
+        problem("the Cell's etcd does not answer (`cell_unavailable`, naming the Cell)");
+    p.insert(
+        "/api/v1/admin/cells/{cell}/pools".into(),
+        json!({ "get": pools }),
+    );
+    let mut export = op("appIpRanges", "the app's bound IP ranges in every one of its Cells, in one answer (Guest+); `format=text`: one `CELL CIDR APP POOL vlan=ID` line a range",
+        true, &[path_param("name"), json!({ "name": "format", "in": "query", "required": false,
+            "schema": { "type": "string", "enum": ["json", "text"] } })], None, ok_json("200", array("CellRanges")));
+    export["responses"]["200"]["content"]["text/plain"] = json!({ "schema": { "type": "string" } });
+    export["responses"]["503"] =
+        problem("a Cell's etcd does not answer (`cell_unavailable`, naming the Cell)");
+    let bind_params = [path_param("name"), path_param("cell"), path_param("pool")];
+    let mut bind = op("bindIpPool", "bind the Cell's IP pool to the app: admins any pool, the app's Owner a delegated pool no other app holds",
+        true, &bind_params, Some(json!({ "type": "object", "additionalProperties": false, "properties": {
+            "shared_fallback": { "type": "boolean" }, "reserve_secs": { "type": "integer", "minimum": 0 } } })),
+        ok_json("200", schema_ref("CellRanges")));
+    bind["responses"]["409"] = problem("another app's pod holds an address of the pool (`pool_bind_conflict`), or an Owner's pool is bound elsewhere (`pool_bound_elsewhere`)");
+    bind["responses"]["503"] = problem("the Cell's etcd does not answer (`cell_unavailable`)");
+    let unbind = op(
+        "unbindIpPool",
+        "unbind the Cell's IP pool from the app (admin or the app's Owner)",
+        true,
+        &bind_params,
+        None,
+        no_content(),
+    );
+    p.insert(
+        "/api/v1/apps/{name}/ip-ranges".into(),
+        json!({ "get": export }),
+    );
+    p.insert(
+        "/api/v1/apps/{name}/ip-pools/{cell}/{pool}".into(),
+        json!({ "put": bind, "delete": unbind }),
+    );
 }
 
 pub(super) fn schemas(s: &mut Map<String, Value>) {
@@ -160,10 +208,30 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
             "cpu_allocatable_millis": { "type": "integer" }, "cpu_requested_millis": { "type": "integer" },
             "memory_allocatable_bytes": { "type": "integer" }, "memory_requested_bytes": { "type": "integer" },
             "pods": { "type": "integer" } } },
+        "CellRanges": { "type": "object", "required": ["cell", "binding", "ranges", "reserved"], "properties": {
+            "cell": { "type": "string" },
+            "binding": { "type": "object", "nullable": true, "required": ["pools", "shared_fallback", "reserve_secs"], "properties": {
+                "pools": { "type": "array", "items": { "type": "string" } }, "shared_fallback": { "type": "boolean" },
+                "reserve_secs": { "type": "integer" } } },
+            "ranges": { "type": "array", "items": { "type": "object", "required": ["cell", "pool", "cidr", "gateway", "vlan", "shared_with"], "properties": {
+                "cell": { "type": "string" }, "pool": { "type": "string" }, "cidr": { "type": "string" },
+                "gateway": { "type": "string", "format": "ipv4" }, "vlan": { "type": "integer" },
+                "shared_with": { "type": "array", "items": { "type": "string" } } } } },
+            "reserved": { "type": "integer", "description": "addresses the app gave up and may take back" } } },
+        "PoolUsage": { "type": "object", "required": ["name", "cidr", "gateway", "vlan", "ips_assignable", "ips_used",
+            "ips_reserved", "ips_free", "blocks_claimed", "blocks_total", "apps"], "properties": {
+            "name": { "type": "string" }, "cidr": { "type": "string" }, "gateway": { "type": "string", "format": "ipv4" },
+            "vlan": { "type": "integer", "minimum": 0, "maximum": 4094 },
+            "ips_assignable": { "type": "integer", "description": "addresses that can ever be handed out" },
+            "ips_used": { "type": "integer" },
+            "ips_reserved": { "type": "integer", "description": "kept for an app or a pod identity: neither used nor free" },
+            "ips_free": { "type": "integer" }, "blocks_claimed": { "type": "integer" }, "blocks_total": { "type": "integer" },
+            "apps": { "type": "array", "items": { "type": "string" }, "description": "apps the pool is bound to; empty: shared" } } },
         "Cell": { "type": "object", "required": ["name", "kubeconfig", "api_url", "state", "apps", "created"], "properties": {
             "name": { "type": "string" }, "kubeconfig": { "type": "string", "description": "file name in the credentials directory (a reference, never the credentials)" },
             "api_url": { "type": "string" }, "etcd": { "type": "array", "items": { "type": "string" } },
             "nginx_groups": { "type": "array", "items": { "type": "string" } },
+            "delegated_pools": { "type": "array", "items": { "type": "string" } },
             "state": { "type": "string", "enum": ["active", "draining"] }, "apps": { "type": "integer" }, "created": ts } },
         "AppSpec": { "type": "object", "required": ["name", "uid", "namespace", "cells", "port"], "properties": {
             "name": { "type": "string" }, "uid": { "type": "string" }, "namespace": { "type": "string" },

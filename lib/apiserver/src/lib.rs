@@ -13,6 +13,8 @@ use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigEr
 use kube::Config;
 use leengine_ipam::{ApiView, PodInfo};
 
+pub mod quantity;
+
 pub use kube::Client;
 
 /// Page size of list calls (the apiserver's own recommendation for big lists).
@@ -191,31 +193,6 @@ pub struct ContainerInfo {
     pub cpu_request_millis: Option<u64>,
 }
 
-/// A CPU quantity in millicores, rounded up as Kubernetes does: `250m`,
-/// `2`, `0.5` (the forms the apiserver serialises CPU in); `None` for
-/// anything else.
-pub fn cpu_millis(q: &str) -> Option<u64> {
-    let (num, per_unit) = match q.strip_suffix('m') {
-        Some(n) => (n, 1u128),
-        None => (q, 1000),
-    };
-    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 18 {
-        return None;
-    }
-    let parse = |d: &str| {
-        if d.is_empty() {
-            Some(0)
-        } else {
-            d.parse::<u128>().ok()
-        }
-    };
-    let denom = 10u128.pow(u32::try_from(frac.len()).ok()?);
-    let frac_units = (parse(frac)? * per_unit).div_ceil(denom);
-    u64::try_from(parse(whole)?.checked_mul(per_unit)? + frac_units).ok()
-}
-
 /// `(limit, request)` of container `name`'s CPU in the pod spec.
 fn cpu_of(p: &Pod, name: &str) -> (Option<u64>, Option<u64>) {
     let Some(r) = p
@@ -226,9 +203,11 @@ fn cpu_of(p: &Pod, name: &str) -> (Option<u64>, Option<u64>) {
     else {
         return (None, None);
     };
-    let get = |m: Option<
-        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| { m.and_then(|m| m.get("cpu")).and_then(|q| cpu_millis(&q.0)) };
+    let get =
+        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.and_then(|m| m.get("cpu"))
+                .and_then(|q| quantity::cpu_millis(&q.0))
+        };
     (get(r.limits.as_ref()), get(r.requests.as_ref()))
 }
 
@@ -332,17 +311,6 @@ mod tests {
             "ns",
             "no label: the namespace is the app"
         );
-    }
-
-    #[test]
-    fn cpu_quantities_read_as_millicores_rounded_up() {
-        assert_eq!(cpu_millis("250m"), Some(250));
-        assert_eq!(cpu_millis("2"), Some(2000));
-        assert_eq!(cpu_millis("0.5"), Some(500));
-        assert_eq!(cpu_millis("0.0001"), Some(1));
-        assert_eq!(cpu_millis("1Gi"), None);
-        assert_eq!(cpu_millis("-1"), None);
-        assert_eq!(cpu_millis(""), None);
     }
 
     #[test]

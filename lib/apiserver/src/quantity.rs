@@ -1,6 +1,6 @@
 //! Kubernetes quantities (`250m`, `1`, `0.5`, `512Mi`, `1Gi`) as the
 //! integers the quota counts: CPU in millicores, memory in bytes. Pure, so
-//! the deploy check and the quota agree on one reading.
+//! the deploy check, the quota and the metrics agree on one reading.
 //!
 //! Accepted: digits with an optional fraction and at most one suffix
 //! (`m`, `k`, `M`, `G`, `T`, `Ki`, `Mi`, `Gi`, `Ti`); no sign, no exponent.
