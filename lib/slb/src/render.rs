@@ -122,7 +122,7 @@ http {{\n\
     lua_package_path {pkg};\n\
     lua_shared_dict {SHARED_DICT} {dict_size};\n\
     init_by_lua_block {{ local u = require(\"leengine.upstreams\"); u.load_secret({secret}); u.load_dump({dump}) }}\n\
-    {metrics_dict}log_by_lua_block {{ require(\"leengine.balancer\").log(){metrics_log} }}\n\
+    {metrics_dict}log_by_lua_block {{ local ctx = ngx.ctx; require(\"leengine.balancer\").log(ctx){metrics_log} }}\n\
     server_tokens off;\n\
     server_names_hash_max_size {hash_max};\n\
     server_names_hash_bucket_size {hash_bucket};\n\
@@ -158,7 +158,7 @@ http {{\n\
         admin_port = p.admin_port,
         include = d(&p.domains_dir.join("*.conf")),
         metrics_dict = if p.lb_metrics { "lua_shared_dict leengine_metrics 8m;\n    " } else { "" },
-        metrics_log = if p.lb_metrics { " require(\"leengine.metrics\").log()" } else { "" },
+        metrics_log = if p.lb_metrics { " require(\"leengine.metrics\").log(ctx)" } else { "" },
         metrics_location = if p.lb_metrics {
             format!("location = {METRICS_PATH} {{\n            content_by_lua_block {{ require(\"leengine.metrics\").render() }}\n        }}\n        ")
         } else {
@@ -487,7 +487,7 @@ server {
         let text = render_main(&p);
         assert!(text.contains("lua_shared_dict leengine_metrics 8m;"));
         assert!(text.contains(
-            "log_by_lua_block { require(\"leengine.balancer\").log() require(\"leengine.metrics\").log() }"
+            "log_by_lua_block { local ctx = ngx.ctx; require(\"leengine.balancer\").log(ctx) require(\"leengine.metrics\").log(ctx) }"
         ));
         assert!(text.contains("location = /leengine/metrics {"));
         let off = render_main(&MainParams {

@@ -221,9 +221,10 @@ function _M.balance(domain)
     end
 end
 
--- log_by_lua (http level): end of request.
-function _M.log()
-    release(ngx.ctx)
+-- log_by_lua (http level): end of request. `ctx`: the request's ngx.ctx,
+-- read once by the caller for both log handlers (each read is a lookup).
+function _M.log(ctx)
+    release(ctx or ngx.ctx)
 end
 
 return _M

@@ -3,9 +3,10 @@
 -- (log_by_lua, http level); render(): the Prometheus text (admin server).
 -- A full dict drops counts (logged once per worker), never requests.
 --
--- Each worker adds into a plain Lua table and flushes it into the dict
--- every FLUSH seconds: a request costs table updates, not three locked
--- shared-dict writes (hack/bench/lb-metrics.sh measured the difference).
+-- Each worker adds into plain Lua tables and flushes them into the dict
+-- every FLUSH seconds: a request costs table updates — no locked
+-- shared-dict write, no string built, no pattern matched for a single
+-- upstream try (hack/bench/lb-metrics.sh measured each of these).
 -- So a scrape lags by up to FLUSH, and a worker killed without exiting
 -- loses its last FLUSH of counts.
 
@@ -19,36 +20,62 @@ local warned = false
 local pending = {}
 local timer = false
 
+-- pending[domain] = { r = { [status class] = n }, b = { [bucket] = n }, s = seconds }:
+-- a request touches tables only; the dict's string keys are built at flush.
+local function add(key, v)
+    local _, err = DICT:incr(key, v, 0)
+    if err and not warned then
+        warned = true
+        ngx.log(ngx.ERR, "leengine: metrics not counted: shared dict ", err)
+    end
+end
+
 local function flush()
     -- Also at worker exit (premature): the counts still go to the dict.
     local p = pending
     pending = {}
-    for key, v in pairs(p) do
-        local _, err = DICT:incr(key, v, 0)
-        if err and not warned then
-            warned = true
-            ngx.log(ngx.ERR, "leengine: metrics not counted: shared dict ", err)
+    for domain, c in pairs(p) do
+        for class, n in pairs(c.r) do
+            add("r\t" .. domain .. "\t" .. class .. "xx", n)
+        end
+        for b, n in pairs(c.b) do
+            add("b\t" .. domain .. "\t" .. b, n)
+        end
+        if next(c.b) then
+            add("s\t" .. domain, c.s)
         end
     end
 end
 
-local function incr(key, v)
-    pending[key] = (pending[key] or 0) + v
+local function counts(domain)
+    local c = pending[domain]
+    if c then
+        return c
+    end
     if not timer then
         local ok, err = ngx.timer.every(FLUSH, flush)
         timer = ok or false
         if not ok then
-            -- No timer (too many pending): write through this time.
+            -- No timer (too many pending): write the earlier requests'
+            -- counts through now; this one's go with the next request.
             ngx.log(ngx.WARN, "leengine: metrics flush timer: ", err)
             flush()
         end
     end
+    c = { r = {}, b = {}, s = 0 }
+    pending[domain] = c
+    return c
 end
 
--- "0.010, 0.003 : 0.002": every try of the request, summed.
+-- "0.010" for one try (the common case: tonumber, no pattern); "0.010,
+-- 0.003 : 0.002" for several: every try, summed. "-": no upstream.
 local function upstream_seconds(text)
     if not text then
         return nil
+    end
+    local one = tonumber(text)
+    if one then
+        return one
     end
     local total, any = 0, false
     for n in string.gmatch(text, "[%d%.]+") do
@@ -60,16 +87,16 @@ local function upstream_seconds(text)
     return any and total or nil
 end
 
-function _M.log()
+function _M.log(ctx)
     -- Lua routing names the domain in ngx.ctx; a generated server block
     -- names it in its `set $leengine_domain`.
-    local domain = ngx.ctx.leengine_domain or ngx.var.leengine_domain
+    local domain = (ctx or ngx.ctx).leengine_domain or ngx.var.leengine_domain
     if not domain or domain == "" then
         return
     end
-    local status = ngx.status or 0
-    local class = math.floor(status / 100) .. "xx"
-    incr("r\t" .. domain .. "\t" .. class, 1)
+    local c = counts(domain)
+    local class = math.floor((ngx.status or 0) / 100)
+    c.r[class] = (c.r[class] or 0) + 1
     local t = upstream_seconds(ngx.var.upstream_response_time)
     if not t then
         return
@@ -81,8 +108,8 @@ function _M.log()
             break
         end
     end
-    incr("b\t" .. domain .. "\t" .. b, 1)
-    incr("s\t" .. domain, t)
+    c.b[b] = (c.b[b] or 0) + 1
+    c.s = c.s + t
 end
 
 local function label(v)
