@@ -116,9 +116,7 @@ async fn show(
     Path(cell): Path<String>,
 ) -> Result<Json<CellRecord>, ApiError> {
     caller.require_admin()?;
-    let c = super::get(&core.db, &cell)
-        .await?
-        .ok_or_else(|| super::not_found(&cell))?;
+    let c = super::require(&core.db, &cell).await?;
     Ok(Json(c.value))
 }
 
@@ -147,9 +145,7 @@ async fn update(
     }
     let (core, cell, p) = (&core, cell.as_str(), &p);
     let rec = store::optimistic(move || async move {
-        let cur = super::get(&core.db, cell)
-            .await?
-            .ok_or_else(|| super::not_found(cell))?;
+        let cur = super::require(&core.db, cell).await?;
         let mut rec = cur.value.clone();
         if let Some(s) = p.state {
             rec.state = s;
@@ -179,9 +175,7 @@ async fn remove(
     Path(cell): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    let cur = super::get(&core.db, &cell)
-        .await?
-        .ok_or_else(|| super::not_found(&cell))?;
+    let cur = super::require(&core.db, &cell).await?;
     if cur.value.apps > 0 {
         return Err(ApiError::conflict(
             "cell_not_empty",

@@ -84,7 +84,7 @@ pub fn unavailable(cell: &str, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-pub fn not_found(cell: &str) -> ApiError {
+fn not_found(cell: &str) -> ApiError {
     ApiError::not_found("cell_not_found", format!("cell {cell} is not registered"))
 }
 
@@ -176,6 +176,11 @@ pub async fn client(settings: &CellSettings, cell: &CellRecord) -> Result<kube::
 
 pub async fn get(db: &Db, name: &str) -> Result<Option<crate::store::Rec<CellRecord>>, ApiError> {
     db.get(&db.keys.cell(name)).await
+}
+
+/// The registered Cell `name`, else 404 `cell_not_found`.
+pub async fn require(db: &Db, name: &str) -> Result<crate::store::Rec<CellRecord>, ApiError> {
+    get(db, name).await?.ok_or_else(|| not_found(name))
 }
 
 /// Every registered Cell, by name.

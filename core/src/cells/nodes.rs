@@ -34,9 +34,7 @@ pub async fn nodes(
     Path(cell): Path<String>,
 ) -> Result<Json<Vec<NodeUsage>>, ApiError> {
     caller.require_admin()?;
-    let rec = super::get(&core.db, &cell)
-        .await?
-        .ok_or_else(|| super::not_found(&cell))?;
+    let rec = super::require(&core.db, &cell).await?;
     let client = super::client(&core.settings.cells, &rec.value).await?;
     let kube = |e| super::kube_error(&cell, e);
     let nodes = Api::<Node>::all(client.clone())

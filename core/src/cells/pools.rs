@@ -57,9 +57,7 @@ pub async fn pools(
     Path(cell): Path<String>,
 ) -> Result<Json<Vec<PoolView>>, ApiError> {
     caller.require_admin()?;
-    let rec = super::get(&core.db, &cell)
-        .await?
-        .ok_or_else(|| super::not_found(&cell))?;
+    let rec = super::require(&core.db, &cell).await?;
     let (client, keys) = super::etcd(&rec.value).await?;
     // Reads only: the IPAM's node name is never used.
     let usage = Ipam::new(client, keys, "")

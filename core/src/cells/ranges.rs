@@ -110,10 +110,7 @@ async fn spec(core: &Core, app: &str) -> Result<AppSpec, ApiError> {
 }
 
 async fn cell(core: &Core, name: &str) -> Result<CellRecord, ApiError> {
-    Ok(super::get(&core.db, name)
-        .await?
-        .ok_or_else(|| super::not_found(name))?
-        .value)
+    Ok(super::require(&core.db, name).await?.value)
 }
 
 async fn ipam(cell: &CellRecord) -> Result<Ipam, ApiError> {
