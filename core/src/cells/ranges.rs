@@ -119,11 +119,11 @@ async fn ipam(cell: &CellRecord) -> Result<Ipam, ApiError> {
 }
 
 async fn cell_ranges(
+    ipam: &Ipam,
     cell: &CellRecord,
     ns: &str,
     names: &BTreeMap<String, String>,
 ) -> Result<CellRanges, ApiError> {
-    let ipam = ipam(cell).await?;
     let err = |e| super::pools::ipam_error(&cell.name, e);
     let binding = ipam
         .bindings()
@@ -131,6 +131,7 @@ async fn cell_ranges(
         .map_err(err)?
         .into_iter()
         .find(|b| b.app == ns);
+    // Bindings and pools read together: the ranges are of one revision.
     let ranges = ipam.app_ranges(Some(ns)).await.map_err(err)?;
     let reserved = ipam.app_reserve(ns).await.map_err(err)?.len();
     let name_of = |n: String| names.get(&n).cloned().unwrap_or(n);
@@ -176,7 +177,8 @@ pub async fn export(
     let names = app_names(&core).await?;
     let mut out = Vec::new();
     for c in &spec.cells {
-        out.push(cell_ranges(&cell(&core, c).await?, &spec.namespace, &names).await?);
+        let cell = cell(&core, c).await?;
+        out.push(cell_ranges(&ipam(&cell).await?, &cell, &spec.namespace, &names).await?);
     }
     if text {
         let body = text_lines(&app, &out);
@@ -273,7 +275,9 @@ pub async fn bind(
     let detail = serde_json::json!({ "cell": cell.name, "pool": pool, "pools": b.pools });
     record(&core, &caller, &app, "ip_pool_bound", detail).await;
     let names = app_names(&core).await?;
-    Ok(Json(cell_ranges(&cell, &spec.namespace, &names).await?))
+    Ok(Json(
+        cell_ranges(&ipam, &cell, &spec.namespace, &names).await?,
+    ))
 }
 
 /// `DELETE /api/v1/apps/{name}/ip-pools/{cell}/{pool}`.
