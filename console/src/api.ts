@@ -137,7 +137,18 @@ export interface LbDns {
 export interface CellRanges {
   cell: string;
   binding: { pools: string[]; shared_fallback: boolean; reserve_secs: number } | null;
-  ranges: { cell: string; pool: string; cidr: string; gateway: string; vlan: number; shared_with: string[] }[];
+  ranges: {
+    cell: string;
+    pool: string;
+    cidr: string;
+    gateway: string;
+    vlan: number;
+    shared_with: string[];
+    ips_assignable: number;
+    ips_used: number;
+    ips_reserved: number;
+    ips_free: number;
+  }[];
   reserved: number;
 }
 

@@ -282,10 +282,11 @@ function DeployFormView({ app, form, onClose, onDone }: { app: App; form: Deploy
   const [image, setImage] = useState(String(t.image ?? ''));
   const [tag, setTag] = useState(form.tags[0] ?? '');
   const [replicas, setReplicas] = useState(String(t.replicas ?? 1));
+  const [replace, setReplace] = useState(false);
   const [busy, error, run] = useAction();
   const submit = (e: Event) => {
     e.preventDefault();
-    const body: VersionFields = { ...t, image: image.trim() || null, tag: tag.trim(), replicas: Number(replicas) };
+    const body: VersionFields = { ...t, image: image.trim() || null, tag: tag.trim(), replicas: Number(replicas), replace };
     // A count for every Cell replaces the previous version's per-Cell counts.
     delete body.cells;
     run(() => post(`/api/v1/apps/${enc(app.name)}/versions`, body)).then((ok) => ok && onDone());
@@ -311,6 +312,12 @@ function DeployFormView({ app, form, onClose, onDone }: { app: App; form: Deploy
       <Field label="Replicas per Cell">
         <input required type="number" min={0} value={replicas} onInput={(e) => setReplicas(e.currentTarget.value)} />
       </Field>
+      {app.state.version ? (
+        <label class="check">
+          <input type="checkbox" checked={replace} onChange={(e) => setReplace(e.currentTarget.checked)} /> Replace v
+          {app.state.version} one pod at a time (the new pods keep its addresses; v{app.state.version} is removed when done)
+        </label>
+      ) : null}
       <ErrorBox error={error} />
       <div class="buttons">
         <button type="button" onClick={onClose}>
@@ -588,6 +595,7 @@ function IpRanges({ base }: { base: string }) {
                 <th>Pool</th>
                 <th>VLAN</th>
                 <th>Shared with</th>
+                <th>Used / free of</th>
                 <th>Reserved for the app</th>
               </tr>
             </thead>
@@ -597,7 +605,7 @@ function IpRanges({ base }: { base: string }) {
                   ? [
                       <tr data-cell={c.cell}>
                         <td>{c.cell}</td>
-                        <td colSpan={4}>shared pools (no range of its own)</td>
+                        <td colSpan={5}>shared pools (no range of its own)</td>
                         <td>{c.reserved}</td>
                       </tr>,
                     ]
@@ -610,6 +618,9 @@ function IpRanges({ base }: { base: string }) {
                         <td>{r.pool}</td>
                         <td>{r.vlan}</td>
                         <td>{r.shared_with.join(', ') || '—'}</td>
+                        <td data-usage="">
+                          {r.ips_used} used / {r.ips_free} free of {r.ips_assignable}
+                        </td>
                         <td>{c.reserved}</td>
                       </tr>
                     )),

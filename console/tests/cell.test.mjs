@@ -88,7 +88,11 @@ test("the app's IP ranges tab shows the pool an admin bound to it", async () => 
   await p.getByRole('link', { name: 'ip ranges' }).click();
   const row = p.getByRole('table', { name: 'IP ranges' }).locator('tr[data-cell="cella"]');
   await row.waitFor();
-  assert.match(await row.innerText(), /cella\s+10\.\d+\.\d+\.0\/24\s+web\s+133/);
+  const text = await row.innerText();
+  assert.match(text, /cella\s+10\.\d+\.\d+\.0\/24\s+web\s+133/);
+  // The pool's use: the app's 2 pods at least, of the /24's 253.
+  const [, used] = text.match(/(\d+) used \/ \d+ free of 253/) ?? [];
+  assert.ok(Number(used) >= 2, text);
   await shot('app-ip-ranges');
 });
 

@@ -470,6 +470,9 @@ pub struct Deploy {
     /// Defaults to the current replica count (1 for a first deploy).
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// Replace the newest version one pod at a time (see `VersionFields`).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Docker reference rules for the parts we accept: `[host[:port]/]path` and
@@ -537,6 +540,7 @@ async fn deploy(
                 resources: Default::default(),
                 env: Default::default(),
                 health: None,
+                replace: false,
             });
         f.image = Some(body.image.clone());
         f.tag = body.tag.clone();
@@ -544,6 +548,7 @@ async fn deploy(
             f.replicas = n;
             f.cells.clear();
         }
+        f.replace = body.replace;
         f
     })
     .await?;

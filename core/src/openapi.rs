@@ -213,7 +213,8 @@ fn paths() -> Map<String, Value> {
         Some(json!({ "type": "object", "required": ["image", "tag"], "additionalProperties": false, "properties": {
             "image": { "type": "string", "pattern": "^[a-z0-9._-]+(/[a-z0-9._-]+)*$", "maxLength": 255 },
             "tag": { "type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$" },
-            "replicas": { "type": "integer", "minimum": 0, "maximum": 10000, "nullable": true } } })),
+            "replicas": { "type": "integer", "minimum": 0, "maximum": 10000, "nullable": true },
+            "replace": { "type": "boolean", "description": "replace the newest version one pod at a time, as in VersionFields" } } })),
         ok_json("200", schema_ref("App"))) }));
     p.insert("/api/v1/apps/{name}/scale".into(), json!({ "post": op("scaleApp", "set the newest version's replicas in every Cell (Master+)", true, &name,
         Some(json!({ "type": "object", "required": ["replicas"], "additionalProperties": false, "properties": {

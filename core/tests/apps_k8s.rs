@@ -434,6 +434,13 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         v["ranges"][0]["cidr"].as_str(),
         Some(ca.pools()[0].cidr.as_str())
     );
+    let used = |k: &str| v["ranges"][0][k].as_u64().unwrap_or(u64::MAX);
+    assert!(used("ips_used") >= 1, "the app's pods hold addresses: {v}");
+    assert_eq!(
+        used("ips_used") + used("ips_reserved") + used("ips_free"),
+        used("ips_assignable"),
+        "{v}"
+    );
     let (st, v) = env
         .call(
             &olga,

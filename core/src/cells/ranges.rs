@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ipnet::Ipv4Net;
-use leengine_ipam::{AppBinding, BindRequest, Ipam};
+use leengine_ipam::{AppBinding, BindRequest, Ipam, PoolUsage};
 use serde::{Deserialize, Serialize};
 
 use super::CellRecord;
@@ -35,6 +35,12 @@ pub struct RangeView {
     pub vlan: u16,
     /// Other apps bound to the same pool: a rule on the range admits them too.
     pub shared_with: Vec<String>,
+    /// The pool's addresses, as `cnictl pool list` counts them (all its
+    /// apps' pods when shared).
+    pub ips_assignable: u64,
+    pub ips_used: u64,
+    pub ips_reserved: u64,
+    pub ips_free: u64,
 }
 
 /// The app's binding in one Cell; `binding: null` = it uses shared pools.
@@ -134,19 +140,34 @@ async fn cell_ranges(
     // Bindings and pools read together: the ranges are of one revision.
     let ranges = ipam.app_ranges(Some(ns)).await.map_err(err)?;
     let reserved = ipam.app_reserve(ns).await.map_err(err)?.len();
+    let usage: BTreeMap<String, PoolUsage> = ipam
+        .pool_usage(None)
+        .await
+        .map_err(err)?
+        .into_iter()
+        .map(|u| (u.pool.name.clone(), u))
+        .collect();
     let name_of = |n: String| names.get(&n).cloned().unwrap_or(n);
     Ok(CellRanges {
         cell: cell.name.clone(),
         binding: binding.map(BindingView::from),
         ranges: ranges
             .into_iter()
-            .map(|r| RangeView {
-                cell: cell.name.clone(),
-                pool: r.pool,
-                cidr: r.cidr,
-                gateway: r.gateway,
-                vlan: r.vlan.id(),
-                shared_with: r.shared_with.into_iter().map(name_of).collect(),
+            .map(|r| {
+                let u = usage.get(&r.pool);
+                let count = |f: fn(&PoolUsage) -> u64| u.map_or(0, f);
+                RangeView {
+                    cell: cell.name.clone(),
+                    cidr: r.cidr,
+                    gateway: r.gateway,
+                    vlan: r.vlan.id(),
+                    shared_with: r.shared_with.into_iter().map(name_of).collect(),
+                    ips_assignable: count(|u| u.ips_assignable),
+                    ips_used: count(|u| u.ips_used),
+                    ips_reserved: count(|u| u.ips_reserved),
+                    ips_free: count(|u| u.ips_free),
+                    pool: r.pool,
+                }
             })
             .collect(),
         reserved,
@@ -369,6 +390,10 @@ mod tests {
             gateway: "10.1.8.1".parse().unwrap(),
             vlan: 120,
             shared_with: vec![],
+            ips_assignable: 29,
+            ips_used: 4,
+            ips_reserved: 0,
+            ips_free: 25,
         };
         let cells = [
             CellRanges {

@@ -212,6 +212,7 @@ pub async fn deploy(
         let f = fields(cur);
         let image = resolve_image(&cur.spec, &f)?;
         spec::check(&f, &cur.spec.cells)?;
+        let replaces = replaced_by_deploy(cur, f.replace)?;
         let n = cur.state().version + 1;
         let v = VersionSpec {
             version: n,
@@ -222,6 +223,7 @@ pub async fn deploy(
             resources: f.resources,
             env: f.env,
             health: f.health,
+            replaces,
             by: by.clone(),
             at: Utc::now(),
         };
@@ -232,7 +234,7 @@ pub async fn deploy(
                 tag: Some(v.tag.clone()),
                 replicas: v.replicas,
             },
-            detail: serde_json::json!({"version": n, "image": v.image, "tag": v.tag, "replicas": v.replicas, "cells": v.cells}),
+            detail: serde_json::json!({"version": n, "image": v.image, "tag": v.tag, "replicas": v.replicas, "cells": v.cells, "replaces": v.replaces}),
             put: vec![v],
             delete: vec![],
             metric: Metric::Deploys,
@@ -241,6 +243,79 @@ pub async fn deploy(
     })
     .await?;
     Ok((r, g, the_version(ch)?))
+}
+
+/// The version a `replace` deploy replaces: the newest one. Replacing a
+/// version that is itself still replacing another is refused, so one
+/// handover runs at a time and each old pod is counted once.
+fn replaced_by_deploy(cur: &Current, replace: bool) -> Result<Option<u64>, ApiError> {
+    let Some(newest) = cur.versions.last().filter(|_| replace) else {
+        return Ok(None);
+    };
+    if let Some(o) = newest
+        .replaces
+        .filter(|o| cur.versions.iter().any(|v| v.version == *o))
+    {
+        return Err(ApiError::conflict(
+            "replacement_in_progress",
+            format!(
+                "version {} is still replacing version {o}; wait for it or delete one of them",
+                newest.version
+            ),
+        ));
+    }
+    Ok(Some(newest.version))
+}
+
+/// Who the activity feed names for what the reconciler decides itself.
+pub const PLATFORM_ACTOR: &str = "leengine";
+
+/// Deletes version `old` once `new` has replaced it in every Cell: its
+/// quota charge is released, and the feed says `version_replaced`. Nothing
+/// is written when either record changed meanwhile (a user deleted one,
+/// or `new` no longer replaces `old`); the next pass decides again.
+pub async fn retire_replaced(core: &Core, app: &str, old: u64, new: u64) -> Result<(), ApiError> {
+    let db = &core.db;
+    let keys = &db.keys;
+    store::optimistic(|| async move {
+        let (resource, spec) = (keys.core_resource(Kind::App.as_str(), app), keys.app(app));
+        let (old_key, new_key) = (keys.app_version(app, old), keys.app_version(app, new));
+        let (resource, spec, old_v, new_v) = tokio::try_join!(
+            db.get::<Resource>(&resource),
+            db.get::<AppSpec>(&spec),
+            db.get::<VersionSpec>(&old_key),
+            db.get::<VersionSpec>(&new_key),
+        )?;
+        let (Some(resource), Some(spec), Some(old_v), Some(new_v)) = (resource, spec, old_v, new_v)
+        else {
+            return Ok(Some(()));
+        };
+        if new_v.value.replaces != Some(old) {
+            return Ok(Some(()));
+        }
+        let freed = Delta::default() - old_v.value.charge(&spec.value.cells);
+        let (mut compares, mut ops) = quota::charge(
+            db,
+            core.settings.default_quota,
+            &resource.value.creator,
+            freed,
+        )
+        .await?;
+        compares.extend([old_v.unchanged(), new_v.unchanged(), spec.unchanged()]);
+        let ev = activity::event(
+            PLATFORM_ACTOR,
+            "version_replaced",
+            serde_json::json!({"version": old, "tag": old_v.value.tag, "by_version": new}),
+        );
+        ops.push(store::delete(old_key.clone()));
+        ops.push(activity::op(keys, Kind::App, app, &ev));
+        if !db.commit(compares, ops).await?.applied() {
+            return Ok(None);
+        }
+        tracing::info!(app, old, new, "version replaced");
+        Ok(Some(()))
+    })
+    .await
 }
 
 /// The one version a deploy or a scaling wrote.

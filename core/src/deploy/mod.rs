@@ -1,11 +1,13 @@
 //! Apps on Kubernetes (docs/apps.md): the desired state the API writes
 //! ([`spec`]), the objects it becomes in each Cell ([`objects`]), the
-//! reconciler that applies it ([`reconcile`]), drains ([`drain`]), the
+//! reconciler that applies it ([`reconcile`]), drains ([`drain`]), a
+//! version replaced one pod at a time ([`handover`]), the
 //! registry robot of each app ([`robot`]) and the version/read endpoints
 //! ([`api`]).
 
 pub mod api;
 pub mod drain;
+pub mod handover;
 pub mod objects;
 pub mod reconcile;
 pub mod robot;

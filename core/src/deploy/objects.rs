@@ -279,6 +279,7 @@ mod tests {
                 failure_threshold: 3,
                 liveness: false,
             }),
+            replaces: None,
             by: "u".into(),
             at: chrono::Utc::now(),
         }

@@ -26,9 +26,10 @@ use leengine_store::region::{REMOVAL_ANNOTATION, REMOVAL_BY_PLATFORM};
 use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainRequest, PodFacts, Progress};
+use super::handover;
 use super::objects::{self, FIELD_MANAGER, MANAGED_SELECTOR};
-use super::robot;
 use super::spec::{deployment_name, AppSpec, Lb, VersionSpec};
+use super::{api, robot};
 use crate::cells::{self, kube_error, CellRecord};
 use crate::problem::ApiError;
 use crate::server::Core;
@@ -43,6 +44,12 @@ pub struct VersionStatus {
     /// A scale-down or deletion waits for discovery's acknowledgement.
     #[serde(default)]
     pub draining: bool,
+    /// This version is replacing that one here, one pod at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<u64>,
+    /// This version is being replaced here by that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<u64>,
 }
 
 /// `{prefix}/apps/{app}/status/{cell}`.
@@ -149,15 +156,24 @@ async fn reconcile_forever(core: &Core) {
         .collect(),
     );
     loop {
-        if let Err(e) = pass(core).await {
-            tracing::warn!(error = %e, "reconcile pass failed");
-        }
+        // A handover waits on pods (gone, Ready) that no etcd watch sees.
+        let resync = match pass(core).await {
+            Ok(true) => HANDOVER_RESYNC.min(core.settings.deploy.resync),
+            Ok(false) => core.settings.deploy.resync,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile pass failed");
+                core.settings.deploy.resync
+            }
+        };
         tokio::select! {
             _ = wake.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ = tokio::time::sleep(core.settings.deploy.resync) => {}
+            _ = tokio::time::sleep(resync) => {}
         }
     }
 }
+
+/// How often passes run while a version replaces another somewhere.
+const HANDOVER_RESYNC: Duration = Duration::from_secs(1);
 
 struct Watches(Vec<tokio::task::JoinHandle<()>>);
 
@@ -182,16 +198,68 @@ async fn watch(etcd: etcd_client::Client, prefix: String, wake: Arc<tokio::sync:
     }
 }
 
-/// One full pass over every Cell, the Cells in parallel.
-pub async fn pass(core: &Core) -> Result<(), ApiError> {
+/// One full pass over every Cell, the Cells in parallel; then the versions
+/// replaced in every Cell of their app go. Whether a handover is still
+/// under way somewhere.
+pub async fn pass(core: &Core) -> Result<bool, ApiError> {
     let desired = read_desired(core).await?;
     let cells = cells::list(&core.db).await?;
     let runs = cells.iter().map(|c| reconcile_cell(core, c, &desired));
-    futures::future::join_all(runs).await;
-    Ok(())
+    let seen: BTreeMap<(String, String), CellStatus> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut stepping = false;
+    for (app, old, new) in replacements(&desired) {
+        if replaced_everywhere(&desired.apps[&app], new, &seen) {
+            api::retire_replaced(core, &app, old, new).await?;
+        } else {
+            stepping = true;
+        }
+    }
+    Ok(stepping)
 }
 
-async fn reconcile_cell(core: &Core, cell: &CellRecord, d: &Desired) {
+/// `(app, old, new)` for every version that replaces one still there.
+fn replacements(d: &Desired) -> Vec<(String, u64, u64)> {
+    d.versions
+        .iter()
+        .flat_map(|(app, vs)| {
+            vs.iter().filter_map(move |v| {
+                let old = v.replaces?;
+                vs.iter()
+                    .any(|o| o.version == old)
+                    .then(|| (app.clone(), old, v.version))
+            })
+        })
+        .collect()
+}
+
+/// Every Cell of the app answered this pass and none still steps `new`.
+fn replaced_everywhere(
+    app: &AppSpec,
+    new: u64,
+    seen: &BTreeMap<(String, String), CellStatus>,
+) -> bool {
+    app.cells.iter().all(|cell| {
+        seen.get(&(app.name.clone(), cell.clone()))
+            .is_some_and(|s| {
+                s.error.is_none()
+                    && s.versions
+                        .iter()
+                        .any(|v| v.version == new && v.replacing.is_none())
+            })
+    })
+}
+
+/// The apps' statuses in this Cell after applying them.
+async fn reconcile_cell(
+    core: &Core,
+    cell: &CellRecord,
+    d: &Desired,
+) -> Vec<((String, String), CellStatus)> {
+    let mut seen = Vec::new();
     let here: Vec<&AppSpec> = d
         .apps
         .values()
@@ -224,6 +292,7 @@ async fn reconcile_cell(core: &Core, cell: &CellRecord, d: &Desired) {
             }
             write_status(core, &app.name, &cell.name, &status).await;
         }
+        seen.push((key, status));
     }
     if let Ok(c) = client {
         let r = CellRun {
@@ -236,6 +305,7 @@ async fn reconcile_cell(core: &Core, cell: &CellRecord, d: &Desired) {
             tracing::warn!(cell = %cell.name, error = %e.detail, "garbage collection failed");
         }
     }
+    seen
 }
 
 /// Only while the app exists: a late pass must not resurrect its keys.
@@ -278,6 +348,32 @@ fn pod_facts(pods: &[Pod]) -> Vec<PodFacts> {
             })
         })
         .collect()
+}
+
+/// Counts of the versions in a handover in one Cell, and who replaces whom
+/// while it lasts.
+#[derive(Debug, Default)]
+struct Plan {
+    counts: BTreeMap<u64, u32>,
+    replacing: BTreeMap<u64, u64>,
+    replaced_by: BTreeMap<u64, u64>,
+}
+
+fn find_deployment(live: &[Deployment], version: u64) -> Option<&Deployment> {
+    let name = deployment_name(version);
+    live.iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+}
+
+/// `spec.replicas` and ready replicas of a Deployment (0, 0 when absent).
+fn replicas(d: Option<&Deployment>) -> (u32, u32) {
+    let count = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let spec = count(d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas));
+    let ready = count(
+        d.and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas),
+    );
+    (spec, ready)
 }
 
 fn live_names(facts: &[PodFacts]) -> BTreeSet<String> {
@@ -324,13 +420,16 @@ impl CellRun<'_> {
             .await
             .map_err(self.err())?
             .items;
+        let plan = self.plan(app, versions, &live).await?;
         let mut status = CellStatus::default();
         for v in versions {
-            let name = deployment_name(v.version);
-            let current = live
-                .iter()
-                .find(|d| d.metadata.name.as_deref() == Some(&name));
-            status.versions.push(self.version(app, v, current).await?);
+            let current = find_deployment(&live, v.version);
+            let count = plan.counts.get(&v.version).copied();
+            let count = count.unwrap_or_else(|| v.replicas_in(self.cell));
+            let mut s = self.version(app, v, current, count).await?;
+            s.replacing = plan.replacing.get(&v.version).copied();
+            s.replaced_by = plan.replaced_by.get(&v.version).copied();
+            status.versions.push(s);
         }
         for d in &live {
             let Some(name) = d.metadata.name.as_deref() else {
@@ -352,6 +451,43 @@ impl CellRun<'_> {
             self.settle_drains(app, lb).await?;
         }
         Ok(status)
+    }
+
+    /// This pass's counts of the versions in a handover (the others run
+    /// their own counts), see [`handover::step`].
+    async fn plan(
+        &self,
+        app: &AppSpec,
+        versions: &[VersionSpec],
+        live: &[Deployment],
+    ) -> Result<Plan, ApiError> {
+        let mut plan = Plan::default();
+        for new in versions {
+            let Some(old) = new
+                .replaces
+                .and_then(|o| versions.iter().find(|v| v.version == o))
+            else {
+                continue;
+            };
+            let (new_spec, new_ready) = replicas(find_deployment(live, new.version));
+            let (old_spec, _) = replicas(find_deployment(live, old.version));
+            let old_pods = self.version_pods(app, old.version).await?.len();
+            let step = handover::step(&handover::Observed {
+                new_desired: new.replicas_in(self.cell),
+                old_desired: old.replicas_in(self.cell),
+                new_spec,
+                new_ready,
+                old_spec,
+                old_pods: u32::try_from(old_pods).unwrap_or(u32::MAX),
+            });
+            plan.counts.insert(new.version, step.new);
+            plan.counts.insert(old.version, step.old);
+            if !step.done {
+                plan.replacing.insert(new.version, old.version);
+                plan.replaced_by.insert(old.version, new.version);
+            }
+        }
+        Ok(plan)
     }
 
     async fn pull_secret(&self, app: &AppSpec, versions: &[VersionSpec]) -> Result<(), ApiError> {
@@ -389,15 +525,16 @@ impl CellRun<'_> {
             .items)
     }
 
-    /// Applies one version; a scale-down of an app with an LB first drains
-    /// the pods that will go, and holds the old count until then.
+    /// Applies one version with `desired` replicas; a scale-down of an app
+    /// with an LB first drains the pods that will go, and holds the old
+    /// count until then.
     async fn version(
         &self,
         app: &AppSpec,
         v: &VersionSpec,
         live: Option<&Deployment>,
+        desired: u32,
     ) -> Result<VersionStatus, ApiError> {
-        let desired = v.replicas_in(self.cell);
         let current = live
             .and_then(|d| d.spec.as_ref())
             .and_then(|s| s.replicas)
@@ -453,9 +590,11 @@ impl CellRun<'_> {
             .unwrap_or(0);
         Ok(VersionStatus {
             version: v.version,
-            desired,
+            desired: v.replicas_in(self.cell),
             ready,
             draining,
+            replacing: None,
+            replaced_by: None,
         })
     }
 

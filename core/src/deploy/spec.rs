@@ -129,6 +129,10 @@ pub struct VersionFields {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub health: Option<Health>,
+    /// Replace the newest version one pod at a time instead of starting
+    /// beside it (docs/apps.md#replacing-a-version). Not part of a template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 /// `{prefix}/apps/{app}/versions/{version}`.
@@ -147,6 +151,10 @@ pub struct VersionSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub health: Option<Health>,
+    /// The version this one replaces one pod at a time; the reconciler
+    /// deletes that version once it is replaced in every Cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
     pub by: String,
     pub at: DateTime<Utc>,
 }
@@ -187,6 +195,7 @@ impl VersionSpec {
             resources: self.resources.clone(),
             env: self.env.clone(),
             health: self.health.clone(),
+            replace: false,
         }
     }
 }
@@ -326,6 +335,7 @@ mod tests {
             resources: Resources::default(),
             env: BTreeMap::new(),
             health: None,
+            replaces: None,
             by: "u".into(),
             at: Utc::now(),
         };
@@ -383,6 +393,7 @@ mod tests {
             resources,
             env: BTreeMap::new(),
             health: None,
+            replaces: None,
             by: "u".into(),
             at: Utc::now(),
         }

@@ -161,8 +161,11 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
         "replicas": replicas(), "cells": cell_counts(),
         "resources": schema_ref("Resources"), "env": string_map,
         "health": { "allOf": [schema_ref("Health")], "nullable": true },
+        "replace": { "type": "boolean", "description": "replace the newest version one pod at a time (no surge; the new pods take the old pods' addresses; the old version is deleted once replaced in every Cell). 409 replacement_in_progress while the newest version is still replacing another" },
     });
     let mut spec_props = fields.as_object().cloned().unwrap_or_default();
+    spec_props.remove("replace");
+    spec_props.insert("replaces".into(), json!({ "type": "integer", "description": "the version this one replaces one pod at a time" }));
     spec_props.insert("version".into(), json!({ "type": "integer" }));
     spec_props.insert("image".into(), json!({ "type": "string" }));
     spec_props.insert("by".into(), json!({ "type": "string" }));
@@ -201,7 +204,9 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
             "cell": { "type": "string" }, "error": { "type": "string", "nullable": true },
             "versions": { "type": "array", "items": { "type": "object", "properties": {
                 "version": { "type": "integer" }, "desired": { "type": "integer" }, "ready": { "type": "integer" },
-                "draining": { "type": "boolean" } } } } } },
+                "draining": { "type": "boolean" },
+                "replacing": { "type": "integer", "description": "replacing this version here, one pod at a time" },
+                "replaced_by": { "type": "integer", "description": "being replaced here by this version" } } } } } },
         "NodeUsage": { "type": "object", "required": ["name", "ready", "cpu_allocatable_millis", "cpu_requested_millis",
             "memory_allocatable_bytes", "memory_requested_bytes", "pods"], "properties": {
             "name": { "type": "string" }, "ready": { "type": "boolean" },
@@ -213,10 +218,13 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
             "binding": { "type": "object", "nullable": true, "required": ["pools", "shared_fallback", "reserve_secs"], "properties": {
                 "pools": { "type": "array", "items": { "type": "string" } }, "shared_fallback": { "type": "boolean" },
                 "reserve_secs": { "type": "integer" } } },
-            "ranges": { "type": "array", "items": { "type": "object", "required": ["cell", "pool", "cidr", "gateway", "vlan", "shared_with"], "properties": {
+            "ranges": { "type": "array", "items": { "type": "object", "required": ["cell", "pool", "cidr", "gateway", "vlan", "shared_with",
+                "ips_assignable", "ips_used", "ips_reserved", "ips_free"], "properties": {
                 "cell": { "type": "string" }, "pool": { "type": "string" }, "cidr": { "type": "string" },
                 "gateway": { "type": "string", "format": "ipv4" }, "vlan": { "type": "integer" },
-                "shared_with": { "type": "array", "items": { "type": "string" } } } } },
+                "shared_with": { "type": "array", "items": { "type": "string" } },
+                "ips_assignable": { "type": "integer" }, "ips_used": { "type": "integer" },
+                "ips_reserved": { "type": "integer" }, "ips_free": { "type": "integer" } } } },
             "reserved": { "type": "integer", "description": "addresses the app gave up and may take back" } } },
         "PoolUsage": { "type": "object", "required": ["name", "cidr", "gateway", "vlan", "ips_assignable", "ips_used",
             "ips_reserved", "ips_free", "blocks_claimed", "blocks_total", "apps"], "properties": {

@@ -159,17 +159,28 @@ impl LbRegion {
     /// Deploys a version of `app` with `replicas` in the Cell; returns the
     /// version record.
     pub async fn deploy(&self, app: &str, tag: &str, replicas: u32) -> Value {
-        let body = json!({"tag": tag, "replicas": replicas,
-            "health": {"path": "/healthz", "period_seconds": 1}, "env": {"VERSION": tag}});
-        let (st, v) = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/apps/{app}/versions"),
-                Some(body),
-            )
-            .await;
+        let (st, v) = self.try_deploy(app, tag, replicas, false).await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         v
+    }
+
+    /// A deploy of `tag`, replacing the newest version one pod at a time
+    /// when `replace`; the answer as it comes.
+    pub async fn try_deploy(
+        &self,
+        app: &str,
+        tag: &str,
+        replicas: u32,
+        replace: bool,
+    ) -> (StatusCode, Value) {
+        let body = json!({"tag": tag, "replicas": replicas, "replace": replace,
+            "health": {"path": "/healthz", "period_seconds": 1}, "env": {"VERSION": tag}});
+        self.call(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/versions"),
+            Some(body),
+        )
+        .await
     }
 
     pub async fn scale(&self, app: &str, version: u64, replicas: u32) {
