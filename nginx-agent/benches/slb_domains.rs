@@ -5,7 +5,9 @@
 //! agent initial sync, nginx start until every domain answers, a domain's
 //! config change (one header) put -> visible p50/p99, upstream swap put ->
 //! new backend p50/p99, wrk on one domain during config changes (errors,
-//! throughput against the same load without changes), reloads, RSS.
+//! throughput against the same load without changes), reloads, RSS; and,
+//! for lua routing, a change nginx cannot make at run time (a domain moved
+//! to a new listen port and back: a reload each way) put -> visible.
 
 #[path = "common.rs"]
 mod common;
@@ -39,8 +41,8 @@ fn main() {
     let secs = u64::try_from(env_num("SLB_WRK_SECS", 20)).unwrap_or(20);
     let etcd = te::Etcd::start();
     println!("# SLB domains benchmark: {counts:?} domains, 2 peers each of 4 loopback backends, one listen port");
-    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings | listen change (reload) p50 / p99 / max |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // SLB_WAYS=lua skips the generated side (minutes per row at 10,000).
     let ways = std::env::var("SLB_WAYS").unwrap_or_else(|_| "lua,generated".into());
     for &n in &counts {
@@ -121,17 +123,35 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
     }
     let (u50, u99, _) = percentiles(lat);
 
-    // Throughput on the hot domain: without changes, then with config
-    // changes to other domains and to the hot one itself.
-    let base = wrk(h.http_port, HOT, secs, || {});
-    let period = Duration::from_secs(secs) / u32::try_from(samples + 1).unwrap_or(1);
-    let during = wrk(h.http_port, HOT, secs, || {
-        for k in 0..samples {
-            std::thread::sleep(period);
-            let d = if k % 10 == 0 { 0 } else { (k * 31) % n };
-            h.put_config(&domain(d), &cfg(1000 + k));
-        }
-    });
+    // Throughput on the hot domain: rounds without changes alternating
+    // with rounds during config changes to other domains and to the hot
+    // one itself, so a drift of the machine's load hits both sides alike.
+    let rounds = env_num("SLB_WRK_ROUNDS", 6).max(1);
+    let round_secs = (secs / u64::try_from(rounds).unwrap_or(1)).max(2);
+    let per_round = samples.div_ceil(rounds);
+    let period = Duration::from_secs(round_secs) / u32::try_from(per_round + 1).unwrap_or(1);
+    let (mut base, mut during) = (Vec::new(), Vec::new());
+    let mut k = 0;
+    for _ in 0..rounds {
+        base.push(wrk(h.http_port, HOT, round_secs, || {}));
+        during.push(wrk(h.http_port, HOT, round_secs, || {
+            for _ in 0..per_round {
+                std::thread::sleep(period);
+                let d = if k % 10 == 0 { 0 } else { (k * 31) % n };
+                h.put_config(&domain(d), &cfg(1000 + k));
+                k += 1;
+            }
+        }));
+    }
+    let mean = |v: &[common::WrkResult]| v.iter().map(|w| w.rps).sum::<f64>() / v.len() as f64;
+    let errors = |v: &[common::WrkResult]| v.iter().map(|w| w.errors).sum::<u64>();
+    let mut ratios: Vec<f64> = base
+        .iter()
+        .zip(&during)
+        .map(|(b, d)| 100.0 * d.rps / b.rps)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
     let st = h.status().expect("status");
     let reloads = st.reloads - reloads0;
     let nginx_rss = h.nginx.as_ref().map_or(0, |c| {
@@ -146,18 +166,50 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
         .unwrap_or_default()
         .matches("could not build optimal")
         .count();
+    let listen = if way == "lua" {
+        let (l50, l99, lmax) = listen_changes(&h, n, port);
+        format!("{l50:.0} / {l99:.0} / {lmax:.0} ms")
+    } else {
+        "— (every change reloads)".into()
+    };
     format!(
-        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} |",
+        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% (median of {rounds} rounds {median:.1}%) | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} | {listen} |",
         sync.as_secs_f64(),
         start.as_secs_f64(),
-        base.rps,
-        during.rps,
-        100.0 * during.rps / base.rps,
-        during.errors,
-        base.errors,
+        mean(&base),
+        mean(&during),
+        100.0 * mean(&during) / mean(&base),
+        errors(&during),
+        errors(&base),
         nginx_rss / 1024,
         agent_rss / 1024,
     )
+}
+
+/// A domain moved to a port no other domain listens on, then back: each
+/// move is a new (or a dropped) listen socket, so each reloads nginx. Put
+/// -> the domain answers with the new header on its new port.
+fn listen_changes(h: &Host, n: usize, port: u16) -> (f64, f64, f64) {
+    let samples = env_num("SLB_LISTEN_CHANGES", 10);
+    let extra = te::free_port();
+    let mut lat = Vec::new();
+    for k in 0..samples {
+        let d = domain((k * 613 + 3) % n);
+        for (to, v) in [(extra, 2 * k + 5000), (port, 2 * k + 5001)] {
+            let cfg = format!(r#"{{"listen":[{{"port":{to}}}],"headers":{{"X-V":"{v}"}}}}"#);
+            let want = format!("X-V: {v}");
+            let t = Instant::now();
+            h.put_config(&d, &cfg);
+            while !support::get(to, &d, "/").headers.contains(&want) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "{d} never moved to {to}"
+                );
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    percentiles(lat)
 }
 
 /// Swaps never reload in either way: as many as the config changes, at least 20.

@@ -78,9 +78,10 @@ pub struct Args {
     /// before the agent counts the reload as refused and rolls back.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub reload_timeout: Duration,
-    /// How domains without TLS are served: `lua` (one shared server per
-    /// listen, routes in nginx's shared dict, changed without reload) or
-    /// `generated` (a server block per domain, every change reloads).
+    /// How domains are served: `lua` (one shared server per listen, routes
+    /// in nginx's shared dict, changed without reload; a TLS domain keeps a
+    /// small server block for its certificate) or `generated` (a server
+    /// block per domain, every change reloads).
     #[arg(long, value_enum, default_value_t = Routing::Lua)]
     pub routing: Routing,
     /// Address of `GET /metrics` for Prometheus; off when not given.

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use leengine_slb::model::validate_domain;
 use leengine_slb::render::render_domain;
-use leengine_slb::route::{lua_routable, render_route, render_router, Route};
+use leengine_slb::route::{
+    needs_tls_server, render_route, render_router, render_tls_servers, Route,
+};
 use leengine_slb::wire::{self, State};
 use leengine_slb::{classify, Change, DomainConfig, DomainError, Upstream};
 use leengine_store::keys::{parse_slb_domain_key, SlbDomainKey};
@@ -30,12 +32,12 @@ pub struct Domain {
 }
 
 impl Domain {
-    /// The file a valid config renders to; none for a lua-routed one.
+    /// The file a valid config renders to: its server block when generated;
+    /// with lua routing only the TLS servers of a domain with `ssl` listens.
     fn file(&self, domain: &str, routing: Routing) -> Option<String> {
         match &self.config {
-            Some((_, Ok(cfg))) if routing == Routing::Generated || !lua_routable(cfg) => {
-                Some(render_domain(domain, cfg))
-            }
+            Some((_, Ok(cfg))) if routing == Routing::Generated => Some(render_domain(domain, cfg)),
+            Some((_, Ok(cfg))) if needs_tls_server(cfg) => Some(render_tls_servers(domain, cfg)),
             _ => None,
         }
     }
@@ -50,15 +52,13 @@ impl Domain {
         routing: Routing,
     ) {
         let cfg = match cfg {
-            Ok(c) if routing == Routing::Lua && lua_routable(&c) => {
-                match render_route(domain, &c) {
-                    Ok(route) => {
-                        self.route = Some(route);
-                        Ok(c)
-                    }
-                    Err(e) => Err(e.to_string()),
+            Ok(c) if routing == Routing::Lua => match render_route(domain, &c) {
+                Ok(route) => {
+                    self.route = Some(route);
+                    Ok(c)
                 }
-            }
+                Err(e) => Err(e.to_string()),
+            },
             Ok(c) => {
                 self.route = None;
                 Ok(c)
@@ -486,14 +486,24 @@ mod tests {
         s.apply(G, &key("a.com", "config"), Some((bad, 6)));
         assert_eq!(s.pushed().routes["a.com"], p.routes["a.com"]);
         assert_eq!(s.files(&BTreeMap::new()).1["a.com"].kind, "invalid");
-        // TLS stays a generated file.
+        // TLS: the domain's own servers (a file, so a reload), routed by lua.
         let tls = br#"{"listen":[{"port":443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"}}"#;
         assert_eq!(
             s.apply(G, &key("a.com", "config"), Some((tls, 7))),
             cfg(Change::Config)
         );
-        assert!(!s.pushed().routes.contains_key("a.com"));
-        assert!(s.files(&BTreeMap::new()).0.contains_key("a.com"));
+        assert!(s.pushed().routes.contains_key("a.com"));
+        assert_eq!(s.pushed().hosts["443/ssl|a.com"], "a.com");
+        let (files, _) = s.files(&BTreeMap::new());
+        assert!(files["a.com"].contains("ssl_certificate \"/c\";"));
+        assert!(!files[ROUTER].contains("443"), "{}", files[ROUTER]);
+        // Anything but listens, names and the certificate: the route only.
+        let tls2 = br#"{"listen":[{"port":443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"},"headers":{"X":"2"}}"#;
+        assert_eq!(
+            s.apply(G, &key("a.com", "config"), Some((tls2, 8))),
+            cfg(Change::Route)
+        );
+        assert!(s.pushed().routes["a.com"].contains("\"X\",\"2\""));
         // The dump restores routes and names.
         let again = Desired::from_dump(s.pushed(), 8999, Routing::Lua);
         assert_eq!(again.pushed(), s.pushed());

@@ -454,6 +454,36 @@ fn tls_domain_and_a_missing_certificate() {
     // Unknown SNI: the catch-all refuses the handshake (curl exit 35).
     assert_eq!(curl("other.example.com").0, Some(35));
 
+    // Lua routing (the default): the TLS domain's behaviour is its route,
+    // so a header change is live over TLS without a reload.
+    let reloads = h.status().expect("status").reloads;
+    let with_header =
+        tls_cfg(&cert.display().to_string()).replacen('{', r#"{"headers":{"X-V":"2"},"#, 1);
+    h.put_config("a.example.com", &with_header);
+    let headers = || {
+        let out = Command::new("curl")
+            .args([
+                "-sik",
+                "--resolve",
+                &format!("a.example.com:{tls_port}:127.0.0.1"),
+            ])
+            .arg(format!("https://a.example.com:{tls_port}/"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    assert!(
+        te::wait_until(Duration::from_secs(10), || headers().contains("x-v: 2")),
+        "{}",
+        headers()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        h.status().expect("status").reloads,
+        reloads,
+        "a TLS domain's header change reloaded nginx"
+    );
+
     // A certificate that does not exist (yet): nginx -t refuses, TLS keeps
     // working; once the file appears the agent applies it by itself.
     let later = h.path("later.pem");

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::model::{DomainConfig, LocationMatch, RewriteFlag};
+use crate::model::{DomainConfig, Listen, LocationMatch, RewriteFlag};
 use crate::render::{listen_addr, lua_string, quote, NO_PEERS};
 use crate::SlbError;
 
@@ -27,10 +27,72 @@ pub struct Route {
 /// nginx's default `client_max_body_size`.
 const DEFAULT_BODY: u64 = 1024 * 1024;
 
-/// TLS needs certificates at config load; such domains keep a generated
-/// server block.
-pub fn lua_routable(cfg: &DomainConfig) -> bool {
-    cfg.tls.is_none() && cfg.listen.iter().all(|l| !l.ssl)
+/// TLS needs its certificate at config load: a domain with an `ssl` listen
+/// gets a server block of its own there ([`render_tls_servers`]) that holds
+/// only what selects it (listens, server names, certificate) and routes
+/// through the same lua router, so its other fields still change without a
+/// reload.
+pub fn needs_tls_server(cfg: &DomainConfig) -> bool {
+    cfg.listen.iter().any(|l| l.ssl)
+}
+
+/// The router's key of a listen: an `ssl` one is served by the domain's own
+/// TLS server, never by a shared router server (`/` cannot be in an address).
+fn listen_key(l: &Listen) -> String {
+    if l.ssl {
+        format!("{}{TLS_SUFFIX}", listen_addr(l))
+    } else {
+        listen_addr(l)
+    }
+}
+
+const TLS_SUFFIX: &str = "/ssl";
+
+/// The server blocks of a domain with `ssl` listens: one per such listen
+/// (the router tells listens apart by `$leengine_listen`), each carrying
+/// the certificate and handing every request to the router. They change
+/// only when a listen, a server name or the certificate does.
+pub fn render_tls_servers(domain: &str, cfg: &DomainConfig) -> String {
+    let mut s = format!("# {domain}: TLS, routed by lua; written by leengine-nginx-agent.\n");
+    let names: Vec<String> = cfg
+        .effective_server_names(domain)
+        .iter()
+        .map(|n| quote(n))
+        .collect();
+    for l in cfg.listen.iter().filter(|l| l.ssl) {
+        let _ = write!(
+            s,
+            "server {{\n    listen {} ssl;\n    server_name {};\n",
+            listen_addr(l),
+            names.join(" ")
+        );
+        if let Some(t) = &cfg.tls {
+            let _ = write!(
+                s,
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n",
+                quote(&t.certificate),
+                quote(&t.certificate_key)
+            );
+        }
+        s.push_str(&router_body(&listen_key(l)));
+    }
+    s
+}
+
+/// What every server handing its requests to the router holds after its
+/// listens.
+fn router_body(key: &str) -> String {
+    format!(
+        "    set $leengine_listen {};\n    set $leengine_proxy_host $host;\n    \
+# The router judges every location's own limit.\n    client_max_body_size 0;\n    \
+location / {{\n        \
+rewrite_by_lua_block {{ require(\"leengine.router\").route() }}\n        \
+header_filter_by_lua_block {{ require(\"leengine.router\").headers() }}\n        \
+proxy_set_header Connection \"\";\n        \
+proxy_set_header Host $leengine_proxy_host;\n        \
+proxy_pass http://{ROUTER_UPSTREAM};\n    }}\n}}\n",
+        quote(key)
+    )
 }
 
 /// The route of a validated, lua-routable config. Refuses variables nginx
@@ -108,7 +170,7 @@ pub fn render_route(domain: &str, cfg: &DomainConfig) -> Result<Route, SlbError>
         t.push_str("}},");
     }
     t.push_str("}}");
-    let listens: Vec<String> = cfg.listen.iter().map(listen_addr).collect();
+    let listens: Vec<String> = cfg.listen.iter().map(listen_key).collect();
     let names = cfg.effective_server_names(domain);
     let hosts = listens
         .iter()
@@ -141,18 +203,13 @@ pub fn render_router<'a>(listens: impl IntoIterator<Item = &'a str>) -> String {
     let mut any = false;
     for l in listens {
         any = true;
+        if l.ends_with(TLS_SUFFIX) {
+            continue;
+        }
         let _ = write!(
             s,
-            "server {{\n    listen {l} default_server;\n    server_name \"\";\n    \
-set $leengine_listen {};\n    set $leengine_proxy_host $host;\n    \
-# The router judges every location's own limit.\n    client_max_body_size 0;\n    \
-location / {{\n        \
-rewrite_by_lua_block {{ require(\"leengine.router\").route() }}\n        \
-header_filter_by_lua_block {{ require(\"leengine.router\").headers() }}\n        \
-proxy_set_header Connection \"\";\n        \
-proxy_set_header Host $leengine_proxy_host;\n        \
-proxy_pass http://{ROUTER_UPSTREAM};\n    }}\n}}\n",
-            quote(l)
+            "server {{\n    listen {l} default_server;\n    server_name \"\";\n{}",
+            router_body(l)
         );
     }
     if any {
@@ -376,11 +433,50 @@ rw={{\"^/api/(.*)$\",\"/$1\",\"break\"},}},\
     }
 
     #[test]
-    fn tls_domains_stay_generated() {
-        assert!(lua_routable(&cfg("{}")));
-        assert!(!lua_routable(&cfg(
-            r#"{"listen":[{"port":443,"ssl":true}],"tls":{"certificate":"/c","certificateKey":"/k"}}"#
-        )));
+    fn a_tls_domain_gets_its_own_servers_that_route_through_the_router() {
+        assert!(!needs_tls_server(&cfg("{}")));
+        let c = cfg(
+            r#"{"serverNames":["a.com","b.com"],"listen":[{"port":80},{"port":443,"ssl":true}],
+            "tls":{"certificate":"/c","certificateKey":"/k"},"headers":{"X":"1"}}"#,
+        );
+        assert!(needs_tls_server(&c));
+        let r = render_route("a.com", &c).unwrap();
+        assert_eq!(r.listens, vec!["80", "443/ssl"]);
+        assert!(
+            r.hosts.contains(&"443/ssl|b.com".to_string()),
+            "{:?}",
+            r.hosts
+        );
+        let tls = render_tls_servers("a.com", &c);
+        assert_eq!(
+            tls.matches("server {").count(),
+            1,
+            "one per ssl listen: {tls}"
+        );
+        for want in [
+            "    listen 443 ssl;\n",
+            "server_name \"a.com\" \"b.com\";",
+            "ssl_certificate \"/c\";",
+            "ssl_certificate_key \"/k\";",
+            "set $leengine_listen \"443/ssl\";",
+            "proxy_pass http://leengine_router;",
+        ] {
+            assert!(tls.contains(want), "{want} in {tls}");
+        }
+        // Its behaviour is in the route only: a header change leaves the file.
+        let other = cfg(
+            r#"{"serverNames":["a.com","b.com"],"listen":[{"port":80},{"port":443,"ssl":true}],
+            "tls":{"certificate":"/c","certificateKey":"/k"},"headers":{"X":"2"}}"#,
+        );
+        assert_eq!(render_tls_servers("a.com", &other), tls);
+        // The shared router serves the plain listen only, and still has the
+        // upstream when every listen is TLS.
+        let router = render_router(r.listens.iter().map(String::as_str));
+        assert!(router.contains("listen 80 default_server;"), "{router}");
+        assert!(!router.contains("443"), "{router}");
+        let only_tls = render_router(["443/ssl"]);
+        assert!(only_tls.contains("upstream leengine_router"), "{only_tls}");
+        assert!(!only_tls.contains("server {"), "{only_tls}");
     }
 
     #[test]
