@@ -6,12 +6,8 @@
 
 mod common;
 
-use common::lb::{LbRegion, CELL, GROUP};
+use common::lb::{version, LbRegion, CELL, GROUP};
 use leengine_testenv as te;
-
-fn version(n: u64) -> String {
-    format!("leengine.io/version={n}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grey_upgrade_and_scale_down_under_load_fail_no_request() {

@@ -9,13 +9,9 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::lb::{LbRegion, CELL, PATIENCE};
+use common::lb::{version, LbRegion, CELL, PATIENCE};
 use leengine_testenv as te;
 use serde_json::json;
-
-fn version(n: u64) -> String {
-    format!("leengine.io/version={n}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replacing_a_version_hands_its_four_addresses_to_the_new_pods_and_fails_no_request() {

@@ -25,6 +25,11 @@ pub const CELL: &str = "cella";
 /// Hang guard for waits; not a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(240);
 
+/// The label selector of one version's pods.
+pub fn version(n: u64) -> String {
+    format!("leengine.io/version={n}")
+}
+
 pub struct LbRegion {
     pub env: Env,
     pub cell: te::Cell,
