@@ -252,15 +252,12 @@ fn replaced_by_deploy(cur: &Current, replace: bool) -> Result<Option<u64>, ApiEr
     let Some(newest) = cur.versions.last().filter(|_| replace) else {
         return Ok(None);
     };
-    if let Some(o) = newest
-        .replaces
-        .filter(|o| cur.versions.iter().any(|v| v.version == *o))
-    {
+    if let Some(old) = newest.replaced(&cur.versions) {
         return Err(ApiError::conflict(
             "replacement_in_progress",
             format!(
-                "version {} is still replacing version {o}; wait for it or delete one of them",
-                newest.version
+                "version {} is still replacing version {}; wait for it or delete one of them",
+                newest.version, old.version
             ),
         ));
     }

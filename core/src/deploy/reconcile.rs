@@ -212,9 +212,11 @@ pub async fn pass(core: &Core) -> Result<bool, ApiError> {
         .collect();
     let mut stepping = false;
     for (app, old, new) in replacements(&desired) {
-        if replaced_everywhere(&desired.apps[&app], new, &seen) {
-            api::retire_replaced(core, &app, old, new).await?;
-        } else {
+        if !replaced_everywhere(&desired.apps[&app], new, &seen) {
+            stepping = true;
+        } else if let Err(e) = api::retire_replaced(core, &app, old, new).await {
+            // One app's failed write must not hold back the others'.
+            tracing::warn!(app = %app, old, new, error = %e, "retiring a replaced version");
             stepping = true;
         }
     }
@@ -226,12 +228,8 @@ fn replacements(d: &Desired) -> Vec<(String, u64, u64)> {
     d.versions
         .iter()
         .flat_map(|(app, vs)| {
-            vs.iter().filter_map(move |v| {
-                let old = v.replaces?;
-                vs.iter()
-                    .any(|o| o.version == old)
-                    .then(|| (app.clone(), old, v.version))
-            })
+            vs.iter()
+                .filter_map(move |v| Some((app.clone(), v.replaced(vs)?.version, v.version)))
         })
         .collect()
 }
@@ -463,10 +461,7 @@ impl CellRun<'_> {
     ) -> Result<Plan, ApiError> {
         let mut plan = Plan::default();
         for new in versions {
-            let Some(old) = new
-                .replaces
-                .and_then(|o| versions.iter().find(|v| v.version == o))
-            else {
+            let Some(old) = new.replaced(versions) else {
                 continue;
             };
             let (new_spec, new_ready) = replicas(find_deployment(live, new.version));

@@ -163,6 +163,13 @@ pub struct VersionSpec {
 pub const MAX_REPLICAS: u32 = 10_000;
 
 impl VersionSpec {
+    /// The version this one replaces, while that one is still among
+    /// `versions` (a replacement under way).
+    pub fn replaced<'a>(&self, versions: &'a [VersionSpec]) -> Option<&'a VersionSpec> {
+        let old = self.replaces?;
+        versions.iter().find(|v| v.version == old)
+    }
+
     pub fn replicas_in(&self, cell: &str) -> u32 {
         self.cells.get(cell).copied().unwrap_or(self.replicas)
     }

@@ -253,18 +253,10 @@ pub fn render_domain(domain: &str, cfg: &DomainConfig) -> String {
         let ssl = if l.ssl { " ssl" } else { "" };
         let _ = writeln!(s, "    listen {}{ssl};", listen_addr(l));
     }
-    let names: Vec<String> = cfg
-        .effective_server_names(domain)
-        .iter()
-        .map(|n| quote(n))
-        .collect();
-    let _ = writeln!(s, "    server_name {};", names.join(" "));
+    s.push_str(&server_name_line(domain, cfg));
     // The lua counters' label: server_name may list other names first.
     let _ = writeln!(s, "    set $leengine_domain {};", quote(domain));
-    if let Some(t) = &cfg.tls {
-        let _ = writeln!(s, "    ssl_certificate {};", quote(&t.certificate));
-        let _ = writeln!(s, "    ssl_certificate_key {};", quote(&t.certificate_key));
-    }
+    s.push_str(&certificate_lines(cfg));
     if let Some(b) = &cfg.client_max_body_size {
         let _ = writeln!(s, "    client_max_body_size {b};");
     }
@@ -326,6 +318,27 @@ pub fn render_domain(domain: &str, cfg: &DomainConfig) -> String {
 }
 
 /// A listen address as nginx writes it: `80`, `10.0.0.1:80`, `[::1]:80`.
+/// A server block's `server_name` line (with its indent and newline).
+pub(crate) fn server_name_line(domain: &str, cfg: &DomainConfig) -> String {
+    let names: Vec<String> = cfg
+        .effective_server_names(domain)
+        .iter()
+        .map(|n| quote(n))
+        .collect();
+    format!("    server_name {};\n", names.join(" "))
+}
+
+/// The `ssl_certificate[_key]` lines of a TLS config; empty without one.
+pub(crate) fn certificate_lines(cfg: &DomainConfig) -> String {
+    cfg.tls.as_ref().map_or_else(String::new, |t| {
+        format!(
+            "    ssl_certificate {};\n    ssl_certificate_key {};\n",
+            quote(&t.certificate),
+            quote(&t.certificate_key)
+        )
+    })
+}
+
 pub fn listen_addr(l: &Listen) -> String {
     match l.address {
         Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", l.port),

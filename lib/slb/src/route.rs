@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::model::{DomainConfig, Listen, LocationMatch, RewriteFlag};
-use crate::render::{listen_addr, lua_string, quote, NO_PEERS};
+use crate::render::{
+    certificate_lines, listen_addr, lua_string, quote, server_name_line, NO_PEERS,
+};
 use crate::SlbError;
 
 /// A domain's route: the table the router reads (`r:{domain}`) and the
@@ -54,26 +56,13 @@ const TLS_SUFFIX: &str = "/ssl";
 /// only when a listen, a server name or the certificate does.
 pub fn render_tls_servers(domain: &str, cfg: &DomainConfig) -> String {
     let mut s = format!("# {domain}: TLS, routed by lua; written by leengine-nginx-agent.\n");
-    let names: Vec<String> = cfg
-        .effective_server_names(domain)
-        .iter()
-        .map(|n| quote(n))
-        .collect();
+    let (names, certificate) = (server_name_line(domain, cfg), certificate_lines(cfg));
     for l in cfg.listen.iter().filter(|l| l.ssl) {
         let _ = write!(
             s,
-            "server {{\n    listen {} ssl;\n    server_name {};\n",
-            listen_addr(l),
-            names.join(" ")
+            "server {{\n    listen {} ssl;\n{names}{certificate}",
+            listen_addr(l)
         );
-        if let Some(t) = &cfg.tls {
-            let _ = write!(
-                s,
-                "    ssl_certificate {};\n    ssl_certificate_key {};\n",
-                quote(&t.certificate),
-                quote(&t.certificate_key)
-            );
-        }
         s.push_str(&router_body(&listen_key(l)));
     }
     s
