@@ -133,6 +133,38 @@ export interface LbDns {
   vips: string[];
 }
 
+/** `PUT /apps/{name}/autoscale`: bounds per Cell and per-pod targets. */
+export interface AutoscalePolicy {
+  min: number;
+  max: number;
+  targets: { cpu_percent?: number; memory_percent?: number; requests_per_second?: number; disk_bytes_per_second?: number };
+  window_seconds?: number;
+  scale_up_stabilization_seconds?: number;
+  scale_down_stabilization_seconds?: number;
+  tolerance_percent?: number;
+}
+export interface AutoscaleReading {
+  metric: string;
+  value: number;
+  target: number;
+}
+export interface AutoscaleCell {
+  current: number;
+  ready: number;
+  recommended?: number;
+  desired: number;
+  readings: AutoscaleReading[];
+  frozen?: string;
+  last_scale?: { at: string; from: number; to: number; reading?: AutoscaleReading };
+}
+/** `GET /apps/{name}/autoscale`. */
+export interface Autoscale {
+  policy: AutoscalePolicy;
+  by: string;
+  at: string;
+  status: { version: number; at?: string; cells: Record<string, AutoscaleCell> } | null;
+}
+
 /** `GET /apps/{name}/ip-ranges`: the app's bound IP ranges in one Cell. */
 export interface CellRanges {
   cell: string;

@@ -9,7 +9,10 @@ import {
   may,
   patch,
   post,
+  put,
   type App,
+  type Autoscale,
+  type AutoscalePolicy,
   type BuildConfig,
   type BuildRun,
   type CellRanges,
@@ -26,6 +29,7 @@ import {
 import {
   Activity,
   age,
+  asProblem,
   Badge,
   Dialog,
   ErrorBox,
@@ -154,7 +158,7 @@ function NewApp({ onClose }: { onClose: () => void }) {
   );
 }
 
-const APP_TABS = ['versions', 'containers', 'events', 'load balancer', 'ip ranges', 'members', 'activity'];
+const APP_TABS = ['versions', 'containers', 'events', 'autoscaling', 'load balancer', 'ip ranges', 'members', 'activity'];
 
 export function AppPage({ me, name, tab }: Me & { name: string; tab: string }) {
   const loaded = useLoad(() => get<App>(`/api/v1/apps/${enc(name)}`), [name]);
@@ -188,6 +192,7 @@ export function AppPage({ me, name, tab }: Me & { name: string; tab: string }) {
           {current === 'versions' ? <Versions me={me} app={app} onChange={loaded.reload} /> : null}
           {current === 'containers' ? <Containers base={base} /> : null}
           {current === 'events' ? <Events base={base} /> : null}
+          {current === 'autoscaling' ? <Autoscaling me={me} app={app} base={base} /> : null}
           {current === 'load balancer' ? <LoadBalancer app={app} /> : null}
           {current === 'ip ranges' ? <IpRanges base={base} /> : null}
           {current === 'members' ? <Members kind="app" base={base} role={app.role} admin={me.admin} /> : null}
@@ -577,6 +582,146 @@ function LoadBalancer({ app }: { app: App }) {
       <h2>Rendered nginx configuration</h2>
       <Show loaded={loaded}>{(text) => <pre class="code" aria-label="nginx configuration">{text}</pre>}</Show>
     </section>
+  );
+}
+
+/** The app's autoscaling policy, what the autoscaler last read and did per Cell, and (Master+) the form. */
+function Autoscaling({ me, app, base }: Me & { app: App; base: string }) {
+  const loaded = useLoad(
+    () =>
+      get<Autoscale>(`${base}/autoscale`).catch((e) => {
+        if (asProblem(e).code === 'no_policy') return null;
+        throw e;
+      }),
+    [base],
+    5000,
+  );
+  const editable = may('app', 'scale', app.role, me.admin);
+  return (
+    <Show loaded={loaded}>
+      {(a) => (
+        <section aria-label="autoscaling">
+          {a ? <AutoscaleStatus a={a} /> : <p class="empty">No autoscaling policy: the counts are what users set.</p>}
+          {editable ? <AutoscaleForm base={base} current={a?.policy} onChange={loaded.reload} /> : null}
+        </section>
+      )}
+    </Show>
+  );
+}
+
+function AutoscaleStatus({ a }: { a: Autoscale }) {
+  const t = a.policy.targets;
+  const targets = [
+    t.requests_per_second !== undefined ? `${t.requests_per_second} requests/s per pod` : '',
+    t.cpu_percent !== undefined ? `CPU ${t.cpu_percent} % of request` : '',
+    t.memory_percent !== undefined ? `memory ${t.memory_percent} % of request` : '',
+    t.disk_bytes_per_second !== undefined ? `disk ${t.disk_bytes_per_second} B/s per pod` : '',
+  ].filter(Boolean);
+  const cells = Object.entries(a.status?.cells ?? {});
+  return (
+    <>
+      <dl class="facts" aria-label="autoscaling policy">
+        <dt>Replicas per Cell</dt>
+        <dd>
+          {a.policy.min} to {a.policy.max}
+        </dd>
+        <dt>Targets</dt>
+        <dd>{targets.join(', ')}</dd>
+        <dt>Set by</dt>
+        <dd>
+          {a.by}, {age(a.at)}
+        </dd>
+      </dl>
+      {cells.length === 0 ? (
+        <p class="empty">No decision yet: the autoscaler reads the targets every period once a version runs.</p>
+      ) : null}
+      <table aria-label="autoscaling status" hidden={cells.length === 0}>
+        <thead>
+          <tr>
+            <th>Cell</th>
+            <th>Replicas (ready)</th>
+            <th>Readings</th>
+            <th>Desired</th>
+            <th>Last change</th>
+          </tr>
+        </thead>
+        <tbody>
+          {cells.map(([cell, c]) => (
+            <tr data-cell={cell}>
+              <td>{cell}</td>
+              <td>
+                {c.current} ({c.ready})
+              </td>
+              <td>
+                {c.frozen ? <span class="error">{c.frozen}</span> : c.readings.map((r) => `${r.metric} ${r.value.toFixed(1)} / ${r.target}`).join(', ')}
+              </td>
+              <td>{c.desired}</td>
+              <td>{c.last_scale ? `${c.last_scale.from} → ${c.last_scale.to} ${age(c.last_scale.at)}` : '—'}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </>
+  );
+}
+
+function AutoscaleForm({ base, current, onChange }: { base: string; current?: AutoscalePolicy; onChange: () => void }) {
+  const num = (v?: number) => (v === undefined ? '' : String(v));
+  const [f, setF] = useState({
+    min: num(current?.min ?? 1),
+    max: num(current?.max ?? 3),
+    rps: num(current?.targets.requests_per_second),
+    cpu: num(current?.targets.cpu_percent),
+    memory: num(current?.targets.memory_percent),
+    down: num(current?.scale_down_stabilization_seconds ?? 300),
+  });
+  const [busy, error, run] = useAction();
+  const set = (k: keyof typeof f) => (e: { currentTarget: HTMLInputElement }) => setF({ ...f, [k]: e.currentTarget.value });
+  const opt = (v: string) => (v.trim() === '' ? undefined : Number(v));
+  const submit = (e: Event) => {
+    e.preventDefault();
+    const body: AutoscalePolicy = {
+      min: Number(f.min),
+      max: Number(f.max),
+      targets: { requests_per_second: opt(f.rps), cpu_percent: opt(f.cpu), memory_percent: opt(f.memory) },
+      scale_down_stabilization_seconds: Number(f.down),
+    };
+    run(() => put(`${base}/autoscale`, body)).then((ok) => ok && onChange());
+  };
+  const remove = () => run(() => del(`${base}/autoscale`)).then((ok) => ok && onChange());
+  return (
+    <form onSubmit={submit} aria-label="autoscaling policy form">
+      <h2>{current ? 'Change the policy' : 'Autoscale the newest version'}</h2>
+      <Field label="Min replicas per Cell">
+        <input inputMode="numeric" required value={f.min} onInput={set('min')} />
+      </Field>
+      <Field label="Max replicas per Cell">
+        <input inputMode="numeric" required value={f.max} onInput={set('max')} />
+      </Field>
+      <Field label="Requests/s per pod" hint="from the load balancer's counters; empty: not a target">
+        <input inputMode="decimal" value={f.rps} onInput={set('rps')} />
+      </Field>
+      <Field label="CPU % of request">
+        <input inputMode="numeric" value={f.cpu} onInput={set('cpu')} />
+      </Field>
+      <Field label="Memory % of request">
+        <input inputMode="numeric" value={f.memory} onInput={set('memory')} />
+      </Field>
+      <Field label="Scale-down window (s)" hint="a scale-down waits until the whole window agrees">
+        <input inputMode="numeric" value={f.down} onInput={set('down')} />
+      </Field>
+      <ErrorBox error={error} />
+      <div class="buttons">
+        {current ? (
+          <button type="button" onClick={remove} disabled={busy}>
+            Remove policy
+          </button>
+        ) : null}
+        <button type="submit" disabled={busy}>
+          Save policy
+        </button>
+      </div>
+    </form>
   );
 }
 

@@ -475,6 +475,40 @@ test("load balancer: the app's tab renders the nginx config; boss edits the doma
   await b.context().close();
 });
 
+test("autoscaling: the Owner's form shows the server's refusal, saves a policy and removes it", async () => {
+  const p = await page();
+  await signIn(p, 'mia');
+  await p.evaluate(() => (location.hash = '#/apps/front/autoscaling'));
+  await p.getByText('No autoscaling policy').waitFor();
+  const form = p.getByRole('form', { name: 'autoscaling policy form' });
+  await form.getByLabel('Min replicas per Cell').fill('4');
+  await form.getByLabel('Max replicas per Cell').fill('2');
+  await form.getByLabel('Requests/s per pod').fill('50');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  assert.match(await form.getByRole('alert').innerText(), /min 4 is above max 2 \(invalid_policy\)/);
+  // A CPU target needs a CPU request on the newest version: the server says so.
+  await form.getByLabel('Min replicas per Cell').fill('1');
+  await form.getByLabel('CPU % of request').fill('70');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  await form.getByText(/cpu_percent needs a CPU request/).waitFor();
+  await form.getByLabel('CPU % of request').fill('');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  const facts = p.getByLabel('autoscaling policy', { exact: true });
+  await facts.waitFor();
+  assert.match(await facts.innerText(), /1 to 2/);
+  assert.match(await facts.innerText(), /50 requests\/s per pod/);
+  const saved = await api('GET', '/api/v1/apps/front/autoscale', 'mia');
+  assert.equal(saved.status, 200, JSON.stringify(saved.body));
+  assert.deepEqual(saved.body.policy.targets, { requests_per_second: 50 });
+  assert.equal(saved.body.by, 'mia');
+  await shot(p, 'console-autoscaling');
+  await p.getByRole('button', { name: 'Remove policy' }).click();
+  await p.getByText('No autoscaling policy').waitFor();
+  assert.equal((await api('GET', '/api/v1/apps/front/autoscale', 'mia')).status, 404);
+  assert.deepEqual(p.errors, []);
+  await p.context().close();
+});
+
 test("boss shows a real agent's nginx -t refusal of a domain config, and its recovery", async () => {
   const domain = 'refused.example';
   const good = { serverNames: [domain], listen: [{ port: NGINX_PORT }], locations: [{ path: '/' }] };

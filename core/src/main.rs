@@ -126,6 +126,9 @@ struct Args {
     /// How often each app's registry robot gets a new pull secret.
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
     robot_rotation: Duration,
+    /// How often the autoscaler reads the apps' targets and decides.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    autoscale_period: Duration,
     /// Serve the API only; never campaign to run the reconciler.
     #[arg(long)]
     no_reconciler: bool,
@@ -220,6 +223,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             resync: args.reconcile_resync,
             drain_timeout: args.drain_timeout,
             robot_rotation: args.robot_rotation,
+            autoscale_period: args.autoscale_period,
         },
         console_dir: (!args.no_console).then(|| args.console_dir.clone()),
         monitor: MonitorSettings {

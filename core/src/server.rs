@@ -118,6 +118,7 @@ pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
         .merge(access::members::router())
         .merge(apps::router())
         .merge(deploy::api::router())
+        .merge(deploy::autoscaler::router())
         .merge(cells::api::router())
         .merge(images::router())
         .merge(admin::router())

@@ -160,7 +160,7 @@ async fn apps_run_in_two_cells_with_versions_drains_and_convergence() {
         deploy: DeploySettings {
             resync: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(8),
-            robot_rotation: Duration::from_secs(12 * 3600),
+            ..DeploySettings::default()
         },
         ..Default::default()
     })

@@ -138,7 +138,7 @@ impl Platform {
             deploy: DeploySettings {
                 resync: Duration::from_secs(2),
                 drain_timeout: Duration::from_secs(20),
-                robot_rotation: Duration::from_secs(12 * 3600),
+                ..DeploySettings::default()
             },
             ..Default::default()
         })

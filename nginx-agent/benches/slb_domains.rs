@@ -41,8 +41,8 @@ fn main() {
     let secs = u64::try_from(env_num("SLB_WRK_SECS", 20)).unwrap_or(20);
     let etcd = te::Etcd::start();
     println!("# SLB domains benchmark: {counts:?} domains, 2 peers each of 4 loopback backends, one listen port");
-    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings | listen change (reload) p50 / p99 / max |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| domains | way | agent sync | nginx start -> all served | config change p50 / p99 / max | samples | upstream swap p50 / p99 | wrk rps no change / with changes | ratio | wrk errors | reloads | nginx RSS | agent RSS | hash warnings | listen change (reload) p50 / p99 / max | CPU s no change / with changes: agent, nginx, etcd, bench, rest (wrk, kernel) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // SLB_WAYS=lua skips the generated side (minutes per row at 10,000).
     let ways = std::env::var("SLB_WAYS").unwrap_or_else(|_| "lua,generated".into());
     for &n in &counts {
@@ -131,9 +131,12 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
     let per_round = samples.div_ceil(rounds);
     let period = Duration::from_secs(round_secs) / u32::try_from(per_round + 1).unwrap_or(1);
     let (mut base, mut during) = (Vec::new(), Vec::new());
+    let (mut cpu_base, mut cpu_during) = (Cpu::default(), Cpu::default());
     let mut k = 0;
     for _ in 0..rounds {
+        let c0 = Cpu::now(&h);
         base.push(wrk(h.http_port, HOT, round_secs, || {}));
+        let c1 = Cpu::now(&h);
         during.push(wrk(h.http_port, HOT, round_secs, || {
             for _ in 0..per_round {
                 std::thread::sleep(period);
@@ -142,6 +145,9 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
                 k += 1;
             }
         }));
+        let c2 = Cpu::now(&h);
+        cpu_base.add(c0, c1);
+        cpu_during.add(c1, c2);
     }
     let mean = |v: &[common::WrkResult]| v.iter().map(|w| w.rps).sum::<f64>() / v.len() as f64;
     let errors = |v: &[common::WrkResult]| v.iter().map(|w| w.errors).sum::<u64>();
@@ -150,6 +156,7 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
         .zip(&during)
         .map(|(b, d)| 100.0 * d.rps / b.rps)
         .collect();
+    eprintln!("{n} {way}: round ratios {ratios:.1?}");
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
     let st = h.status().expect("status");
@@ -173,7 +180,7 @@ fn run(etcd: &te::Etcd, n: usize, way: &'static str, samples: usize, secs: u64) 
         "— (every change reloads)".into()
     };
     format!(
-        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% (median of {rounds} rounds {median:.1}%) | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} | {listen} |",
+        "| {n} | {way} | {:.2} s | {:.2} s | {c50:.1} / {c99:.1} / {cmax:.1} ms | {samples} | {u50:.1} / {u99:.1} ms | {:.0} / {:.0} | {:.1}% (median of {rounds} rounds {median:.1}%) | {} (no-change: {}) | {reloads} | {} MB | {} MB | {hash_warnings} | {listen} | {cpu_base} / {cpu_during} |",
         sync.as_secs_f64(),
         start.as_secs_f64(),
         mean(&base),
@@ -257,4 +264,103 @@ fn rss_kb(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time in clock ticks (USER_HZ, 100 on Linux): the agent, nginx
+/// (master and workers) and the whole machine's busy time, to see who
+/// takes the CPU the changes cost.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    agent: u64,
+    nginx: u64,
+    etcd: u64,
+    /// This process: the etcd client making the changes and probing.
+    bench: u64,
+    machine: u64,
+}
+
+impl Cpu {
+    fn now(h: &Host) -> Cpu {
+        let nginx = h.nginx.as_ref().map_or(0, |c| {
+            ticks(c.id())
+                + te::nginx_worker_pids(c.id())
+                    .into_iter()
+                    .map(ticks)
+                    .sum::<u64>()
+        });
+        Cpu {
+            agent: h.agent.as_ref().map_or(0, |c| ticks(c.id())),
+            nginx,
+            etcd: pids_named("etcd").into_iter().map(ticks).sum(),
+            bench: ticks(std::process::id()),
+            machine: machine_busy(),
+        }
+    }
+
+    fn add(&mut self, from: Cpu, to: Cpu) {
+        self.agent += to.agent.saturating_sub(from.agent);
+        self.nginx += to.nginx.saturating_sub(from.nginx);
+        self.etcd += to.etcd.saturating_sub(from.etcd);
+        self.bench += to.bench.saturating_sub(from.bench);
+        self.machine += to.machine.saturating_sub(from.machine);
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |t: u64| t as f64 / 100.0;
+        let rest = self
+            .machine
+            .saturating_sub(self.agent + self.nginx + self.etcd + self.bench);
+        write!(
+            f,
+            "{:.1}, {:.1}, {:.1}, {:.1}, {:.1}",
+            s(self.agent),
+            s(self.nginx),
+            s(self.etcd),
+            s(self.bench),
+            s(rest)
+        )
+    }
+}
+
+/// utime + stime of a process (fields 14 and 15 of /proc/pid/stat).
+fn ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the name, field 3 (the state) comes first.
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// All CPUs' busy ticks: every field of /proc/stat's first line but idle
+/// and iowait.
+fn machine_busy() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>() - f.get(3)? - f.get(4)?)
+        })
+        .unwrap_or(0)
+}
+
+fn pids_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
 }

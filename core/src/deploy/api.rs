@@ -476,7 +476,7 @@ async fn live_deployments(
         .collect())
 }
 
-async fn cell_client(core: &Core, cell: &str) -> Result<kube::Client, ApiError> {
+pub(crate) async fn cell_client(core: &Core, cell: &str) -> Result<kube::Client, ApiError> {
     let rec = cells::get(&core.db, cell)
         .await?
         .ok_or_else(|| cells::unavailable(cell, "no longer registered"))?;

@@ -2,10 +2,12 @@
 //! ([`spec`]), the objects it becomes in each Cell ([`objects`]), the
 //! reconciler that applies it ([`reconcile`]), drains ([`drain`]), a
 //! version replaced one pod at a time ([`handover`]), the
-//! registry robot of each app ([`robot`]) and the version/read endpoints
-//! ([`api`]).
+//! registry robot of each app ([`robot`]), the version/read endpoints
+//! ([`api`]) and autoscaling ([`autoscale`]'s rules, the [`autoscaler`]).
 
 pub mod api;
+pub mod autoscale;
+pub mod autoscaler;
 pub mod drain;
 pub mod handover;
 pub mod objects;
@@ -28,6 +30,8 @@ pub struct DeploySettings {
     pub drain_timeout: Duration,
     /// A new robot pull secret this often (each valid twice as long).
     pub robot_rotation: Duration,
+    /// How often the autoscaler reads the targets and decides.
+    pub autoscale_period: Duration,
 }
 
 impl Default for DeploySettings {
@@ -36,6 +40,7 @@ impl Default for DeploySettings {
             resync: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             robot_rotation: Duration::from_secs(12 * 3600),
+            autoscale_period: Duration::from_secs(15),
         }
     }
 }

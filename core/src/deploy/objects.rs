@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference, Namespace, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, Event, EventSource, HTTPGetAction, LocalObjectReference,
+    Namespace, ObjectReference, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -235,6 +236,38 @@ pub fn deployment(app: &AppSpec, v: &VersionSpec, replicas: u32) -> Deployment {
 pub fn registry_host(image: &str) -> Option<&str> {
     let (first, _) = image.split_once('/')?;
     (first.contains(['.', ':']) || first == "localhost").then_some(first)
+}
+
+/// An Event on Deployment `deployment` of namespace `ns`, from the
+/// platform: `(type, reason, message)`, as `kubectl describe` shows it.
+pub fn deployment_event(ns: &str, deployment: &str, what: (&str, &str, String)) -> Event {
+    let (type_, reason, message) = what;
+    let now = super::now_time();
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("leengine-{}-", reason.to_lowercase())),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            name: Some(deployment.to_string()),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some(type_.into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        source: Some(EventSource {
+            component: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

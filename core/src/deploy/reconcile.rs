@@ -15,11 +15,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    Event, EventSource, Namespace, ObjectReference, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leengine_store::keys::AppKey;
 use leengine_store::region::{REMOVAL_ANNOTATION, REMOVAL_BY_PLATFORM};
@@ -68,6 +65,7 @@ pub struct Desired {
     pub apps: BTreeMap<String, AppSpec>,
     pub versions: BTreeMap<String, Vec<VersionSpec>>,
     pub status: BTreeMap<(String, String), CellStatus>,
+    pub policies: BTreeMap<String, super::autoscale::Policy>,
 }
 
 pub async fn read_desired(core: &Core) -> Result<Desired, ApiError> {
@@ -93,7 +91,11 @@ pub async fn read_desired(core: &Core) -> Result<Desired, ApiError> {
                     serde_json::from_value(value)?,
                 );
             }
-            Some(AppKey::Robot(_)) | None => {}
+            Some(AppKey::Autoscale(a)) => {
+                d.policies
+                    .insert(a.to_string(), serde_json::from_value(value)?);
+            }
+            Some(AppKey::Robot(_) | AppKey::AutoscaleStatus(_)) | None => {}
         }
     }
     Ok(d)
@@ -152,7 +154,8 @@ async fn reconcile_forever(core: &Core) {
             keys.drain_acks_prefix(),
         ]
         .into_iter()
-        .map(|prefix| tokio::spawn(watch(core.db.etcd.clone(), prefix, wake.clone())))
+        .map(|prefix| tokio::spawn(watch(core.clone(), prefix, wake.clone())))
+        .chain([tokio::spawn(super::autoscaler::run(core.clone()))])
         .collect(),
     );
     loop {
@@ -185,13 +188,22 @@ impl Drop for Watches {
     }
 }
 
-/// Wakes the loop on every change under `prefix` (re-watching after errors).
-async fn watch(etcd: etcd_client::Client, prefix: String, wake: Arc<tokio::sync::Notify>) {
+/// Wakes the loop on every change under `prefix` (re-watching after
+/// errors) but the autoscaler's status, which it writes every period.
+async fn watch(core: Core, prefix: String, wake: Arc<tokio::sync::Notify>) {
+    let keys = &core.db.keys;
+    let wakes = |e: &etcd_client::Event| {
+        let key = e.kv().and_then(|kv| kv.key_str().ok()).unwrap_or("");
+        !matches!(keys.parse_app_key(key), Some(AppKey::AutoscaleStatus(_)))
+    };
     loop {
         let opts = etcd_client::WatchOptions::new().with_prefix();
+        let etcd = &core.db.etcd;
         if let Ok(mut stream) = etcd.watch_client().watch(prefix.clone(), Some(opts)).await {
-            while let Ok(Some(_)) = stream.message().await {
-                wake.notify_one();
+            while let Ok(Some(m)) = stream.message().await {
+                if m.events().iter().any(wakes) {
+                    wake.notify_one();
+                }
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -722,36 +734,16 @@ impl CellRun<'_> {
     /// A warning Event on the Deployment: shows in the app's events.
     async fn warn_timeout(&self, app: &AppSpec, deployment: &str, pods: &[String]) {
         tracing::warn!(cell = self.cell, app = %app.name, deployment, ?pods, "drain not acknowledged in time; deleting anyway");
-        let now = super::now_time();
-        let ev = Event {
-            metadata: ObjectMeta {
-                generate_name: Some("leengine-drain-".into()),
-                namespace: Some(app.namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: Some("Deployment".into()),
-                name: Some(deployment.to_string()),
-                namespace: Some(app.namespace.clone()),
-                ..Default::default()
-            },
-            reason: Some("DrainTimeout".into()),
-            message: Some(format!(
-                "no drain acknowledgement within {:?}; deleting {} without it",
-                self.core.settings.deploy.drain_timeout,
-                pods.join(", ")
-            )),
-            type_: Some("Warning".into()),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
-            source: Some(EventSource {
-                component: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let message = format!(
+            "no drain acknowledgement within {:?}; deleting {} without it",
+            self.core.settings.deploy.drain_timeout,
+            pods.join(", ")
+        );
+        let ev = objects::deployment_event(
+            &app.namespace,
+            deployment,
+            ("Warning", "DrainTimeout", message),
+        );
         let api: Api<Event> = Api::namespaced(self.client.clone(), &app.namespace);
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
             tracing::warn!(error = %e, "recording the drain timeout event");

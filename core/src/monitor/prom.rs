@@ -41,10 +41,14 @@ struct Data {
     result: Vec<Matrix>,
 }
 
+/// A range query's series (`values`) or an instant query's (`value`).
 #[derive(Deserialize)]
 struct Matrix {
     metric: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
     values: Vec<(f64, String)>,
+    #[serde(default)]
+    value: Option<(f64, String)>,
 }
 
 /// `application/x-www-form-urlencoded` of one value.
@@ -72,7 +76,17 @@ impl Prometheus {
             "query={}&start={start}&end={end}&step={step}",
             form_escape(query)
         );
-        let (status, text) = self.call("POST", "/api/v1/query_range", &body).await?;
+        self.series("/api/v1/query_range", &body).await
+    }
+
+    /// An instant query: each series with its one point.
+    pub async fn query(&self, query: &str) -> Result<Vec<Series>, ApiError> {
+        let body = format!("query={}", form_escape(query));
+        self.series("/api/v1/query", &body).await
+    }
+
+    async fn series(&self, path: &str, body: &str) -> Result<Vec<Series>, ApiError> {
+        let (status, text) = self.call("POST", path, body).await?;
         let a: Answer = serde_json::from_str(&text).map_err(|e| {
             ApiError::unavailable(format!("Prometheus answered {status} with no JSON: {e}"))
         })?;
@@ -91,6 +105,7 @@ impl Prometheus {
                 points: m
                     .values
                     .into_iter()
+                    .chain(m.value)
                     .filter_map(|(t, v)| Some((t, v.parse().ok()?)))
                     .collect(),
             })

@@ -2,6 +2,7 @@
 //! app's namespace (and a validated pod name) as the only inputs, escaped
 //! as PromQL string literals. No request text reaches a query otherwise.
 
+use crate::deploy::autoscale::Target;
 use serde::Serialize;
 
 /// A series the read API serves.
@@ -168,6 +169,42 @@ pub fn cpu_percent(ns: &str) -> String {
     )
 }
 
+/// One autoscaling target over the last `window` seconds: per pod of the
+/// app's version `version` in Cell `cell` (namespace `ns`), or, for
+/// requests, the domain's total per nginx host; `None`: requests without
+/// a domain.
+pub fn autoscale(
+    target: Target,
+    ns: &str,
+    cell: &str,
+    version: u64,
+    domain: Option<&str>,
+    window: u32,
+) -> Option<String> {
+    let sel = format!(
+        "{{namespace={},cell={},version={}}}",
+        literal(ns),
+        literal(cell),
+        literal(&version.to_string())
+    );
+    let rate = |family: &str| format!("sum by (pod) (rate({family}{sel}[{window}s]))");
+    Some(match target {
+        Target::RequestsPerSecond => format!(
+            "sum by (host) (rate(leengine_lb_requests_total{{domain={}}}[{window}s]))",
+            literal(domain?)
+        ),
+        Target::CpuPercent => rate("leengine_container_cpu_seconds_total"),
+        Target::MemoryPercent => format!(
+            "sum by (pod) (avg_over_time(leengine_container_memory_working_set_bytes{sel}[{window}s]))"
+        ),
+        Target::DiskBytesPerSecond => format!(
+            "{} + {}",
+            rate("leengine_container_blkio_read_bytes_total"),
+            rate("leengine_container_blkio_write_bytes_total")
+        ),
+    })
+}
+
 /// Pods of namespace `ns` deleted in the last 10 minutes without the
 /// platform asking, summed over the nodes that saw them go.
 pub fn pods_deleted(ns: &str) -> String {
@@ -236,6 +273,31 @@ mod tests {
             ..app
         };
         assert_eq!(query(Metric::Requests, &no_lb, "1m"), None);
+    }
+
+    #[test]
+    fn autoscale_queries_fix_namespace_cell_and_version() {
+        let q = |t| autoscale(t, "web-u1", "cella", 3, Some("web.example.com"), 30);
+        assert_eq!(
+            q(Target::CpuPercent).unwrap(),
+            "sum by (pod) (rate(leengine_container_cpu_seconds_total{namespace=\"web-u1\",cell=\"cella\",version=\"3\"}[30s]))"
+        );
+        assert_eq!(
+            q(Target::RequestsPerSecond).unwrap(),
+            "sum by (host) (rate(leengine_lb_requests_total{domain=\"web.example.com\"}[30s]))"
+        );
+        assert!(q(Target::MemoryPercent).unwrap().starts_with(
+            "sum by (pod) (avg_over_time(leengine_container_memory_working_set_bytes{"
+        ));
+        assert!(q(Target::DiskBytesPerSecond)
+            .unwrap()
+            .contains("read_bytes_total"));
+        assert_eq!(
+            autoscale(Target::RequestsPerSecond, "n", "c", 1, None, 30),
+            None
+        );
+        let evil = autoscale(Target::CpuPercent, "a\"}or{b=\"", "c", 1, None, 30).unwrap();
+        assert!(evil.contains("namespace=\"a\\\"}or{b=\\\"\""));
     }
 
     #[test]

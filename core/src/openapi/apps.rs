@@ -52,6 +52,13 @@ pub(super) fn paths(p: &mut Map<String, Value>) {
                 "replicas": replicas(), "cells": cell_counts() } })),
             ok_json("200", schema_ref("VersionSpec"))),
     }));
+    p.insert("/api/v1/apps/{name}/autoscale".into(), json!({
+        "get": op("getAutoscale", "the autoscaling policy and what the autoscaler last read and did per Cell (Guest+); 404 no_policy", true, &name, None,
+            ok_json("200", schema_ref("Autoscale"))),
+        "put": op("setAutoscale", "set the autoscaling policy of the app's newest version: min/max per Cell and targets (Master+; max checked against the quota)",
+            true, &name, Some(schema_ref("AutoscalePolicy")), ok_json("200", schema_ref("AutoscaleRecord"))),
+        "delete": op("deleteAutoscale", "remove the policy; the counts stay where they are (Master+)", true, &name, None, no_content()),
+    }));
     p.insert("/api/v1/apps/{name}/containers".into(), json!({
         "get": cell_unavailable(op("appContainers", "the app's pods in every Cell (Guest+)", true, &name, None,
             ok_json("200", array("Container")))),
@@ -173,7 +180,42 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
     let mut view_props = spec_props.clone();
     view_props.insert("placement".into(), array("Placement"));
     let spec_required = json!(["version", "image", "tag", "replicas", "by", "at"]);
+    let per_pod = |d: &str| json!({ "type": "number", "minimum": 0, "exclusiveMinimum": true, "maximum": 1e12, "description": d });
+    let percent =
+        |d: &str| json!({ "type": "integer", "minimum": 1, "maximum": 100_000, "description": d });
+    let window =
+        |d: &str| json!({ "type": "integer", "minimum": 0, "maximum": 3600, "description": d });
+    let policy = json!({ "type": "object", "required": ["min", "max"], "additionalProperties": false, "properties": {
+        "min": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "fewest replicas per Cell" },
+        "max": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "most replicas per Cell" },
+        "targets": { "type": "object", "additionalProperties": false, "description": "at least one", "properties": {
+            "cpu_percent": percent("CPU used per pod, percent of its CPU request"),
+            "memory_percent": percent("memory working set per pod, percent of its memory request"),
+            "requests_per_second": per_pod("requests per second per pod, from the LB's counters"),
+            "disk_bytes_per_second": per_pod("disk bytes read and written per second per pod") } },
+        "window_seconds": { "type": "integer", "minimum": 10, "maximum": 3600, "description": "readings averaged over (default 60)" },
+        "scale_up_stabilization_seconds": window("lowest recommendation of this window wins a scale-up (default 0)"),
+        "scale_down_stabilization_seconds": window("highest recommendation of this window wins a scale-down (default 300)"),
+        "tolerance_percent": { "type": "integer", "minimum": 0, "maximum": 50, "description": "no change within this of every target (default 10)" } } });
+    let reading = json!({ "type": "object", "required": ["metric", "value", "target"], "properties": {
+        "metric": { "type": "string", "enum": ["cpu_percent", "memory_percent", "requests_per_second", "disk_bytes_per_second"] },
+        "value": { "type": "number" }, "target": { "type": "number" } } });
+    let autoscale_cell = json!({ "type": "object", "required": ["current", "ready", "desired"], "properties": {
+        "current": { "type": "integer" }, "ready": { "type": "integer" }, "recommended": { "type": "integer" },
+        "desired": { "type": "integer" }, "readings": { "type": "array", "items": reading },
+        "frozen": { "type": "string", "description": "why no decision is made (no readings, Cell unreadable, replacement under way, quota)" },
+        "last_scale": { "type": "object", "required": ["at", "from", "to"], "properties": {
+            "at": ts, "from": { "type": "integer" }, "to": { "type": "integer" }, "reading": reading } } } });
+    let record = json!({ "type": "object", "required": ["policy", "by", "at"], "properties": {
+        "policy": policy, "by": { "type": "string" }, "at": ts } });
+    let mut view = record.clone();
+    view["properties"]["status"] = json!({ "type": "object", "nullable": true, "properties": {
+        "version": { "type": "integer" }, "at": nullable_ts,
+        "cells": { "type": "object", "additionalProperties": autoscale_cell } } });
     let defs = json!({
+        "AutoscalePolicy": policy,
+        "AutoscaleRecord": record,
+        "Autoscale": view,
         "VersionFields": { "type": "object", "required": ["tag"], "additionalProperties": false, "properties": fields },
         "VersionSpec": { "type": "object", "required": spec_required, "properties": spec_props },
         "VersionView": { "type": "object", "required": ["version", "image", "tag", "replicas", "by", "at", "placement"], "properties": view_props },

@@ -12,11 +12,12 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use leengine_core::cells::CellSettings;
 use leengine_core::deploy::{reconcile, DeploySettings};
+use leengine_core::monitor::MonitorSettings;
 use leengine_core::server::Settings;
 use leengine_testenv as te;
 use serde_json::{json, Value};
 
-use super::{registry_settings, registry_token, sibling, start_cell_with_pool, token_keypair};
+use super::{registry_settings, registry_token, sibling, token_keypair};
 use super::{token_registry, Auth, Env};
 
 pub const GROUP: &str = "g1";
@@ -30,6 +31,17 @@ pub fn version(n: u64) -> String {
     format!("leengine.io/version={n}")
 }
 
+/// What Prometheus scrapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitoring {
+    /// The nginx agent's per-domain counters (Prometheus on the host).
+    Lb,
+    /// The node-agent's container metrics too: Prometheus in the node's
+    /// namespace, where that agent listens (the nginx agent is not
+    /// reachable from there).
+    Containers,
+}
+
 pub struct LbRegion {
     pub env: Env,
     pub cell: te::Cell,
@@ -40,6 +52,9 @@ pub struct LbRegion {
     pub port: u16,
     pub admin: Auth,
     pub owner: Auth,
+    /// Scraping every agent core's service discovery lists (with
+    /// [`LbRegion::start_monitored`]), core's `--prometheus`.
+    pub prometheus: Option<te::Prometheus>,
     pub dir: tempfile::TempDir,
 }
 
@@ -49,10 +64,45 @@ impl LbRegion {
     /// stops at once on SIGTERM: a pod that still gets requests when it is
     /// deleted fails them.
     pub async fn start(vlan: u16, tags: &[&str]) -> LbRegion {
+        Self::start_with(vlan, tags, None).await
+    }
+
+    /// [`LbRegion::start`] with Prometheus (scraping every second what
+    /// core's discovery lists) and an autoscaler deciding every 2 s.
+    pub async fn start_monitored(vlan: u16, tags: &[&str], m: Monitoring) -> LbRegion {
+        Self::start_with(vlan, tags, Some(m)).await
+    }
+
+    async fn start_with(vlan: u16, tags: &[&str], monitoring: Option<Monitoring>) -> LbRegion {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("cells");
         std::fs::create_dir(&creds).unwrap();
         let (key, cert, cert_path) = token_keypair(dir.path());
+        // Bound before Prometheus starts: its discovery asks core.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let core_port = listener.local_addr().unwrap().port();
+        let node_agent = (monitoring == Some(Monitoring::Containers))
+            .then(|| super::sibling("leengine-node-agent"));
+        let cell = tokio::task::block_in_place(|| super::start_cell(vlan, node_agent));
+        let prometheus = monitoring.map(|m| {
+            let config = |sd: u16| {
+                move |_: &std::path::Path| {
+                    format!(
+                        "global:\n  scrape_interval: 1s\n\
+                         scrape_configs:\n  - job_name: leengine\n    http_sd_configs:\n      \
+                         - url: http://127.0.0.1:{sd}/api/v1/monitor/targets\n        \
+                         refresh_interval: 1s\n"
+                    )
+                }
+            };
+            match m {
+                Monitoring::Lb => te::Prometheus::start(config(core_port)),
+                Monitoring::Containers => {
+                    let ns = cell.ovs().netns();
+                    te::Prometheus::start_in(ns, config(ns.forward_tcp(core_port)))
+                }
+            }
+        });
         let env = Env::start(Settings {
             registry: Some(registry_settings(key, cert)),
             cells: CellSettings {
@@ -61,12 +111,17 @@ impl LbRegion {
             },
             deploy: DeploySettings {
                 resync: Duration::from_secs(2),
+                autoscale_period: Duration::from_secs(2),
                 ..DeploySettings::default()
+            },
+            monitor: MonitorSettings {
+                prometheus: prometheus.as_ref().map(te::Prometheus::addr),
+                ..MonitorSettings::default()
             },
             ..Default::default()
         })
         .await;
-        let core_port = env.serve().await;
+        env.serve_on(listener);
         tokio::spawn(reconcile::run(env.core.clone()));
         let registry = token_registry(core_port, &cert_path);
         let admin = env.user("root", true).await;
@@ -90,7 +145,6 @@ impl LbRegion {
                 Some(&push),
             );
         }
-        let cell = tokio::task::block_in_place(|| start_cell_with_pool(vlan));
         cell.trust_registry(&registry.addr());
         std::fs::copy(cell.kubeconfig(), creds.join(format!("{CELL}.kubeconfig"))).unwrap();
         let (st, v) = env
@@ -127,6 +181,7 @@ impl LbRegion {
             port,
             admin,
             owner,
+            prometheus,
             dir,
         }
     }

@@ -147,11 +147,16 @@ impl Env {
     pub async fn serve(&self) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        self.serve_on(listener);
+        port
+    }
+
+    /// Serves the router on `listener`.
+    pub fn serve_on(&self, listener: tokio::net::TcpListener) {
         tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
             listener,
             self.app.clone(),
         )));
-        port
     }
 
     /// [`Env::call`] as if over a socket from `peer` (the address the

@@ -326,6 +326,14 @@ impl Keys {
     pub fn app_robot(&self, app: &str) -> String {
         format!("{}robot", self.app_children_prefix(app))
     }
+    /// The app's autoscaling policy (`core`'s `deploy::autoscale::Policy`).
+    pub fn app_autoscale(&self, app: &str) -> String {
+        format!("{}autoscale", self.app_children_prefix(app))
+    }
+    /// What the autoscaler last saw and decided, per Cell (written by it).
+    pub fn app_autoscale_status(&self, app: &str) -> String {
+        format!("{}autoscale-status", self.app_children_prefix(app))
+    }
     /// Classifies a key read under [`Keys::apps_prefix`].
     pub fn parse_app_key<'a>(&self, key: &'a str) -> Option<AppKey<'a>> {
         let rest = key.strip_prefix(&self.apps_prefix())?;
@@ -335,8 +343,11 @@ impl Keys {
         if app.is_empty() {
             return None;
         }
-        if tail == "robot" {
-            return Some(AppKey::Robot(app));
+        match tail {
+            "robot" => return Some(AppKey::Robot(app)),
+            "autoscale" => return Some(AppKey::Autoscale(app)),
+            "autoscale-status" => return Some(AppKey::AutoscaleStatus(app)),
+            _ => {}
         }
         if let Some(v) = tail.strip_prefix("versions/") {
             return v.parse().ok().map(|v| AppKey::Version(app, v));
@@ -403,6 +414,8 @@ pub enum AppKey<'a> {
     Version(&'a str, u64),
     Status(&'a str, &'a str),
     Robot(&'a str),
+    Autoscale(&'a str),
+    AutoscaleStatus(&'a str),
 }
 
 // ---- access: which component may touch which keys ----
@@ -785,6 +798,14 @@ mod tests {
         assert_eq!(
             k.parse_app_key(&k.app_robot("web")),
             Some(AppKey::Robot("web"))
+        );
+        assert_eq!(
+            k.parse_app_key(&k.app_autoscale("web")),
+            Some(AppKey::Autoscale("web"))
+        );
+        assert_eq!(
+            k.parse_app_key(&k.app_autoscale_status("web")),
+            Some(AppKey::AutoscaleStatus("web"))
         );
         assert_eq!(k.parse_app_key("/p/apps/web/other"), None);
         assert_eq!(k.parse_app_key("/p/apps/web/versions/x"), None);

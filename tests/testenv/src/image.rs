@@ -114,6 +114,8 @@ impl Image {
 
     fn web_with(entrypoint: &[&str]) -> Image {
         let script = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"$(hostname) ${VERSION:-}\"\n";
+        // A fixed amount of shell arithmetic per request: CPU load on demand.
+        let burn = "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do i=$((i+1)); done\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"$(hostname) burned\"\n";
         Image::busybox(
             entrypoint,
             &[],
@@ -121,6 +123,7 @@ impl Image {
                 ("/www/healthz", "ok\n", 0o644),
                 ("/www/index.html", "hello\n", 0o644),
                 ("/www/cgi-bin/whoami", script, 0o755),
+                ("/www/cgi-bin/burn", burn, 0o755),
             ],
         )
     }

@@ -164,6 +164,9 @@ pub struct NginxAgent {
     pub address: IpAddr,
     pub dir: PathBuf,
     pub admin_port: u16,
+    /// The agent's `GET /metrics` (nginx's per-domain counters included),
+    /// advertised in its status for core's service discovery.
+    pub metrics_port: u16,
     pub agent: Option<Child>,
     pub nginx: Option<Child>,
 }
@@ -191,6 +194,7 @@ impl NginxAgent {
             host: host.into(),
             address: address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             admin_port: free_port(),
+            metrics_port: free_port(),
             dir,
             agent: None,
             nginx: None,
@@ -223,6 +227,10 @@ impl NginxAgent {
             .args(["--admin-port", &self.admin_port.to_string()])
             .args(["--worker-processes", "1", "--debounce", "50ms"])
             .args(["--status-ttl", "4s"])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", self.metrics_port),
+            ])
             .args(address.map(|a| format!("--listen-address={a}")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -356,6 +364,19 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16, host: &str, method: &str, path: &str, workers: usize) -> Load {
+        Self::paced(port, host, method, path, workers, Duration::ZERO)
+    }
+
+    /// [`Load::start`] with each worker resting `pause` after each request:
+    /// a light load of about `workers / pause` requests per second.
+    pub fn paced(
+        port: u16,
+        host: &str,
+        method: &str,
+        path: &str,
+        workers: usize,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let samples: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -378,6 +399,7 @@ impl Load {
                                 }
                             }
                         }
+                        std::thread::sleep(pause);
                     }
                 })
             })
