@@ -5,7 +5,9 @@
 //! agent initial sync, nginx start until every domain answers, a domain's
 //! config change (one header) put -> visible p50/p99, upstream swap put ->
 //! new backend p50/p99, wrk on one domain during config changes (errors,
-//! throughput against the same load without changes), reloads, RSS; and,
+//! throughput against the same load without changes, in alternating
+//! rounds, with the CPU time of the agent, nginx, etcd and this process
+//! on each side), reloads, RSS; and,
 //! for lua routing, a change nginx cannot make at run time (a domain moved
 //! to a new listen port and back: a reload each way) put -> visible.
 

@@ -6,7 +6,7 @@
 //! reported (`shared-dict-full`, `nginx-test`), counted, and retried every
 //! second, while the others keep being pushed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,11 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
         .unwrap_or_default();
     // What nginx should hold, kept up to date item by item.
     let mut want = Items::new();
+    // The keys that may differ between `holds` and `want`: those etcd
+    // events touched and those nginx refused since the last push; `None`:
+    // any may (after a full sync). A push compares only these, so a change
+    // costs the same at 10 domains as at 10,000.
+    let mut dirty: Option<BTreeSet<String>> = None;
     let mut last_error: Option<String> = None;
     let mut reported = -1;
     // Items refused at the last push, with the reason.
@@ -58,10 +63,10 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
         }
         let revision = {
             let mut d = shared.desired();
-            refresh(&mut want, &mut d);
+            refresh(&mut want, &mut d, &mut dirty);
             d.revision
         };
-        let result = push(&admin, &token, known, &holds, &want).await;
+        let result = push(&admin, &token, known, &holds, &want, dirty.as_ref()).await;
         match result {
             Ok(sent) => {
                 if sent.items() > 0 {
@@ -71,6 +76,7 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                     settle(&mut holds, &want, &sent, &BTreeMap::new());
                     write_dump(&dump, &holds);
                 }
+                dirty = Some(BTreeSet::new());
                 known = true;
                 last_error = None;
                 if revision != reported || !refused.is_empty() {
@@ -101,6 +107,8 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
                 // nginx must load that, not what it refused.
                 settle(&mut holds, &want, &sent, &now_refused);
                 write_dump(&dump, &holds);
+                // Refused items still differ: the next pushes retry them.
+                dirty = Some(now_refused.keys().filter(|k| *k != "-").cloned().collect());
                 let new_full = now_refused
                     .values()
                     .filter(|r| r.full && !refused.contains_key(&r.key))
@@ -127,17 +135,23 @@ pub async fn run(shared: Arc<Shared>, admin: Admin, dump: PathBuf) {
     }
 }
 
-/// Brings `want` up to date: only the items etcd events touched, all of
-/// them after a full sync.
-fn refresh(want: &mut Items, d: &mut crate::state::Desired) {
+/// Brings `want` up to date: only the items etcd events touched (added to
+/// `dirty`), all of them after a full sync (then any item may differ).
+fn refresh(want: &mut Items, d: &mut crate::state::Desired, dirty: &mut Option<BTreeSet<String>>) {
     match d.take_touched() {
-        None => *want = d.pushed().items(),
+        None => {
+            *want = d.pushed().items();
+            *dirty = None;
+        }
         Some(keys) => {
             for k in keys {
                 match d.item(&k) {
-                    Some(text) => want.insert(k, text),
+                    Some(text) => want.insert(k.clone(), text),
                     None => want.remove(&k),
                 };
+                if let Some(set) = dirty {
+                    set.insert(k);
+                }
             }
         }
     }
@@ -233,6 +247,36 @@ fn refusal_errors<'a>(
     out
 }
 
+/// The merge body bringing `held` to `want` and its keys, looking only at
+/// `dirty` when given.
+fn differences(
+    held: &Items,
+    want: &Items,
+    dirty: Option<&BTreeSet<String>>,
+) -> (String, Vec<String>) {
+    let mut body = String::new();
+    let mut keys = Vec::new();
+    let mut one = |k: &String| match (want.get(k), held.get(k)) {
+        (Some(text), old) if old != Some(text) => {
+            body.push_str(text);
+            keys.push(k.clone());
+        }
+        (None, Some(_)) => {
+            body.push_str(&wire::removal(k));
+            keys.push(k.clone());
+        }
+        _ => {}
+    };
+    match dirty {
+        Some(set) => set.iter().for_each(&mut one),
+        None => want
+            .keys()
+            .chain(held.keys().filter(|k| !want.contains_key(*k)))
+            .for_each(&mut one),
+    }
+    (body, keys)
+}
+
 /// Sends what differs from what nginx holds: a merge of the changed
 /// items, or the whole state as a replace when that is unknown.
 async fn push(
@@ -241,20 +285,10 @@ async fn push(
     known: bool,
     held: &Items,
     want: &Items,
+    dirty: Option<&BTreeSet<String>>,
 ) -> Result<Sent, Failed> {
     let (body, sent) = if known {
-        let mut body = String::new();
-        let mut keys = Vec::new();
-        for (k, text) in want {
-            if held.get(k) != Some(text) {
-                body.push_str(text);
-                keys.push(k.clone());
-            }
-        }
-        for k in held.keys().filter(|k| !want.contains_key(*k)) {
-            body.push_str(&wire::removal(k));
-            keys.push(k.clone());
-        }
+        let (body, keys) = differences(held, want, dirty);
         let sent = Sent {
             keys,
             replace: false,
@@ -275,5 +309,46 @@ async fn push(
         Ok(()) => Ok(sent),
         Err(PushError::Refused(list)) => Err(Failed::Refused(sent, list)),
         Err(PushError::Failed(e)) => Err(Failed::Other(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(pairs: &[(&str, &str)]) -> Items {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn without_dirty_keys_everything_is_compared() {
+        let held = items(&[("r:a", "A1\n"), ("r:b", "B\n"), ("r:gone", "G\n")]);
+        let want = items(&[("r:a", "A2\n"), ("r:b", "B\n"), ("r:new", "N\n")]);
+        let (body, keys) = differences(&held, &want, None);
+        assert_eq!(keys, ["r:a", "r:new", "r:gone"]);
+        assert_eq!(body, format!("A2\nN\n{}", wire::removal("r:gone")));
+    }
+
+    #[test]
+    fn with_dirty_keys_only_those_are_compared() {
+        let held = items(&[
+            ("r:a", "A1\n"),
+            ("r:b", "B1\n"),
+            ("r:c", "C\n"),
+            ("r:gone", "G\n"),
+        ]);
+        let want = items(&[("r:a", "A2\n"), ("r:b", "B2\n"), ("r:c", "C\n")]);
+        let dirty: BTreeSet<String> = ["r:a", "r:c", "r:gone", "r:never"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (body, keys) = differences(&held, &want, Some(&dirty));
+        // r:b differs but no event touched it; r:c was touched back to the same text.
+        assert_eq!(keys, ["r:a", "r:gone"]);
+        assert_eq!(body, format!("A2\n{}", wire::removal("r:gone")));
+        assert_eq!(differences(&held, &want, Some(&BTreeSet::new())).1.len(), 0);
     }
 }
