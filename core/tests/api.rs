@@ -1073,3 +1073,34 @@ async fn cell_pools_name_each_fault() {
     );
     assert!(v["detail"].as_str().unwrap().contains("far"), "{v}");
 }
+
+/// A policy record of another shape (written by hand, or by a newer core)
+/// costs its app's autoscaling only: the reconciler still reads
+/// every app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_autoscale_policy_does_not_stop_the_reconciler() {
+    let env = Env::start(Settings::default()).await;
+    let owner = env.user("olga", false).await;
+    env.create(&owner, "/api/v1/apps", json!({"name": "web"}))
+        .await;
+    let mut kv = env.core.db.etcd.kv_client();
+    kv.put(
+        env.core.db.keys.app_autoscale("web"),
+        r#"{"min":"x"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let d = leengine_core::deploy::reconcile::read_desired(&env.core)
+        .await
+        .expect("the desired state is read despite the bad policy");
+    assert!(d.apps.contains_key("web"));
+    assert!(d.policies.is_empty());
+    let (st, v) = env
+        .call(&owner, Method::GET, "/api/v1/apps/web/autoscale", None)
+        .await;
+    assert!(
+        st.is_server_error() || st == StatusCode::NOT_FOUND,
+        "{st} {v}"
+    );
+}

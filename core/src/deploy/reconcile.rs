@@ -91,10 +91,14 @@ pub async fn read_desired(core: &Core) -> Result<Desired, ApiError> {
                     serde_json::from_value(value)?,
                 );
             }
-            Some(AppKey::Autoscale(a)) => {
-                d.policies
-                    .insert(a.to_string(), serde_json::from_value(value)?);
-            }
+            // A policy that does not decode stops its app's autoscaling
+            // only, never the reconciliation of every app.
+            Some(AppKey::Autoscale(a)) => match serde_json::from_value(value) {
+                Ok(p) => {
+                    d.policies.insert(a.to_string(), p);
+                }
+                Err(e) => tracing::warn!(app = a, error = %e, "autoscale policy unreadable"),
+            },
             Some(AppKey::Robot(_) | AppKey::AutoscaleStatus(_)) | None => {}
         }
     }
