@@ -96,29 +96,9 @@ async fn set(
             has_lb: cur.spec.lb.is_some(),
             resources: newest.map(|v| &v.resources),
         })?;
-        let (mut compares, ops) = match newest {
-            Some(v) => {
-                let mut at_max = v.clone();
-                at_max.cells = cur
-                    .spec
-                    .cells
-                    .iter()
-                    .map(|c| (c.clone(), fields.max))
-                    .collect();
-                let more = at_max.charge(&cur.spec.cells) - v.charge(&cur.spec.cells);
-                let more = Delta {
-                    containers: more.containers.max(0),
-                    cpu_millis: more.cpu_millis.max(0),
-                    memory_bytes: more.memory_bytes.max(0),
-                    ..Delta::default()
-                };
-                let creator = &cur.grant.resource.value.creator;
-                // Checked, not charged: the autoscaler charges each step.
-                let (compares, _) =
-                    quota::charge(db, core.settings.default_quota, creator, more).await?;
-                (compares, Vec::new())
-            }
-            None => (Vec::new(), Vec::new()),
+        let mut compares = match newest {
+            Some(v) => max_fits_quota(core, &cur, v, fields.max).await?,
+            None => Vec::new(),
         };
         let policy = Policy {
             policy: fields.clone(),
@@ -127,13 +107,37 @@ async fn set(
         };
         let ev = activity::event(&caller.user, "autoscale_set", serde_json::to_value(fields)?);
         compares.push(cur.grant.resource.unchanged());
-        let mut ops = ops;
-        ops.push(store::put(db.keys.app_autoscale(name), &policy));
-        ops.push(activity::op(&db.keys, Kind::App, name, &ev));
+        let ops = vec![
+            store::put(db.keys.app_autoscale(name), &policy),
+            activity::op(&db.keys, Kind::App, name, &ev),
+        ];
         Ok(db.commit(compares, ops).await?.applied().then_some(policy))
     })
     .await?;
     Ok(Json(policy))
+}
+
+/// The quota's compares when `max` replicas of `v` in every Cell fit it:
+/// checked, not charged (the autoscaler charges each step).
+async fn max_fits_quota(
+    core: &Core,
+    cur: &api::Current,
+    v: &VersionSpec,
+    max: u32,
+) -> Result<Vec<etcd_client::Compare>, ApiError> {
+    let cells = &cur.spec.cells;
+    let mut at_max = v.clone();
+    at_max.cells = cells.iter().map(|c| (c.clone(), max)).collect();
+    let more = at_max.charge(cells) - v.charge(cells);
+    let more = Delta {
+        containers: more.containers.max(0),
+        cpu_millis: more.cpu_millis.max(0),
+        memory_bytes: more.memory_bytes.max(0),
+        ..Delta::default()
+    };
+    let creator = &cur.grant.resource.value.creator;
+    let (compares, _) = quota::charge(&core.db, core.settings.default_quota, creator, more).await?;
+    Ok(compares)
 }
 
 /// The counts stay where the autoscaler left them.
@@ -196,9 +200,24 @@ async fn pass(
             version: newest.version,
             ..Status::default()
         };
+        // Every ready pod of the app, in every Cell and version, shares
+        // the domain's requests.
+        let app_ready = d
+            .status
+            .iter()
+            .filter(|((a, _), _)| a == name)
+            .flat_map(|(_, st)| &st.versions)
+            .map(|v| v.ready)
+            .sum();
         for cell in &app.cells {
             let h = histories.entry((name.clone(), cell.clone())).or_default();
-            let mut s = decide_cell(core, &d, app, newest, &policy.policy, cell, h).await;
+            let cx = CellCx {
+                d: &d,
+                app,
+                newest,
+                app_ready,
+            };
+            let mut s = decide_cell(core, &cx, &policy.policy, cell, h).await;
             // The last change stays on show until the next one.
             if s.last_scale.is_none() {
                 s.last_scale = before
@@ -216,15 +235,27 @@ async fn pass(
     Ok(())
 }
 
+/// What one app's decisions in each of its Cells read.
+struct CellCx<'a> {
+    d: &'a Desired,
+    app: &'a AppSpec,
+    newest: &'a VersionSpec,
+    app_ready: u32,
+}
+
 async fn decide_cell(
     core: &Core,
-    d: &Desired,
-    app: &AppSpec,
-    newest: &VersionSpec,
+    cx: &CellCx<'_>,
     p: &PolicyFields,
     cell: &str,
     history: &mut History,
 ) -> CellStatus {
+    let CellCx {
+        d,
+        app,
+        newest,
+        app_ready,
+    } = *cx;
     let current = newest.replicas_in(cell);
     let mut s = CellStatus {
         current,
@@ -239,13 +270,6 @@ async fn decide_cell(
         }
     };
     s.ready = ready;
-    let app_ready = d
-        .status
-        .iter()
-        .filter(|((a, _), _)| *a == app.name)
-        .flat_map(|(_, st)| &st.versions)
-        .map(|v| v.ready)
-        .sum();
     match readings(core, app, newest, p, cell, app_ready).await {
         Ok(rs) => s.readings = rs,
         Err(why) => {
