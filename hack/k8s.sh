@@ -4,8 +4,11 @@
 # server (hack/etcd) into a versioned cache outside the repo. Idempotent: when
 # the binaries for this pin are present it returns at once.
 #
-#   hack/k8s.sh            build what is missing, print the bin directories
-#   hack/k8s.sh --print    only print the env lines (LEENGINE_K8S_BIN=..., LEENGINE_ETCD36=...)
+#   hack/k8s.sh                   build what is missing, print the bin directories
+#   hack/k8s.sh --print           only print the env lines (LEENGINE_K8S_BIN=..., LEENGINE_ETCD36=...,
+#                                 LEENGINE_METRICS_SERVER=...)
+#   hack/k8s.sh --metrics-server  also build metrics-server (hack/metrics-server/go.mod), the
+#                                 peer of the autoscale benchmark; tests do not need it
 #
 # Why a go.mod of our own: k8s.io/kubernetes requires its ~30 staging modules at
 # v0.0.0 and replaces them with ./staging/... — replace lines of a dependency are
@@ -19,11 +22,14 @@ ETCD_VERSION=$(grep -oE 'go\.etcd\.io/etcd/server/v3 v[0-9.]+' hack/etcd/go.mod 
 CACHE=${LEENGINE_CACHE:-/var/cache/leengine}
 K8S_DIR="$CACHE/k8s-$K8S_VERSION"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
+MS_VERSION=$(grep -oE 'sigs\.k8s\.io/metrics-server v[0-9.]+' hack/metrics-server/go.mod | head -1 | cut -d' ' -f2)
+MS_DIR="$CACHE/metrics-server-$MS_VERSION"
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
 print_env() {
   echo "LEENGINE_K8S_BIN=$K8S_DIR/bin"
   echo "LEENGINE_ETCD36=$ETCD_DIR/bin/etcd"
+  echo "LEENGINE_METRICS_SERVER=$MS_DIR/bin/metrics-server"
 }
 if [ "${1:-}" = "--print" ]; then print_env; exit 0; fi
 
@@ -66,4 +72,8 @@ command -v /usr/bin/time >/dev/null 2>&1 || die "step 'toolchain': /usr/bin/time
 have_all "$ETCD_DIR" etcd || build "etcd $ETCD_VERSION" "$ETCD_DIR" hack/etcd .
 have_all "$K8S_DIR" "${K8S_TOOLS[@]}" ||
   build "kubernetes $K8S_VERSION" "$K8S_DIR" hack/k8s "${K8S_TOOLS[@]/#/k8s.io/kubernetes/cmd/}"
+if [ "${1:-}" = "--metrics-server" ]; then
+  have_all "$MS_DIR" metrics-server ||
+    build "metrics-server $MS_VERSION" "$MS_DIR" hack/metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server
+fi
 print_env

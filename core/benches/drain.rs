@@ -10,10 +10,9 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 
-use common::lb::{LbRegion, CELL, DOMAIN, GROUP};
+use common::lb::{LbRegion, DOMAIN};
 use leengine_core::deploy::objects;
 use leengine_core::deploy::spec::{AppSpec, VersionSpec};
-use leengine_store::region::ServiceBinding;
 use serde_json::Value;
 
 const PLAIN: &str = "plain.example.com";
@@ -136,43 +135,8 @@ async fn directly(
     app: &AppSpec,
     v: &Value,
 ) -> (Counts, Counts) {
-    let port = r.publish(PLAIN).await;
-    let mut plain = app.clone();
-    plain.namespace = PLAIN_NS.into();
-    plain.uid = "plain".into();
-    plain.lb = None;
+    let (plain, port) = r.plain_peer(app, PLAIN_NS, PLAIN).await;
     let c = &r.cell;
-    let out = c.kubectl(&["create", "namespace", PLAIN_NS]);
-    assert!(out.status.success());
-    // The app's pull secret (its robot may pull from any namespace).
-    let secret = c.kubectl(&[
-        "-n",
-        &app.namespace,
-        "get",
-        "secret",
-        objects::PULL_SECRET,
-        "-o",
-        "json",
-    ]);
-    let mut secret: Value = serde_json::from_slice(&secret.stdout).unwrap();
-    secret["metadata"] = serde_json::json!({"name": objects::PULL_SECRET, "namespace": PLAIN_NS});
-    c.apply(&secret.to_string());
-    c.apply(&serde_json::to_string(&objects::service(&plain)).unwrap());
-    let binding = ServiceBinding {
-        group: GROUP.into(),
-        domain: PLAIN.into(),
-        port: None,
-    };
-    let key = r
-        .env
-        .core
-        .db
-        .keys
-        .discovery_service(CELL, PLAIN_NS, objects::SERVICE_NAME);
-    let mut root = r.env.etcd.root_client().await;
-    root.put(key, serde_json::to_string(&binding).unwrap(), None)
-        .await
-        .unwrap();
     let version = |n: u64, tag: &str| {
         let mut s: VersionSpec = serde_json::from_value(v.clone()).unwrap();
         s.version = n;

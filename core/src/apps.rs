@@ -36,6 +36,26 @@ pub struct AppState {
     pub replicas: u32,
 }
 
+impl AppState {
+    /// Where on the app's resource record the summary is kept.
+    const FIELD: &'static str = "app";
+
+    /// The summary on `r`; the default before the first deploy.
+    pub fn of(r: &Resource) -> Result<AppState, ApiError> {
+        r.extra
+            .get(Self::FIELD)
+            .map_or(Ok(AppState::default()), |v| {
+                AppState::deserialize(v)
+                    .map_err(|e| ApiError::internal(format!("app {}: stored state: {e}", r.name)))
+            })
+    }
+
+    /// Writes the summary onto `r`.
+    pub fn put(&self, r: &mut Resource) {
+        r.extra.insert(Self::FIELD.into(), serde_json::json!(self));
+    }
+}
+
 /// An app as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct AppView {
@@ -81,9 +101,9 @@ async fn lb_dns(core: &Core, lb: &Lb) -> Result<LbDns, ApiError> {
     })
 }
 
-fn view(r: Resource, role: Option<Role>) -> AppView {
-    AppView {
-        state: r.app.unwrap_or_default(),
+fn view(r: Resource, role: Option<Role>) -> Result<AppView, ApiError> {
+    Ok(AppView {
+        state: AppState::of(&r)?,
         name: r.name,
         creator: r.creator,
         public: r.public,
@@ -92,7 +112,7 @@ fn view(r: Resource, role: Option<Role>) -> AppView {
         role,
         desired: None,
         dns: None,
-    }
+    })
 }
 
 pub fn router() -> Router<Core> {
@@ -112,7 +132,7 @@ async fn list(State(core): State<Core>, caller: Caller) -> Result<Json<Vec<AppVi
     Ok(Json(
         rows.into_iter()
             .map(|(r, role)| view(r, Some(role)))
-            .collect(),
+            .collect::<Result<_, _>>()?,
     ))
 }
 
@@ -254,11 +274,9 @@ async fn create(
     })
     .await?;
     tracing::info!(user = %caller.user, app = %r.name, "app created");
-    let r = Resource {
-        app: Some(AppState::default()),
-        ..r
-    };
-    let v = with_desired(core, view(r, Some(Role::Owner)), Some(spec)).await?;
+    let mut r = r;
+    AppState::default().put(&mut r);
+    let v = with_desired(core, view(r, Some(Role::Owner))?, Some(spec)).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -277,7 +295,7 @@ async fn show(
 ) -> Result<Json<AppView>, ApiError> {
     let g = access::authorize(&core.db, Some(&caller), Kind::App, &name, Action::View).await?;
     let desired = core.db.get::<AppSpec>(&core.db.keys.app(&name)).await?;
-    let v = view(g.resource.value, g.role);
+    let v = view(g.resource.value, g.role)?;
     Ok(Json(
         with_desired(&core, v, desired.map(|d| d.value)).await?,
     ))
@@ -341,7 +359,7 @@ async fn set_lb(
     })
     .await?;
     tracing::info!(user = %caller.user, app = %name, lb = ?lb, "app lb changed");
-    with_desired(core, view(g.resource.value, g.role), Some(spec)).await
+    with_desired(core, view(g.resource.value, g.role)?, Some(spec)).await
 }
 
 async fn put_lb(
@@ -418,7 +436,7 @@ async fn update(
     Json(p): Json<Patch>,
 ) -> Result<Json<AppView>, ApiError> {
     let g = patch_resource(&core, &caller, Kind::App, &name, &p).await?;
-    Ok(Json(view(g.resource.value, g.role)))
+    Ok(Json(view(g.resource.value, g.role)?))
 }
 
 async fn remove(
@@ -552,7 +570,7 @@ async fn deploy(
         f
     })
     .await?;
-    Ok(Json(view(r, g.role)))
+    Ok(Json(view(r, g.role)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,12 +597,37 @@ async fn scale(
         },
     )
     .await?;
-    Ok(Json(view(r, g.role)))
+    Ok(Json(view(r, g.role)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_app_state_stays_where_records_already_keep_it() {
+        let stored = serde_json::json!({"kind": "app", "name": "shop", "creator": "olga",
+            "public": false, "description": "", "created": "2026-12-01T00:00:00Z",
+            "app": {"version": 3, "image": "team/web", "tag": "v3", "replicas": 2}});
+        let mut r: Resource = serde_json::from_value(stored.clone()).unwrap();
+        let mut state = AppState::of(&r).unwrap();
+        assert_eq!((state.version, state.replicas), (3, 2));
+        assert_eq!(serde_json::to_value(&r).unwrap(), stored, "unchanged shape");
+        state.replicas = 5;
+        state.put(&mut r);
+        assert_eq!(AppState::of(&r).unwrap().replicas, 5);
+
+        r.extra.clear();
+        assert_eq!(
+            AppState::of(&r).unwrap(),
+            AppState::default(),
+            "before a deploy"
+        );
+        assert!(serde_json::to_value(&r).unwrap().get("app").is_none());
+        r.extra
+            .insert("app".into(), serde_json::json!({"version": "x"}));
+        assert_eq!(AppState::of(&r).unwrap_err().code, "internal");
+    }
 
     #[test]
     fn image_refs() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use leengine_apiserver::Timeouts;
 use leengine_store::region::CellRecord;
 
 use crate::hub::{touched, Hub, WatchState};
@@ -25,11 +25,11 @@ const PAGE: u32 = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
     /// The Cell's kubeconfig could not be used.
-    #[error("cell {cell}: credential {path}: {reason}")]
+    #[error("cell {cell}: credential: {source}")]
     Credential {
         cell: String,
-        path: String,
-        reason: String,
+        #[source]
+        source: leengine_apiserver::ApiError,
     },
     /// The record's apiserver URL or CA is unusable.
     #[error("cell {cell}: {reason}")]
@@ -44,16 +44,20 @@ pub async fn client(
     credentials_dir: &Path,
     watch_timeout: Duration,
 ) -> Result<kube::Client, CellError> {
-    let path = credentials_dir.join(&rec.credential);
-    let cred = |reason: String| CellError::Credential {
-        cell: cell.into(),
-        path: path.display().to_string(),
-        reason,
+    // A watch is closed by the server after `watch_timeout`; a connection
+    // silent for longer than that is dead.
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        read: watch_timeout + Duration::from_secs(10),
+        write: None,
     };
-    let kc = Kubeconfig::read_from(&path).map_err(|e| cred(e.to_string()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let path = credentials_dir.join(&rec.credential);
+    let mut cfg = leengine_apiserver::kubeconfig_config(&path, timeouts)
         .await
-        .map_err(|e| cred(e.to_string()))?;
+        .map_err(|source| CellError::Credential {
+            cell: cell.into(),
+            source,
+        })?;
     let bad = |reason: String| CellError::Record {
         cell: cell.into(),
         reason,
@@ -72,10 +76,6 @@ pub async fn client(
         }
         cfg.root_cert = Some(certs.into_iter().map(|c| c.to_vec()).collect());
     }
-    cfg.connect_timeout = Some(Duration::from_secs(5));
-    // A watch is closed by the server after `watch_timeout`; a connection
-    // silent for longer than that is dead.
-    cfg.read_timeout = Some(watch_timeout + Duration::from_secs(10));
     kube::Client::try_from(cfg).map_err(|e| bad(e.to_string()))
 }
 

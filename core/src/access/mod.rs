@@ -41,9 +41,11 @@ pub struct Resource {
     #[serde(default)]
     pub description: String,
     pub created: DateTime<Utc>,
-    /// Application state (apps only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<crate::apps::AppState>,
+    /// Fields a kind keeps on its record (an app's summary of its newest
+    /// version, [`crate::apps::AppState`]); access neither reads nor
+    /// changes them, and keeps them through every patch.
+    #[serde(default, flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +245,7 @@ pub async fn try_register(
         public,
         description,
         created: Utc::now(),
-        app: None,
+        extra: serde_json::Map::new(),
     };
     let (mut compares, mut ops) = extra;
     let (c, o) = creation_ops(db, &resource);

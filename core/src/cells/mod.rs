@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
+use leengine_apiserver::Timeouts;
 use leengine_store::Keys;
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +136,10 @@ pub fn valid_reference(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+fn invalid_reference(reference: &str) -> String {
+    format!("{reference:?} is not a file name in the credentials directory")
+}
+
 fn kubeconfig_path(settings: &CellSettings, reference: &str) -> PathBuf {
     Path::new(&settings.credentials_dir).join(reference)
 }
@@ -145,12 +150,10 @@ pub fn read_kubeconfig(
     reference: &str,
 ) -> Result<(Kubeconfig, String), String> {
     if !valid_reference(reference) {
-        return Err(format!(
-            "{reference:?} is not a file name in the credentials directory"
-        ));
+        return Err(invalid_reference(reference));
     }
     let path = kubeconfig_path(settings, reference);
-    let kc = Kubeconfig::read_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let kc = leengine_apiserver::read_kubeconfig(&path).map_err(|e| e.to_string())?;
     let server = kc
         .clusters
         .first()
@@ -163,14 +166,18 @@ pub fn read_kubeconfig(
 /// A Kubernetes client for the Cell. Short timeouts: a dead Cell must turn
 /// into a quick 503, and must not stall the reconciler's other Cells.
 pub async fn client(settings: &CellSettings, cell: &CellRecord) -> Result<kube::Client, ApiError> {
-    let (kc, _) =
-        read_kubeconfig(settings, &cell.kubeconfig).map_err(|e| unavailable(&cell.name, e))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    if !valid_reference(&cell.kubeconfig) {
+        return Err(unavailable(&cell.name, invalid_reference(&cell.kubeconfig)));
+    }
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        read: Duration::from_secs(15),
+        write: Some(Duration::from_secs(15)),
+    };
+    let path = kubeconfig_path(settings, &cell.kubeconfig);
+    let config = leengine_apiserver::kubeconfig_config(&path, timeouts)
         .await
         .map_err(|e| unavailable(&cell.name, e))?;
-    config.connect_timeout = Some(Duration::from_secs(3));
-    config.read_timeout = Some(Duration::from_secs(15));
-    config.write_timeout = Some(Duration::from_secs(15));
     kube::Client::try_from(config).map_err(|e| unavailable(&cell.name, e))
 }
 

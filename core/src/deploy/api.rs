@@ -58,8 +58,8 @@ pub struct Current {
 }
 
 impl Current {
-    pub fn state(&self) -> AppState {
-        self.grant.resource.value.app.clone().unwrap_or_default()
+    pub fn state(&self) -> Result<AppState, ApiError> {
+        AppState::of(&self.grant.resource.value)
     }
     pub fn version(&self, n: u64) -> Result<&VersionSpec, ApiError> {
         self.versions
@@ -157,7 +157,7 @@ pub async fn change(
         for n in &ch.delete {
             ops.push(store::delete(db.keys.app_version(name, *n)));
         }
-        r.app = Some(ch.state.clone());
+        ch.state.put(&mut r);
         ops.push(store::put(key, &r));
         ops.push(activity::op(&db.keys, Kind::App, name, &ev));
         ops.push(stats::op(&db.keys, ch.metric, ev.at, &ev.id, name));
@@ -213,7 +213,7 @@ pub async fn deploy(
         let image = resolve_image(&cur.spec, &f)?;
         spec::check(&f, &cur.spec.cells)?;
         let replaces = replaced_by_deploy(cur, f.replace)?;
-        let n = cur.state().version + 1;
+        let n = cur.state()?.version + 1;
         let v = VersionSpec {
             version: n,
             image,
@@ -354,7 +354,7 @@ pub async fn scale(
         }
         v.cells.extend(body.cells.clone());
         spec::check(&v.template(), &cur.spec.cells)?;
-        let mut state = cur.state();
+        let mut state = cur.state()?;
         if n == state.version {
             state.replicas = v.replicas;
         }
@@ -416,7 +416,7 @@ async fn delete_version(
         Ok(Change {
             put: vec![],
             delete: vec![n],
-            state: cur.state(),
+            state: cur.state()?,
             metric: Metric::Deletions,
             verb: "version_deleted",
             detail: serde_json::json!({"version": n, "tag": v.tag}),

@@ -407,7 +407,7 @@ async fn apply(
             }),
             put: vec![v],
             delete: vec![],
-            state: cur.state(),
+            state: cur.state()?,
             metric: Metric::Scalings,
             verb: "autoscaled",
         })

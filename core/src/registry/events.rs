@@ -127,7 +127,7 @@ async fn record(core: &Core, e: &RegistryEvent) -> Result<(), ApiError> {
                     public: false,
                     description: String::new(),
                     created: at,
-                    app: None,
+                    extra: serde_json::Map::new(),
                 },
             ),
         };

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use leengine_core::cells::CellSettings;
-use leengine_core::deploy::{reconcile, DeploySettings};
+use leengine_core::deploy::spec::AppSpec;
+use leengine_core::deploy::{objects, reconcile, DeploySettings};
 use leengine_core::monitor::MonitorSettings;
 use leengine_core::server::Settings;
+use leengine_store::region::ServiceBinding;
 use leengine_testenv as te;
 use serde_json::{json, Value};
 
@@ -37,9 +39,24 @@ pub enum Monitoring {
     /// The nginx agent's per-domain counters (Prometheus on the host).
     Lb,
     /// The node-agent's container metrics too: Prometheus in the node's
-    /// namespace, where that agent listens (the nginx agent is not
-    /// reachable from there).
+    /// namespace, where that agent listens (the nginx agent's metrics port
+    /// is mirrored into it).
     Containers,
+}
+
+/// How often Prometheus scrapes and the autoscaler decides.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    pub scrape: Duration,
+    pub autoscale_period: Duration,
+}
+
+impl Cadence {
+    /// Short, so tests see decisions within seconds.
+    pub const TESTS: Cadence = Cadence {
+        scrape: Duration::from_secs(1),
+        autoscale_period: Duration::from_secs(2),
+    };
 }
 
 pub struct LbRegion {
@@ -70,10 +87,21 @@ impl LbRegion {
     /// [`LbRegion::start`] with Prometheus (scraping every second what
     /// core's discovery lists) and an autoscaler deciding every 2 s.
     pub async fn start_monitored(vlan: u16, tags: &[&str], m: Monitoring) -> LbRegion {
-        Self::start_with(vlan, tags, Some(m)).await
+        Self::start_at(vlan, tags, m, Cadence::TESTS).await
     }
 
-    async fn start_with(vlan: u16, tags: &[&str], monitoring: Option<Monitoring>) -> LbRegion {
+    /// [`LbRegion::start_monitored`] at another cadence.
+    pub async fn start_at(vlan: u16, tags: &[&str], m: Monitoring, c: Cadence) -> LbRegion {
+        Self::start_with(vlan, tags, Some((m, c))).await
+    }
+
+    async fn start_with(
+        vlan: u16,
+        tags: &[&str],
+        monitoring: Option<(Monitoring, Cadence)>,
+    ) -> LbRegion {
+        let cadence = monitoring.map_or(Cadence::TESTS, |m| m.1);
+        let monitoring = monitoring.map(|m| m.0);
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("cells");
         std::fs::create_dir(&creds).unwrap();
@@ -88,10 +116,11 @@ impl LbRegion {
             let config = |sd: u16| {
                 move |_: &std::path::Path| {
                     format!(
-                        "global:\n  scrape_interval: 1s\n\
+                        "global:\n  scrape_interval: {}s\n\
                          scrape_configs:\n  - job_name: leengine\n    http_sd_configs:\n      \
                          - url: http://127.0.0.1:{sd}/api/v1/monitor/targets\n        \
-                         refresh_interval: 1s\n"
+                         refresh_interval: 1s\n",
+                        cadence.scrape.as_secs()
                     )
                 }
             };
@@ -111,7 +140,7 @@ impl LbRegion {
             },
             deploy: DeploySettings {
                 resync: Duration::from_secs(2),
-                autoscale_period: Duration::from_secs(2),
+                autoscale_period: cadence.autoscale_period,
                 ..DeploySettings::default()
             },
             monitor: MonitorSettings {
@@ -169,7 +198,12 @@ impl LbRegion {
         let agents = ["h1"]
             .iter()
             .map(|h| te::NginxAgent::start(&sibling("leengine-nginx-agent"), &env.etcd, GROUP, h))
-            .collect();
+            .collect::<Vec<_>>();
+        if monitoring == Some(Monitoring::Containers) {
+            for a in &agents {
+                cell.ovs().netns().mirror_tcp(a.metrics_port);
+            }
+        }
         let port = publish_domain(&env, &admin, DOMAIN).await;
         tokio::task::block_in_place(|| discovery.wait_active());
         LbRegion {
@@ -189,6 +223,52 @@ impl LbRegion {
     /// Publishes another domain of [`GROUP`]; returns its port.
     pub async fn publish(&self, domain: &str) -> u16 {
         publish_domain(&self.env, &self.admin, domain).await
+    }
+
+    /// A peer outside the core: namespace `ns` with `app`'s pull secret
+    /// and Service, bound to `domain` (published) through a discovery
+    /// Service binding, so a plain Deployment applied there is served by
+    /// the same discovery, agent and nginx. Returns the peer's spec (for
+    /// [`objects::deployment`]) and the domain's port.
+    pub async fn plain_peer(&self, app: &AppSpec, ns: &str, domain: &str) -> (AppSpec, u16) {
+        let port = self.publish(domain).await;
+        let mut plain = app.clone();
+        plain.namespace = ns.into();
+        plain.uid = ns.into();
+        plain.lb = None;
+        let c = &self.cell;
+        let out = c.kubectl(&["create", "namespace", ns]);
+        assert!(out.status.success(), "{out:?}");
+        // The app's pull secret (its robot may pull from any namespace).
+        let secret = c.kubectl(&[
+            "-n",
+            &app.namespace,
+            "get",
+            "secret",
+            objects::PULL_SECRET,
+            "-o",
+            "json",
+        ]);
+        let mut secret: Value = serde_json::from_slice(&secret.stdout).unwrap();
+        secret["metadata"] = json!({"name": objects::PULL_SECRET, "namespace": ns});
+        c.apply(&secret.to_string());
+        c.apply(&serde_json::to_string(&objects::service(&plain)).unwrap());
+        let binding = ServiceBinding {
+            group: GROUP.into(),
+            domain: domain.into(),
+            port: None,
+        };
+        let key = self
+            .env
+            .core
+            .db
+            .keys
+            .discovery_service(CELL, ns, objects::SERVICE_NAME);
+        let mut root = self.env.etcd.root_client().await;
+        root.put(key, serde_json::to_string(&binding).unwrap(), None)
+            .await
+            .unwrap();
+        (plain, port)
     }
 
     pub async fn call(

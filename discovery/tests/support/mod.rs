@@ -217,13 +217,8 @@ pub fn web_cell(vlan: u16) -> te::Cell {
 
 /// A kube client acting as the Cell's admin.
 pub fn kube(rt: &tokio::runtime::Runtime, cell: &te::Cell) -> kube::Client {
-    rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(cell.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    })
+    rt.block_on(leengine_apiserver::client(Some(&cell.kubeconfig())))
+        .unwrap()
 }
 
 /// A Service without selector (its slices are the test's).

@@ -61,22 +61,53 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ApiError> {
     })
 }
 
+/// How long a client waits to connect, and for a silent read or write.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// For tools and agents that list and then exit or retry.
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(30),
+        write: None,
+    };
+
+    fn apply(self, config: &mut Config) {
+        config.connect_timeout = Some(self.connect);
+        config.read_timeout = Some(self.read);
+        config.write_timeout = self.write;
+    }
+}
+
+/// The client configuration a kubeconfig file describes, with `timeouts`:
+/// every component turns a kubeconfig into a client here.
+pub async fn kubeconfig_config(path: &Path, timeouts: Timeouts) -> Result<Config, ApiError> {
+    let kc = read_kubeconfig(path)?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| ApiError::InvalidKubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    timeouts.apply(&mut config);
+    Ok(config)
+}
+
 /// Connects with `kubeconfig` if given, else in-cluster or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ApiError> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kc = read_kubeconfig(path)?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| ApiError::InvalidKubeconfig {
-                    path: path.to_path_buf(),
-                    source,
-                })?
+    let config = match kubeconfig {
+        Some(path) => kubeconfig_config(path, Timeouts::DEFAULT).await?,
+        None => {
+            let mut config = Config::infer().await.map_err(ApiError::NoConfig)?;
+            Timeouts::DEFAULT.apply(&mut config);
+            config
         }
-        None => Config::infer().await.map_err(ApiError::NoConfig)?,
     };
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(30));
     Client::try_from(config).map_err(ApiError::Client)
 }
 

@@ -103,31 +103,37 @@ pub fn describe_pod(p: &serde_json::Value) -> String {
     )
 }
 
-/// Where the Kubernetes binaries are (`hack/k8s.sh --print`).
+/// Where the Kubernetes binaries are (`hack/k8s.sh --print`); metrics-server
+/// only when built (`hack/k8s.sh --metrics-server`).
 fn k8s_bin(tool: &str) -> PathBuf {
-    static ENV: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
-    let (k8s, etcd) = ENV.get_or_init(|| {
+    static ENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = ENV.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/k8s.sh");
         let out = must(Command::new("bash").arg(&script).arg("--print"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(PathBuf::from)
-                .expect("hack/k8s.sh --print names the binaries")
-        };
-        (get("LEENGINE_K8S_BIN="), get("LEENGINE_ETCD36="))
+        String::from_utf8_lossy(&out.stdout).into_owned()
     });
-    let p = if tool == "etcd" {
-        etcd.clone()
-    } else {
-        k8s.join(tool)
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(PathBuf::from)
+            .expect("hack/k8s.sh --print names the binaries")
+    };
+    let (p, build) = match tool {
+        "etcd" => (
+            get("LEENGINE_ETCD36="),
+            "bash hack/k8s.sh` (hack/deps.sh runs it)",
+        ),
+        "metrics-server" => (
+            get("LEENGINE_METRICS_SERVER="),
+            "bash hack/k8s.sh --metrics-server`",
+        ),
+        _ => (
+            get("LEENGINE_K8S_BIN=").join(tool),
+            "bash hack/k8s.sh` (hack/deps.sh runs it)",
+        ),
     };
     if !p.exists() {
-        panic!(
-            "missing {}: build Kubernetes and etcd 3.6 with `bash hack/k8s.sh` (hack/deps.sh runs it)",
-            p.display()
-        );
+        panic!("missing {}: build it with `{build}", p.display());
     }
     p
 }
@@ -138,6 +144,7 @@ fn k8s_bin(tool: &str) -> PathBuf {
 pub struct Cell {
     pub name: String,
     nodes: Vec<KubeNode>,
+    metrics_server: Option<Daemon>,
     scheduler: Option<Daemon>,
     controller_manager: Option<Daemon>,
     apiserver: Option<Daemon>,
@@ -173,6 +180,7 @@ impl Cell {
         let mut cell = Cell {
             name,
             nodes: Vec::new(),
+            metrics_server: None,
             scheduler: None,
             controller_manager: None,
             apiserver: None,
@@ -354,6 +362,9 @@ impl Cell {
             "/O=system:masters/CN=kube-apiserver-kubelet-client",
             &[],
         );
+        // The aggregation layer's client (metrics-server trusts it through
+        // the requestheader flags).
+        self.issue("front-proxy-client", "/CN=front-proxy-client", &[]);
         self.ca.service_account_keys();
         self.write_kubeconfig("admin", "/O=system:masters/CN=leengine-admin");
         self.write_kubeconfig("controller-manager", "/CN=system:kube-controller-manager");
@@ -383,6 +394,21 @@ impl Cell {
         ))
         .arg(format!("--kubelet-certificate-authority={}", pki("ca.crt")))
         .arg("--kubelet-preferred-address-types=InternalIP")
+        .arg(format!("--requestheader-client-ca-file={}", pki("ca.crt")))
+        .arg("--requestheader-allowed-names=front-proxy-client")
+        .arg("--requestheader-username-headers=X-Remote-User")
+        .arg("--requestheader-group-headers=X-Remote-Group")
+        .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
+        .arg(format!(
+            "--proxy-client-cert-file={}",
+            pki("front-proxy-client.crt")
+        ))
+        .arg(format!(
+            "--proxy-client-key-file={}",
+            pki("front-proxy-client.key")
+        ))
+        // No kube-proxy here: the aggregator dials an APIService's endpoint.
+        .arg("--enable-aggregator-routing=true")
         .arg("--service-account-issuer=https://kubernetes.default.svc")
         .arg(format!("--service-account-key-file={}", pki("sa.pub")))
         .arg(format!(
@@ -747,6 +773,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             &mut self.apiserver,
             &mut self.controller_manager,
             &mut self.scheduler,
+            &mut self.metrics_server,
         ]
         .into_iter()
         .flatten()
@@ -929,6 +956,62 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 
     /// Kills the apiserver (SIGKILL); [`start_apiserver_again`](Self::start_apiserver_again) brings it back on the same port.
+    /// Starts metrics-server (`hack/k8s.sh --metrics-server`) the way its
+    /// release manifest does, but outside the Cell, on the management
+    /// address: an APIService `v1beta1.metrics.k8s.io` served through a
+    /// selector-less Service whose Endpoints name that address. Scrapes each
+    /// kubelet (at its status port, trusting the Cell's CA) every 15 s, the
+    /// manifest's resolution. Returns when `kubectl top`'s API lists a pod
+    /// or node metric.
+    pub fn start_metrics_server(&mut self) {
+        let port = free_port();
+        let ip = format!("{}.2", self.mgmt_prefix());
+        let kc = self.kubeconfig().display().to_string();
+        let mut cmd = Command::new(k8s_bin("metrics-server"));
+        cmd.arg(format!("--kubeconfig={kc}"))
+            .arg(format!("--authentication-kubeconfig={kc}"))
+            .arg(format!("--authorization-kubeconfig={kc}"))
+            .arg(format!("--bind-address={ip}"))
+            .arg(format!("--secure-port={port}"))
+            .arg(format!(
+                "--cert-dir={}",
+                self.dir.join("metrics-server").display()
+            ))
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg("--kubelet-use-node-status-port")
+            .arg(format!(
+                "--kubelet-certificate-authority={}",
+                self.ca.cert().display()
+            ))
+            .arg("--metric-resolution=15s")
+            .arg("--v=1");
+        self.metrics_server = Some(Daemon::spawn("metrics-server", &self.dir, &mut cmd));
+        let manifest = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+             "spec": {"ports": [{"port": 443, "targetPort": port}]}},
+            {"apiVersion": "v1", "kind": "Endpoints",
+             "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": port}]}]},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": "v1beta1.metrics.k8s.io"},
+             "spec": {"group": "metrics.k8s.io", "version": "v1beta1",
+                      "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                      // As the release manifest: its serving cert is self-signed.
+                      "insecureSkipTLSVerify": true,
+                      "groupPriorityMinimum": 100, "versionPriority": 100}},
+        ]});
+        self.apply(&manifest.to_string());
+        self.wait("metrics-server", |c| {
+            let out = c.kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v["items"].as_array().map(|a| !a.is_empty()))
+                    .unwrap_or(false)
+        });
+    }
+
     pub fn stop_apiserver(&mut self) {
         if let Some(mut d) = self.apiserver.take() {
             d.kill9();

@@ -68,6 +68,17 @@ impl Netns {
     /// PORT. Lets a program run inside [`Ovs::netns`](crate::Ovs::netns) (a
     /// node's host side) reach the test's etcd. Lives until the process ends.
     pub fn forward_tcp(&self, target: u16) -> u16 {
+        self.forward_tcp_at(0, target)
+    }
+
+    /// [`Netns::forward_tcp`] on `127.0.0.1:target` inside this namespace
+    /// too: an address a service advertises (an agent's metrics, say) then
+    /// works from both sides.
+    pub fn mirror_tcp(&self, target: u16) {
+        self.forward_tcp_at(target, target);
+    }
+
+    fn forward_tcp_at(&self, port: u16, target: u16) -> u16 {
         let file = std::fs::File::open(&self.path).expect("open netns");
         // setns on a throwaway thread: only that thread changes namespace,
         // and the socket keeps the namespace it was created in.
@@ -76,7 +87,7 @@ impl Netns {
             // SAFETY: setns(2) on this thread with a valid namespace fd.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            TcpListener::bind("127.0.0.1:0").expect("bind in netns")
+            TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
         })
         .join()
         .expect("forwarder setup");
