@@ -19,7 +19,6 @@ use common::lb::{LbRegion, DOMAIN};
 use leengine_core::deploy::objects;
 use leengine_core::deploy::spec::{AppSpec, VersionSpec};
 use leengine_testenv as te;
-use serde_json::Value;
 
 /// Hang guard; not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -54,24 +53,8 @@ fn wait(r: &LbRegion, t0: Instant, ns: &str, sel: &str, n: usize, upstream: bool
 /// `ref_ns` with the app's pull secret; seconds to all pods Ready.
 fn reference(r: &LbRegion, dir: &std::path::Path, app: &AppSpec, v: &VersionSpec, n: usize) -> f64 {
     let c = &r.cell;
-    let mut ref_app = app.clone();
-    ref_app.namespace = format!("ref-{}", app.namespace);
-    ref_app.uid = ref_app.namespace.clone();
-    ref_app.lb = None;
-    let ns = ref_app.namespace.clone();
-    assert!(c.kubectl(&["create", "namespace", &ns]).status.success());
-    let secret = c.kubectl(&[
-        "-n",
-        &app.namespace,
-        "get",
-        "secret",
-        objects::PULL_SECRET,
-        "-o",
-        "json",
-    ]);
-    let mut secret: Value = serde_json::from_slice(&secret.stdout).unwrap();
-    secret["metadata"] = serde_json::json!({"name": objects::PULL_SECRET, "namespace": ns});
-    c.apply(&secret.to_string());
+    let ns = format!("ref-{}", app.namespace);
+    let ref_app = r.plain_namespace(app, &ns);
     let d = objects::deployment(&ref_app, v, u32::try_from(n).expect("replicas"));
     let path = dir.join(format!("{ns}.json"));
     std::fs::write(&path, serde_json::to_string(&d).unwrap()).unwrap();

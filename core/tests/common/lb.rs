@@ -225,13 +225,10 @@ impl LbRegion {
         publish_domain(&self.env, &self.admin, domain).await
     }
 
-    /// A peer outside the core: namespace `ns` with `app`'s pull secret
-    /// and Service, bound to `domain` (published) through a discovery
-    /// Service binding, so a plain Deployment applied there is served by
-    /// the same discovery, agent and nginx. Returns the peer's spec (for
-    /// [`objects::deployment`]) and the domain's port.
-    pub async fn plain_peer(&self, app: &AppSpec, ns: &str, domain: &str) -> (AppSpec, u16) {
-        let port = self.publish(domain).await;
+    /// Namespace `ns` in the Cell with `app`'s pull secret (its robot may
+    /// pull from any namespace), for Deployments applied without the core;
+    /// returns `app`'s spec moved there, without LB.
+    pub fn plain_namespace(&self, app: &AppSpec, ns: &str) -> AppSpec {
         let mut plain = app.clone();
         plain.namespace = ns.into();
         plain.uid = ns.into();
@@ -239,7 +236,6 @@ impl LbRegion {
         let c = &self.cell;
         let out = c.kubectl(&["create", "namespace", ns]);
         assert!(out.status.success(), "{out:?}");
-        // The app's pull secret (its robot may pull from any namespace).
         let secret = c.kubectl(&[
             "-n",
             &app.namespace,
@@ -252,6 +248,18 @@ impl LbRegion {
         let mut secret: Value = serde_json::from_slice(&secret.stdout).unwrap();
         secret["metadata"] = json!({"name": objects::PULL_SECRET, "namespace": ns});
         c.apply(&secret.to_string());
+        plain
+    }
+
+    /// A peer outside the core: [`LbRegion::plain_namespace`] with the
+    /// app's Service, bound to `domain` (published) through a discovery
+    /// Service binding, so a plain Deployment applied there is served by
+    /// the same discovery, agent and nginx. Returns the peer's spec (for
+    /// [`objects::deployment`]) and the domain's port.
+    pub async fn plain_peer(&self, app: &AppSpec, ns: &str, domain: &str) -> (AppSpec, u16) {
+        let port = self.publish(domain).await;
+        let plain = tokio::task::block_in_place(|| self.plain_namespace(app, ns));
+        let c = &self.cell;
         c.apply(&serde_json::to_string(&objects::service(&plain)).unwrap());
         let binding = ServiceBinding {
             group: GROUP.into(),
