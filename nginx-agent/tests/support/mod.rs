@@ -7,8 +7,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use leengine_testenv as te;
@@ -86,42 +86,18 @@ impl Host {
     }
 
     pub fn start_agent(&mut self) {
-        let log = std::fs::File::create(self.path("logs/agent.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_leengine-nginx-agent"))
-            .args([
-                "--group",
-                self.group,
-                "--routing",
-                self.routing,
-                "--host",
-                self.name,
-                "--etcd",
-                &self.etcd_endpoint,
-            ])
-            .args(&self.etcd_tls)
-            .arg("--conf-dir")
-            .arg(self.path("conf"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--nginx-prefix")
-            .arg(self.dir.path())
-            .arg("--pid-file")
-            .arg(self.path("nginx.pid"))
-            .arg("--error-log")
-            .arg(self.path("logs/error.log"))
+        let mut cmd = te::nginx_agent_command(
+            Path::new(env!("CARGO_BIN_EXE_leengine-nginx-agent")),
+            self.group,
+            self.name,
+            &self.etcd_endpoint,
+            &self.etcd_tls,
+            self.dir.path(),
+        );
+        cmd.args(["--routing", self.routing])
             .args(["--admin-port", &self.admin_port.to_string()])
-            .args([
-                "--worker-processes",
-                "2",
-                "--debounce",
-                self.debounce,
-                "--status-ttl",
-                "4s",
-                "--retry-refused",
-                "1s",
-                "--reload-timeout",
-                "5s",
-            ])
+            .args(["--worker-processes", "2", "--debounce", self.debounce])
+            .args(["--retry-refused", "1s", "--reload-timeout", "5s"])
             .args(
                 self.shared_dict_size
                     .map(|s| vec!["--shared-dict-size", s])
@@ -132,20 +108,9 @@ impl Host {
                 self.listen_address
                     .map(|a| vec!["--listen-address", a])
                     .unwrap_or_default(),
-            )
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
-        self.agent = Some(child);
-        let conf = self.path("conf/nginx.conf");
-        assert!(
-            te::wait_until(Duration::from_secs(10), || conf.exists()),
-            "agent wrote no nginx.conf:\n{}",
-            self.agent_log()
-        );
+            );
+        let agent = te::spawn_agent(&mut cmd, self.dir.path(), Duration::from_secs(10));
+        self.agent = Some(agent.unwrap_or_else(|e| panic!("{e}")));
     }
 
     pub fn signal_agent(&self, sig: i32) {
@@ -164,29 +129,8 @@ impl Host {
 
     /// Starts nginx on the agent's main config the way systemd would.
     pub fn start_nginx(&mut self) {
-        let log = std::fs::File::create(self.path("logs/nginx.out")).expect("log");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(self.dir.path())
-            .arg("-c")
-            .arg(self.path("conf/nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn nginx");
-        self.nginx = Some(child);
-        let port = self.admin_port;
-        assert!(
-            te::wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "nginx did not come up: {}",
-            std::fs::read_to_string(self.path("logs/nginx.out")).unwrap_or_default()
-        );
+        let nginx = te::spawn_nginx(self.dir.path(), self.admin_port, Duration::from_secs(10));
+        self.nginx = Some(nginx.unwrap_or_else(|e| panic!("{e}")));
     }
 
     pub fn stop_nginx(&mut self) {

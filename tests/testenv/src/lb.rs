@@ -155,6 +155,82 @@ fn http_request(port: u16, host: &str, method: &str, path: &str) -> Option<(u16,
     Some((status, body.to_string()))
 }
 
+/// An nginx agent's command line as every test runs it: identity, etcd
+/// (`endpoint`, TLS flags), and its directories under `dir` (`conf/`,
+/// `state/`, the nginx prefix, pid file, `logs/error.log`), status TTL 4 s.
+/// Callers add the admin port and what they vary.
+pub fn nginx_agent_command(
+    bin: &Path,
+    group: &str,
+    host: &str,
+    endpoint: &str,
+    tls: &[String],
+    dir: &Path,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--group", group, "--host", host])
+        .args(["--etcd", endpoint])
+        .args(tls)
+        .arg("--conf-dir")
+        .arg(dir.join("conf"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--nginx-prefix")
+        .arg(dir)
+        .arg("--pid-file")
+        .arg(dir.join("nginx.pid"))
+        .arg("--error-log")
+        .arg(dir.join("logs/error.log"))
+        .args(["--status-ttl", "4s"])
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Spawns an agent built by [`nginx_agent_command`] (output in
+/// `dir/logs/agent.log`) and waits until it has written nginx's main config.
+pub fn spawn_agent(cmd: &mut Command, dir: &Path, patience: Duration) -> Result<Child, String> {
+    let log_path = dir.join("logs/agent.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("agent log: {e}"))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| format!("agent log: {e}"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn nginx agent: {e}"))?;
+    let conf = dir.join("conf/nginx.conf");
+    if wait_until(patience, || conf.exists()) {
+        return Ok(child);
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    Err(format!("agent wrote no nginx.conf:\n{log}"))
+}
+
+/// Starts nginx on the agent's main config in `dir` the way systemd would
+/// (output in `dir/logs/nginx.out`) and waits until it listens on the
+/// agent's `admin_port`.
+pub fn spawn_nginx(dir: &Path, admin_port: u16, patience: Duration) -> Result<Child, String> {
+    let out_path = dir.join("logs/nginx.out");
+    let log = std::fs::File::create(&out_path).map_err(|e| format!("nginx log: {e}"))?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("conf/nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| format!("nginx log: {e}"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn nginx: {e}"))?;
+    if wait_until(patience, || {
+        TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+    }) {
+        return Ok(child);
+    }
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    Err(format!("nginx did not come up: {out}"))
+}
+
 /// A real nginx agent of `group` with its nginx.
 #[derive(Debug)]
 pub struct NginxAgent {
@@ -209,61 +285,23 @@ impl NginxAgent {
     }
 
     fn start_agent(&mut self, bin: &Path, etcd: &Etcd, group: &str, address: Option<IpAddr>) {
-        let log = std::fs::File::create(self.path("logs/agent.log")).expect("agent log");
-        let child = Command::new(bin)
-            .args(["--group", group, "--host", &self.host])
-            .args(["--etcd", &etcd.endpoint()])
-            .args(etcd.tls_args(&Component::nginx_agent(group)))
-            .arg("--conf-dir")
-            .arg(self.path("conf"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--nginx-prefix")
-            .arg(&self.dir)
-            .arg("--pid-file")
-            .arg(self.path("nginx.pid"))
-            .arg("--error-log")
-            .arg(self.path("logs/error.log"))
-            .args(["--admin-port", &self.admin_port.to_string()])
+        let tls = etcd.tls_args(&Component::nginx_agent(group));
+        let mut cmd =
+            nginx_agent_command(bin, group, &self.host, &etcd.endpoint(), &tls, &self.dir);
+        cmd.args(["--admin-port", &self.admin_port.to_string()])
             .args(["--worker-processes", "1", "--debounce", "50ms"])
-            .args(["--status-ttl", "4s"])
             .args([
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", self.metrics_port),
             ])
-            .args(address.map(|a| format!("--listen-address={a}")))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn nginx agent");
-        self.agent = Some(child);
-        let conf = self.path("conf/nginx.conf");
-        assert!(
-            wait_until(PATIENCE, || conf.exists()),
-            "agent wrote no nginx.conf"
-        );
+            .args(address.map(|a| format!("--listen-address={a}")));
+        self.agent =
+            Some(spawn_agent(&mut cmd, &self.dir, PATIENCE).unwrap_or_else(|e| panic!("{e}")));
     }
 
     fn start_nginx(&mut self) {
-        let log = std::fs::File::create(self.path("logs/nginx.out")).expect("nginx log");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(self.path("conf/nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn nginx");
-        self.nginx = Some(child);
-        let port = self.admin_port;
-        assert!(
-            wait_until(PATIENCE, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "nginx did not come up"
+        self.nginx = Some(
+            spawn_nginx(&self.dir, self.admin_port, PATIENCE).unwrap_or_else(|e| panic!("{e}")),
         );
     }
 

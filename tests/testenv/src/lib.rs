@@ -45,7 +45,10 @@ pub use git::{git, GitServer};
 pub use http::{form, http, http_json, HttpSink, Received};
 pub use image::Image;
 pub use java::{load_java_images, MavenMirror, COMPILE_IMAGE, JRE_IMAGE};
-pub use lb::{http_get, http_get_host, Discovery, Load, LoadCount, NginxAgent};
+pub use lb::{
+    http_get, http_get_host, nginx_agent_command, spawn_agent, spawn_nginx, Discovery, Load,
+    LoadCount, NginxAgent,
+};
 pub use leengine_store::keys::Component;
 pub use netns::Netns;
 pub use nginx::{worker_pids as nginx_worker_pids, Nginx, NginxCtx};
