@@ -7,8 +7,12 @@
 //!   [`auth::MaybeCaller`] (anonymous allowed);
 //! - roles on resources: [`access`] (`register`, `authorize`, `unregister`),
 //!   activity feed: [`activity`], daily counts: [`stats`];
-//! - each feature module exposes `XState::new(etcd_client::Client, Keys)` and
-//!   `router(XState) -> axum::Router`; [`server::app`] merges the routers.
+//! - each feature module exposes `router() -> axum::Router<server::Core>`
+//!   (handlers take `State<Core>`); `slb` and `builds`, which predate
+//!   `Core`, take their own `XState::new(etcd_client::Client, Keys)`.
+//!   [`server::app`] merges the routers; background work is started by
+//!   `main` ([`server::spawn_background`], the reconciler), never by
+//!   building a router.
 
 pub mod access;
 pub mod activity;

@@ -271,6 +271,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(r) = &core.registry {
         tracing::info!(kid = r.kid(), "registry token server enabled");
     }
+    server::spawn_background(&core);
     if !args.no_reconciler {
         tokio::spawn(reconcile::run(core.clone()));
     }

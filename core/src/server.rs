@@ -103,15 +103,30 @@ pub fn app(core: Core) -> Router {
     app_with(core, authn)
 }
 
+/// The core's background work besides the reconciler (the builder-loss
+/// watcher), started by `main` beside the server — not by building the
+/// router, which tests and tools may build without wanting watchers.
+pub fn spawn_background(core: &Core) -> tokio::task::JoinHandle<()> {
+    builds::spawn_redispatch(builds_state(core))
+}
+
+fn builds_state(core: &Core) -> builds::BuildsState {
+    let builds = builds::BuildsState::new(
+        core.db.etcd.clone(),
+        core.db.keys.clone(),
+        core.settings.builds.clone(),
+    );
+    match &core.registry {
+        Some(tokens) => builds.with_push_tokens(tokens.clone()),
+        None => builds,
+    }
+}
+
 /// The whole API with a chosen authenticator.
 pub fn app_with(core: Core, authn: Arc<dyn Authenticator>) -> Router {
     let etcd = core.db.etcd.clone();
     let keys = core.db.keys.clone();
-    let mut builds =
-        builds::BuildsState::new(etcd.clone(), keys.clone(), core.settings.builds.clone());
-    if let Some(tokens) = &core.registry {
-        builds = builds.with_push_tokens(tokens.clone());
-    }
+    let builds = builds_state(&core);
     let console_dir = core.settings.console_dir.clone();
     let own = Router::new()
         .merge(users::api::router())

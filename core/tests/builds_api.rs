@@ -15,7 +15,7 @@ use leengine_build::validate::Policy;
 use leengine_build::{BuildRun, BuildTask, RunStatus, Stage};
 use leengine_core::access::{self, Kind, Member, Role};
 use leengine_core::auth::{self, Authenticator, Caller};
-use leengine_core::builds::{router, BuildSettings, BuildsState};
+use leengine_core::builds::{router, spawn_redispatch, BuildSettings, BuildsState};
 use leengine_core::problem::ApiError;
 use leengine_core::store::Db;
 use leengine_store::Keys;
@@ -67,7 +67,7 @@ async fn env() -> Env {
     seed(&client, &keys).await;
     Env {
         _etcd: Some(etcd),
-        app: router(state(&client, &keys)).layer(auth::layer(Arc::new(Tokens))),
+        app: serve(state(&client, &keys)),
         etcd: client,
         keys,
     }
@@ -174,6 +174,13 @@ impl Env {
 }
 
 const REGISTRY: &str = "127.0.0.1:5000";
+
+/// The builds API as the core runs it: the routes, and the builder-loss
+/// watcher that `main` starts beside them.
+fn serve(s: BuildsState) -> axum::Router {
+    spawn_redispatch(s.clone());
+    router(s).layer(auth::layer(Arc::new(Tokens)))
+}
 
 fn state(client: &etcd_client::Client, keys: &Keys) -> BuildsState {
     let settings = BuildSettings {
@@ -692,7 +699,7 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
         let client = etcd.client(&te::Component::Core).await;
         seed(&client, &keys).await;
         let e = Env {
-            app: router(state(&client, &keys)).layer(auth::layer(Arc::new(Tokens))),
+            app: serve(state(&client, &keys)),
             etcd: client,
             keys: keys.clone(),
             _etcd: None,
@@ -731,7 +738,7 @@ fn tasks_of_a_builder_that_died_while_no_core_watched_are_swept() {
         e.builder("fresh", 60).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(e.tasks("gone").await.len(), 1, "nobody watching yet");
-        let _core = router(state(&client, &keys));
+        let _core = serve(state(&client, &keys));
         wait_for("task on fresh", || async {
             e.tasks("fresh").await.len() == 1
         })

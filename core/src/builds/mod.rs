@@ -88,9 +88,13 @@ impl BuildsState {
     }
 }
 
-/// Routes under `/api/v1/builds/`; also spawns the builder-loss watcher
-/// (needs a running tokio runtime).
+/// Routes under `/api/v1/builds/`.
 pub fn router(state: BuildsState) -> axum::Router {
-    tokio::spawn(redispatch::watch_builders(state.clone()));
     api::routes().with_state(state)
+}
+
+/// The builder-loss watcher: re-dispatches the builds of a builder whose
+/// lease ended (needs a running tokio runtime).
+pub fn spawn_redispatch(state: BuildsState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(redispatch::watch_builders(state))
 }

@@ -35,6 +35,8 @@ impl Env {
         let db = Db::new(client, etcd.keys().clone());
         let core = Core::new(db, settings).expect("core settings");
         let app = server::app(core.clone());
+        // As main does beside the server.
+        server::spawn_background(&core);
         Env { etcd, core, app }
     }
 
