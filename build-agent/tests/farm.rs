@@ -16,7 +16,7 @@ use leengine_build::validate::Policy;
 use leengine_build::{BuildRun, RunStatus, Stage};
 use leengine_core::access::{self, Kind};
 use leengine_core::auth::{self, Caller, StaticAdminToken};
-use leengine_core::builds::{router, BuildSettings, BuildsState};
+use leengine_core::builds::{router, spawn_redispatch, BuildSettings, BuildsState};
 use leengine_core::registry::{RegistrySettings, TokenServer};
 use leengine_core::store::Db;
 use leengine_store::Keys;
@@ -149,6 +149,9 @@ impl Farm {
         if let Some(t) = tokens {
             state = state.with_push_tokens(t);
         }
+        // As the core's main does beside the server: a lost builder's tasks
+        // move on only through this watcher.
+        spawn_redispatch(state.clone());
         let app = router(state).layer(auth::layer(Arc::new(StaticAdminToken::new("root", "tok"))));
         Farm {
             etcd,
