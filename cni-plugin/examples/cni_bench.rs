@@ -2,6 +2,10 @@
 //! the reference `bridge` + `host-local` plugins, both exec'd the way libcni
 //! does it (env + config on stdin, one process per call), in the same run.
 //!
+//! Ours runs twice: the plugin doing the call itself, and the plugin as a
+//! thin client of the real node-agent's CNI service (`agentSocket`), which
+//! holds warm etcd and OVSDB sessions. Ratios are to bridge + host-local.
+//!
 //! usage: cni_bench [PODS=100] [CONCURRENT=30]
 //! With OVS_CNI set to an `ovs-cni` binary, it runs as a third plugin (with
 //! host-local IPAM, on the same userspace OVS bridge as ours).
@@ -31,15 +35,17 @@ struct Plugin {
 
 impl Plugin {
     fn call(&self, cmd: &str, cid: &str, netns: &Path) -> Duration {
+        // Ours runs twice on one etcd and bridge: each run its own attachments.
+        let cid = format!("{}-{cid}", self.label.replace('+', "-"));
         let mut c = Command::new(&self.bin);
         c.env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", cid)
+            .env("CNI_CONTAINERID", &cid)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/usr/lib/cni")
             .env(
                 "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=".to_string() + cid,
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=".to_string() + &cid,
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -86,6 +92,58 @@ fn ours_bin() -> PathBuf {
     bin
 }
 
+/// The real node-agent in the node's host namespace, serving CNI calls at
+/// `socket` (reclaim and metrics off: only the CNI service is measured).
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(etcd: &te::Etcd, ovs: &te::Ovs, bridge: &str, socket: &Path) -> Agent {
+        // The plugin's etcd address must work from the node namespace too.
+        ovs.netns().mirror_tcp(etcd.port());
+        let bin = ours_bin().with_file_name("leengine-node-agent");
+        assert!(
+            bin.exists(),
+            "build the node-agent first: {}",
+            bin.display()
+        );
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", ovs.netns().path().display()))
+            .arg(bin)
+            .args([
+                "--node",
+                "bench",
+                "--ovsdb",
+                &ovs.db_url(),
+                "--bridge",
+                bridge,
+            ])
+            .args(["--datapath-type", "netdev", "--reclaim", "off"])
+            .args(["--metrics-listen", "off", "--container-roots", "none"])
+            .args([
+                "--etcd-endpoints",
+                &format!("https://127.0.0.1:{}", etcd.port()),
+            ])
+            .args(etcd.tls_args(&te::Component::node_agent("bench")))
+            .arg("--cni-socket")
+            .arg(socket)
+            .stdout(Stdio::null());
+        if std::env::var_os("BENCH_TRACE").is_none() {
+            c.stderr(Stdio::null());
+        }
+        let child = c.spawn().expect("spawn node-agent");
+        let up = te::wait_until(Duration::from_secs(30), || socket.exists());
+        assert!(up, "the node-agent's CNI socket did not appear");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -123,15 +181,26 @@ fn main() {
         });
     let ref_node = te::Netns::new();
     let state = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "bench", "type": "leengine",
+        "bridge": bridge, "ovsdb": ovs.db_url(),
+        "etcd": etcd.config(&te::Component::cni_plugin("bench")), "node": "bench",
+        "hostNetns": ovs.netns().path(),
+    });
+    let socket = state.path().join("cni.sock");
+    let _agent = Agent::start(&etcd, &ovs, &bridge, &socket);
+    let mut via_agent = conf.clone();
+    via_agent["agentSocket"] = json!(socket);
     let ours = Arc::new(Plugin {
         label: "leengine",
         bin: ours_bin(),
-        conf: json!({
-            "cniVersion": "1.0.0", "name": "bench", "type": "leengine",
-            "bridge": bridge, "ovsdb": ovs.db_url(),
-            "etcd": etcd.config(&te::Component::cni_plugin("bench")), "node": "bench",
-            "hostNetns": ovs.netns().path(),
-        }),
+        conf,
+        exec_ns: None,
+    });
+    let ours_agent = Arc::new(Plugin {
+        label: "leengine+node-agent",
+        bin: ours_bin(),
+        conf: via_agent,
         exec_ns: None,
     });
     let reference = Arc::new(Plugin {
@@ -146,7 +215,7 @@ fn main() {
         exec_ns: Some(ref_node.path().to_path_buf()),
     });
 
-    let mut plugins = vec![ours, reference];
+    let mut plugins = vec![reference, ours, ours_agent];
     if let Some(bin) = std::env::var_os("OVS_CNI") {
         plugins.push(Arc::new(Plugin {
             label: "ovs-cni+host-local",
@@ -186,7 +255,7 @@ fn main() {
     }
     println!(
         "{:<4} {:<20} {:>26}   {:>26}",
-        "", "plugin", "p50/p90/p99 ms", "ours / it p50/p90/p99"
+        "", "plugin", "p50/p90/p99 ms", "to bridge+host-local"
     );
     for (op, lat) in [("ADD", add), ("DEL", del)] {
         let s: Vec<[f64; 3]> = lat.into_iter().map(stats).collect();
@@ -198,15 +267,15 @@ fn main() {
                 o[0],
                 o[1],
                 o[2],
-                r[0] / o[0],
-                r[1] / o[1],
-                r[2] / o[2]
+                o[0] / r[0],
+                o[1] / r[1],
+                o[2] / r[2]
             );
         }
     }
 
     println!("== concurrent: {concurrent} simultaneous ADDs on one node");
-    let mut ours_stats = None;
+    let mut reference_stats = None;
     for p in &plugins {
         let nss: Vec<Arc<te::Netns>> = (0..concurrent)
             .map(|_| Arc::new(te::Netns::new()))
@@ -223,10 +292,10 @@ fn main() {
         let lat: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let wall = start.elapsed().as_secs_f64() * 1000.0;
         let s = stats(lat);
-        let o = *ours_stats.get_or_insert((wall, s));
+        let r = *reference_stats.get_or_insert((wall, s));
         println!(
-            "{:<20} wall {:>8.1} ms   per-ADD p50 {:>7.1} ms  p99 {:>7.1} ms   ours / it: wall {:.2} p50 {:.2} p99 {:.2}",
-            p.label, wall, s[0], s[2], o.0 / wall, o.1[0] / s[0], o.1[2] / s[2]
+            "{:<20} wall {:>8.1} ms   per-ADD p50 {:>7.1} ms  p99 {:>7.1} ms   to bridge+host-local: wall {:.2} p50 {:.2} p99 {:.2}",
+            p.label, wall, s[0], s[2], wall / r.0, s[0] / r.1[0], s[2] / r.1[2]
         );
         for (i, ns) in nss.iter().enumerate() {
             p.call("DEL", &format!("con{i}"), ns.path());

@@ -5,7 +5,8 @@ use crate::error::{CniError, CniResult, INVALID_CONFIG, TRY_AGAIN_LATER};
 use leengine_ipam::Ipam;
 use leengine_netdp::{NetdpError, Netlink, NetnsFile};
 use leengine_ovsdb::Client as Ovs;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long the follow-up after ADD waits for ovs-vswitchd to give the
@@ -21,8 +22,112 @@ pub use leengine_ovsdb::vswitch::ext_ids::{
     OWNER as EXT_OWNER, OWNER_CNI as OWNER, POD_NAME as EXT_POD_NAME, POD_NAMESPACE as EXT_POD_NS,
 };
 
-pub async fn ovs(conf: &NetConf) -> CniResult<Ovs> {
-    ovs_at(&conf.ovsdb).await
+/// Where a call gets its etcd and OVSDB sessions. A one-shot plugin
+/// process connects afresh ([`Sessions::cold`]); the node-agent's CNI
+/// service ([`crate::serve`]) keeps them across calls ([`Sessions::warm`]),
+/// so a call skips the TLS handshake with etcd and the OVSDB connect — the
+/// part of ADD that grew most when many pods start at once.
+#[derive(Default)]
+pub struct Sessions {
+    warm: Option<Warm>,
+}
+
+#[derive(Default)]
+struct Warm {
+    /// By OVSDB URL; a closed one is replaced on the next call.
+    ovs: Mutex<HashMap<String, Ovs>>,
+    /// By the whole etcd configuration (endpoints, TLS files, user); the
+    /// client reconnects on its own when etcd comes back.
+    etcd: Mutex<HashMap<String, etcd_client::Client>>,
+    /// One address assignment at a time per etcd and node: calls of one
+    /// node write the same blocks, so at once they would mostly lose their
+    /// compares and back off; in turn each commits at its first attempt.
+    assign: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Sessions");
+        match &self.warm {
+            None => d.field("warm", &false),
+            Some(w) => d
+                .field("ovs", &lock(&w.ovs).keys().collect::<Vec<_>>())
+                .field("etcd", &lock(&w.etcd).len()),
+        }
+        .finish()
+    }
+}
+
+impl Sessions {
+    pub fn cold() -> Sessions {
+        Sessions::default()
+    }
+
+    pub fn warm() -> Sessions {
+        Sessions {
+            warm: Some(Warm::default()),
+        }
+    }
+
+    /// Kept across calls: work that follows a call (the gratuitous ARPs)
+    /// can run in this process rather than in a detached one.
+    pub fn is_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    pub async fn ovs(&self, conf: &NetConf) -> CniResult<Ovs> {
+        let Some(w) = &self.warm else {
+            return ovs_at(&conf.ovsdb).await;
+        };
+        if let Some(c) = lock(&w.ovs).get(&conf.ovsdb).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        // Connected outside the lock: a dead server must not make every
+        // waiting call queue behind one connect timeout.
+        let c = ovs_at(&conf.ovsdb).await?;
+        lock(&w.ovs).insert(conf.ovsdb.clone(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn ipam(&self, conf: &NetConf) -> CniResult<Ipam> {
+        let client = match &self.warm {
+            None => etcd(conf).await?,
+            Some(w) => {
+                let key = serde_json::to_string(&conf.etcd).unwrap_or_default();
+                let cached = lock(&w.etcd).get(&key).cloned();
+                match cached {
+                    Some(c) => c,
+                    None => {
+                        let c = etcd(conf).await?;
+                        lock(&w.etcd).insert(key, c.clone());
+                        c
+                    }
+                }
+            }
+        };
+        Ok(Ipam::new(client, conf.etcd.keys(), node_name(conf)?))
+    }
+}
+
+impl Sessions {
+    /// Waits for this node's turn to assign an address (see `Warm::assign`);
+    /// a cold call, alone in its process, needs none.
+    pub async fn assign_turn(&self, conf: &NetConf) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let w = self.warm.as_ref()?;
+        let key = format!(
+            "{}\n{}",
+            serde_json::to_string(&conf.etcd).unwrap_or_default(),
+            conf.node.as_deref().unwrap_or_default()
+        );
+        let turn = lock(&w.assign).entry(key).or_default().clone();
+        Some(turn.lock_owned().await)
+    }
+}
+
+/// The maps are only read and written, never held across an await: a
+/// poisoned one still holds usable sessions.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// OVSDB at `url` (`unix:PATH`, `tcp:HOST:PORT`).
@@ -34,8 +139,8 @@ pub async fn ovs_at(url: &str) -> CniResult<Ovs> {
     Ovs::connect_with(url, opts).await.map_err(CniError::from)
 }
 
-pub async fn ipam(conf: &NetConf) -> CniResult<Ipam> {
-    let client = leengine_store::connect_with_timeout(&conf.etcd, TIMEOUT)
+async fn etcd(conf: &NetConf) -> CniResult<etcd_client::Client> {
+    leengine_store::connect_with_timeout(&conf.etcd, TIMEOUT)
         .await
         .map_err(|e| {
             let code = match e {
@@ -43,8 +148,7 @@ pub async fn ipam(conf: &NetConf) -> CniResult<Ipam> {
                 _ => INVALID_CONFIG,
             };
             CniError::new(code, format!("etcd: {e}"))
-        })?;
-    Ok(Ipam::new(client, conf.etcd.keys(), node_name(conf)?))
+        })
 }
 
 /// A netlink socket in the namespace of the host veth ends (`hostNetns`).

@@ -9,7 +9,7 @@
 //! The detached follow-up process waits for it and then sends the
 //! gratuitous ARPs; CHECK reports a port that never came up.
 
-use crate::backend::{self, PortIds};
+use crate::backend::{self, PortIds, Sessions};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, IFACE_EXISTS, NO_BRIDGE};
@@ -40,7 +40,7 @@ struct Backends {
     userspace: bool,
 }
 
-pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
+pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult<Value> {
     tracing::debug!("ADD start");
     let cid = env.container_id.as_deref().unwrap_or_default();
     let ifname = env.ifname.as_deref().unwrap_or_default();
@@ -58,6 +58,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
     let ctx = Ctx {
         env,
         conf,
+        sessions,
         cid,
         ifname,
         host_if: &host_if,
@@ -100,6 +101,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> CniResult<Value> {
 struct Ctx<'a> {
     env: &'a CniEnv,
     conf: &'a NetConf,
+    sessions: &'a Sessions,
     cid: &'a str,
     ifname: &'a str,
     host_if: &'a str,
@@ -113,7 +115,7 @@ impl Ctx<'_> {
     /// takes the address: only with a bridge to attach to is one worth taking.
     async fn connect_and_assign(&self) -> CniResult<(Backends, CniResult<Assignment>)> {
         let bridge = async {
-            let ovs = backend::ovs(self.conf).await?;
+            let ovs = self.sessions.ovs(self.conf).await?;
             // One read answers both: the bridge exists, and on which datapath.
             match ovs.bridge_datapath_type(&self.conf.bridge).await? {
                 Some(t) => Ok((ovs, t == "netdev")),
@@ -123,7 +125,7 @@ impl Ctx<'_> {
                 )),
             }
         };
-        let ((ovs, userspace), ipam) = tokio::try_join!(bridge, backend::ipam(self.conf))?;
+        let ((ovs, userspace), ipam) = tokio::try_join!(bridge, self.sessions.ipam(self.conf))?;
         tracing::debug!("connected to OVSDB and etcd");
         let req = AssignRequest {
             container_id: self.cid.to_string(),
@@ -135,7 +137,9 @@ impl Ctx<'_> {
             pools: self.conf.pools.clone(),
             requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
         };
+        let turn = self.sessions.assign_turn(self.conf).await;
         let a = ipam.assign(&req).await.map_err(CniError::from);
+        drop(turn);
         if let Ok(a) = &a {
             tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
         }
@@ -203,13 +207,7 @@ impl Ctx<'_> {
                 count: g.count,
                 interval: g.interval,
             };
-            let port = garp_follow::Port {
-                ovsdb: &self.conf.ovsdb,
-                name: self.host_if,
-            };
-            if let Err(e) = garp_follow::spawn(self.ns.path(), &port, &spec) {
-                tracing::warn!(error = %e, "cannot start the gratuitous ARPs");
-            }
+            self.announce(&b.ovs, spec);
         }
         tracing::info!(
             network = %self.conf.name, container = self.cid, ifname = self.ifname, ip = %a.ip, vlan = a.vlan.id(),
@@ -217,6 +215,33 @@ impl Ctx<'_> {
         );
         let res = self.result(a, host_link, sandbox_link.mac.unwrap_or(mac))?;
         Ok(res.to_json(&self.conf.cni_version))
+    }
+
+    /// Starts the follow-up that sends the gratuitous ARPs once the port is
+    /// live: a task of the warm service, else a detached process (a one-shot
+    /// plugin exits as soon as it has answered).
+    fn announce(&self, ovs: &Ovs, spec: GarpSpec) {
+        let started = if self.sessions.is_warm() {
+            NetnsFile::open(self.ns.path())
+                .map(|ns| {
+                    let (ovs, port) = (ovs.clone(), self.host_if.to_string());
+                    tokio::spawn(async move {
+                        if let Err(e) = garp_follow::follow(&ovs, &port, &ns, spec).await {
+                            tracing::debug!(error = %e, port, "garp follow-up stopped");
+                        }
+                    });
+                })
+                .map_err(|e| e.to_string())
+        } else {
+            let port = garp_follow::Port {
+                ovsdb: &self.conf.ovsdb,
+                name: self.host_if,
+            };
+            garp_follow::spawn(self.ns.path(), &port, &spec).map_err(|e| e.to_string())
+        };
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the gratuitous ARPs");
+        }
     }
 
     /// The access port in the pool's VLAN; a stale one of the same name
@@ -294,7 +319,7 @@ impl Ctx<'_> {
         let ovs = match ovs {
             Ok(o) if undo.port && o.is_closed() => {
                 // A lost reply may have closed the connection: a fresh one removes the port.
-                match backend::ovs(self.conf).await {
+                match self.sessions.ovs(self.conf).await {
                     Ok(c) => {
                         fresh = c;
                         Ok(&fresh)

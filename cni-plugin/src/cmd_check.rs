@@ -1,7 +1,7 @@
 //! CHECK: the attachment as it is (netns, OVS, etcd) against prevResult.
 //! Every difference is listed in the error, not just the first.
 
-use crate::backend::{self, EXT_CONTAINER};
+use crate::backend::{Sessions, EXT_CONTAINER};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, CHECK_MISMATCH, INVALID_CONFIG};
@@ -10,7 +10,7 @@ use leengine_netdp::{format_mac, host_veth_name, inspect, Netlink, NetnsFile};
 use leengine_ovsdb::{Client as Ovs, PortInfo};
 use std::time::Duration;
 
-pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
+pub async fn check(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> {
     let cid = env.container_id.as_deref().unwrap_or_default();
     let ifname = env.ifname.as_deref().unwrap_or_default();
     let ns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
@@ -23,7 +23,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
 
     let ns = NetnsFile::open(ns_path)?;
     let sandbox = Netlink::in_netns(&ns)?;
-    let (ovs, ipam) = tokio::try_join!(backend::ovs(conf), backend::ipam(conf))?;
+    let (ovs, ipam) = tokio::try_join!(s.ovs(conf), s.ipam(conf))?;
     let mut diffs: Vec<String> = Vec::new();
 
     match inspect(&sandbox, ifname).await? {

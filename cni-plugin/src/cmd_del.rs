@@ -5,7 +5,7 @@
 //! The IPAM's reads run while the datapath is taken apart; only its commit
 //! waits for the datapath to be gone.
 
-use crate::backend;
+use crate::backend::{self, Sessions};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{CniError, CniResult, TRY_AGAIN_LATER};
@@ -16,10 +16,10 @@ use leengine_ipam::{Attachment, Ipam, IpamError, PreparedRelease};
 use std::sync::Mutex;
 use tokio::task::JoinHandle;
 
-pub async fn del(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
+pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> {
     let cid = env.container_id.as_deref().unwrap_or_default();
     let ifname = env.ifname.as_deref().unwrap_or_default();
-    let (ovs, ipam) = tokio::join!(backend::ovs(conf), backend::ipam(conf));
+    let (ovs, ipam) = tokio::join!(s.ovs(conf), s.ipam(conf));
     let host = backend::host_netlink(conf);
     let ports = OvsPorts::new(
         ovs.as_ref().map_err(|e| e.msg.clone()),

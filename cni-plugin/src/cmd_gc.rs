@@ -10,7 +10,7 @@
 //! not garbage. Each attachment is collected under the same lock ADD and
 //! DEL take, and re-read under it.
 
-use crate::backend::{self, EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK, EXT_OWNER, OWNER};
+use crate::backend::{self, Sessions, EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK, EXT_OWNER, OWNER};
 use crate::config::NetConf;
 use crate::error::{CniError, CniResult, DATAPATH, INVALID_CONFIG};
 use leengine_attach::{
@@ -63,14 +63,14 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn gc(conf: &NetConf) -> CniResult<()> {
+pub async fn gc(conf: &NetConf, s: &Sessions) -> CniResult<()> {
     let valid: BTreeSet<Key> = conf
         .valid_attachments
         .clone()
         .ok_or_else(|| CniError::new(INVALID_CONFIG, "GC needs cni.dev/valid-attachments"))?
         .into_iter()
         .collect();
-    let (ovs, ipam) = tokio::try_join!(backend::ovs(conf), backend::ipam(conf))?;
+    let (ovs, ipam) = tokio::try_join!(s.ovs(conf), s.ipam(conf))?;
     let node = ipam.node().to_string();
     let host = backend::host_netlink(conf)?;
     let scope = Scope {

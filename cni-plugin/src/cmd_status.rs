@@ -1,12 +1,12 @@
 //! STATUS (CNI 1.1): can this plugin serve an ADD right now?
 
-use crate::backend;
+use crate::backend::Sessions;
 use crate::config::NetConf;
 use crate::error::{CniError, CniResult, NOT_AVAILABLE};
 
-pub async fn status(conf: &NetConf) -> CniResult<()> {
+pub async fn status(conf: &NetConf, s: &Sessions) -> CniResult<()> {
     let unavailable = |what: String| CniError::new(NOT_AVAILABLE, what);
-    let (ovs, ipam) = tokio::join!(backend::ovs(conf), backend::ipam(conf));
+    let (ovs, ipam) = tokio::join!(s.ovs(conf), s.ipam(conf));
     let ovs = ovs.map_err(|e| unavailable(format!("OVSDB {}: {}", conf.ovsdb, e.msg)))?;
     let ipam = ipam.map_err(|e| unavailable(format!("etcd: {}", e.msg)))?;
     let (bridge, pools) = tokio::join!(ovs.bridge_exists(&conf.bridge), ipam.list_pools());

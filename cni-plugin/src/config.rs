@@ -42,6 +42,7 @@ const KNOWN_KEYS: &[&str] = &[
     "mtu",
     "garp",
     "hostNetns",
+    "agentSocket",
     "gcGraceSecs",
     "cni.dev/valid-attachments",
 ];
@@ -68,6 +69,9 @@ pub struct NetConf {
     /// Network namespace holding ovs-vswitchd and the host veth ends;
     /// `None` = the namespace the plugin runs in.
     pub host_netns: Option<PathBuf>,
+    /// The node-agent's CNI service: the call is handed to it, else (nothing
+    /// listens there) done in this process.
+    pub agent_socket: Option<PathBuf>,
     /// GC only collects attachments at least this old.
     pub gc_grace: Duration,
     pub runtime_ips: Vec<Ipv4Addr>,
@@ -147,6 +151,8 @@ struct Raw {
     dns: Option<Value>,
     #[serde(default)]
     host_netns: Option<PathBuf>,
+    #[serde(default)]
+    agent_socket: Option<PathBuf>,
     #[serde(default)]
     gc_grace_secs: Option<u64>,
     #[serde(default)]
@@ -288,10 +294,13 @@ fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
             return Err(invalid("dns must be an object"));
         }
     }
-    if let Some(p) = &raw.host_netns {
-        if !p.is_absolute() {
+    for (key, path) in [
+        ("hostNetns", &raw.host_netns),
+        ("agentSocket", &raw.agent_socket),
+    ] {
+        if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
             return Err(invalid(format!(
-                "hostNetns {} is not an absolute path",
+                "{key} {} is not an absolute path",
                 p.display()
             )));
         }
@@ -354,6 +363,7 @@ fn validate(cni_version: String, raw: Raw) -> CniResult<NetConf> {
         garp,
         dns: raw.dns,
         host_netns: raw.host_netns,
+        agent_socket: raw.agent_socket,
         gc_grace: raw
             .gc_grace_secs
             .map_or(DEFAULT_GC_GRACE, Duration::from_secs),
@@ -402,6 +412,11 @@ mod tests {
         assert_eq!(
             c.etcd.cert.as_deref(),
             Some("/etc/leengine/pki/cni-plugin.pem")
+        );
+        // Where the packaged node-agent serves (its DEFAULT_CNI_SOCKET).
+        assert_eq!(
+            c.agent_socket.as_deref(),
+            Some(std::path::Path::new("/run/leengine/cni.sock"))
         );
     }
 
@@ -520,6 +535,12 @@ mod tests {
                 INVALID_CONFIG,
                 "hostNetns",
             ),
+            (
+                with("agentSocket", json!("run/leengine/cni.sock")),
+                INVALID_CONFIG,
+                "agentSocket",
+            ),
+            (with("agentSocket", json!(7)), INVALID_CONFIG, "agentSocket"),
             (
                 with("runtimeConfig", json!({"ips": ["fe80::1/64"]})),
                 UNSUPPORTED_FIELD,

@@ -15,7 +15,7 @@ pub enum Command {
 }
 
 impl Command {
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "ADD" => Self::Add,
             "DEL" => Self::Del,

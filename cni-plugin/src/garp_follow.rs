@@ -1,11 +1,13 @@
-//! The gratuitous ARPs of a new attachment: sent by a short-lived detached
-//! copy of this binary once ovs-vswitchd has brought the port up, so ADD
+//! The gratuitous ARPs of a new attachment: sent once ovs-vswitchd has
+//! brought the port up — by a short-lived detached copy of this binary, or
+//! by a task of the node-agent's warm CNI service — so ADD
 //! neither waits for the port (a wait that grows with the number of ports
 //! on the userspace datapath) nor sleeps `count × interval` while the
 //! runtime waits.
 
 use crate::backend;
 use leengine_netdp::{format_mac, parse_mac, send_garp, GarpSpec, NetnsFile};
+use leengine_ovsdb::Client as Ovs;
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -107,11 +109,8 @@ pub fn run(args: &[String]) -> i32 {
     };
     let sent = rt.block_on(async {
         let ovs = backend::ovs_at(ovsdb).await.map_err(|e| e.msg)?;
-        ovs.wait_ofport(port, backend::OFPORT_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
         let ns = NetnsFile::open(Path::new(netns)).map_err(|e| e.to_string())?;
-        send_garp(&ns, spec).await.map_err(|e| e.to_string())
+        follow(&ovs, port, &ns, spec).await
     });
     match sent {
         Ok(()) => 0,
@@ -120,4 +119,13 @@ pub fn run(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// Waits for ovs-vswitchd to give `port` its OpenFlow number, then sends
+/// the announcements into the pod's namespace `ns`.
+pub async fn follow(ovs: &Ovs, port: &str, ns: &NetnsFile, spec: GarpSpec) -> Result<(), String> {
+    ovs.wait_ofport(port, backend::OFPORT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    send_garp(ns, spec).await.map_err(|e| e.to_string())
 }

@@ -26,6 +26,6 @@ if [ ! -x "$OVS_CNI_CACHE/plugin" ]; then
 fi
 if [ -x "$OVS_CNI_CACHE/plugin" ]; then export OVS_CNI="$OVS_CNI_CACHE/plugin"; fi
 echo "== building (release)"
-cargo build -q --release -p leengine-cni --bin leengine-cni --example cni_bench
+cargo build -q --release -p leengine-cni --bin leengine-cni --example cni_bench -p leengine-node-agent --bin leengine-node-agent
 echo "== running: $PODS pods sequential, $CONCURRENT concurrent"
 exec "$ROOT/target/release/examples/cni_bench" "$PODS" "$CONCURRENT"

@@ -84,6 +84,10 @@ pub struct Args {
     /// wildcard).
     #[arg(long)]
     pub metrics_advertise: Option<String>,
+    /// Unix socket of the CNI service the plugin hands its calls to
+    /// (`agentSocket` in the network configuration); "off" disables it.
+    #[arg(long)]
+    pub cni_socket: Option<String>,
     /// One reconcile pass (bootstrap, scan + report, swap guard), then exit.
     #[arg(long)]
     pub once: bool,
@@ -121,6 +125,14 @@ struct File {
     swap_guard: FileSwap,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    cni: FileCni,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCni {
+    socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,11 +227,15 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Published as `metricsAddress`; `None`: not discoverable.
     pub metrics_advertise: Option<String>,
+    /// Where the CNI service listens; `None`: off.
+    pub cni_socket: Option<PathBuf>,
     pub once: bool,
     pub log_format: LogFormat,
 }
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(15 * 60);
+/// The CNI service's socket, as the packaged network configuration names it.
+pub const DEFAULT_CNI_SOCKET: &str = "/run/leengine/cni.sock";
 
 impl Config {
     pub fn load(args: Args) -> anyhow::Result<Config> {
@@ -306,6 +322,16 @@ impl Config {
         };
         let metrics_advertise =
             advertise(metrics_listen, a.metrics_advertise.or(f.metrics.advertise))?;
+        let cni_socket = match a
+            .cni_socket
+            .or(f.cni.socket)
+            .unwrap_or_else(|| DEFAULT_CNI_SOCKET.into())
+            .as_str()
+        {
+            "off" | "" => None,
+            p if Path::new(p).is_absolute() => Some(PathBuf::from(p)),
+            p => bail!("invalid cni socket {p:?}: want an absolute path or \"off\""),
+        };
         let on = |x: Option<OnOff>| x.map(|v| v == OnOff::On);
         Ok(Config {
             node,
@@ -346,6 +372,7 @@ impl Config {
                 }),
             metrics_listen,
             metrics_advertise,
+            cni_socket,
             once: a.once,
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
         })
@@ -407,6 +434,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_cni_socket_defaults_on_turns_off_and_must_be_absolute() {
+        let default = Config::from_toml("").unwrap();
+        assert_eq!(
+            default.cni_socket.as_deref(),
+            Some(Path::new(DEFAULT_CNI_SOCKET))
+        );
+        let off = Config::from_toml("[cni]\nsocket = \"off\"\n").unwrap();
+        assert_eq!(off.cni_socket, None);
+        let e = Config::from_toml("[cni]\nsocket = \"run/cni.sock\"\n").unwrap_err();
+        assert!(e.to_string().contains("run/cni.sock"), "{e}");
+    }
+
     /// The conffile the Debian package installs as /etc/leengine/node-agent.toml.
     #[test]
     fn packaged_file_parses_with_tls_and_the_host_name() {
@@ -417,6 +457,7 @@ mod tests {
             Some("/etc/leengine/pki/node-agent.pem")
         );
         assert!(c.reclaim && c.swap_guard);
+        assert_eq!(c.cni_socket.as_deref(), Some(Path::new(DEFAULT_CNI_SOCKET)));
     }
 
     #[test]

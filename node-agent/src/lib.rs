@@ -67,6 +67,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
+    let cni = match &sh.cfg.cni_socket {
+        Some(path) => Some(leengine_cni::serve::bind(path)?),
+        None => None,
+    };
     let mut tasks = vec![
         tokio::spawn(bootstrap::run(sh.clone())),
         tokio::spawn(register::run(sh.clone())),
@@ -75,6 +79,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(client) = sh.kube.clone() {
         tasks.push(tokio::spawn(pods::run(sh.clone(), client.clone())));
         tasks.push(tokio::spawn(deletions::run(sh.clone(), client)));
+    }
+    if let Some(l) = cni {
+        tracing::info!(socket = ?sh.cfg.cni_socket, "CNI service listening");
+        let sessions = std::sync::Arc::new(leengine_cni::backend::Sessions::warm());
+        tasks.push(tokio::spawn(leengine_cni::serve::serve(
+            l,
+            sessions,
+            stopped(sh.shutdown.clone()),
+        )));
     }
     if let Some(l) = listener {
         tracing::info!(addr = %l.local_addr()?, "HTTP endpoint listening");

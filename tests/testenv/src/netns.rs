@@ -152,6 +152,10 @@ impl Drop for Netns {
 
 /// Copies both directions until either side closes.
 fn pump(down: TcpStream, up: TcpStream) {
+    // Each side's writes are passed on as they come: with Nagle on, a small
+    // write waits for the peer's delayed ACK (40 ms), which both ends of a
+    // request-response protocol (gRPC to etcd) had already switched off.
+    let _ = (down.set_nodelay(true), up.set_nodelay(true));
     let (Ok(mut d2), Ok(mut u2)) = (down.try_clone(), up.try_clone()) else {
         return;
     };
