@@ -34,9 +34,13 @@ struct Plugin {
 }
 
 impl Plugin {
+    /// Ours runs twice on one etcd and bridge: each run its own attachments.
+    fn cid(&self, cid: &str) -> String {
+        format!("{}-{cid}", self.label.replace('+', "-"))
+    }
+
     fn call(&self, cmd: &str, cid: &str, netns: &Path) -> Duration {
-        // Ours runs twice on one etcd and bridge: each run its own attachments.
-        let cid = format!("{}-{cid}", self.label.replace('+', "-"));
+        let cid = self.cid(cid);
         let mut c = Command::new(&self.bin);
         c.env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", &cid)
@@ -142,6 +146,17 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Until the address of `cid`'s eth0 is given back.
+fn wait_released(etcd: &te::Etcd, cid: &str) {
+    let key = etcd.keys().handle(cid, "eth0");
+    let gone = te::wait_until(Duration::from_secs(10), || {
+        etcd.etcdctl(&["get", &key, "--keys-only"])
+            .stdout
+            .is_empty()
+    });
+    assert!(gone, "{cid}: the agent did not release the address");
 }
 
 #[allow(
@@ -250,7 +265,14 @@ fn main() {
     }
     for (i, ns) in nss.iter().enumerate() {
         for (k, p) in plugins.iter().enumerate() {
-            del[k].push(p.call("DEL", &format!("seq{i}"), ns[k].path()));
+            let cid = format!("seq{i}");
+            del[k].push(p.call("DEL", &cid, ns[k].path()));
+            if p.conf.get("agentSocket").is_some() {
+                // Untimed: the agent finishes the veth and the address after
+                // answering; the next plugin's DEL must not share the kernel
+                // with that work.
+                wait_released(&etcd, &p.cid(&cid));
+            }
         }
     }
     println!(
@@ -274,6 +296,9 @@ fn main() {
         }
     }
 
+    // The phases are measured apart: the node-agent finishes each DEL's veth
+    // and address after answering, and those must not load the next phase.
+    std::thread::sleep(Duration::from_secs(3));
     println!("== concurrent: {concurrent} simultaneous ADDs on one node");
     let mut reference_stats = None;
     for p in &plugins {

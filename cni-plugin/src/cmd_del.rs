@@ -16,21 +16,47 @@ use leengine_ipam::{Attachment, Ipam, IpamError, PreparedRelease};
 use std::sync::Mutex;
 use tokio::task::JoinHandle;
 
-pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> {
-    let cid = env.container_id.as_deref().unwrap_or_default();
-    let ifname = env.ifname.as_deref().unwrap_or_default();
+/// What a warm service finishes after it has answered: the veth and the
+/// address of a DEL (see [`del`]).
+pub type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// In a plugin process everything is done before the answer. In the
+/// node-agent's warm service DEL answers once the pod is off the switch
+/// (its port removed) and hands back the rest — the veth, whose removal
+/// waits for the kernel's RCU grace period (10–30 ms), then the address —
+/// for the service to finish under the same attachment lock, so a call for
+/// this attachment waits for it. Only with etcd and the host namespace both
+/// reached: otherwise the runtime must hear that the IP is kept.
+pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<Option<Tail>> {
     let (ovs, ipam) = tokio::join!(s.ovs(conf), s.ipam(conf));
     let host = backend::host_netlink(conf);
     let ports = OvsPorts::new(
         ovs.as_ref().map_err(|e| e.msg.clone()),
         PortScope::Bridge(&conf.bridge),
     );
-    let links = HostLinks::new(host.as_ref().map_err(|e| e.msg.clone()));
-    let target = Target {
-        container_id: cid,
-        ifname,
+    match (s.is_warm(), ipam, host) {
+        (true, Ok(ipam), Ok(host)) => answer_first(env, &ports, ipam, host).await.map(Some),
+        (_, ipam, host) => all_now(env, &ports, ipam, host).await.map(|()| None),
+    }
+}
+
+fn target(env: &CniEnv) -> Target<'_> {
+    Target {
+        container_id: env.container_id.as_deref().unwrap_or_default(),
+        ifname: env.ifname.as_deref().unwrap_or_default(),
         netns: env.netns.as_deref(),
-    };
+    }
+}
+
+async fn all_now(
+    env: &CniEnv,
+    ports: &OvsPorts<'_>,
+    ipam: CniResult<Ipam>,
+    host: CniResult<leengine_netdp::Netlink>,
+) -> CniResult<()> {
+    let t = target(env);
+    let (cid, ifname) = (t.container_id, t.ifname);
+    let links = HostLinks::new(host.as_ref().map_err(|e| e.msg.clone()));
     let ahead = ipam
         .as_ref()
         .ok()
@@ -39,7 +65,7 @@ pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> {
         Some(a) => Release::Held(a),
         None => Release::Keep,
     };
-    match teardown::run(&links, &ports, Plan::all(target, ip)).await {
+    match teardown::run(&links, ports, Plan::all(t, ip)).await {
         Ok(IpOutcome::Released(att)) => {
             tracing::info!(container = cid, ifname, ip = %att.ip, "released");
         }
@@ -53,6 +79,57 @@ pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> {
         }
     }
     Ok(())
+}
+
+/// The port now; the veth and the address in the returned tail.
+async fn answer_first(
+    env: &CniEnv,
+    ports: &OvsPorts<'_>,
+    ipam: Ipam,
+    host: leengine_netdp::Netlink,
+) -> CniResult<Tail> {
+    let t = target(env);
+    let (cid, ifname) = (t.container_id.to_string(), t.ifname.to_string());
+    let no_links = HostLinks::new(Err("not in this step".into()));
+    let keep: Release<'_, Ipam> = Release::Keep;
+    let port_only = Plan {
+        target: t,
+        ports: true,
+        links: false,
+        ip: keep,
+    };
+    if let Err(f) = teardown::run(&no_links, ports, port_only).await {
+        return Err(kept_ip(&cid, &ifname, &f));
+    }
+    let netns = env.netns.clone();
+    Ok(Box::pin(async move {
+        let links = HostLinks::new(Ok(&host));
+        let no_ports = OvsPorts::new(
+            Err("removed before the answer".into()),
+            PortScope::Bridge(""),
+        );
+        let ahead = ReadAhead::start(&ipam, &cid, &ifname);
+        let plan = Plan {
+            target: Target {
+                container_id: &cid,
+                ifname: &ifname,
+                netns: netns.as_deref(),
+            },
+            ports: false,
+            links: true,
+            ip: Release::Held(&ahead),
+        };
+        match teardown::run(&links, &no_ports, plan).await {
+            Ok(IpOutcome::Released(att)) => {
+                tracing::info!(container = cid, ifname, ip = %att.ip, "released");
+            }
+            Ok(_) => tracing::debug!(container = cid, ifname, "no IP held"),
+            // The runtime heard "done": the address waits for its next DEL,
+            // or for the node-agent's reclaim of an IP with no datapath.
+            Err(f) => tracing::warn!(container = cid, ifname, error = %f,
+                "DEL after its answer: the IP is kept"),
+        }
+    }))
 }
 
 /// The IPAM with the reads of the release already under way.

@@ -81,7 +81,13 @@ pub fn run(stdin: &[u8]) -> Result<Value, CniError> {
         .map_err(|e| {
             CniError::new(IO_FAILURE, "cannot start the async runtime").with_details(e.to_string())
         })?;
-    rt.block_on(execute(&env, &conf, &Sessions::cold()))
+    rt.block_on(async {
+        let (out, tail) = execute(&env, &conf, &Sessions::cold()).await?;
+        if let Some(tail) = tail {
+            tail.await;
+        }
+        Ok(out)
+    })
 }
 
 /// The call's environment and configuration, checked against each other;
@@ -124,14 +130,21 @@ pub fn attachment(env: &CniEnv) -> Option<(&str, &str)> {
     }
 }
 
-/// Runs a prepared call (its attachment's lock held by the caller).
-pub async fn execute(env: &CniEnv, conf: &NetConf, s: &Sessions) -> Result<Value, CniError> {
+/// Runs a prepared call (its attachment's lock held by the caller): the
+/// answer, and what is to be finished after it under the same lock (only
+/// from warm sessions: DEL's [`cmd_del::Tail`]).
+pub async fn execute(
+    env: &CniEnv,
+    conf: &NetConf,
+    s: &Sessions,
+) -> Result<(Value, Option<cmd_del::Tail>), CniError> {
+    let done = |()| (Value::Null, None);
     match env.command {
-        env::Command::Add => cmd_add::add(env, conf, s).await,
-        env::Command::Del => cmd_del::del(env, conf, s).await.map(|()| Value::Null),
-        env::Command::Check => cmd_check::check(env, conf, s).await.map(|()| Value::Null),
-        env::Command::Status => cmd_status::status(conf, s).await.map(|()| Value::Null),
-        env::Command::Gc => cmd_gc::gc(conf, s).await.map(|()| Value::Null),
-        env::Command::Version => Ok(version::version_info()),
+        env::Command::Add => cmd_add::add(env, conf, s).await.map(|v| (v, None)),
+        env::Command::Del => cmd_del::del(env, conf, s).await.map(|t| (Value::Null, t)),
+        env::Command::Check => cmd_check::check(env, conf, s).await.map(done),
+        env::Command::Status => cmd_status::status(conf, s).await.map(done),
+        env::Command::Gc => cmd_gc::gc(conf, s).await.map(done),
+        env::Command::Version => Ok((version::version_info(), None)),
     }
 }

@@ -11,6 +11,7 @@
 //! namespace the plugin runs in": the caller's, which the socket tells.
 
 use crate::backend::Sessions;
+use crate::cmd_del::Tail;
 use crate::relay::{Reply, Request, MAX_MESSAGE};
 use crate::{attachment, execute, prepare, respond, version};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -105,19 +106,32 @@ async fn handle(mut stream: UnixStream, sessions: &Sessions) -> std::io::Result<
     let req: Request = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
     tracing::debug!(pid = ?cred.pid(), "CNI call received");
     let caller_netns = cred.pid().and_then(caller_netns);
-    let (output, status) = answer(&req, caller_netns, sessions).await;
+    let (output, status, rest) = answer(&req, caller_netns, sessions).await;
     let reply = serde_json::to_vec(&Reply { output, status }).map_err(std::io::Error::other)?;
-    stream.write_all(&reply).await?;
-    stream.shutdown().await
+    let sent = async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await
+    }
+    .await;
+    // Finished whether or not the caller still listens, the lock held.
+    if let Some((_guard, tail)) = rest {
+        tail.await;
+    }
+    sent
 }
 
-/// One call, as [`crate::answer`] would answer it in the plugin process.
+/// A call's lock and the work it still has to finish.
+type Rest = (Option<leengine_attach::lock::Guard>, Tail);
+
+/// One call, as [`crate::answer`] would answer it in the plugin process,
+/// and what is left to finish after the answer.
 pub async fn answer(
     req: &Request,
     caller_netns: Option<PathBuf>,
     sessions: &Sessions,
-) -> (serde_json::Value, u8) {
+) -> (serde_json::Value, u8, Option<Rest>) {
     let stdin = req.config.as_bytes();
+    let mut rest = None;
     let outcome = async {
         let Some((env, mut conf)) = prepare(|k| req.env.get(k).cloned(), stdin)? else {
             return Ok(version::version_info());
@@ -125,14 +139,17 @@ pub async fn answer(
         if conf.host_netns.is_none() {
             conf.host_netns = caller_netns;
         }
-        let _guard = match attachment(&env) {
+        let guard = match attachment(&env) {
             Some((c, i)) => Some(leengine_attach::lock::attachment_async(c, i).await?),
             None => None,
         };
-        execute(&env, &conf, sessions).await
+        let (out, tail) = execute(&env, &conf, sessions).await?;
+        rest = tail.map(|t| (guard, t));
+        Ok(out)
     }
     .await;
-    respond(stdin, outcome)
+    let (out, status) = respond(stdin, outcome);
+    (out, status, rest)
 }
 
 /// The caller's network namespace when it is not this process's (`None`:

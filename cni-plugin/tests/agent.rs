@@ -125,6 +125,23 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Nothing of any attachment is left, once the DELs' tails (the veth and
+    /// the address, finished by the agent after its answer) are done.
+    fn settled(&self) {
+        poll("the DELs' veths and addresses to go", || {
+            let veths = self.c.host_links();
+            let veth_left = veths.lines().any(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|n| n.trim().starts_with("le"))
+            });
+            (self.c.handles().is_empty() && !veth_left).then_some(())
+        });
+        self.c.assert_clean();
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut a) = self.agent.take() {
@@ -183,7 +200,7 @@ fn add_check_del_run_in_the_agent_and_leave_the_node_as_the_plugin_would() {
     assert!(!n.c.handles().iter().any(|h| h.contains("bad-pool")));
 
     n.del("via-agent", &ns);
-    n.c.assert_clean();
+    n.settled();
     assert!(!ns_out(&ns, &["ip", "link"]).contains("eth0"));
 }
 
@@ -225,7 +242,7 @@ fn pods_added_through_the_agent_announce_themselves_and_reach_each_other() {
     });
     n.del("one", &first);
     n.del("two", &second);
-    n.c.assert_clean();
+    n.settled();
 }
 
 #[test]
@@ -253,7 +270,7 @@ fn concurrent_calls_through_the_agent_get_distinct_addresses_and_clean_up() {
             s.spawn(move || n.del(&format!("con{i}"), ns));
         }
     });
-    n.c.assert_clean();
+    n.settled();
 }
 
 #[test]
@@ -271,10 +288,33 @@ fn with_the_agent_stopped_the_plugin_does_the_call_itself_and_the_agent_picks_up
     // The restarted agent takes the DEL of what the plugin made.
     n.start_agent();
     n.del("alone", &ns);
-    n.c.assert_clean();
+    n.settled();
     assert!(
         n.agent_log().contains("CNI service listening"),
         "{}",
         n.agent_log()
     );
+}
+
+#[test]
+fn a_del_through_the_agent_answers_once_the_pod_is_off_the_switch_and_finishes_under_the_lock() {
+    let n = Node::new("10.72.0.0/24", "10.72.0.1", 172);
+    let ns = te::Netns::new();
+    n.add("again", &ns);
+    n.del("again", &ns);
+    // Answered: the port is gone at once; veth and address follow.
+    assert!(n.c.ports().is_empty(), "ports left: {:?}", n.c.ports());
+    // An ADD of the same attachment right away waits for that tail (it
+    // holds the attachment's lock): were the old eth0 still there, ADD
+    // would fail with "interface eth0 already exists".
+    let r = n.add("again", &ns);
+    assert_eq!(n.c.ports().len(), 1);
+    assert_eq!(
+        n.c.handles(),
+        vec!["/leengine/ipam/handles/again/eth0".to_string()]
+    );
+    assert!(!ip_of(&r).is_empty());
+    n.del("again", &ns);
+    n.settled();
+    assert!(!ns_out(&ns, &["ip", "link"]).contains("eth0"));
 }
