@@ -2,7 +2,7 @@
 
 use crate::config::NetConf;
 use crate::error::{CniError, CniResult, INVALID_CONFIG, TRY_AGAIN_LATER};
-use leengine_ipam::Ipam;
+use leengine_ipam::{Ipam, Memo};
 use leengine_netdp::{NetdpError, Netlink, NetnsFile};
 use leengine_ovsdb::Client as Ovs;
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +42,9 @@ struct Warm {
     /// One address assignment at a time per etcd and node: calls of one
     /// node write the same blocks, so at once they would mostly lose their
     /// compares and back off; in turn each commits at its first attempt.
-    assign: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The turn holds the node's IPAM memo, which makes most of them one
+    /// etcd round trip instead of two.
+    assign: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Memo>>>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -110,9 +112,10 @@ impl Sessions {
 }
 
 impl Sessions {
-    /// Waits for this node's turn to assign an address (see `Warm::assign`);
-    /// a cold call, alone in its process, needs none.
-    pub async fn assign_turn(&self, conf: &NetConf) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    /// Waits for this node's turn to assign an address (see `Warm::assign`),
+    /// which comes with the node's memo; a cold call, alone in its process,
+    /// needs neither.
+    pub async fn assign_turn(&self, conf: &NetConf) -> Option<tokio::sync::OwnedMutexGuard<Memo>> {
         let w = self.warm.as_ref()?;
         let key = format!(
             "{}\n{}",

@@ -137,8 +137,12 @@ impl Ctx<'_> {
             pools: self.conf.pools.clone(),
             requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
         };
-        let turn = self.sessions.assign_turn(self.conf).await;
-        let a = ipam.assign(&req).await.map_err(CniError::from);
+        let mut turn = self.sessions.assign_turn(self.conf).await;
+        let a = match turn.as_deref_mut() {
+            Some(memo) => ipam.assign_remembering(&req, memo).await,
+            None => ipam.assign(&req).await,
+        }
+        .map_err(CniError::from);
         drop(turn);
         if let Ok(a) = &a {
             tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");

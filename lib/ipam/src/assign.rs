@@ -9,6 +9,7 @@ use leengine_store::keys::parse_block_segment;
 use crate::apps::{eligible, reserved_order, AppBinding, AppReserved};
 use crate::choose::{choose_address, free_blocks, pick_free_block};
 use crate::error::IpamError;
+use crate::memo::{Learned, Memo, Seen};
 use crate::model::{
     Allocation, AssignRequest, Assignment, Attachment, Block, BlockClaim, FullMarker, Pool,
     StickyRecord,
@@ -46,22 +47,121 @@ struct Claimable {
     revision: i64,
 }
 
-pub(crate) async fn assign(ipam: &Ipam, req: &AssignRequest) -> Result<Assignment, IpamError> {
+pub(crate) async fn assign(
+    ipam: &Ipam,
+    req: &AssignRequest,
+    memo: Option<&mut Memo>,
+) -> Result<Assignment, IpamError> {
     validate(req)?;
-    let a = retry::optimistic(ipam.opts.max_attempts, || try_assign(ipam, req))
-        .await?
-        .ok_or_else(|attempts| IpamError::Contention {
-            what: format!("assign {}/{}", req.container_id, req.ifname),
-            attempts,
-        })?;
+    let mut memo = memo;
+    if let Some(m) = memo.as_deref_mut() {
+        if let Some(a) = quick(ipam, req, m).await? {
+            return Ok(a);
+        }
+    }
+    let outcome = retry::optimistic(ipam.opts.max_attempts, || try_assign(ipam, req))
+        .await
+        .and_then(|r| {
+            r.ok_or_else(|attempts| IpamError::Contention {
+                what: format!("assign {}/{}", req.container_id, req.ifname),
+                attempts,
+            })
+        });
+    let a = match (outcome, memo) {
+        (Ok((a, learned)), Some(m)) => {
+            m.learn(learned);
+            a
+        }
+        (Ok((a, _)), None) => a,
+        (Err(e), m) => {
+            if let Some(m) = m {
+                m.forget();
+            }
+            return Err(e);
+        }
+    };
     if a.created {
         tracing::debug!(ip = %a.ip, container = %a.attachment.container_id, node = %a.attachment.node, "assigned");
     }
     Ok(a)
 }
 
+/// The memo's one-round-trip assignment (see [`crate::memo`]); `None` when
+/// the memo cannot decide or was stale, the memo then dropped.
+async fn quick(
+    ipam: &Ipam,
+    req: &AssignRequest,
+    memo: &mut Memo,
+) -> Result<Option<Assignment>, IpamError> {
+    if req.requested_ip.is_some()
+        || req
+            .pod_namespace
+            .as_ref()
+            .is_some_and(|ns| memo.reserving.contains(ns))
+    {
+        return Ok(None);
+    }
+    let Some(seen) = &memo.seen else {
+        return Ok(None);
+    };
+    // A stale memo may make the request look wrong (a pool it lacks): the
+    // ordinary path, reading afresh, is the one to say so.
+    let Ok((eligible, app)) = eligible_pools(&seen.pools, req, &seen.bindings) else {
+        return Ok(None);
+    };
+    let Some(pool) = eligible.first() else {
+        return Ok(None);
+    };
+    let keys = &ipam.keys;
+    let handle_key = keys.handle(&req.container_id, &req.ifname);
+    let mut assumed = vec![store::prefix_unchanged_since(
+        keys.pools_prefix(),
+        seen.revision,
+    )];
+    if let Some((ns, name)) = pod_identity(req) {
+        assumed.push(store::absent(keys.sticky(ns, name)));
+    }
+    if let Some(ns) = &req.pod_namespace {
+        assumed.push(store::prefix_empty(keys.app_reserve_prefix(ns)));
+    }
+    let ctx = Ctx {
+        ipam,
+        req,
+        handle_key: &handle_key,
+        now: now_secs(),
+        full: BTreeSet::new(),
+        bindings_revision: seen.revision,
+        app,
+        assumed,
+        wrote: Default::default(),
+    };
+    let Some((block, ip)) = seen.pick(&pool.value, ctx.now, ctx.cooldown()) else {
+        return Ok(None);
+    };
+    let step = ctx.in_block(&pool.value, block, ip, Vec::new()).await?;
+    match (
+        step,
+        ctx.wrote.into_inner().unwrap_or_else(|e| e.into_inner()),
+    ) {
+        (Some(att), Some(wrote)) => {
+            if let Some(seen) = &mut memo.seen {
+                seen.put(wrote);
+            }
+            Ok(Some(Assignment::new(att, true)))
+        }
+        _ => {
+            tracing::debug!("assignment memo stale: reading afresh");
+            memo.forget();
+            Ok(None)
+        }
+    }
+}
+
 /// One read-decide-commit round; `None` when a compare failed.
-async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignment>, IpamError> {
+async fn try_assign(
+    ipam: &Ipam,
+    req: &AssignRequest,
+) -> Result<Option<(Assignment, Learned)>, IpamError> {
     let keys = &ipam.keys;
     let handle_key = keys.handle(&req.container_id, &req.ifname);
     let sticky_key = pod_identity(req).map(|(ns, name)| keys.sticky(ns, name));
@@ -81,7 +181,7 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
     let batch = store::read(&ipam.client, reads).await?;
     let mut rest = batch.responses[5..].iter();
     if let Some(h) = store::decode_one::<Attachment>(&batch.responses[0])? {
-        return Ok(Some(Assignment::new(h.value, false)));
+        return Ok(Some((Assignment::new(h.value, false), Learned::default())));
     }
     let pools: Vec<Rec<Pool>> = store::decode_all(batch.responses[1].kvs())?;
     let own: Vec<Rec<Block>> = store::decode_all(batch.responses[2].kvs())?;
@@ -99,6 +199,10 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
     let full_prefix = keys.pool_full_prefix();
     let bindings: Vec<AppBinding> = bindings.into_iter().map(|b| b.value).collect();
     let (eligible, app) = eligible_pools(&pools, req, &bindings)?;
+    let reserve_of = req
+        .pod_namespace
+        .clone()
+        .map(|ns| (ns, !reserve.is_empty()));
     let ctx = Ctx {
         ipam,
         req,
@@ -111,38 +215,64 @@ async fn try_assign(ipam: &Ipam, req: &AssignRequest) -> Result<Option<Assignmen
             .collect(),
         bindings_revision: batch.revision,
         app,
+        assumed: Vec::new(),
+        wrote: Default::default(),
     };
-    if let Some(ip) = req.requested_ip {
-        let step = ctx.specific(&eligible, ip, None).await?;
-        return Ok(step.map(|att| Assignment::new(att, true)));
-    }
-    // The pod's own sticky address, then the app's reserve, then any address.
-    let mut wanted: Vec<(Ipv4Addr, Option<&str>)> = sticky
-        .iter()
-        .filter(|s| s.value.until > now)
-        .map(|s| (s.value.ip, Some(s.key.as_str())))
-        .collect();
-    let reserve: Vec<AppReserved> = reserve.into_iter().map(|r| r.value).collect();
-    let me = pod_identity(req).map(|(ns, n)| format!("{ns}/{n}"));
-    wanted.extend(
-        reserved_order(&reserve, me.as_deref(), now)
-            .into_iter()
-            .map(|ip| (ip, None)),
-    );
-    for (ip, sticky_key) in wanted {
-        match ctx.specific(&eligible, ip, sticky_key).await {
-            // Someone took or excluded the address meanwhile, or the pool
-            // is no longer the app's: the next one will do.
-            Err(IpamError::RequestedIpTaken { .. } | IpamError::RequestedIpNotInPool { .. }) => {}
-            other => return Ok(other?.map(|att| Assignment::new(att, true))),
-        }
-    }
-    let step = ctx.any(&eligible, &own).await?;
-    Ok(step.map(|att| Assignment::new(att, true)))
+    let step = ctx.decide(&eligible, &own, sticky, reserve).await?;
+    let learned = Learned {
+        wrote: ctx.wrote.into_inner().unwrap_or_else(|e| e.into_inner()),
+        reserve: reserve_of,
+        seen: Some(Seen {
+            revision: batch.revision,
+            pools,
+            bindings,
+            own,
+        }),
+    };
+    Ok(step.map(|att| (Assignment::new(att, true), learned)))
 }
 
-/// Randomised, growing pause so racing writers (one block is one key)
-/// spread out instead of colliding again in lockstep.
+impl Ctx<'_> {
+    /// The request's address, the pod's sticky one, the app's reserve, or
+    /// any address, in that order.
+    async fn decide(
+        &self,
+        eligible: &[&Rec<Pool>],
+        own: &[Rec<Block>],
+        sticky: Option<Rec<StickyRecord>>,
+        reserve: Vec<Rec<AppReserved>>,
+    ) -> Result<Step, IpamError> {
+        let (req, now) = (self.req, self.now);
+        if let Some(ip) = req.requested_ip {
+            return self.specific(eligible, ip, None).await;
+        }
+        let mut wanted: Vec<(Ipv4Addr, Option<&str>)> = sticky
+            .iter()
+            .filter(|s| s.value.until > now)
+            .map(|s| (s.value.ip, Some(s.key.as_str())))
+            .collect();
+        let reserve: Vec<AppReserved> = reserve.into_iter().map(|r| r.value).collect();
+        let me = pod_identity(req).map(|(ns, n)| format!("{ns}/{n}"));
+        wanted.extend(
+            reserved_order(&reserve, me.as_deref(), now)
+                .into_iter()
+                .map(|ip| (ip, None)),
+        );
+        for (ip, sticky_key) in wanted {
+            match self.specific(eligible, ip, sticky_key).await {
+                // Someone took or excluded the address meanwhile, or the pool
+                // is no longer the app's: the next one will do.
+                Err(
+                    IpamError::RequestedIpTaken { .. } | IpamError::RequestedIpNotInPool { .. },
+                ) => {}
+                other => return other,
+            }
+        }
+        self.any(eligible, own).await
+    }
+}
+
+/// The request's names become etcd key segments.
 fn validate(req: &AssignRequest) -> Result<(), IpamError> {
     let segment = |what: &str, v: &str| {
         if v.is_empty() || v.contains('/') || v.len() > 253 {
@@ -214,11 +344,25 @@ struct Ctx<'a> {
     bindings_revision: i64,
     /// The pod's app, when its binding chose the pools.
     app: Option<String>,
+    /// Compares for what the decision took from a memo rather than from
+    /// this round's read (see [`crate::memo`]); every commit carries them.
+    assumed: Vec<etcd_client::Compare>,
+    /// The node block this round's commit wrote, for the memo.
+    wrote: std::sync::Mutex<Option<Rec<Block>>>,
 }
 
 impl Ctx<'_> {
     fn bindings_unchanged(&self) -> etcd_client::Compare {
         store::prefix_unchanged_since(self.ipam.keys.app_pools_prefix(), self.bindings_revision)
+    }
+
+    fn remember(&self, key: &str, value: Block, mod_revision: i64) {
+        let rec = Rec {
+            key: key.to_string(),
+            value,
+            mod_revision,
+        };
+        *self.wrote.lock().unwrap_or_else(|e| e.into_inner()) = Some(rec);
     }
 
     fn cooldown(&self) -> u64 {
@@ -293,15 +437,20 @@ impl Ctx<'_> {
     ) -> Result<Step, IpamError> {
         let mut b = block.value.clone();
         let att = self.allocate(pool, &mut b, ip);
-        let compares = vec![
+        let mut compares = vec![
             store::unchanged(&block.key, Some(block.mod_revision)),
             store::unchanged(self.handle_key, None),
             self.bindings_unchanged(),
         ];
+        compares.extend(self.assumed.iter().cloned());
         ops.push(store::put(&block.key, &b));
         ops.extend(self.attachment_ops(&att));
         let done = store::commit(&self.ipam.client, compares, ops).await?;
-        Ok(done.applied().then_some(att))
+        let Some(revision) = done.revision() else {
+            return Ok(None);
+        };
+        self.remember(&block.key, b, revision);
+        Ok(Some(att))
     }
 
     /// Claims `cidr` (absent at `revision`) for this node and allocates `ip`
@@ -324,12 +473,13 @@ impl Ctx<'_> {
         let att = self.allocate(p, &mut b, ip);
         let claim_key = keys.block(&p.name, cidr.network(), cidr.prefix_len());
         let record_key = keys.node_block(&b.node, &p.name, cidr.network(), cidr.prefix_len());
-        let compares = vec![
+        let mut compares = vec![
             store::unchanged(&claim_key, None),
             store::unchanged(&pool.key, Some(pool.mod_revision)),
             store::unchanged(self.handle_key, None),
             self.bindings_unchanged(),
         ];
+        compares.extend(self.assumed.iter().cloned());
         let claim = BlockClaim {
             pool: p.name.clone(),
             cidr,
@@ -346,8 +496,9 @@ impl Ctx<'_> {
         )
         .await?;
         match outcome {
-            Ok(_) => {
+            Ok(revision) => {
                 tracing::info!(block = %cidr, pool = %p.name, node = %b.node, "claimed block");
+                self.remember(&record_key, b, revision);
                 Ok(Claimed::Done(Box::new(att)))
             }
             Err(reads) => match reads
@@ -723,6 +874,8 @@ mod tests {
             full: BTreeSet::new(),
             bindings_revision: batch.revision,
             app: None,
+            assumed: Vec::new(),
+            wrote: Default::default(),
         };
         let _ = ctx
             .claim(

@@ -31,6 +31,7 @@ use leengine_store::record as store;
 
 mod admin;
 mod assign;
+mod memo;
 mod release;
 mod vlan;
 
@@ -41,6 +42,7 @@ use std::time::Duration;
 pub use apps::{AppBinding, AppRange, AppReserved, BindRequest};
 pub use check::{ApiView, CheckOptions, CheckReport, Leak, LeakReason, PodInfo};
 pub use error::IpamError;
+pub use memo::Memo;
 pub use model::{
     Allocation, AssignRequest, Assignment, Attachment, Block, Filter, IpInfo, IpState,
     LiveAttachment, NodeAttachmentsReport, Pool, PoolUsage, Reservation, StickyRecord,
@@ -123,7 +125,18 @@ impl Ipam {
     /// CNI ADD: an address for (container id, ifname). Idempotent: a replay
     /// returns the same address with `created == false`.
     pub async fn assign(&self, req: &AssignRequest) -> Result<Assignment, IpamError> {
-        assign::assign(self, req).await
+        assign::assign(self, req, None).await
+    }
+
+    /// [`Ipam::assign`] for a caller that makes this node's assignments one
+    /// at a time and keeps `memo` between them: most then take one round
+    /// trip to etcd instead of two (see [`Memo`]). The outcome is the same.
+    pub async fn assign_remembering(
+        &self,
+        req: &AssignRequest,
+        memo: &mut Memo,
+    ) -> Result<Assignment, IpamError> {
+        assign::assign(self, req, Some(memo)).await
     }
 
     /// CNI DEL: frees the attachment's address. Unknown handle → `Ok(None)`.

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use common::{opts, pod_req, req, Env};
+use common::{etcd_requests, opts, pod_req, req, Env};
 use leengine_ipam::{IpState, IpamError};
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -331,25 +331,6 @@ async fn stale_release_never_frees_a_reassigned_ip() {
     ));
     assert!(n1.release_if_unchanged(&again.attachment).await.unwrap());
     env.assert_consistent().await;
-}
-
-/// Requests etcd served, by gRPC method, from its own `/metrics`.
-fn etcd_requests(etcd: &leengine_testenv::Etcd, method: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = etcd.metrics_addr();
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    let label = format!("grpc_method=\"{method}\"");
-    let counts: Vec<u64> = text
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v.to_string().parse::<u64>().expect("a whole count"))
-        .collect();
-    assert!(!counts.is_empty(), "etcd reports no {method} requests");
-    counts.iter().sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,3 +84,22 @@ pub fn pod_req(cid: &str, ns: &str, name: &str) -> AssignRequest {
         ..req(cid)
     }
 }
+
+/// Requests etcd served, by gRPC method, from its own `/metrics`.
+pub fn etcd_requests(etcd: &te::Etcd, method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = etcd.metrics_addr();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let label = format!("grpc_method=\"{method}\"");
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v.to_string().parse::<u64>().expect("a whole count"))
+        .collect();
+    assert!(!counts.is_empty(), "etcd reports no {method} requests");
+    counts.iter().sum()
+}
