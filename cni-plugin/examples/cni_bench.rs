@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const REF_BRIDGE: &str = "/usr/lib/cni/bridge";
+/// The node of the `leengine+node-agent` run; the one-shot plugin's is `bench`.
+const AGENT_NODE: &str = "bench-agent";
 
 struct Plugin {
     label: &'static str,
@@ -115,7 +117,7 @@ impl Agent {
             .arg(bin)
             .args([
                 "--node",
-                "bench",
+                AGENT_NODE,
                 "--ovsdb",
                 &ovs.db_url(),
                 "--bridge",
@@ -127,7 +129,7 @@ impl Agent {
                 "--etcd-endpoints",
                 &format!("https://127.0.0.1:{}", etcd.port()),
             ])
-            .args(etcd.tls_args(&te::Component::node_agent("bench")))
+            .args(etcd.tls_args(&te::Component::node_agent(AGENT_NODE)))
             .arg("--cni-socket")
             .arg(socket)
             .stdout(Stdio::null());
@@ -204,8 +206,19 @@ fn main() {
     });
     let socket = state.path().join("cni.sock");
     let _agent = Agent::start(&etcd, &ovs, &bridge, &socket);
+    // Its own node, as on a real one: the agent is then the only writer of
+    // that node's blocks, and its IPAM memo is not made stale by the other
+    // plugin's ADDs on every call.
     let mut via_agent = conf.clone();
     via_agent["agentSocket"] = json!(socket);
+    via_agent["node"] = json!(AGENT_NODE);
+    via_agent["etcd"] = json!(etcd.config(&te::Component::cni_plugin(AGENT_NODE)));
+    // The agent runs in the node's namespace, where the host veth ends
+    // belong, as on a real node; `hostNetns` is for a plugin outside it.
+    via_agent
+        .as_object_mut()
+        .expect("a JSON object")
+        .remove("hostNetns");
     let ours = Arc::new(Plugin {
         label: "leengine",
         bin: ours_bin(),

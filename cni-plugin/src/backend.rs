@@ -2,7 +2,7 @@
 
 use crate::config::NetConf;
 use crate::error::{CniError, CniResult, INVALID_CONFIG, TRY_AGAIN_LATER};
-use leengine_ipam::{Ipam, Memo};
+use leengine_ipam::{AssignRequest, Assignment, Ipam, IpamError, Memo};
 use leengine_netdp::{NetdpError, Netlink, NetnsFile};
 use leengine_ovsdb::Client as Ovs;
 use std::collections::{BTreeMap, HashMap};
@@ -39,12 +39,65 @@ struct Warm {
     /// By the whole etcd configuration (endpoints, TLS files, user); the
     /// client reconnects on its own when etcd comes back.
     etcd: Mutex<HashMap<String, etcd_client::Client>>,
-    /// One address assignment at a time per etcd and node: calls of one
-    /// node write the same blocks, so at once they would mostly lose their
-    /// compares and back off; in turn each commits at its first attempt.
-    /// The turn holds the node's IPAM memo, which makes most of them one
-    /// etcd round trip instead of two.
-    assign: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Memo>>>>,
+    /// By etcd configuration and node (see [`Turn`]).
+    assign: Mutex<HashMap<String, Arc<Turn>>>,
+}
+
+type Answer = Result<Assignment, IpamError>;
+
+/// One node's address assignments, made in turn: calls of one node write
+/// the same blocks, so at once they would mostly lose their compares and
+/// back off. The turn holds the node's IPAM memo, which makes most of them
+/// one etcd round trip instead of two; and whoever takes the turn makes
+/// every assignment queued meanwhile, so pods starting together share
+/// that round trip instead of waiting for one each.
+#[derive(Default)]
+struct Turn {
+    memo: tokio::sync::Mutex<Memo>,
+    waiting: Mutex<Vec<(AssignRequest, tokio::sync::oneshot::Sender<Answer>)>>,
+}
+
+impl Turn {
+    async fn assign(&self, ipam: &Ipam, req: AssignRequest) -> Answer {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        lock(&self.waiting).push((req.clone(), tx));
+        let mut memo = self.memo.lock().await;
+        // Whoever held the turn answered everything it took from the queue
+        // before letting go; still unanswered means still queued (or taken
+        // by a call cancelled meanwhile, which dropped its answers).
+        match rx.try_recv() {
+            Ok(answer) => return answer,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                // A replay: the handle makes it find what a lost commit wrote.
+                return ipam.assign_remembering(&req, &mut memo).await;
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        let (reqs, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut *lock(&self.waiting))
+            .into_iter()
+            .unzip();
+        let answers = ipam.assign_all_remembering(&reqs, &mut memo).await;
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            if let Err(Ok(orphan)) = reply.send(answer) {
+                release_orphan(ipam, &orphan).await;
+            }
+        }
+        drop(memo);
+        rx.await.unwrap_or_else(|_| {
+            unreachable!("this call's own request was in the batch it answered")
+        })
+    }
+}
+
+/// An address taken for a call that went away while queued: no one will
+/// roll it back or DEL it, so it is given back here.
+async fn release_orphan(ipam: &Ipam, orphan: &Assignment) {
+    if !orphan.created {
+        return;
+    }
+    if let Err(e) = ipam.release_if_unchanged(&orphan.attachment).await {
+        tracing::warn!(ip = %orphan.ip, error = %e, "could not give back the address of a cancelled ADD; GC will");
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -112,18 +165,19 @@ impl Sessions {
 }
 
 impl Sessions {
-    /// Waits for this node's turn to assign an address (see `Warm::assign`),
-    /// which comes with the node's memo; a cold call, alone in its process,
-    /// needs neither.
-    pub async fn assign_turn(&self, conf: &NetConf) -> Option<tokio::sync::OwnedMutexGuard<Memo>> {
-        let w = self.warm.as_ref()?;
+    /// Takes an address for `req`. A warm call takes it in this node's
+    /// turn (see [`Turn`]); a cold call, alone in its process, directly.
+    pub async fn assign(&self, conf: &NetConf, ipam: &Ipam, req: AssignRequest) -> Answer {
+        let Some(w) = &self.warm else {
+            return ipam.assign(&req).await;
+        };
         let key = format!(
             "{}\n{}",
             serde_json::to_string(&conf.etcd).unwrap_or_default(),
             conf.node.as_deref().unwrap_or_default()
         );
         let turn = lock(&w.assign).entry(key).or_default().clone();
-        Some(turn.lock_owned().await)
+        turn.assign(ipam, req).await
     }
 }
 
@@ -155,11 +209,11 @@ async fn etcd(conf: &NetConf) -> CniResult<etcd_client::Client> {
 }
 
 /// A netlink socket in the namespace of the host veth ends (`hostNetns`).
-pub fn host_netlink(conf: &NetConf) -> CniResult<Netlink> {
+pub async fn host_netlink(conf: &NetConf) -> CniResult<Netlink> {
     match &conf.host_netns {
         None => Ok(Netlink::host()?),
         Some(p) => match NetnsFile::open(p) {
-            Ok(ns) => Ok(Netlink::in_netns(&ns)?),
+            Ok(ns) => Ok(Netlink::in_netns(&ns).await?),
             Err(NetdpError::NetnsMissing(_)) => Err(CniError::new(
                 INVALID_CONFIG,
                 format!("hostNetns {} does not exist", p.display()),

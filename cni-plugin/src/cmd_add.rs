@@ -1,9 +1,11 @@
 //! ADD: IP from etcd, veth born in the pod netns, OVS access port in the
 //! pool's VLAN, L3 setup. Any failure undoes what was done.
 //!
-//! Steps that do not need each other run side by side: the veth is made
-//! while etcd and OVSDB are connected and the address is taken; the port is
-//! added while the pod's addresses and routes are set. ADD does not wait
+//! Steps that do not need each other run side by side: the address is
+//! taken, the bridge read, and the sandbox opened and its veth made, all
+//! from the start (a call that fails before making anything gives back an
+//! address it took); the port is added while the pod's addresses and routes
+//! are set. ADD does not wait
 //! for ovs-vswitchd to bring the port up (its cost grows with the number of
 //! ports on the userspace datapath): nothing in the result depends on it.
 //! The detached follow-up process waits for it and then sends the
@@ -45,16 +47,29 @@ pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult
     let cid = env.container_id.as_deref().unwrap_or_default();
     let ifname = env.ifname.as_deref().unwrap_or_default();
     let ns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
-    let ns = NetnsFile::open(ns_path)?;
-    let host = backend::host_netlink(conf)?;
-    let sandbox = Netlink::in_netns(&ns)?;
-    if sandbox.link_by_name(ifname).await?.is_some() {
-        return Err(CniError::new(
-            IFACE_EXISTS,
-            format!("interface {ifname} already exists in {}", ns_path.display()),
-        ));
-    }
     let host_if = host_veth_name(cid, ifname);
+    let start = Start {
+        env,
+        conf,
+        sessions,
+        cid,
+        ifname,
+        ns_path,
+    };
+    // Neither the address nor the bridge needs the sandbox: all three begin
+    // at once, and the veth with the sandbox, so it counts as made from the start.
+    let (bridge, assigned, local) =
+        tokio::join!(start.bridge(), start.assign(), start.local(&host_if));
+    let local = match local {
+        Ok(l) => l,
+        Err(e) => {
+            // Nothing was made on the node: an address taken meanwhile is all.
+            if let Ok((ipam, a)) = &assigned {
+                give_back(ipam, a).await;
+            }
+            return Err(e);
+        }
+    };
     let ctx = Ctx {
         env,
         conf,
@@ -62,29 +77,39 @@ pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult
         cid,
         ifname,
         host_if: &host_if,
-        ns: &ns,
-        host: &host,
-        sandbox: &sandbox,
+        ns: &local.ns,
+        host: &local.host,
+        sandbox: &local.sandbox,
     };
-    // The veth begins at once, so it counts as made from the start.
     let mut undo = Undo {
         veth: true,
-        ..Undo::default()
+        // A replayed ADD found the handle of an earlier call: that IP is not
+        // ours to give back if this call fails.
+        ip: assigned.as_ref().is_ok_and(|(_, a)| a.created),
+        port: false,
     };
-    let (assigned, veth) = tokio::join!(ctx.connect_and_assign(), ctx.veth());
-    let (backends, a) = match assigned {
-        Ok((b, Ok(a))) => (b, a),
-        Ok((_, Err(e))) | Err(e) => {
-            // No address was taken (an IPAM failure takes none): the veth is all there is.
-            ctx.rollback(&undo, Err("OVSDB not connected".into()), None)
+    let (backends, a) = match (bridge, assigned) {
+        (Ok((ovs, userspace)), Ok((ipam, a))) => (
+            Backends {
+                ovs,
+                ipam,
+                userspace,
+            },
+            a,
+        ),
+        (bridge, assigned) => {
+            let ipam = assigned.as_ref().ok().map(|(ipam, _)| ipam);
+            let e = match (bridge, &assigned) {
+                (Err(e), _) => e,
+                (Ok(_), Err(e)) => e.clone(),
+                (Ok(_), Ok(_)) => unreachable!("matched above"),
+            };
+            ctx.rollback(&undo, Err("OVSDB not connected".into()), ipam)
                 .await;
             return Err(e);
         }
     };
-    // A replayed ADD found the handle of an earlier call: that IP is not
-    // ours to give back if this call fails.
-    undo.ip = a.created;
-    let attached = match veth {
+    let attached = match local.veth {
         Ok(host_link) => ctx.attach(&backends, &a, &host_link, &mut undo).await,
         Err(e) => Err(e),
     };
@@ -95,6 +120,116 @@ pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult
                 .await;
             Err(e)
         }
+    }
+}
+
+/// The veth pair, its sandbox end still without the address-derived MAC
+/// (the address is being taken meanwhile).
+async fn veth(
+    conf: &NetConf,
+    host: &Netlink,
+    sandbox: &Netlink,
+    ns: &NetnsFile,
+    host_if: &str,
+    ifname: &str,
+) -> CniResult<Link> {
+    // Same name = same attachment (and we hold its lock): anything left by
+    // a crashed earlier call is stale.
+    host.del_link(host_if).await?;
+    let spec = VethSpec {
+        host_ifname: host_if.to_string(),
+        sandbox_ifname: ifname.to_string(),
+        mtu: conf.mtu,
+        sandbox_mac: conf.runtime_mac,
+    };
+    let (host_link, _) = create_veth(host, sandbox, ns, &spec).await?;
+    tracing::debug!(host_if, "veth created");
+    Ok(host_link)
+}
+
+/// An address taken for a call that failed before it made anything.
+async fn give_back(ipam: &Ipam, a: &Assignment) {
+    if !a.created {
+        return;
+    }
+    match ipam.release_if_unchanged(&a.attachment).await {
+        Ok(_) => tracing::debug!(ip = %a.ip, "address given back"),
+        Err(e) => tracing::error!(ip = %a.ip, error = %e, "cannot give the address back"),
+    }
+}
+
+/// What ADD needs before the sandbox is open.
+struct Start<'a> {
+    env: &'a CniEnv,
+    conf: &'a NetConf,
+    sessions: &'a Sessions,
+    cid: &'a str,
+    ifname: &'a str,
+    ns_path: &'a std::path::Path,
+}
+
+/// The sandbox, the host's netlink, and the veth between them.
+struct Local {
+    ns: NetnsFile,
+    host: Netlink,
+    sandbox: Netlink,
+    veth: CniResult<Link>,
+}
+
+impl Start<'_> {
+    /// OVSDB, with the bridge and its datapath read in one request.
+    async fn bridge(&self) -> CniResult<(Ovs, bool)> {
+        let ovs = self.sessions.ovs(self.conf).await?;
+        match ovs.bridge_datapath_type(&self.conf.bridge).await? {
+            Some(t) => Ok((ovs, t == "netdev")),
+            None => Err(CniError::new(
+                NO_BRIDGE,
+                format!("OVS bridge {} does not exist", self.conf.bridge),
+            )),
+        }
+    }
+
+    /// The address. When it fails none was taken.
+    async fn assign(&self) -> CniResult<(Ipam, Assignment)> {
+        let ipam = self.sessions.ipam(self.conf).await?;
+        let req = AssignRequest {
+            container_id: self.cid.to_string(),
+            ifname: self.ifname.to_string(),
+            netns: self.ns_path.display().to_string(),
+            pod_namespace: self.env.args.pod_namespace.clone(),
+            pod_name: self.env.args.pod_name.clone(),
+            network: Some(self.conf.name.clone()),
+            pools: self.conf.pools.clone(),
+            requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
+        };
+        let a = self.sessions.assign(self.conf, &ipam, req).await?;
+        tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
+        Ok((ipam, a))
+    }
+
+    /// The sandbox and the veth; an error before the veth is begun means
+    /// nothing was made.
+    async fn local(&self, host_if: &str) -> CniResult<Local> {
+        let ns = NetnsFile::open(self.ns_path)?;
+        let host = backend::host_netlink(self.conf).await?;
+        let sandbox = Netlink::in_netns(&ns).await?;
+        if sandbox.link_by_name(self.ifname).await?.is_some() {
+            return Err(CniError::new(
+                IFACE_EXISTS,
+                format!(
+                    "interface {} already exists in {}",
+                    self.ifname,
+                    self.ns_path.display()
+                ),
+            ));
+        }
+        let veth = veth(self.conf, &host, &sandbox, &ns, host_if, self.ifname).await;
+        Ok(Local {
+            ns,
+            host,
+            sandbox,
+            veth,
+        })
     }
 }
 
@@ -111,67 +246,6 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Connects to OVSDB (checking the bridge) and etcd side by side, then
-    /// takes the address: only with a bridge to attach to is one worth taking.
-    async fn connect_and_assign(&self) -> CniResult<(Backends, CniResult<Assignment>)> {
-        let bridge = async {
-            let ovs = self.sessions.ovs(self.conf).await?;
-            // One read answers both: the bridge exists, and on which datapath.
-            match ovs.bridge_datapath_type(&self.conf.bridge).await? {
-                Some(t) => Ok((ovs, t == "netdev")),
-                None => Err(CniError::new(
-                    NO_BRIDGE,
-                    format!("OVS bridge {} does not exist", self.conf.bridge),
-                )),
-            }
-        };
-        let ((ovs, userspace), ipam) = tokio::try_join!(bridge, self.sessions.ipam(self.conf))?;
-        tracing::debug!("connected to OVSDB and etcd");
-        let req = AssignRequest {
-            container_id: self.cid.to_string(),
-            ifname: self.ifname.to_string(),
-            netns: self.ns.path().display().to_string(),
-            pod_namespace: self.env.args.pod_namespace.clone(),
-            pod_name: self.env.args.pod_name.clone(),
-            network: Some(self.conf.name.clone()),
-            pools: self.conf.pools.clone(),
-            requested_ip: self.env.args.ip.or(self.conf.runtime_ips.first().copied()),
-        };
-        let mut turn = self.sessions.assign_turn(self.conf).await;
-        let a = match turn.as_deref_mut() {
-            Some(memo) => ipam.assign_remembering(&req, memo).await,
-            None => ipam.assign(&req).await,
-        }
-        .map_err(CniError::from);
-        drop(turn);
-        if let Ok(a) = &a {
-            tracing::debug!(ip = %a.ip, pool = %a.pool, vlan = a.vlan.id(), "assigned");
-        }
-        let b = Backends {
-            ovs,
-            ipam,
-            userspace,
-        };
-        Ok((b, a))
-    }
-
-    /// The veth pair, its sandbox end still without the address-derived MAC
-    /// (the address is being taken meanwhile).
-    async fn veth(&self) -> CniResult<Link> {
-        // Same name = same attachment (and we hold its lock): anything left by
-        // a crashed earlier call is stale.
-        self.host.del_link(self.host_if).await?;
-        let spec = VethSpec {
-            host_ifname: self.host_if.to_string(),
-            sandbox_ifname: self.ifname.to_string(),
-            mtu: self.conf.mtu,
-            sandbox_mac: self.conf.runtime_mac,
-        };
-        let (host_link, _) = create_veth(self.host, self.sandbox, self.ns, &spec).await?;
-        tracing::debug!(host_if = self.host_if, "veth created");
-        Ok(host_link)
-    }
-
     /// The OVS port and the sandbox's L3 setup, side by side; then the
     /// follow-up that announces the pod once the port is live.
     async fn attach(
@@ -409,7 +483,7 @@ mod tests {
     #[test]
     fn rollback_before_an_address_was_taken_removes_just_the_veth() {
         // The veth is made while etcd and OVSDB are still being reached: a
-        // failure there (no bridge, etcd down, pool full) leaves only it.
+        // failure there (etcd down, pool full) leaves only it.
         let f = Recording::new().with_ports(&["br0"]).holding();
         let undo = Undo {
             veth: true,

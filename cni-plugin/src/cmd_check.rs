@@ -22,7 +22,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<()> 
     let want = Expected::from_prev(&prev, ifname)?;
 
     let ns = NetnsFile::open(ns_path)?;
-    let sandbox = Netlink::in_netns(&ns)?;
+    let sandbox = Netlink::in_netns(&ns).await?;
     let (ovs, ipam) = tokio::try_join!(s.ovs(conf), s.ipam(conf))?;
     let mut diffs: Vec<String> = Vec::new();
 

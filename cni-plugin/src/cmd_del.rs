@@ -29,7 +29,7 @@ pub type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// reached: otherwise the runtime must hear that the IP is kept.
 pub async fn del(env: &CniEnv, conf: &NetConf, s: &Sessions) -> CniResult<Option<Tail>> {
     let (ovs, ipam) = tokio::join!(s.ovs(conf), s.ipam(conf));
-    let host = backend::host_netlink(conf);
+    let host = backend::host_netlink(conf).await;
     let ports = OvsPorts::new(
         ovs.as_ref().map_err(|e| e.msg.clone()),
         PortScope::Bridge(&conf.bridge),

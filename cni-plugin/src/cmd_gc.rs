@@ -72,7 +72,7 @@ pub async fn gc(conf: &NetConf, s: &Sessions) -> CniResult<()> {
         .collect();
     let (ovs, ipam) = tokio::try_join!(s.ovs(conf), s.ipam(conf))?;
     let node = ipam.node().to_string();
-    let host = backend::host_netlink(conf)?;
+    let host = backend::host_netlink(conf).await?;
     let scope = Scope {
         network: &conf.name,
         node: &node,

@@ -93,7 +93,9 @@ async fn links_remove_the_veth_and_missing_ones_are_success() {
     ns.must(&[
         "ip", "link", "add", "ta0", "type", "veth", "peer", "name", "ta1",
     ]);
-    let nl = Netlink::in_netns(&NetnsFile::open(ns.path()).unwrap()).unwrap();
+    let nl = Netlink::in_netns(&NetnsFile::open(ns.path()).unwrap())
+        .await
+        .unwrap();
     let links = HostLinks::new(Ok(&nl));
     links.remove_host("ta0").await.unwrap();
     let out = String::from_utf8(ns.must(&["ip", "link"]).stdout).unwrap();

@@ -47,18 +47,63 @@ struct Claimable {
     revision: i64,
 }
 
+/// Most requests one commit can carry: etcd refuses a transaction of more
+/// than 128 operations or compares (`--max-txn-ops`); a request takes two
+/// writes, up to three compares, and at worst one block of its own.
+const BATCH: usize = 30;
+
 pub(crate) async fn assign(
     ipam: &Ipam,
     req: &AssignRequest,
     memo: Option<&mut Memo>,
 ) -> Result<Assignment, IpamError> {
-    validate(req)?;
-    let mut memo = memo;
-    if let Some(m) = memo.as_deref_mut() {
-        if let Some(a) = quick(ipam, req, m).await? {
-            return Ok(a);
+    let Some(memo) = memo else {
+        return ordinary(ipam, req, None).await;
+    };
+    let mut answers = assign_all(ipam, std::slice::from_ref(req), memo).await;
+    answers.pop().expect("one answer per request")
+}
+
+/// Every request, in order: first those the memo can decide, together in
+/// one commit per [`BATCH`]; the rest, and all of them when that commit
+/// loses a compare, one by one the ordinary way.
+pub(crate) async fn assign_all(
+    ipam: &Ipam,
+    reqs: &[AssignRequest],
+    memo: &mut Memo,
+) -> Vec<Result<Assignment, IpamError>> {
+    let mut answers: Vec<Option<Result<Assignment, IpamError>>> =
+        reqs.iter().map(|_| None).collect();
+    for (n, chunk) in reqs.chunks(BATCH).enumerate() {
+        match quick(ipam, chunk, memo).await {
+            Ok(done) => {
+                for (i, a) in done {
+                    answers[n * BATCH + i] = Some(Ok(a));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "assignment on the memo failed: reading afresh");
+                memo.forget();
+            }
         }
     }
+    let mut out = Vec::with_capacity(reqs.len());
+    for (req, answer) in reqs.iter().zip(answers) {
+        out.push(match answer {
+            Some(a) => a,
+            None => ordinary(ipam, req, Some(memo)).await,
+        });
+    }
+    out
+}
+
+/// Read, decide, commit, retried on conflict; what it read refills `memo`.
+async fn ordinary(
+    ipam: &Ipam,
+    req: &AssignRequest,
+    memo: Option<&mut Memo>,
+) -> Result<Assignment, IpamError> {
+    validate(req)?;
     let outcome = retry::optimistic(ipam.opts.max_attempts, || try_assign(ipam, req))
         .await
         .and_then(|r| {
@@ -86,73 +131,174 @@ pub(crate) async fn assign(
     Ok(a)
 }
 
-/// The memo's one-round-trip assignment (see [`crate::memo`]); `None` when
-/// the memo cannot decide or was stale, the memo then dropped.
+/// The requests the memo can decide (see [`crate::memo`]), by their index
+/// in `reqs`, committed together in one round trip. Empty when it can
+/// decide none, or when the commit lost a compare (the memo then dropped).
 async fn quick(
     ipam: &Ipam,
-    req: &AssignRequest,
+    reqs: &[AssignRequest],
     memo: &mut Memo,
-) -> Result<Option<Assignment>, IpamError> {
-    if req.requested_ip.is_some()
-        || req
-            .pod_namespace
-            .as_ref()
-            .is_some_and(|ns| memo.reserving.contains(ns))
-    {
-        return Ok(None);
-    }
+) -> Result<Vec<(usize, Assignment)>, IpamError> {
     let Some(seen) = &memo.seen else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    // A stale memo may make the request look wrong (a pool it lacks): the
-    // ordinary path, reading afresh, is the one to say so.
-    let Ok((eligible, app)) = eligible_pools(&seen.pools, req, &seen.bindings) else {
-        return Ok(None);
-    };
-    let Some(pool) = eligible.first() else {
-        return Ok(None);
-    };
-    let keys = &ipam.keys;
-    let handle_key = keys.handle(&req.container_id, &req.ifname);
-    let mut assumed = vec![store::prefix_unchanged_since(
-        keys.pools_prefix(),
-        seen.revision,
-    )];
-    if let Some((ns, name)) = pod_identity(req) {
-        assumed.push(store::absent(keys.sticky(ns, name)));
+    let mut plan = Plan::new(ipam, seen);
+    for (i, req) in reqs.iter().enumerate() {
+        plan.add(i, req, &memo.reserving);
     }
-    if let Some(ns) = &req.pod_namespace {
-        assumed.push(store::prefix_empty(keys.app_reserve_prefix(ns)));
+    let Commit {
+        compares,
+        ops,
+        blocks,
+        decided,
+    } = plan.into_commit();
+    if decided.is_empty() {
+        return Ok(Vec::new());
     }
-    let ctx = Ctx {
-        ipam,
-        req,
-        handle_key: &handle_key,
-        now: now_secs(),
-        full: BTreeSet::new(),
-        bindings_revision: seen.revision,
-        app,
-        assumed,
-        wrote: Default::default(),
+    let Some(revision) = store::commit(&ipam.client, compares, ops).await?.revision() else {
+        tracing::debug!("assignment memo stale: reading afresh");
+        memo.forget();
+        return Ok(Vec::new());
     };
-    let Some((block, ip)) = seen.pick(&pool.value, ctx.now, ctx.cooldown()) else {
-        return Ok(None);
-    };
-    let step = ctx.in_block(&pool.value, block, ip, Vec::new()).await?;
-    match (
-        step,
-        ctx.wrote.into_inner().unwrap_or_else(|e| e.into_inner()),
-    ) {
-        (Some(att), Some(wrote)) => {
-            if let Some(seen) = &mut memo.seen {
-                seen.put(wrote);
-            }
-            Ok(Some(Assignment::new(att, true)))
+    if let Some(seen) = &mut memo.seen {
+        for (key, value) in blocks {
+            seen.put(Rec {
+                key,
+                value,
+                mod_revision: revision,
+            });
         }
-        _ => {
-            tracing::debug!("assignment memo stale: reading afresh");
-            memo.forget();
-            Ok(None)
+    }
+    Ok(decided
+        .into_iter()
+        .map(|(i, att)| (i, Assignment::new(att, true)))
+        .collect())
+}
+
+/// What a [`Plan`] commits, and what the commit decides.
+struct Commit {
+    compares: Vec<etcd_client::Compare>,
+    ops: Vec<etcd_client::TxnOp>,
+    /// The blocks as the commit writes them.
+    blocks: Vec<(String, Block)>,
+    decided: Vec<(usize, Attachment)>,
+}
+
+/// Assignments decided on a memo, for one commit: each one's allocation
+/// applied to a working copy of the node's blocks, and a compare for every
+/// fact the memo supplied.
+struct Plan<'a> {
+    ipam: &'a Ipam,
+    seen: &'a Seen,
+    /// The node's blocks with this plan's allocations.
+    work: Seen,
+    /// Blocks written, with the `mod_revision` the memo has for them.
+    touched: BTreeMap<String, i64>,
+    handles: BTreeSet<String>,
+    compares: Vec<etcd_client::Compare>,
+    ops: Vec<etcd_client::TxnOp>,
+    decided: Vec<(usize, Attachment)>,
+    now: u64,
+}
+
+impl<'a> Plan<'a> {
+    fn new(ipam: &'a Ipam, seen: &'a Seen) -> Self {
+        let keys = &ipam.keys;
+        Plan {
+            ipam,
+            seen,
+            work: seen.clone(),
+            touched: BTreeMap::new(),
+            handles: BTreeSet::new(),
+            compares: vec![
+                store::prefix_unchanged_since(keys.pools_prefix(), seen.revision),
+                store::prefix_unchanged_since(keys.app_pools_prefix(), seen.revision),
+            ],
+            ops: Vec::new(),
+            decided: Vec::new(),
+            now: now_secs(),
+        }
+    }
+
+    /// Decides `req` on the memo if it can; a request it cannot decide is
+    /// left to the ordinary path.
+    fn add(&mut self, i: usize, req: &AssignRequest, reserving: &BTreeSet<String>) {
+        let keys = &self.ipam.keys;
+        let handle_key = keys.handle(&req.container_id, &req.ifname);
+        if validate(req).is_err()
+            || req.requested_ip.is_some()
+            || req
+                .pod_namespace
+                .as_ref()
+                .is_some_and(|ns| reserving.contains(ns))
+            || self.handles.contains(&handle_key)
+        {
+            return;
+        }
+        // A stale memo may make the request look wrong (a pool it lacks):
+        // the ordinary path, reading afresh, is the one to say so.
+        let Ok((eligible, app)) = eligible_pools(&self.seen.pools, req, &self.seen.bindings) else {
+            return;
+        };
+        let Some(pool) = eligible.first().map(|p| &p.value) else {
+            return;
+        };
+        let ctx = Ctx {
+            ipam: self.ipam,
+            req,
+            handle_key: &handle_key,
+            now: self.now,
+            full: BTreeSet::new(),
+            bindings_revision: self.seen.revision,
+            app,
+            wrote: Default::default(),
+        };
+        let Some((block, ip)) = self.work.pick(pool, self.now, ctx.cooldown()) else {
+            return;
+        };
+        let mut b = block.clone();
+        let att = ctx.allocate(pool, &mut b.value, ip);
+        self.touched.entry(b.key.clone()).or_insert(b.mod_revision);
+        self.work.put(b);
+        self.compares.push(store::absent(&handle_key));
+        if let Some((ns, name)) = pod_identity(req) {
+            self.compares.push(store::absent(keys.sticky(ns, name)));
+        }
+        if let Some(ns) = &req.pod_namespace {
+            self.compares
+                .push(store::prefix_empty(keys.app_reserve_prefix(ns)));
+        }
+        self.ops.extend(ctx.attachment_ops(&att));
+        self.handles.insert(handle_key);
+        self.decided.push((i, att));
+    }
+
+    /// The plan's compares and writes, each touched block's included.
+    fn into_commit(self) -> Commit {
+        let Plan {
+            work,
+            touched,
+            mut compares,
+            mut ops,
+            decided,
+            ..
+        } = self;
+        let mut blocks = Vec::new();
+        for (key, revision) in touched {
+            let b = work
+                .own
+                .iter()
+                .find(|b| b.key == key)
+                .expect("a touched block is in the working copy");
+            compares.push(store::unchanged(&key, Some(revision)));
+            ops.push(store::put(&key, &b.value));
+            blocks.push((key, b.value.clone()));
+        }
+        Commit {
+            compares,
+            ops,
+            blocks,
+            decided,
         }
     }
 }
@@ -215,7 +361,6 @@ async fn try_assign(
             .collect(),
         bindings_revision: batch.revision,
         app,
-        assumed: Vec::new(),
         wrote: Default::default(),
     };
     let step = ctx.decide(&eligible, &own, sticky, reserve).await?;
@@ -344,9 +489,6 @@ struct Ctx<'a> {
     bindings_revision: i64,
     /// The pod's app, when its binding chose the pools.
     app: Option<String>,
-    /// Compares for what the decision took from a memo rather than from
-    /// this round's read (see [`crate::memo`]); every commit carries them.
-    assumed: Vec<etcd_client::Compare>,
     /// The node block this round's commit wrote, for the memo.
     wrote: std::sync::Mutex<Option<Rec<Block>>>,
 }
@@ -437,12 +579,11 @@ impl Ctx<'_> {
     ) -> Result<Step, IpamError> {
         let mut b = block.value.clone();
         let att = self.allocate(pool, &mut b, ip);
-        let mut compares = vec![
+        let compares = vec![
             store::unchanged(&block.key, Some(block.mod_revision)),
             store::unchanged(self.handle_key, None),
             self.bindings_unchanged(),
         ];
-        compares.extend(self.assumed.iter().cloned());
         ops.push(store::put(&block.key, &b));
         ops.extend(self.attachment_ops(&att));
         let done = store::commit(&self.ipam.client, compares, ops).await?;
@@ -473,13 +614,12 @@ impl Ctx<'_> {
         let att = self.allocate(p, &mut b, ip);
         let claim_key = keys.block(&p.name, cidr.network(), cidr.prefix_len());
         let record_key = keys.node_block(&b.node, &p.name, cidr.network(), cidr.prefix_len());
-        let mut compares = vec![
+        let compares = vec![
             store::unchanged(&claim_key, None),
             store::unchanged(&pool.key, Some(pool.mod_revision)),
             store::unchanged(self.handle_key, None),
             self.bindings_unchanged(),
         ];
-        compares.extend(self.assumed.iter().cloned());
         let claim = BlockClaim {
             pool: p.name.clone(),
             cidr,
@@ -874,7 +1014,6 @@ mod tests {
             full: BTreeSet::new(),
             bindings_revision: batch.revision,
             app: None,
-            assumed: Vec::new(),
             wrote: Default::default(),
         };
         let _ = ctx

@@ -139,6 +139,17 @@ impl Ipam {
         assign::assign(self, req, Some(memo)).await
     }
 
+    /// [`Ipam::assign_remembering`] for several requests at once (calls that
+    /// queued for the node's turn): those the memo can decide share one
+    /// commit. One answer per request, in order.
+    pub async fn assign_all_remembering(
+        &self,
+        reqs: &[AssignRequest],
+        memo: &mut Memo,
+    ) -> Vec<Result<Assignment, IpamError>> {
+        assign::assign_all(self, reqs, memo).await
+    }
+
     /// CNI DEL: frees the attachment's address. Unknown handle → `Ok(None)`.
     pub async fn release(
         &self,

@@ -161,3 +161,102 @@ async fn a_pool_bound_to_an_app_after_the_memo_is_closed_to_other_pods() {
     assert_eq!(shop.pool, "p1");
     env.assert_consistent().await;
 }
+
+/// Calls queued for the node's turn (`Ipam::assign_all_remembering`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_queued_together_on_a_warm_memo_share_one_commit() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
+        .await;
+    let n1 = env.ipam("n1");
+    let mut memo = Memo::default();
+    let first = n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
+    let reqs: Vec<_> = (1..11)
+        .map(|i| pod_req(&format!("c{i}"), "web", &format!("w{i}")))
+        .collect();
+    let before = etcd_requests(&env.etcd, "Txn");
+    let answers = n1.assign_all_remembering(&reqs, &mut memo).await;
+    assert_eq!(etcd_requests(&env.etcd, "Txn") - before, 1);
+    let mut got = BTreeSet::from([first.ip]);
+    for (r, a) in reqs.iter().zip(answers) {
+        let a = a.unwrap();
+        assert_eq!(
+            a.attachment.container_id, r.container_id,
+            "answers in order"
+        );
+        assert!(a.created);
+        assert!(got.insert(a.ip), "{} handed out twice", a.ip);
+    }
+    env.assert_consistent().await;
+}
+
+/// Sixteen addresses per block, one already taken: the batch fills the
+/// memo's block and the rest claim a new one the ordinary way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_blocks_free_addresses_still_gets_distinct_ones() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
+        .await;
+    let n1 = env.ipam("n1");
+    let mut memo = Memo::default();
+    n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
+    let reqs: Vec<_> = (1..41).map(|i| req(&format!("c{i}"))).collect();
+    let answers = n1.assign_all_remembering(&reqs, &mut memo).await;
+    let mut got = BTreeSet::new();
+    let mut blocks = BTreeSet::new();
+    for a in answers {
+        let a = a.unwrap();
+        blocks.insert(a.attachment.block);
+        assert!(got.insert(a.ip), "{} handed out twice", a.ip);
+    }
+    assert_eq!(got.len(), 40);
+    assert!(
+        blocks.len() >= 3,
+        "41 addresses fit in no fewer than 3 blocks"
+    );
+    env.assert_consistent().await;
+}
+
+/// A replay in the batch makes its commit fail on the handle's compare:
+/// every request then goes the ordinary way, the replay gets its address
+/// back, the others new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_in_a_batch_gets_its_address_back_and_the_others_new_ones() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
+        .await;
+    let n1 = env.ipam("n1");
+    let mut memo = Memo::default();
+    let first = n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
+    let reqs = vec![req("c1"), req("c0"), req("c2"), req("c1")];
+    let answers: Vec<_> = n1
+        .assign_all_remembering(&reqs, &mut memo)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!((answers[1].ip, answers[1].created), (first.ip, false));
+    assert!(answers[0].created && answers[2].created);
+    assert_eq!((answers[3].ip, answers[3].created), (answers[0].ip, false));
+    let ips: BTreeSet<_> = [first.ip, answers[0].ip, answers[2].ip].into();
+    assert_eq!(ips.len(), 3);
+    env.assert_consistent().await;
+}
+
+/// An invalid request is the ordinary path's to refuse; the rest of the
+/// batch is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_in_a_batch_fails_alone() {
+    let env = Env::start().await;
+    env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
+        .await;
+    let n1 = env.ipam("n1");
+    let mut memo = Memo::default();
+    n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
+    let reqs = vec![req("c1"), req("a/b"), req("c2")];
+    let answers = n1.assign_all_remembering(&reqs, &mut memo).await;
+    assert!(answers[0].is_ok() && answers[2].is_ok());
+    let e = answers[1].as_ref().unwrap_err();
+    assert!(matches!(e, IpamError::InvalidRequest(_)), "{e}");
+    env.assert_consistent().await;
+}

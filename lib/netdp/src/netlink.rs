@@ -1,4 +1,4 @@
-use crate::netns::{in_netns, NetnsFile};
+use crate::netns::{in_netns_async, NetnsFile};
 use crate::{NetdpError, Result};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -65,13 +65,16 @@ impl Netlink {
     }
 
     /// A socket opened inside `ns` on a helper thread; every request made
-    /// through it acts in `ns`, with no further namespace switching.
-    pub fn in_netns(ns: &NetnsFile) -> Result<Self> {
+    /// through it acts in `ns`, with no further namespace switching. The
+    /// caller's task waits without blocking its thread: ADD opens the
+    /// sandbox's socket while its address is being taken.
+    pub async fn in_netns(ns: &NetnsFile) -> Result<Self> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = in_netns(ns, move || {
+        let (conn, handle, _) = in_netns_async(ns, move || {
             let _guard = rt.enter();
             rtnetlink::new_connection()
-        })?
+        })
+        .await?
         .map_err(NetdpError::Socket)?;
         Ok(Self {
             handle,
@@ -103,8 +106,9 @@ impl Netlink {
         }
     }
 
-    /// Creates veth `name` here with its peer `peer` created directly in
-    /// `peer_ns`, both with `mtu`; the peer gets `peer_mac` if given.
+    /// Creates veth `name` here, already up (one request fewer than setting
+    /// it up after), with its peer `peer` created directly in `peer_ns`
+    /// (down), both with `mtu`; the peer gets `peer_mac` if given.
     pub async fn add_veth(
         &self,
         name: &str,
@@ -123,6 +127,7 @@ impl Netlink {
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())
             .mtu(mtu)
+            .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         match self.handle.link().add(msg).execute().await {
@@ -134,26 +139,19 @@ impl Netlink {
         }
     }
 
-    pub async fn set_up(&self, index: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).up().build();
+    /// Sets the link up, with its MAC replaced first when `mac` is given:
+    /// one request, so the link never goes up with the old MAC.
+    pub async fn set_mac_and_up(&self, index: u32, mac: Option<[u8; 6]>) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).up();
+        if let Some(mac) = mac {
+            msg = msg.address(mac.to_vec());
+        }
         self.handle
             .link()
-            .set(msg)
+            .set(msg.build())
             .execute()
             .await
             .map_err(|e| NetdpError::netlink(format!("set link #{index} up"), e))
-    }
-
-    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| NetdpError::netlink(format!("set MAC of link #{index}"), e))
     }
 
     pub async fn add_ipv4(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {

@@ -66,11 +66,6 @@ pub async fn create_veth(
         .link_by_name(&spec.host_ifname)
         .await?
         .ok_or_else(|| NetdpError::LinkMissing(spec.host_ifname.clone()))?;
-    host.set_up(host_link.index).await?;
-    let host_link = host
-        .link_by_index(host_link.index)
-        .await?
-        .ok_or_else(|| NetdpError::LinkMissing(spec.host_ifname.clone()))?;
     let sandbox_link = sandbox
         .link_by_name(&spec.sandbox_ifname)
         .await?
@@ -89,32 +84,45 @@ pub async fn configure_sandbox(
         .link_by_name(&cfg.ifname)
         .await?
         .ok_or_else(|| NetdpError::LinkMissing(cfg.ifname.clone()))?;
-    if let Some(mac) = cfg.mac {
-        sandbox.set_mac(link.index, mac).await?;
-    }
-    if cfg.arp_notify || cfg.software_tx_checksum {
-        let (notify, sw_csum) = (cfg.arp_notify, cfg.software_tx_checksum);
-        let key = format!("net/ipv4/conf/{}/arp_notify", cfg.ifname);
-        let ifname = cfg.ifname.clone();
-        in_netns_async(ns, move || -> Result<()> {
-            if notify {
-                std::fs::write(format!("/proc/sys/{key}"), b"1")
-                    .map_err(|source| NetdpError::Sysctl { key, source })?;
-            }
-            if sw_csum {
-                crate::set_tx_checksum(&ifname, false)
-                    .map_err(|source| NetdpError::Ethtool { ifname, source })?;
-            }
-            Ok(())
-        })
-        .await??;
-    }
-    sandbox.add_ipv4(link.index, cfg.ip, cfg.prefix_len).await?;
-    sandbox.set_up(link.index).await?;
+    // The sysctl and the checksum setting need the namespace's thread, the
+    // address a netlink request: both only have to precede link-up.
+    let (tuned, addressed) = tokio::join!(
+        tune(ns, cfg),
+        sandbox.add_ipv4(link.index, cfg.ip, cfg.prefix_len)
+    );
+    tuned?;
+    addressed?;
+    sandbox.set_mac_and_up(link.index, cfg.mac).await?;
     if let Some(gw) = cfg.gateway {
         sandbox.add_default_route(link.index, gw).await?;
     }
-    Ok(sandbox.link_by_index(link.index).await?.unwrap_or(link))
+    Ok(Link {
+        mac: cfg.mac.or(link.mac),
+        up: true,
+        ..link
+    })
+}
+
+/// `arp_notify` and software checksums, as `cfg` asks.
+async fn tune(ns: &NetnsFile, cfg: &SandboxConfig) -> Result<()> {
+    if !cfg.arp_notify && !cfg.software_tx_checksum {
+        return Ok(());
+    }
+    let (notify, sw_csum) = (cfg.arp_notify, cfg.software_tx_checksum);
+    let key = format!("net/ipv4/conf/{}/arp_notify", cfg.ifname);
+    let ifname = cfg.ifname.clone();
+    in_netns_async(ns, move || -> Result<()> {
+        if notify {
+            std::fs::write(format!("/proc/sys/{key}"), b"1")
+                .map_err(|source| NetdpError::Sysctl { key, source })?;
+        }
+        if sw_csum {
+            crate::set_tx_checksum(&ifname, false)
+                .map_err(|source| NetdpError::Ethtool { ifname, source })?;
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// The interface `ifname`, its IPv4 addresses and the routes through it.
@@ -144,7 +152,7 @@ pub async fn netns_has_ipv4(path: &Path, ifname: &str, ip: Ipv4Addr) -> Result<b
         Err(NetdpError::NetnsMissing(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let nl = Netlink::in_netns(&ns)?;
+    let nl = Netlink::in_netns(&ns).await?;
     let Some(link) = nl.link_by_name(ifname).await? else {
         return Ok(false);
     };
@@ -164,5 +172,5 @@ pub async fn del_link_in(path: &Path, ifname: &str) -> Result<bool> {
         Err(NetdpError::NetnsMissing(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
-    Netlink::in_netns(&ns)?.del_link(ifname).await
+    Netlink::in_netns(&ns).await?.del_link(ifname).await
 }

@@ -41,9 +41,11 @@ fn run(args: &[&str]) -> String {
 }
 
 /// Plays the node's host namespace, so the test never touches the real host.
-fn host_ns() -> (TestNs, Netlink) {
+async fn host_ns() -> (TestNs, Netlink) {
     let ns = TestNs::new();
-    let nl = Netlink::in_netns(&NetnsFile::open(&ns.path()).unwrap()).unwrap();
+    let nl = Netlink::in_netns(&NetnsFile::open(&ns.path()).unwrap())
+        .await
+        .unwrap();
     (ns, nl)
 }
 
@@ -65,8 +67,8 @@ fn unique_host_name(tag: &str) -> String {
 async fn veth_into_netns_with_address_route_mac_mtu_and_arp_notify() {
     let ns = TestNs::new();
     let nsf = NetnsFile::open(&ns.path()).unwrap();
-    let (hns, host) = host_ns();
-    let sandbox = Netlink::in_netns(&nsf).unwrap();
+    let (hns, host) = host_ns().await;
+    let sandbox = Netlink::in_netns(&nsf).await.unwrap();
     let ip = Ipv4Addr::new(10, 99, 1, 5);
     let mac = mac_from_ipv4(ip);
     let host_if = unique_host_name("a");
@@ -102,6 +104,7 @@ async fn veth_into_netns_with_address_route_mac_mtu_and_arp_notify() {
     let link_out = ns.ip(&["link", "show", "eth0"]);
     assert!(link_out.contains(&format_mac(&mac)), "{link_out}");
     assert!(link_out.contains("mtu 1400"), "{link_out}");
+    assert!(link_out.contains(",UP"), "the kernel has it up: {link_out}");
     let routes = ns.ip(&["-4", "route"]);
     assert!(
         routes.contains("default via 10.99.0.1 dev eth0"),
@@ -162,8 +165,8 @@ async fn existing_sandbox_name_is_refused_before_anything_is_created() {
         "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
     ]);
     let nsf = NetnsFile::open(&ns.path()).unwrap();
-    let (hns, host) = host_ns();
-    let sandbox = Netlink::in_netns(&nsf).unwrap();
+    let (hns, host) = host_ns().await;
+    let sandbox = Netlink::in_netns(&nsf).await.unwrap();
     let host_if = unique_host_name("b");
     let spec = VethSpec {
         host_ifname: host_if.clone(),
@@ -190,8 +193,8 @@ async fn missing_netns_is_reported_as_missing_and_deleting_in_it_tolerates_it() 
 async fn gratuitous_arp_leaves_the_sandbox() {
     let ns = TestNs::new();
     let nsf = NetnsFile::open(&ns.path()).unwrap();
-    let (hns, host) = host_ns();
-    let sandbox = Netlink::in_netns(&nsf).unwrap();
+    let (hns, host) = host_ns().await;
+    let sandbox = Netlink::in_netns(&nsf).await.unwrap();
     let ip = Ipv4Addr::new(10, 98, 0, 7);
     let mac = mac_from_ipv4(ip);
     let host_if = unique_host_name("g");
@@ -277,8 +280,8 @@ async fn software_tx_checksum_turns_the_sandbox_offload_off_and_only_when_asked(
     for software in [false, true] {
         let ns = TestNs::new();
         let nsf = NetnsFile::open(&ns.path()).unwrap();
-        let (_hns, host) = host_ns();
-        let sandbox = Netlink::in_netns(&nsf).unwrap();
+        let (_hns, host) = host_ns().await;
+        let sandbox = Netlink::in_netns(&nsf).await.unwrap();
         let spec = VethSpec {
             host_ifname: unique_host_name("c"),
             sandbox_ifname: "eth0".into(),
