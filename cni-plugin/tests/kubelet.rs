@@ -46,6 +46,7 @@ impl World {
             cni_plugin: BIN.into(),
             node_agent: node_agent.map(|_| sibling("leengine-node-agent")),
             reclaim: node_agent.unwrap_or(false),
+            network: te::CellNetwork::Leengine,
         });
         let pool = cell.pools()[0].clone();
         let net = pool.cidr.trim_end_matches(".0/24").to_string();

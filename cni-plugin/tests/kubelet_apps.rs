@@ -162,6 +162,7 @@ fn a_bound_app_keeps_its_27_through_scaling_and_an_upgrade() {
         cni_plugin: BIN.into(),
         node_agent: None,
         reclaim: false,
+        network: te::CellNetwork::Leengine,
     });
     let (web, shop) = (cell.pools()[0].clone(), cell.pools()[1].clone());
     // The shop app's range: the first /27 of its segment.

@@ -473,6 +473,7 @@ fn apiserver(pods: Vec<(Value, Value)>, nodes: &[&str]) -> te::Cell {
         cni_plugin: env!("CARGO_BIN_EXE_cnictl").into(),
         node_agent: None,
         reclaim: false,
+        network: te::CellNetwork::Leengine,
     });
     let mut objects =
         vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})];

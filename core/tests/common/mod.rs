@@ -322,6 +322,7 @@ pub fn start_cell(vlan: u16, node_agent: Option<std::path::PathBuf>) -> te::Cell
         cni_plugin: sibling("leengine-cni"),
         node_agent,
         reclaim: false,
+        network: te::CellNetwork::Leengine,
     });
     let pool = cell.pools()[0].clone();
     let out = std::process::Command::new(sibling("cnictl"))

@@ -186,6 +186,7 @@ pub fn bare_cell() -> te::Cell {
         cni_plugin: sibling("leengine-cni"),
         node_agent: None,
         reclaim: false,
+        network: te::CellNetwork::Leengine,
     })
 }
 
@@ -198,6 +199,7 @@ pub fn web_cell(vlan: u16) -> te::Cell {
         cni_plugin: sibling("leengine-cni"),
         node_agent: None,
         reclaim: false,
+        network: te::CellNetwork::Leengine,
     });
     let pool = cell.pools()[0].clone();
     let out = Command::new(sibling("cnictl"))

@@ -54,6 +54,22 @@ pub struct CellSpec {
     /// Whether the node-agents start with leak reclaim on
     /// ([`Cell::set_reclaim`] changes it per node).
     pub reclaim: bool,
+    /// The pods' network.
+    pub network: CellNetwork,
+}
+
+/// What kubelet's pods are attached with (the CNI configuration of every node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CellNetwork {
+    /// `leengine-cni`, each call in its own process.
+    #[default]
+    Leengine,
+    /// `leengine-cni` relaying to the node-agent's CNI service
+    /// (`agentSocket`), as the packaged configuration does; needs `node_agent`.
+    LeengineAgent,
+    /// The reference for benchmarks: `bridge` + `host-local`, a Linux bridge
+    /// in the runtime's (the host's) namespace, no VLAN, no etcd.
+    BridgeHostLocal,
 }
 
 /// A pool the Cell's router serves: a /24 of the Cell's range.
@@ -81,6 +97,15 @@ pub struct KubeNode {
     reclaim: bool,
     /// The node-agent's HTTP endpoint (`127.0.0.1:PORT` in the node namespace).
     pub agent_port: u16,
+    /// The Linux bridge of [`CellNetwork::BridgeHostLocal`], in the host namespace.
+    ref_bridge: String,
+}
+
+impl KubeNode {
+    /// Where the node-agent serves CNI calls.
+    pub fn cni_socket(&self) -> PathBuf {
+        self.dir.join("cni.sock")
+    }
 }
 
 /// Whether a pod (as `kubectl get -o json` shows it) has condition Ready.
@@ -202,6 +227,11 @@ impl Cell {
             cell.add_pool_route(pool, *vlan, k);
         }
         cell.start_etcd();
+        if spec.network == CellNetwork::LeengineAgent {
+            // The node-agents, in the node namespace, take the CNI calls with
+            // the plugin's configuration: its etcd address must work there too.
+            cell.ovs.netns().mirror_tcp(cell.etcd_port);
+        }
         cell.write_control_plane_pki();
         cell.start_apiserver();
         cell.start_controllers();
@@ -488,6 +518,42 @@ impl Cell {
         path
     }
 
+    fn conflist(&self, n: &KubeNode) -> serde_json::Value {
+        let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        let mut leengine = serde_json::json!({
+            "type": "leengine",
+            "bridge": n.bridge,
+            "ovsdb": self.ovs.db_url(),
+            "etcd": { "endpoints": [self.etcd_endpoint()], "prefix": "/leengine" },
+            "node": n.name,
+            "pools": pools,
+            "hostNetns": self.ovs.netns().path(),
+        });
+        let plugin = match self.spec.network {
+            CellNetwork::Leengine => leengine,
+            CellNetwork::LeengineAgent => {
+                leengine["agentSocket"] = n.cni_socket().display().to_string().into();
+                leengine
+            }
+            CellNetwork::BridgeHostLocal => serde_json::json!({
+                "type": "bridge",
+                "bridge": n.ref_bridge,
+                "isGateway": true,
+                "ipam": {
+                    "type": "host-local",
+                    // Beside the pools' /24s (10.{56+S}.k.0).
+                    "subnet": format!("10.{}.250.0/24", 56 + u32::from(self.slot.0)),
+                    "dataDir": n.dir.join("host-local"),
+                },
+            }),
+        };
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "leengine",
+            "plugins": [plugin],
+        })
+    }
+
     fn make_node(&self, i: usize, bridge: String) -> KubeNode {
         let name = format!("{}-n{i}", self.name);
         let dir = self.dir.join(&name);
@@ -512,6 +578,7 @@ impl Cell {
             node_agent: None,
             reclaim: self.spec.reclaim,
             agent_port: free_port(),
+            ref_bridge: format!("lekb{}n{i}", self.slot.0),
             dir,
             name,
         }
@@ -519,20 +586,7 @@ impl Cell {
 
     fn write_node_config(&self, i: usize) {
         let n = &self.nodes[i];
-        let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "leengine",
-            "plugins": [{
-                "type": "leengine",
-                "bridge": n.bridge,
-                "ovsdb": self.ovs.db_url(),
-                "etcd": { "endpoints": [self.etcd_endpoint()], "prefix": "/leengine" },
-                "node": n.name,
-                "pools": pools,
-                "hostNetns": self.ovs.netns().path(),
-            }],
-        });
+        let conflist = self.conflist(n);
         fs::write(
             n.dir.join("cni/net.d/10-leengine.conflist"),
             serde_json::to_string_pretty(&conflist).expect("json"),
@@ -650,6 +704,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if n.reclaim { "on" } else { "off" }.into(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", n.agent_port),
+            // Its own, not the system's /run/leengine/cni.sock: the Cell's
+            // nodes share one host.
+            "--cni-socket".into(),
+            n.cni_socket().display().to_string(),
             // Metrics of this kubelet's containers (its --cgroup-root).
             "--container-roots".into(),
             format!("{}/kubepods", n.cgroup_root.trim_start_matches('/')),
@@ -1070,6 +1128,12 @@ impl Drop for Cell {
             n.node_agent.take();
             kill_processes_naming(&n.dir);
             cgroup::kill_all(&n.cgroup_root, true);
+            if self.spec.network == CellNetwork::BridgeHostLocal {
+                let _ = Command::new("ip")
+                    .args(["link", "del", &n.ref_bridge])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
         self.scheduler.take();
         self.controller_manager.take();

@@ -37,7 +37,9 @@ mod run;
 mod smtp;
 
 pub use alertmanager::Alertmanager;
-pub use cell::{describe_pod, pod_ready, Cell, CellPool, CellSpec, KubeNode, PAUSE_IMAGE};
+pub use cell::{
+    describe_pod, pod_ready, Cell, CellNetwork, CellPool, CellSpec, KubeNode, PAUSE_IMAGE,
+};
 pub use dc::{DataCentre, Pod};
 pub use docker::{build_busybox_image, busybox_rootfs, Dockerd, Registry};
 pub use etcd::{Etcd, TlsFiles};
