@@ -10,7 +10,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::access::{self, Action, Grant, Kind, Resource, Role};
+use crate::access::{self, Action, Kind, Resource, Role};
 use crate::activity;
 use crate::auth::Caller;
 use crate::cells;
@@ -172,7 +172,7 @@ pub(crate) fn valid_domain(d: &str) -> bool {
 }
 
 fn check_new_app(body: &NewApp) -> Result<(), ApiError> {
-    check_description(&body.description)?;
+    access::check_description(&body.description)?;
     if let Some(i) = &body.image {
         check_image_ref(i, "latest")?;
     }
@@ -224,18 +224,6 @@ async fn placement(
         ops.push(store::put(keys.cell(c), &rec));
     }
     Ok((spec, compares, ops))
-}
-
-pub const MAX_DESCRIPTION: usize = 1000;
-
-pub fn check_description(d: &str) -> Result<(), ApiError> {
-    if d.chars().count() > MAX_DESCRIPTION {
-        return Err(ApiError::bad_request(
-            "invalid_description",
-            format!("a description has at most {MAX_DESCRIPTION} characters"),
-        ));
-    }
-    Ok(())
 }
 
 async fn create(
@@ -380,62 +368,13 @@ async fn delete_lb(
     Ok(Json(set_lb(&core, &caller, &name, None).await?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Patch {
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub public: Option<bool>,
-}
-
-/// Shared by apps, images and groups: change description / public flag.
-pub async fn patch_resource(
-    core: &Core,
-    caller: &Caller,
-    kind: Kind,
-    name: &str,
-    p: &Patch,
-) -> Result<Grant, ApiError> {
-    if let Some(d) = &p.description {
-        check_description(d)?;
-    }
-    store::optimistic(move || async move {
-        let mut g = access::authorize(&core.db, Some(caller), kind, name, Action::Update).await?;
-        let r = &mut g.resource.value;
-        if let Some(d) = &p.description {
-            r.description = d.clone();
-        }
-        if let Some(public) = p.public {
-            r.public = public;
-        }
-        let ev = activity::event(
-            &caller.user,
-            "updated",
-            serde_json::json!({ "description": p.description, "public": p.public }),
-        );
-        let done = core
-            .db
-            .commit(
-                vec![g.resource.unchanged()],
-                vec![
-                    store::put(g.resource.key.as_str(), &g.resource.value),
-                    activity::op(&core.db.keys, kind, name, &ev),
-                ],
-            )
-            .await?;
-        Ok(done.applied().then_some(g))
-    })
-    .await
-}
-
 async fn update(
     State(core): State<Core>,
     caller: Caller,
     Path(name): Path<String>,
-    Json(p): Json<Patch>,
+    Json(p): Json<access::Patch>,
 ) -> Result<Json<AppView>, ApiError> {
-    let g = patch_resource(&core, &caller, Kind::App, &name, &p).await?;
+    let g = access::patch(&core.db, &caller, Kind::App, &name, &p).await?;
     Ok(Json(view(g.resource.value, g.role)?))
 }
 

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, Action, Kind, Resource, Role};
-use crate::apps::{check_description, patch_resource, Patch};
 use crate::auth::{Caller, MaybeCaller};
 use crate::problem::{ApiError, Json, Path};
 use crate::server::Core;
@@ -88,7 +87,7 @@ async fn create_group(
     caller: Caller,
     Json(b): Json<NewResource>,
 ) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
-    check_description(&b.description)?;
+    access::check_description(&b.description)?;
     let r = access::register(
         &core.db,
         &caller,
@@ -116,9 +115,9 @@ async fn update_group(
     State(core): State<Core>,
     caller: Caller,
     Path(name): Path<String>,
-    Json(p): Json<Patch>,
+    Json(p): Json<access::Patch>,
 ) -> Result<Json<ResourceView>, ApiError> {
-    let g = patch_resource(&core, &caller, Kind::Group, &name, &p).await?;
+    let g = access::patch(&core.db, &caller, Kind::Group, &name, &p).await?;
     Ok(Json(view(g.resource.value, g.role)))
 }
 
@@ -200,7 +199,7 @@ async fn create_image(
     caller: Caller,
     Json(b): Json<NewResource>,
 ) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
-    check_description(&b.description)?;
+    access::check_description(&b.description)?;
     check_may_create_image(&core, &caller, &b.name).await?;
     if is_tombstoned(&core.db, &b.name).await? {
         return Err(deleted(&b.name));
@@ -242,9 +241,16 @@ async fn update_image(
     State(core): State<Core>,
     caller: Caller,
     Path((group, repo)): Path<(String, String)>,
-    Json(p): Json<Patch>,
+    Json(p): Json<access::Patch>,
 ) -> Result<Json<ResourceView>, ApiError> {
-    let g = patch_resource(&core, &caller, Kind::Image, &format!("{group}/{repo}"), &p).await?;
+    let g = access::patch(
+        &core.db,
+        &caller,
+        Kind::Image,
+        &format!("{group}/{repo}"),
+        &p,
+    )
+    .await?;
     Ok(Json(view(g.resource.value, g.role)))
 }
 

@@ -12,12 +12,15 @@
 //! - check a caller with [`authorize`] — it answers 404 to non-members of
 //!   private resources, 403 to members lacking the role, 401 to anonymous
 //!   callers who might be allowed after signing in;
+//! - change its description or public flag with [`patch`];
 //! - remove a resource with [`unregister`];
 //! - record activity with `crate::activity` and daily counts with `crate::stats`.
 
 pub mod members;
+mod patch;
 pub mod table;
 
+pub use patch::{check_description, patch, Patch, MAX_DESCRIPTION};
 pub use table::{Action, Decision, Kind, Role};
 
 use std::collections::BTreeMap;
@@ -358,7 +361,7 @@ pub async fn visible(
     let mut found: BTreeMap<String, Resource> = BTreeMap::new();
     if kind == Kind::Image {
         for (group, role) in memberships(db, &caller.user, Kind::Group).await? {
-            let prefix = format!("{}{group}/", k.core_resources_prefix(kind.as_str()));
+            let prefix = k.core_group_resources_prefix(kind.as_str(), &group);
             for (_, r) in db.list::<Resource>(&prefix).await? {
                 roles.insert(r.name.clone(), role);
                 found.insert(r.name.clone(), r);

@@ -271,7 +271,7 @@ pub(super) fn schemas(s: &mut Map<String, Value>) {
         "PoolUsage": { "type": "object", "required": ["name", "cidr", "gateway", "vlan", "ips_assignable", "ips_used",
             "ips_reserved", "ips_free", "blocks_claimed", "blocks_total", "apps"], "properties": {
             "name": { "type": "string" }, "cidr": { "type": "string" }, "gateway": { "type": "string", "format": "ipv4" },
-            "vlan": { "type": "integer", "minimum": 0, "maximum": 4094 },
+            "vlan": { "type": "integer", "minimum": 1, "maximum": 4094 },
             "ips_assignable": { "type": "integer", "description": "addresses that can ever be handed out" },
             "ips_used": { "type": "integer" },
             "ips_reserved": { "type": "integer", "description": "kept for an app or a pod identity: neither used nor free" },

@@ -183,7 +183,8 @@ impl From<IpamError> for Failure {
 }
 
 /// Every failure of one or more teardowns, flat: a list pushed into another
-/// is spliced in, never nested (the way netavark reports its teardown).
+/// is spliced in, never nested, so an operator reads one list whatever
+/// called whom.
 #[derive(Debug, Default)]
 pub struct Failures(Vec<Failure>);
 

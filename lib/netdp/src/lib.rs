@@ -1,4 +1,5 @@
-//! Pod datapath over the kernel's own interfaces (netavark style).
+//! Pod datapath over the kernel's own interfaces: netlink, setns and ethtool
+//! ioctls, never a shelled-out `ip`.
 //!
 //! Netlink requests go through `rtnetlink` sockets this crate opens itself;
 //! a socket for a pod's network namespace is opened *inside* that namespace

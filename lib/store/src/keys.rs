@@ -226,6 +226,10 @@ impl Keys {
     pub fn core_resources_prefix(&self, kind: &str) -> String {
         format!("{}resources/{kind}/", self.core_prefix())
     }
+    /// Resources of `kind` under a group (an image `group/name`).
+    pub fn core_group_resources_prefix(&self, kind: &str, group: &str) -> String {
+        format!("{}{group}/", self.core_resources_prefix(kind))
+    }
     pub fn core_resource(&self, kind: &str, name: &str) -> String {
         format!("{}{name}", self.core_resources_prefix(kind))
     }

@@ -99,13 +99,10 @@ pub struct KubeNode {
     pub agent_port: u16,
     /// The Linux bridge of [`CellNetwork::BridgeHostLocal`], in the host namespace.
     ref_bridge: String,
-}
-
-impl KubeNode {
-    /// Where the node-agent serves CNI calls.
-    pub fn cni_socket(&self) -> PathBuf {
-        self.dir.join("cni.sock")
-    }
+    /// Where the node-agent serves CNI calls. Outside the node's directory,
+    /// like its kubeconfig: a node crash kills every process naming that
+    /// directory, and the node-agent is not the node's runtime.
+    pub cni_socket: PathBuf,
 }
 
 /// Whether a pod (as `kubectl get -o json` shows it) has condition Ready.
@@ -532,7 +529,7 @@ impl Cell {
         let plugin = match self.spec.network {
             CellNetwork::Leengine => leengine,
             CellNetwork::LeengineAgent => {
-                leengine["agentSocket"] = n.cni_socket().display().to_string().into();
+                leengine["agentSocket"] = n.cni_socket.display().to_string().into();
                 leengine
             }
             CellNetwork::BridgeHostLocal => serde_json::json!({
@@ -579,6 +576,7 @@ impl Cell {
             reclaim: self.spec.reclaim,
             agent_port: free_port(),
             ref_bridge: format!("lekb{}n{i}", self.slot.0),
+            cni_socket: self.dir.join(format!("cni-of-{name}.sock")),
             dir,
             name,
         }
@@ -707,7 +705,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             // Its own, not the system's /run/leengine/cni.sock: the Cell's
             // nodes share one host.
             "--cni-socket".into(),
-            n.cni_socket().display().to_string(),
+            n.cni_socket.display().to_string(),
             // Metrics of this kubelet's containers (its --cgroup-root).
             "--container-roots".into(),
             format!("{}/kubepods", n.cgroup_root.trim_start_matches('/')),
