@@ -163,38 +163,22 @@ async fn a_pool_bound_to_an_app_after_the_memo_is_closed_to_other_pods() {
 }
 
 /// Node n1 of pool p1 (a /24 of 16-address blocks) with a warm memo: its
-/// first assignment (`c0`) made, which read everything and claimed a block.
-struct Warm {
-    env: Env,
-    n1: leengine_ipam::Ipam,
-    memo: Memo,
-    first: leengine_ipam::Assignment,
-}
-
-async fn warm() -> Warm {
+/// first assignment (`c0`, returned) made, which read everything and
+/// claimed a block.
+async fn warm() -> (Env, leengine_ipam::Ipam, Memo, leengine_ipam::Assignment) {
     let env = Env::start().await;
     env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
         .await;
     let n1 = env.ipam("n1");
     let mut memo = Memo::default();
     let first = n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
-    Warm {
-        env,
-        n1,
-        memo,
-        first,
-    }
+    (env, n1, memo, first)
 }
 
 /// Calls queued for the node's turn (`Ipam::assign_all_remembering`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assignments_queued_together_on_a_warm_memo_share_one_commit() {
-    let Warm {
-        env,
-        n1,
-        mut memo,
-        first,
-    } = warm().await;
+    let (env, n1, mut memo, first) = warm().await;
     let reqs: Vec<_> = (1..11)
         .map(|i| pod_req(&format!("c{i}"), "web", &format!("w{i}")))
         .collect();
@@ -218,9 +202,7 @@ async fn assignments_queued_together_on_a_warm_memo_share_one_commit() {
 /// memo's block and the rest claim a new one the ordinary way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_the_blocks_free_addresses_still_gets_distinct_ones() {
-    let Warm {
-        env, n1, mut memo, ..
-    } = warm().await;
+    let (env, n1, mut memo, _) = warm().await;
     let reqs: Vec<_> = (1..41).map(|i| req(&format!("c{i}"))).collect();
     let answers = n1.assign_all_remembering(&reqs, &mut memo).await;
     let mut got = BTreeSet::new();
@@ -243,12 +225,7 @@ async fn a_batch_larger_than_the_blocks_free_addresses_still_gets_distinct_ones(
 /// back, the others new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_in_a_batch_gets_its_address_back_and_the_others_new_ones() {
-    let Warm {
-        env,
-        n1,
-        mut memo,
-        first,
-    } = warm().await;
+    let (env, n1, mut memo, first) = warm().await;
     let reqs = vec![req("c1"), req("c0"), req("c2"), req("c1")];
     let answers: Vec<_> = n1
         .assign_all_remembering(&reqs, &mut memo)
@@ -268,9 +245,7 @@ async fn a_replay_in_a_batch_gets_its_address_back_and_the_others_new_ones() {
 /// batch is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_request_in_a_batch_fails_alone() {
-    let Warm {
-        env, n1, mut memo, ..
-    } = warm().await;
+    let (env, n1, mut memo, _) = warm().await;
     let reqs = vec![req("c1"), req("a/b"), req("c2")];
     let answers = n1.assign_all_remembering(&reqs, &mut memo).await;
     assert!(answers[0].is_ok() && answers[2].is_ok());
