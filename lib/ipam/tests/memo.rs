@@ -11,13 +11,8 @@ use leengine_ipam::{BindRequest, IpamError, Memo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_memo_an_assignment_in_an_own_block_is_one_round_trip() {
-    let env = Env::start().await;
-    env.add_pool("p1", "10.1.0.0/24", "10.1.0.1", 100, 16, &[])
-        .await;
-    let n1 = env.ipam("n1");
-    let mut memo = Memo::default();
-    // The first one reads (and claims a block): the memo is empty.
-    let first = n1.assign_remembering(&req("c0"), &mut memo).await.unwrap();
+    // The first one read (and claimed a block): the memo was empty.
+    let (env, n1, mut memo, first) = warm().await;
     let mut got = BTreeSet::from([first.ip]);
     for i in 1..10 {
         let before = etcd_requests(&env.etcd, "Txn");
