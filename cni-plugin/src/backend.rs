@@ -265,3 +265,68 @@ pub fn external_ids(ids: &PortIds<'_>) -> BTreeMap<String, String> {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leengine_testenv as te;
+
+    fn req(cid: &str) -> AssignRequest {
+        AssignRequest {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/{cid}"),
+            ..AssignRequest::default()
+        }
+    }
+
+    async fn ipam(etcd: &te::Etcd) -> Ipam {
+        let ipam = Ipam::new(etcd.root_client().await, etcd.keys().clone(), "n1");
+        let pool =
+            leengine_ipam::Pool::parse("p1", "10.9.0.0/24", "10.9.0.1", 9, 16, &[]).expect("pool");
+        ipam.add_pool(&pool).await.expect("add pool");
+        ipam
+    }
+
+    /// Against a real etcd: `a` waits behind the turn held by the test; `b`
+    /// queues behind it and is cancelled there. Whoever takes the turn next
+    /// makes both assignments and gives `b`'s address back, since nobody is
+    /// left to use it or DEL it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_call_cancelled_before_its_answer_leaves_no_address_behind() {
+        let etcd = te::Etcd::start();
+        let ipam = Arc::new(ipam(&etcd).await);
+        let turn = Arc::new(Turn::default());
+        let held = turn.memo.lock().await;
+        let spawn = |cid: &'static str| {
+            let (turn, ipam) = (turn.clone(), ipam.clone());
+            tokio::spawn(async move { turn.assign(&ipam, req(cid)).await })
+        };
+        let queued = |n: usize| {
+            let turn = turn.clone();
+            // Hang guard, not a timing assertion.
+            tokio::time::timeout(Duration::from_secs(30), async move {
+                while lock(&turn.waiting).len() < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let a = spawn("a");
+        queued(1).await.expect("a queued");
+        let b = spawn("b");
+        queued(2).await.expect("b queued");
+        b.abort();
+        assert!(b.await.expect_err("aborted").is_cancelled());
+        drop(held);
+        let got = a.await.expect("a ran").expect("a assigned");
+        assert!(got.created);
+        assert_eq!(
+            ipam.handle("a", "eth0").await.expect("read").map(|h| h.ip),
+            Some(got.ip)
+        );
+        assert!(
+            ipam.handle("b", "eth0").await.expect("read").is_none(),
+            "b's address was left taken"
+        );
+    }
+}
