@@ -99,18 +99,17 @@ fn measure(label: &'static str, network: te::CellNetwork, pods: u32) -> Measured
     let m = Measured {
         label,
         all_ready,
-        sandbox: Histogram::parse(
+        sandbox: Histogram::grown(
+            &before,
             &after,
             "kubelet_runtime_operations_duration_seconds",
             "operation_type=\"run_podsandbox\"",
-        )
-        .minus(&Histogram::parse(
+        ),
+        start_sli: Histogram::grown(
             &before,
-            "kubelet_runtime_operations_duration_seconds",
-            "operation_type=\"run_podsandbox\"",
-        )),
-        start_sli: Histogram::parse(&after, "kubelet_pod_start_sli_duration_seconds", "").minus(
-            &Histogram::parse(&before, "kubelet_pod_start_sli_duration_seconds", ""),
+            &after,
+            "kubelet_pod_start_sli_duration_seconds",
+            "",
         ),
     };
     assert_eq!(
@@ -228,6 +227,11 @@ impl Histogram {
         }
         h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         h
+    }
+
+    /// What was observed between two scrapes of the same series.
+    fn grown(before: &str, after: &str, name: &str, labels: &str) -> Histogram {
+        Histogram::parse(after, name, labels).minus(&Histogram::parse(before, name, labels))
     }
 
     fn minus(mut self, before: &Histogram) -> Histogram {

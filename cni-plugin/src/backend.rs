@@ -79,7 +79,7 @@ impl Turn {
         let answers = ipam.assign_all_remembering(&reqs, &mut memo).await;
         for (reply, answer) in replies.into_iter().zip(answers) {
             if let Err(Ok(orphan)) = reply.send(answer) {
-                release_orphan(ipam, &orphan).await;
+                give_back(ipam, &orphan, "its ADD was cancelled while queued").await;
             }
         }
         drop(memo);
@@ -89,14 +89,18 @@ impl Turn {
     }
 }
 
-/// An address taken for a call that went away while queued: no one will
-/// roll it back or DEL it, so it is given back here.
-async fn release_orphan(ipam: &Ipam, orphan: &Assignment) {
-    if !orphan.created {
+/// Gives back an address taken for a call that will make nothing of it
+/// (`why`): no rollback and no DEL would free it. One an earlier call took
+/// (a replay) is not this call's to give back.
+pub async fn give_back(ipam: &Ipam, a: &Assignment, why: &str) {
+    if !a.created {
         return;
     }
-    if let Err(e) = ipam.release_if_unchanged(&orphan.attachment).await {
-        tracing::warn!(ip = %orphan.ip, error = %e, "could not give back the address of a cancelled ADD; GC will");
+    match ipam.release_if_unchanged(&a.attachment).await {
+        Ok(_) => tracing::debug!(ip = %a.ip, why, "address given back"),
+        Err(e) => {
+            tracing::warn!(ip = %a.ip, why, error = %e, "cannot give the address back; GC will")
+        }
     }
 }
 

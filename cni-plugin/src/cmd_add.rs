@@ -65,7 +65,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult
         Err(e) => {
             // Nothing was made on the node: an address taken meanwhile is all.
             if let Ok((ipam, a)) = &assigned {
-                give_back(ipam, a).await;
+                backend::give_back(ipam, a, "the call failed before making anything").await;
             }
             return Err(e);
         }
@@ -97,14 +97,16 @@ pub async fn add(env: &CniEnv, conf: &NetConf, sessions: &Sessions) -> CniResult
             },
             a,
         ),
-        (bridge, assigned) => {
+        // The bridge's error first: with no bridge, nothing else matters.
+        (Err(e), assigned) => {
             let ipam = assigned.as_ref().ok().map(|(ipam, _)| ipam);
-            let e = match (bridge, &assigned) {
-                (Err(e), _) => e,
-                (Ok(_), Err(e)) => e.clone(),
-                (Ok(_), Ok(_)) => unreachable!("matched above"),
-            };
             ctx.rollback(&undo, Err("OVSDB not connected".into()), ipam)
+                .await;
+            return Err(e);
+        }
+        // An IPAM failure takes no address: the veth is all there is.
+        (Ok(_), Err(e)) => {
+            ctx.rollback(&undo, Err("OVSDB not connected".into()), None)
                 .await;
             return Err(e);
         }
@@ -145,17 +147,6 @@ async fn veth(
     let (host_link, _) = create_veth(host, sandbox, ns, &spec).await?;
     tracing::debug!(host_if, "veth created");
     Ok(host_link)
-}
-
-/// An address taken for a call that failed before it made anything.
-async fn give_back(ipam: &Ipam, a: &Assignment) {
-    if !a.created {
-        return;
-    }
-    match ipam.release_if_unchanged(&a.attachment).await {
-        Ok(_) => tracing::debug!(ip = %a.ip, "address given back"),
-        Err(e) => tracing::error!(ip = %a.ip, error = %e, "cannot give the address back"),
-    }
 }
 
 /// What ADD needs before the sandbox is open.

@@ -20,7 +20,7 @@ pub mod members;
 mod patch;
 pub mod table;
 
-pub use patch::{check_description, patch, Patch, MAX_DESCRIPTION};
+pub use patch::{check_description, patch, Patch};
 pub use table::{Action, Decision, Kind, Role};
 
 use std::collections::BTreeMap;

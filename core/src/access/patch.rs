@@ -8,7 +8,7 @@ use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::store::{self, Db};
 
-pub const MAX_DESCRIPTION: usize = 1000;
+const MAX_DESCRIPTION: usize = 1000;
 
 pub fn check_description(d: &str) -> Result<(), ApiError> {
     if d.chars().count() > MAX_DESCRIPTION {

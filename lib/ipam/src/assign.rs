@@ -189,8 +189,7 @@ struct Commit {
 /// fact the memo supplied.
 struct Plan<'a> {
     ipam: &'a Ipam,
-    seen: &'a Seen,
-    /// The node's blocks with this plan's allocations.
+    /// The memo's view, its blocks with this plan's allocations.
     work: Seen,
     /// Blocks written, with the `mod_revision` the memo has for them.
     touched: BTreeMap<String, i64>,
@@ -202,11 +201,10 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    fn new(ipam: &'a Ipam, seen: &'a Seen) -> Self {
+    fn new(ipam: &'a Ipam, seen: &Seen) -> Self {
         let keys = &ipam.keys;
         Plan {
             ipam,
-            seen,
             work: seen.clone(),
             touched: BTreeMap::new(),
             handles: BTreeSet::new(),
@@ -237,7 +235,7 @@ impl<'a> Plan<'a> {
         }
         // A stale memo may make the request look wrong (a pool it lacks):
         // the ordinary path, reading afresh, is the one to say so.
-        let Ok((eligible, app)) = eligible_pools(&self.seen.pools, req, &self.seen.bindings) else {
+        let Ok((eligible, app)) = eligible_pools(&self.work.pools, req, &self.work.bindings) else {
             return;
         };
         let Some(pool) = eligible.first().map(|p| &p.value) else {
@@ -249,7 +247,7 @@ impl<'a> Plan<'a> {
             handle_key: &handle_key,
             now: self.now,
             full: BTreeSet::new(),
-            bindings_revision: self.seen.revision,
+            bindings_revision: self.work.revision,
             app,
             wrote: Default::default(),
         };
